@@ -1,1 +1,60 @@
-//! placeholder until written
+//! dropless-lifecycle: graceful startup and shutdown for tokio/hyper/axum
+//! services.
+//!
+//! A service adopts it in about ten lines:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use dropless_lifecycle::{Config, Lifecycle, signal};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let signals = signal::Signals::listen()?; // SIGTERM = graceful, SIGINT = fast
+//! let lifecycle = Lifecycle::new(Config::default());
+//! let app = Router::new().route("/", get(|| async { "hello" }));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! lifecycle.set_ready(); // the listener is bound: /healthz answers 200 from now on
+//! lifecycle.serve(listener, app, signals.recv()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The main types:
+//! - [`Lifecycle`]: the handle a service keeps. It serves HTTP/1.1 and h2c
+//!   on one port ([`Lifecycle::serve`]), answers the readiness and liveness
+//!   probes, tracks background tasks ([`Lifecycle::spawn`]) and runs shutdown
+//!   hooks ([`Lifecycle::on_shutdown`]).
+//! - [`Phase`]: the explicit state machine `Starting → Ready → PreStop →
+//!   Draining → Tasks → Hooks → Stopped`, broadcast on a watch channel.
+//! - [`Batcher`]: collects items and flushes them in batches, and flushes
+//!   the rest at shutdown.
+//! - [`signal::Signals`]: SIGTERM and SIGINT mapped to [`signal::Signal`].
+//!
+//! Shutdown runs in this order, all of it bounded by the grace period: the
+//! readiness probe turns 503; the optional pre-stop delay passes while
+//! requests are still served; the listener is closed; connections drain
+//! (HTTP/1.1 responses carry `Connection: close`, idle connections are
+//! closed, HTTP/2 connections get GOAWAY and their open streams finish);
+//! tracked tasks are awaited; hooks run in reverse order of registration.
+//! What did not finish within the grace period is logged by name and count
+//! and [`Lifecycle::serve`] returns [`Error::GraceExceeded`].
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod batch;
+mod config;
+mod error;
+mod health;
+mod hooks;
+mod lifecycle;
+mod phase;
+mod serve;
+pub mod signal;
+mod tasks;
+
+pub use batch::{BatchConfig, Batcher, DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_MAX_ITEMS};
+pub use config::{
+    Config, DEFAULT_DRAIN_IDLE_WAIT, DEFAULT_GRACE, DEFAULT_HEALTH_PATH, DEFAULT_LIVENESS_PATH,
+    DEFAULT_PRE_STOP, KeepAliveOnDrain,
+};
+pub use error::{Error, Unfinished};
+pub use lifecycle::Lifecycle;
+pub use phase::Phase;

@@ -1,0 +1,57 @@
+//! Errors of the lifecycle.
+
+use std::{fmt, time::Duration};
+
+/// Why [`crate::Lifecycle::serve`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The shutdown did not finish within the grace period.
+    #[error("shutdown did not finish within the grace period of {grace:?}: {unfinished}")]
+    GraceExceeded {
+        /// The grace period that ran out.
+        grace: Duration,
+        /// What was still running when it ran out.
+        unfinished: Unfinished,
+    },
+    /// `serve` was called a second time on the same lifecycle.
+    #[error("serve was already called on this lifecycle")]
+    AlreadyServed,
+}
+
+/// What was still running when the grace period ran out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Client connections still open.
+    pub connections: usize,
+    /// Tracked tasks still running: (name, count).
+    pub tasks: Vec<(String, usize)>,
+    /// Shutdown hooks that did not finish or never ran, by name.
+    pub hooks: Vec<String>,
+}
+
+impl Unfinished {
+    /// Whether nothing was left running.
+    pub fn is_empty(&self) -> bool {
+        self.connections == 0 && self.tasks.is_empty() && self.hooks.is_empty()
+    }
+}
+
+impl fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.connections > 0 {
+            parts.push(format!("{} connection(s)", self.connections));
+        }
+        for (name, count) in &self.tasks {
+            parts.push(format!("task {name:?} ×{count}"));
+        }
+        for name in &self.hooks {
+            parts.push(format!("hook {name:?}"));
+        }
+        if parts.is_empty() {
+            f.write_str("nothing")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
