@@ -58,3 +58,4 @@ pub use config::{
 pub use error::{Error, Unfinished};
 pub use lifecycle::Lifecycle;
 pub use phase::Phase;
+pub use serve::{BoxError, HttpBody, HttpService};

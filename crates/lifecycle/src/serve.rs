@@ -40,6 +40,41 @@ use crate::{
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Errors of services and bodies, as hyper takes them.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A service [`Lifecycle::serve`] can run: an axum `Router`, or any tower
+/// `Service<Request<Incoming>>` that answers with a [`HttpBody`].
+pub trait HttpService<B>:
+    Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body [`Lifecycle::serve`] can send.
+pub trait HttpBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> HttpBody for B where B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{}
+
 /// How connections are asked to finish once the listener is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drain {
@@ -74,11 +109,8 @@ impl Lifecycle {
         shutdown: F,
     ) -> Result<(), Error>
     where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        S: HttpService<B>,
+        B: HttpBody,
         F: IntoFuture,
         F::Output: Into<Signal>,
     {
@@ -124,7 +156,9 @@ impl Lifecycle {
             }
         }
 
-        drop(listener);
+        // Connections the kernel already completed are in the backlog: take
+        // them before closing, or they would be reset unanswered.
+        server.accept_backlog(listener, self, &app);
         self.advance(Phase::Draining);
         let drain = match (signal, config.keep_alive_on_drain) {
             (Signal::Terminate, KeepAliveOnDrain::OneMoreMessage) => Drain::OneMoreMessage,
@@ -188,11 +222,8 @@ impl Server {
         lifecycle: &Lifecycle,
         app: &S,
     ) where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
@@ -202,6 +233,15 @@ impl Server {
                 return;
             }
         };
+        self.spawn_connection(stream, lifecycle, app);
+    }
+
+    /// Serves one accepted connection in its own task.
+    fn spawn_connection<S, B>(self: &Arc<Self>, stream: TcpStream, lifecycle: &Lifecycle, app: &S)
+    where
+        S: HttpService<B>,
+        B: HttpBody,
+    {
         // Small responses should leave at once; Nagle only adds latency here.
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ConnState::default());
@@ -215,6 +255,37 @@ impl Server {
             .spawn(async move { server.serve_connection(stream, service, conn).await });
     }
 
+    /// Takes every connection waiting in the listener's backlog, then closes
+    /// the listener: from here on new connections are refused.
+    fn accept_backlog<S, B>(self: &Arc<Self>, listener: TcpListener, lifecycle: &Lifecycle, app: &S)
+    where
+        S: HttpService<B>,
+        B: HttpBody,
+    {
+        // A plain non-blocking accept asks the kernel directly, whatever the
+        // reactor has seen so far.
+        let Ok(listener) = listener.into_std() else {
+            return;
+        };
+        let mut taken = 0;
+        while let Ok((stream, _peer)) = listener.accept() {
+            match stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream))
+            {
+                Ok(stream) => {
+                    self.spawn_connection(stream, lifecycle, app);
+                    taken += 1;
+                }
+                Err(error) => tracing::warn!(%error, "backlog connection dropped"),
+            }
+        }
+        if taken > 0 {
+            tracing::debug!(taken, "took connections from the backlog before closing");
+        }
+        drop(listener);
+    }
+
     /// Runs one connection to its end, applying the drain when it comes.
     async fn serve_connection<S, B>(
         &self,
@@ -222,11 +293,8 @@ impl Server {
         service: ConnService<S>,
         conn: Arc<ConnState>,
     ) where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         let connection = self
             .builder
@@ -299,14 +367,12 @@ impl<S> ConnService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    // Naming `Response = Response<B>` ties `B` to `S`.
+    S: Service<Request<Incoming>, Response = Response<B>> + HttpService<B>,
+    B: HttpBody,
 {
     type Response = Response<Either<Full<Bytes>, B>>;
-    type Error = Box<dyn StdError + Send + Sync>;
+    type Error = BoxError;
     type Future = ResponseFuture<Oneshot<S, Request<Incoming>>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
@@ -343,9 +409,9 @@ pin_project_lite::pin_project! {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    E: Into<Box<dyn StdError + Send + Sync>>,
+    E: Into<BoxError>,
 {
-    type Output = Result<Response<Either<Full<Bytes>, B>>, Box<dyn StdError + Send + Sync>>;
+    type Output = Result<Response<Either<Full<Bytes>, B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (mut response, http1, lifecycle) = match self.project() {
