@@ -1,9 +1,34 @@
 //! dropless-runtime: the reverse proxy and process supervisor behind
 //! `dropless serve`.
 //!
-//! It will own the data plane, the supervisor of child processes, the rollout
-//! strategies, the probes, the control API and the persisted desired state
-//! (see `shared/DESIGN.md`, "Runtime model"). Filled by the `dropless serve`
-//! issue.
+//! - [`supervisor::Supervisor`] runs the replicas of one service (child
+//!   processes in their own process group, or an unmanaged target address),
+//!   probes them ([`probe`]) and replaces those that die on their own.
+//!   Each [`replica::Replica`] moves through [`replica::ReplicaState`]; every
+//!   change is an [`event::Event`].
+//! - [`proxy::Proxy`] is the data plane: HTTP/1.1 and h2c on one port, least
+//!   in-flight routing ([`balance`]), safe retries, queueing.
+//! - [`retire`] stops a replica in the one safe order; [`rollout`] runs
+//!   rolling, blue-green, scale, restart and rollback.
+//! - [`control`] serves the HTTP+JSON control API on a Unix socket and has its
+//!   client; [`state`] persists the desired state; [`config`] holds every
+//!   default. [`serve::Runtime`] wires them together.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod balance;
+pub mod config;
+pub mod control;
+pub mod event;
+pub mod pool;
+pub mod probe;
+pub mod process;
+pub mod proxy;
+pub mod replica;
+pub mod retire;
+pub mod rollout;
+pub mod route;
+pub mod serve;
+pub mod signal;
+pub mod state;
+pub mod supervisor;

@@ -1,0 +1,529 @@
+//! Configuration: one plain struct per concept, every field defaulted from a
+//! named `DEFAULT_*` constant, validated completely before any port is bound.
+//!
+//! Durations are written as humantime strings in TOML (`"1s"`, `"50ms"`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default health path probed with HTTP GET.
+pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
+/// Default interval between probes of a ready replica.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default interval between probes while a replica starts.
+pub const DEFAULT_PROBE_FAST_INTERVAL: Duration = Duration::from_millis(50);
+/// Default timeout of one probe.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default time a new replica has to become ready.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default consecutive successes that make a starting replica ready.
+pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
+/// Default consecutive failures that make a ready replica failed.
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+/// Default time to wait for a draining replica's in-flight requests.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default delay between the end of draining and SIGTERM.
+pub const DEFAULT_PRE_STOP: Duration = Duration::ZERO;
+/// Default time between SIGTERM and SIGKILL.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default time a request waits for a ready replica before a 503.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of replicas of a service.
+pub const DEFAULT_REPLICAS: usize = 1;
+/// Default number of replicas a rollout may start above the desired count.
+pub const DEFAULT_MAX_SURGE: usize = 1;
+/// Default number of replicas a rollout may take below the desired count.
+pub const DEFAULT_MAX_UNAVAILABLE: usize = 0;
+/// Default first delay before replacing a replica that died on its own.
+pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// Default longest delay between replacements of a crashing replica.
+pub const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Default address the proxy listens on.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default time a client has to send a complete request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest request head accepted from a client, in bytes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default largest number of concurrent client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default largest request body buffered so that the request can be retried.
+pub const DEFAULT_RETRY_BODY_LIMIT: usize = 64 * 1024;
+/// Default most attempts (first try and retries) for one request.
+pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
+/// Default time an idle pooled upstream connection is kept.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time `serve` gives client connections to finish when it stops.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default name of a service described by flags.
+pub const DEFAULT_SERVICE_NAME: &str = "web";
+
+/// The whole runtime: one proxy, one control socket, one or more services.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The front proxy.
+    pub proxy: ProxyConfig,
+    /// Path of the control socket (default `dropless.sock` in the state dir).
+    pub control: Option<PathBuf>,
+    /// Directory of the persisted state and the replica logs (default `.dropless`).
+    pub state_dir: PathBuf,
+    /// The services; a request goes to the service whose `hosts` has its Host.
+    #[serde(rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// The front proxy (data plane).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address to listen on ([`DEFAULT_LISTEN`]).
+    pub listen: SocketAddr,
+    /// Time a request waits for a ready replica ([`DEFAULT_QUEUE_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub queue_timeout: Duration,
+    /// Time a client has to send a request head ([`DEFAULT_HEADER_READ_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes ([`DEFAULT_MAX_HEADER_BYTES`]).
+    pub max_header_bytes: usize,
+    /// Most concurrent client connections ([`DEFAULT_MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Largest body buffered for a retry ([`DEFAULT_RETRY_BODY_LIMIT`]).
+    pub retry_body_limit: usize,
+    /// Most attempts for one request ([`DEFAULT_MAX_ATTEMPTS`]).
+    pub max_attempts: usize,
+    /// Idle upstream connections kept this long ([`DEFAULT_POOL_IDLE_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Time client connections get to finish on shutdown ([`DEFAULT_SHUTDOWN_GRACE`]).
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// PEM certificate chain; with `tls_key`, the proxy speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// One service: what to run, how many, how to probe, retire and roll out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Name used by `--service` and in replica names ([`DEFAULT_SERVICE_NAME`]).
+    pub name: String,
+    /// Host header values routed to this service; empty = the default service.
+    pub hosts: Vec<String>,
+    /// Desired replica count ([`DEFAULT_REPLICAS`]).
+    pub replicas: usize,
+    /// What a replica runs (a command) or where it is (a target address).
+    pub version: Version,
+    /// Health probes.
+    pub probe: ProbeConfig,
+    /// Retirement of a replica.
+    pub retire: RetireConfig,
+    /// Rollout strategy and limits.
+    pub rollout: RolloutConfig,
+    /// Replacement of replicas that die on their own.
+    pub restart: RestartConfig,
+}
+
+/// A version of a service: a command with its environment, or an address
+/// dropless does not own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Version {
+    /// Program and arguments; the replica gets `PORT` and `DROPLESS_REPLICA`.
+    pub command: Vec<String>,
+    /// Extra environment for the command.
+    pub env: BTreeMap<String, String>,
+    /// An address to route to instead of a command (probed, drained, not signalled).
+    pub target: Option<SocketAddr>,
+}
+
+/// Health probes: HTTP GET `path`, or a TCP connect when `path` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Path probed with GET; empty means TCP connect ([`DEFAULT_HEALTH_PATH`]).
+    pub path: String,
+    /// Interval while ready ([`DEFAULT_PROBE_INTERVAL`]).
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Interval while starting ([`DEFAULT_PROBE_FAST_INTERVAL`]).
+    #[serde(with = "duration")]
+    pub fast_interval: Duration,
+    /// Timeout of one probe ([`DEFAULT_PROBE_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Time a new replica has to become ready ([`DEFAULT_READY_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub ready_timeout: Duration,
+    /// Successes in a row that make a replica ready ([`DEFAULT_SUCCESS_THRESHOLD`]).
+    pub success_threshold: u32,
+    /// Failures in a row that fail a ready replica ([`DEFAULT_FAILURE_THRESHOLD`]).
+    pub failure_threshold: u32,
+}
+
+/// Retirement: stop routing, drain, pre-stop, SIGTERM, grace, SIGKILL.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetireConfig {
+    /// Longest wait for in-flight requests ([`DEFAULT_DRAIN_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+    /// Delay between draining and SIGTERM ([`DEFAULT_PRE_STOP`]).
+    #[serde(with = "duration")]
+    pub pre_stop: Duration,
+    /// Time between SIGTERM and SIGKILL ([`DEFAULT_GRACE`]).
+    #[serde(with = "duration")]
+    pub grace: Duration,
+}
+
+/// How a new version replaces the old one.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Replace replicas a few at a time (`max_surge`, `max_unavailable`).
+    #[default]
+    Rolling,
+    /// Start all new replicas, switch at once, then drain all old ones.
+    BlueGreen,
+}
+
+/// Rollout strategy and limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// `rolling` (default) or `blue-green`.
+    pub strategy: Strategy,
+    /// Replicas above the desired count during a rollout ([`DEFAULT_MAX_SURGE`]).
+    pub max_surge: usize,
+    /// Replicas below the desired count during a rollout ([`DEFAULT_MAX_UNAVAILABLE`]).
+    pub max_unavailable: usize,
+}
+
+/// Replacement of replicas that die on their own, with exponential backoff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartConfig {
+    /// First delay ([`DEFAULT_RESTART_BACKOFF`]).
+    #[serde(with = "duration")]
+    pub backoff: Duration,
+    /// Longest delay ([`DEFAULT_RESTART_BACKOFF_MAX`]).
+    #[serde(with = "duration")]
+    pub backoff_max: Duration,
+}
+
+/// A configuration that cannot run, naming the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML file is not a valid config.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            proxy: ProxyConfig::default(),
+            control: None,
+            state_dir: PathBuf::from(".dropless"),
+            services: Vec::new(),
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is an address"),
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            name: DEFAULT_SERVICE_NAME.to_string(),
+            hosts: Vec::new(),
+            replicas: DEFAULT_REPLICAS,
+            version: Version::default(),
+            probe: ProbeConfig::default(),
+            retire: RetireConfig::default(),
+            rollout: RolloutConfig::default(),
+            restart: RestartConfig::default(),
+        }
+    }
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            path: DEFAULT_HEALTH_PATH.to_string(),
+            interval: DEFAULT_PROBE_INTERVAL,
+            fast_interval: DEFAULT_PROBE_FAST_INTERVAL,
+            timeout: DEFAULT_PROBE_TIMEOUT,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            success_threshold: DEFAULT_SUCCESS_THRESHOLD,
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+        }
+    }
+}
+
+impl Default for RetireConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            pre_stop: DEFAULT_PRE_STOP,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Rolling,
+            max_surge: DEFAULT_MAX_SURGE,
+            max_unavailable: DEFAULT_MAX_UNAVAILABLE,
+        }
+    }
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            backoff: DEFAULT_RESTART_BACKOFF,
+            backoff_max: DEFAULT_RESTART_BACKOFF_MAX,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The control socket path: `control`, or `dropless.sock` in `state_dir`.
+    pub fn control_path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("dropless.sock"))
+    }
+
+    /// Checks every value; the error names the field and how to fix it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.services.is_empty() {
+            return bad("no service: give a command after `--`, `--target ADDR`, or a [[service]] in the config".into());
+        }
+        if self.proxy.tls_cert.is_some() != self.proxy.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together: give both or neither".into());
+        }
+        if self.proxy.max_connections == 0 || self.proxy.max_attempts == 0 {
+            return bad("proxy.max_connections and proxy.max_attempts must be at least 1".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut hosts = std::collections::BTreeSet::new();
+        let mut defaults = 0;
+        for s in &self.services {
+            if !names.insert(s.name.as_str()) {
+                return bad(format!(
+                    "service name {:?} is used twice: give each service its own name",
+                    s.name
+                ));
+            }
+            if s.hosts.is_empty() {
+                defaults += 1;
+            }
+            for h in &s.hosts {
+                if !hosts.insert(h.to_ascii_lowercase()) {
+                    return bad(format!(
+                        "host {h:?} is routed to two services: keep it in one"
+                    ));
+                }
+            }
+            s.validate()?;
+        }
+        if defaults > 1 {
+            return bad(
+                "more than one service without hosts: give every service but one a `hosts` list"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig {
+    /// Checks the values of one service.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name = &self.name;
+        let bad = |m: String| Err(ConfigError::Invalid(format!("service {name:?}: {m}")));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad("name must be letters, digits, '-' or '_'".into());
+        }
+        self.version.validate().or_else(bad)?;
+        if self.rollout.max_surge == 0 && self.rollout.max_unavailable == 0 {
+            return bad("max_surge and max_unavailable are both 0: the rollout could never progress; set max_surge to 1".into());
+        }
+        if !self.probe.path.is_empty() && !self.probe.path.starts_with('/') {
+            return bad(format!(
+                "probe.path {:?} must start with '/' (or be empty for a TCP probe)",
+                self.probe.path
+            ));
+        }
+        if self.probe.success_threshold == 0 || self.probe.failure_threshold == 0 {
+            return bad("probe thresholds must be at least 1".into());
+        }
+        if self.probe.fast_interval.is_zero()
+            || self.probe.interval.is_zero()
+            || self.probe.timeout.is_zero()
+        {
+            return bad("probe intervals and timeout must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+impl Version {
+    /// A version that runs `command`.
+    pub fn command(command: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            command: command.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// A version that routes to `target`, a process dropless does not own.
+    pub fn target(target: SocketAddr) -> Self {
+        Self {
+            target: Some(target),
+            ..Self::default()
+        }
+    }
+
+    /// Adds one environment variable.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Checks that exactly one of `command` and `target` is given.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.command.is_empty(), self.target) {
+            (true, None) => Err("no version: give a command or a target address".into()),
+            (false, Some(t)) => Err(format!("both a command and target {t} given: give one")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Serde for durations as humantime strings (`"1s"`, `"250ms"`).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` as a humantime string.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Reads a humantime string such as `"1s"` or `"50ms"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}): write e.g. \"1s\" or \"250ms\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_fields_default_and_parse() {
+        let config: Config = toml::from_str(
+            r#"
+            [proxy]
+            listen = "127.0.0.1:0"
+            [[service]]
+            name = "api"
+            hosts = ["api.local"]
+            version.command = ["./api"]
+            probe.fast_interval = "20ms"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let s = &config.services[0];
+        assert_eq!(s.probe.fast_interval, Duration::from_millis(20));
+        assert_eq!(s.probe.interval, DEFAULT_PROBE_INTERVAL);
+        assert_eq!(s.retire.grace, DEFAULT_GRACE);
+        assert_eq!(config.proxy.queue_timeout, DEFAULT_QUEUE_TIMEOUT);
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let mut config = Config::default();
+        let mut s = ServiceConfig {
+            version: Version::command(["x"]),
+            ..ServiceConfig::default()
+        };
+        s.rollout.max_surge = 0;
+        config.services.push(s);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("max_surge"), "{err}");
+        let err = toml::from_str::<Config>("[proxy]\nqueue_timeout = \"soon\"").unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+    }
+}

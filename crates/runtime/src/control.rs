@@ -1,0 +1,308 @@
+//! The control API: HTTP + JSON over a Unix socket created with mode 0600.
+//!
+//! | method | path | body | answer |
+//! | --- | --- | --- | --- |
+//! | GET | `/v1/status` | | `[ServiceStatus]` |
+//! | POST | `/v1/rollout` | [`RolloutCall`] | [`RolloutReport`](crate::rollout::RolloutReport), or 409 with [`ErrorBody`] when aborted |
+//! | GET | `/v1/events` | | newline-delimited JSON [`Event`]s, live |
+//!
+//! `deploy`, `restart`, `scale` and `rollback` are rollouts; the call returns
+//! when the rollout completed or was aborted and rolled back.
+
+mod client;
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+use tokio::sync::broadcast;
+
+pub use client::ControlClient;
+
+use crate::event::Event;
+use crate::rollout::{self, RolloutError, RolloutRequest};
+use crate::route::Router;
+
+/// Environment variable naming the control socket for the CLI clients.
+pub const CONTROL_ENV: &str = "DROPLESS_CONTROL";
+
+/// Largest request body the control API reads.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// A bound control socket, mode 0600, that no other `serve` is using.
+#[derive(Debug)]
+pub struct ControlListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+/// A rollout call: which service, what to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolloutCall {
+    /// The service; may be omitted when there is only one.
+    pub service: Option<String>,
+    /// What to do.
+    pub request: RolloutRequest,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// One line saying what failed.
+    pub error: String,
+    /// Set when a rollout was aborted (and rolled back).
+    pub rollout: Option<RolloutError>,
+}
+
+/// The control API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another `serve` answers on the socket.
+    #[error(
+        "control socket {path} is in use by another `dropless serve`: stop it or pass a different --control PATH"
+    )]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The socket could not be created.
+    #[error("cannot create control socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No `serve` answers on the socket.
+    #[error(
+        "cannot reach `dropless serve` at {path} ({source}): is it running? pass --control PATH or set DROPLESS_CONTROL"
+    )]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The exchange broke off.
+    #[error("control API at {path}: {message}")]
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The runtime refused the request.
+    #[error("{0}")]
+    Rejected(String),
+    /// The rollout was aborted and rolled back.
+    #[error(transparent)]
+    Aborted(RolloutError),
+}
+
+type ControlBody = BoxBody<Bytes, Infallible>;
+
+impl ControlListener {
+    /// Creates the socket at `path` with mode 0600. A socket file left by a
+    /// `serve` that is gone is replaced; one that answers is refused.
+    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+        let bind_err = |source| ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::fs::remove_file(path).map_err(bind_err)?;
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(bind_err)?;
+        }
+        // The socket is created without group or other access from the start.
+        use nix::sys::stat::{Mode, umask};
+        let before = umask(Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        umask(before);
+        let listener = bound.map_err(bind_err)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves the control API on `listener` until `shutdown` resolves. Rollouts
+/// run as their own tasks, so a client that goes away does not cut one short.
+pub async fn serve(
+    listener: ControlListener,
+    router: Router,
+    events: broadcast::Sender<Event>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("control accept failed: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let events = events.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let (router, events) = (router.clone(), events.clone());
+            async move { Ok::<_, Infallible>(answer(req, router, events).await) }
+        });
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    router: Router,
+    events: broadcast::Sender<Event>,
+) -> Response<ControlBody> {
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, "/v1/status") => {
+            let status: Vec<_> = router.services().iter().map(|s| s.status()).collect();
+            json(StatusCode::OK, &status)
+        }
+        (Method::GET, "/v1/events") => event_stream(events.subscribe()),
+        (Method::POST, "/v1/rollout") => {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read request: {e}"),
+                        None,
+                    );
+                }
+            };
+            let call: RolloutCall = match serde_json::from_slice(&body) {
+                Ok(c) => c,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid rollout request: {e}"),
+                        None,
+                    );
+                }
+            };
+            let Some(service) = router.service(call.service.as_deref()).cloned() else {
+                let names: Vec<_> = router
+                    .services()
+                    .iter()
+                    .map(|s| s.name().to_string())
+                    .collect();
+                let message = match &call.service {
+                    Some(n) => format!("no service {n:?}: the services are {}", names.join(", ")),
+                    None => format!(
+                        "several services ({}): name one with --service",
+                        names.join(", ")
+                    ),
+                };
+                return error(StatusCode::NOT_FOUND, message, None);
+            };
+            let task = tokio::spawn(async move { rollout::run(&service, call.request).await });
+            match task.await {
+                Ok(Ok(report)) => json(StatusCode::OK, &report),
+                Ok(Err(e @ RolloutError::Aborted { .. })) => {
+                    error(StatusCode::CONFLICT, e.to_string(), Some(e))
+                }
+                Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), Some(e)),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("rollout task failed: {e}"),
+                    None,
+                ),
+            }
+        }
+        (_, path) => error(
+            StatusCode::NOT_FOUND,
+            format!("no control endpoint {path}"),
+            None,
+        ),
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ControlBody> {
+    let body = serde_json::to_vec(value).expect("control answers serialize");
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("static parts form a response")
+}
+
+fn error(
+    status: StatusCode,
+    message: String,
+    rollout: Option<RolloutError>,
+) -> Response<ControlBody> {
+    json(
+        status,
+        &ErrorBody {
+            error: message,
+            rollout,
+        },
+    )
+}
+
+fn event_stream(rx: broadcast::Receiver<Event>) -> Response<ControlBody> {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => {
+                    let mut line = serde_json::to_vec(&event).expect("events serialize");
+                    line.push(b'\n');
+                    return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("events subscriber lagged; {n} event(s) skipped");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(StreamBody::new(stream).boxed())
+        .expect("static parts form a response")
+}

@@ -1,0 +1,141 @@
+//! The client side of the control API, used by `dropless deploy`, `status`
+//! and the other client commands.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use super::{ControlError, ErrorBody, RolloutCall};
+use crate::event::Event;
+use crate::rollout::{RolloutReport, RolloutRequest};
+use crate::supervisor::ServiceStatus;
+
+/// A client of one runtime's control socket.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    path: PathBuf,
+}
+
+impl ControlClient {
+    /// A client of the socket at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every service's status.
+    pub async fn status(&self) -> Result<Vec<ServiceStatus>, ControlError> {
+        let body = self.call(Method::GET, "/v1/status", Bytes::new()).await?;
+        self.decode(&body)
+    }
+
+    /// Runs a rollout on `service` (or the only one) and waits for its end.
+    pub async fn rollout(
+        &self,
+        service: Option<String>,
+        request: RolloutRequest,
+    ) -> Result<RolloutReport, ControlError> {
+        let call = RolloutCall { service, request };
+        let body = serde_json::to_vec(&call).expect("rollout calls serialize");
+        let body = self
+            .call(Method::POST, "/v1/rollout", Bytes::from(body))
+            .await?;
+        self.decode(&body)
+    }
+
+    /// Calls `on_event` with every event until the runtime stops or
+    /// `on_event` returns false.
+    pub async fn events(
+        &self,
+        mut on_event: impl FnMut(Event) -> bool,
+    ) -> Result<(), ControlError> {
+        let mut body = self
+            .open(Method::GET, "/v1/events", Bytes::new())
+            .await?
+            .into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.protocol(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let event: Event = self.decode(&line)?;
+                if !on_event(event) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, ControlError> {
+        let resp = self.open(method, path, body).await?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?
+            .to_bytes();
+        if status == StatusCode::OK {
+            return Ok(body);
+        }
+        let err: ErrorBody = self.decode(&body)?;
+        Err(match err.rollout {
+            Some(r @ crate::rollout::RolloutError::Aborted { .. }) => ControlError::Aborted(r),
+            _ => ControlError::Rejected(err.error),
+        })
+    }
+
+    async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>, ControlError> {
+        let stream =
+            UnixStream::connect(&self.path)
+                .await
+                .map_err(|source| ControlError::Connect {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "dropless")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .expect("static parts form a request");
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.protocol(e.to_string()))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ControlError> {
+        serde_json::from_slice(body).map_err(|e| self.protocol(format!("unexpected answer: {e}")))
+    }
+
+    fn protocol(&self, message: String) -> ControlError {
+        ControlError::Protocol {
+            path: self.path.clone(),
+            message,
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The data plane: HTTP/1.1 and h2c on one port, each request routed to a
+//! ready replica of its service, retried on another replica when that is safe,
+//! queued while no replica is ready. Shutdown stops accepting, then lets the
+//! connections finish (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2)
+//! within a grace period.
+
+mod error;
+mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+pub use error::{ErrorSource, ProxyError, error_chain};
+
+use crate::balance;
+use crate::config::ProxyConfig;
+use crate::pool::UpstreamBody;
+use crate::replica::InFlight;
+use crate::route::Router;
+use crate::signal::Shutdown;
+
+/// The body of a response to a client.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The front proxy of the runtime.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    router: Router,
+    config: ProxyConfig,
+}
+
+impl Proxy {
+    /// A proxy routing with `router`.
+    pub fn new(router: Router, config: ProxyConfig) -> Self {
+        Self { router, config }
+    }
+
+    /// Serves clients from `listener` until `shutdown` resolves, then stops
+    /// accepting and gives the open connections `shutdown_grace` to finish
+    /// (no time at all for [`Shutdown::Fast`]).
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = Shutdown>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_read_timeout)
+            .max_buf_size(self.config.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut grace = self.config.shutdown_grace;
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let this = Arc::new(self);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                mode = &mut shutdown => {
+                    if mode == Shutdown::Fast {
+                        grace = std::time::Duration::ZERO;
+                    }
+                    break;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit {} reached; closing", this.config.max_connections);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = Arc::clone(&this);
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = Arc::clone(&proxy);
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "client connection: {e}");
+                }
+                drop(slot);
+            });
+        }
+        drop(listener);
+        let open = graceful.count();
+        tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("proxy connections closed gracefully"),
+            () = tokio::time::sleep(grace) => tracing::warn!(
+                "proxy connections forced closed after {grace:?}"
+            ),
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        match self.forward(req, peer).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(%peer, "{e}");
+                e.response()
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let service = self
+            .router
+            .route(host.as_deref())
+            .ok_or_else(|| ProxyError::UnknownHost {
+                host: host.clone().unwrap_or_default(),
+            })?
+            .clone();
+        let upgrade = headers::upgrade_of(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+        headers::set_forwarded(&mut parts.headers, peer.ip(), "http", host.as_deref());
+        // HTTP/2 requests carry the host in the authority; HTTP/1.1 needs Host.
+        let authority = host
+            .as_deref()
+            .and_then(|h| http::HeaderValue::from_str(h).ok());
+        if let (false, Some(v)) = (parts.headers.contains_key(http::header::HOST), authority) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        // A body small enough to buffer makes the request safe to retry.
+        let limit = self.config.retry_body_limit as u64;
+        let mut streamed = None;
+        let buffered = if body.is_end_stream() {
+            Some(Bytes::new())
+        } else if body.size_hint().upper().is_some_and(|n| n <= limit) {
+            let collected = Limited::new(body, self.config.retry_body_limit)
+                .collect()
+                .await
+                .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+            Some(collected.to_bytes())
+        } else {
+            streamed = Some(body);
+            None
+        };
+        let deadline = Instant::now() + self.config.queue_timeout;
+        let mut tried = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pick = balance::pick(&service, &tried, deadline)
+                .await
+                .ok_or_else(|| ProxyError::NoReplica {
+                    service: service.name().to_string(),
+                    waited: self.config.queue_timeout,
+                })?;
+            let body: UpstreamBody = match (&buffered, streamed.take()) {
+                (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+                (None, Some(s)) => s.boxed(),
+                (None, None) => {
+                    unreachable!("a streamed body is sent once: no retry without a buffer")
+                }
+            };
+            let mut upstream = Request::builder()
+                .method(parts.method.clone())
+                .uri(parts.uri.clone())
+                .version(Version::HTTP_11)
+                .body(body)
+                .expect("parts of a valid request");
+            *upstream.headers_mut() = parts.headers.clone();
+            match pick.pool.send(upstream).await {
+                Ok(resp) => return Ok(respond(resp, pick.guard, &pick.replica, client_upgrade)),
+                Err(e) => {
+                    let err = ProxyError::Upstream {
+                        replica: pick.replica.name().to_string(),
+                        message: error_chain(&e),
+                        retry_safe: buffered.is_some(),
+                    };
+                    if !err.retry_safe() || attempt >= self.config.max_attempts {
+                        return Err(err);
+                    }
+                    tracing::info!("{err}; retrying on another replica");
+                    tried.push(pick.replica);
+                }
+            }
+        }
+    }
+}
+
+fn respond(
+    mut resp: Response<Incoming>,
+    guard: InFlight,
+    replica: &crate::replica::Replica,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client)) = (switching, client_upgrade) {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let upgrade = resp.headers().get(http::header::UPGRADE).cloned();
+        let deadline = replica.drain_deadline();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+                return;
+            };
+            let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                () = deadline.cancelled() => tracing::info!("upgraded connection closed at the drain deadline"),
+            }
+        });
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+        return Response::from_parts(parts, body.boxed());
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, None);
+    Response::from_parts(parts, Guarded::new(body, guard).boxed())
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted on the replica until
+    /// the last byte is sent (or the client goes away).
+    struct Guarded<B> {
+        #[pin]
+        inner: B,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<B> Guarded<B> {
+    fn new(inner: B, guard: InFlight) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,115 @@
+//! Proxy errors: each knows its source (client, upstream, internal) and
+//! whether retrying on another replica is safe, so retries and the status
+//! code follow from the type.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::ProxyBody;
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something wrong or went away.
+    Client,
+    /// The replica (or the way to it) failed.
+    Upstream,
+    /// The proxy itself, or the service has no replica.
+    Internal,
+}
+
+/// A request that could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No service routes this host.
+    #[error("no service for host {host:?}")]
+    UnknownHost {
+        /// The Host header (or authority) of the request.
+        host: String,
+    },
+    /// No replica became ready within the queue timeout.
+    #[error("no ready replica of {service} within {waited:?}")]
+    NoReplica {
+        /// The service.
+        service: String,
+        /// The queue timeout.
+        waited: Duration,
+    },
+    /// The upstream failed before sending any response byte.
+    #[error("replica {replica} failed before responding: {message}")]
+    Upstream {
+        /// The replica.
+        replica: String,
+        /// What failed.
+        message: String,
+        /// Whether the request can go to another replica (its body was
+        /// buffered, or it had none).
+        retry_safe: bool,
+    },
+    /// The client's request body could not be read.
+    #[error("reading the request body failed: {0}")]
+    ClientBody(String),
+}
+
+impl ProxyError {
+    /// Who caused it.
+    pub fn source_kind(&self) -> ErrorSource {
+        match self {
+            Self::UnknownHost { .. } | Self::ClientBody(_) => ErrorSource::Client,
+            Self::Upstream { .. } => ErrorSource::Upstream,
+            Self::NoReplica { .. } => ErrorSource::Internal,
+        }
+    }
+
+    /// Whether sending the request to another replica is safe.
+    pub fn retry_safe(&self) -> bool {
+        matches!(
+            self,
+            Self::Upstream {
+                retry_safe: true,
+                ..
+            }
+        )
+    }
+
+    /// The status code the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownHost { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Self::NoReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The response the client gets.
+    pub fn response(&self) -> Response<ProxyBody> {
+        let body = Full::new(Bytes::from(format!("{self}\n")))
+            .map_err(|never| match never {})
+            .boxed();
+        Response::builder()
+            .status(self.status())
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(
+                "x-dropless-error",
+                format!("{:?}", self.source_kind()).to_lowercase(),
+            )
+            .body(body)
+            .expect("static parts form a response")
+    }
+}
+
+/// An error and its sources on one line, `outer: inner: root`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

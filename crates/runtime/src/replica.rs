@@ -1,0 +1,292 @@
+//! A replica: one instance of a service version, its state machine
+//! (`Starting → Ready → Draining → Stopping → Exited | Failed`), its in-flight
+//! request count and its connection pool.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Event, EventKind};
+use crate::pool::Pool;
+use crate::process::Process;
+
+/// Where a replica is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Started, not yet passing its probe; gets no traffic.
+    Starting,
+    /// Passing its probe; gets traffic.
+    Ready,
+    /// Gets no new traffic; its in-flight requests finish.
+    Draining,
+    /// Signalled (SIGTERM, then SIGKILL after the grace period).
+    Stopping,
+    /// Gone after being stopped.
+    Exited,
+    /// Crashed, failed its probe, or never became ready.
+    Failed,
+}
+
+/// One instance of a service.
+#[derive(Debug)]
+pub struct Replica {
+    name: String,
+    service: String,
+    generation: u64,
+    addr: SocketAddr,
+    process: Option<Process>,
+    log: Option<PathBuf>,
+    state: watch::Sender<ReplicaState>,
+    events: broadcast::Sender<Event>,
+    topology: watch::Sender<u64>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    pool: Mutex<Option<Pool>>,
+    member: AtomicBool,
+    drain_deadline: CancellationToken,
+    detail: Mutex<Option<String>>,
+}
+
+/// Counts one request in flight on a replica until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    replica: Arc<Replica>,
+}
+
+/// What a new replica is made of.
+#[derive(Debug)]
+pub struct ReplicaParts {
+    /// Replica name, e.g. `web-3`.
+    pub name: String,
+    /// Service name.
+    pub service: String,
+    /// Release generation it runs.
+    pub generation: u64,
+    /// Address it serves on.
+    pub addr: SocketAddr,
+    /// Its process, unless it is an unmanaged target.
+    pub process: Option<Process>,
+    /// Its log file, when it has a process.
+    pub log: Option<PathBuf>,
+    /// Where its events go.
+    pub events: broadcast::Sender<Event>,
+    /// Bumped on every state change so waiting requests look again.
+    pub topology: watch::Sender<u64>,
+    /// Idle timeout of its connection pool.
+    pub pool_idle_timeout: Duration,
+}
+
+impl ReplicaState {
+    /// True once the replica is gone for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Exited | Self::Failed)
+    }
+
+    /// The state's name as written in events and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Stopping => "stopping",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Self::Starting => 0,
+            Self::Ready => 1,
+            Self::Draining => 2,
+            Self::Stopping => 3,
+            Self::Exited | Self::Failed => 4,
+        }
+    }
+}
+
+impl fmt::Display for ReplicaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Replica {
+    /// A replica in state `Starting`.
+    pub fn new(parts: ReplicaParts) -> Arc<Self> {
+        let replica = Arc::new(Self {
+            pool: Mutex::new(Some(Pool::new(parts.addr, parts.pool_idle_timeout))),
+            name: parts.name,
+            service: parts.service,
+            generation: parts.generation,
+            addr: parts.addr,
+            process: parts.process,
+            log: parts.log,
+            state: watch::Sender::new(ReplicaState::Starting),
+            events: parts.events,
+            topology: parts.topology,
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            member: AtomicBool::new(false),
+            drain_deadline: CancellationToken::new(),
+            detail: Mutex::new(None),
+        });
+        replica.emit(ReplicaState::Starting, None);
+        replica
+    }
+
+    /// Replica name, e.g. `web-3`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Release generation it runs.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its process, unless it is an unmanaged target.
+    pub fn process(&self) -> Option<&Process> {
+        self.process.as_ref()
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> Option<&PathBuf> {
+        self.log.as_ref()
+    }
+
+    /// Its current state.
+    pub fn state(&self) -> ReplicaState {
+        *self.state.borrow()
+    }
+
+    /// A receiver of its state changes.
+    pub fn watch_state(&self) -> watch::Receiver<ReplicaState> {
+        self.state.subscribe()
+    }
+
+    /// The last reason given for a state change (exit status, probe failure).
+    pub fn detail(&self) -> Option<String> {
+        self.detail.lock().expect("detail lock").clone()
+    }
+
+    /// Requests in flight on it.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// True when it counts toward the service's desired replicas.
+    pub fn is_member(&self) -> bool {
+        self.member.load(Ordering::SeqCst)
+    }
+
+    /// Makes it count (or not) toward the desired replicas.
+    pub fn set_member(&self, member: bool) {
+        self.member.store(member, Ordering::SeqCst);
+    }
+
+    /// Moves to `next` when that is forward in the life cycle; returns whether
+    /// it moved. The change is broadcast as an event.
+    pub fn set_state(&self, next: ReplicaState, detail: Option<String>) -> bool {
+        let moved = self.state.send_if_modified(|s| {
+            if next.rank() > s.rank() {
+                *s = next;
+                true
+            } else {
+                false
+            }
+        });
+        if moved {
+            if detail.is_some() {
+                *self.detail.lock().expect("detail lock") = detail.clone();
+            }
+            if next != ReplicaState::Ready {
+                // Draining closes the idle keep-alive connections at once.
+                self.pool.lock().expect("pool lock").take();
+            }
+            if next.is_terminal() {
+                self.drain_deadline.cancel();
+            }
+            self.emit(next, detail);
+            self.topology.send_modify(|n| *n += 1);
+        }
+        moved
+    }
+
+    /// Counts a new request on it, if it is `Ready`; the count is taken before
+    /// the state is checked so that a drain never misses it.
+    pub fn try_begin(self: &Arc<Self>) -> Option<(InFlight, Pool)> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight {
+            replica: Arc::clone(self),
+        };
+        if self.state() != ReplicaState::Ready {
+            return None;
+        }
+        let pool = self.pool.lock().expect("pool lock").clone()?;
+        Some((guard, pool))
+    }
+
+    /// Waits until no request is in flight, at most `timeout`; returns whether
+    /// it drained.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.in_flight() == 0;
+            }
+        }
+    }
+
+    /// Cancelled when its drain deadline passes or it is gone: long-lived
+    /// tunnels (WebSocket) close then.
+    pub fn drain_deadline(&self) -> CancellationToken {
+        self.drain_deadline.clone()
+    }
+
+    /// Ends the drain: tunnels still open are closed.
+    pub fn end_drain(&self) {
+        self.drain_deadline.cancel();
+    }
+
+    fn emit(&self, state: ReplicaState, detail: Option<String>) {
+        let event = Event::now(
+            &self.service,
+            EventKind::Replica {
+                replica: self.name.clone(),
+                state,
+                addr: self.addr,
+                detail,
+            },
+        );
+        tracing::info!("{event}");
+        let _ = self.events.send(event);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.replica.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.replica.idle.notify_waiters();
+        }
+    }
+}

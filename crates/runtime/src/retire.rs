@@ -1,0 +1,72 @@
+//! Retirement of a replica, always in this order: stop routing to it, wait for
+//! its in-flight requests (drain timeout), pre-stop delay, SIGTERM to its
+//! process group, grace period, SIGKILL. An unmanaged target is drained but
+//! never signalled.
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RetireConfig;
+use crate::replica::{Replica, ReplicaState};
+
+/// How a retirement went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    /// All in-flight requests finished before the drain timeout.
+    pub drained: bool,
+    /// The process had to be killed with SIGKILL after the grace period.
+    pub killed: bool,
+}
+
+/// Retires `replica` as configured by `config`.
+pub async fn retire(replica: &Replica, config: &RetireConfig) -> Retired {
+    // Stop routing first: from here no new request is counted on it.
+    replica.set_state(ReplicaState::Draining, None);
+    let drained = replica.wait_idle(config.drain_timeout).await;
+    if !drained {
+        tracing::warn!(
+            replica = replica.name(),
+            in_flight = replica.in_flight(),
+            "drain timeout {:?} passed; stopping anyway",
+            config.drain_timeout
+        );
+    }
+    replica.end_drain();
+    if !config.pre_stop.is_zero() {
+        tokio::time::sleep(config.pre_stop).await;
+    }
+    let Some(process) = replica.process() else {
+        replica.set_state(ReplicaState::Stopping, None);
+        replica.set_state(
+            ReplicaState::Exited,
+            Some("unmanaged target, not signalled".into()),
+        );
+        return Retired {
+            drained,
+            killed: false,
+        };
+    };
+    replica.set_state(ReplicaState::Stopping, Some("SIGTERM".into()));
+    process.signal_group(Signal::SIGTERM);
+    let killed = tokio::time::timeout(config.grace, process.exited())
+        .await
+        .is_err();
+    if killed {
+        tracing::warn!(
+            replica = replica.name(),
+            "grace {:?} passed after SIGTERM; sending SIGKILL",
+            config.grace
+        );
+        process.signal_group(Signal::SIGKILL);
+    }
+    let status = process.exited().await;
+    // The leader is gone; make sure nothing else of its group lingers.
+    process.signal_group(Signal::SIGKILL);
+    let detail = if killed {
+        format!("killed after grace {:?} ({status})", config.grace)
+    } else {
+        status.to_string()
+    };
+    replica.set_state(ReplicaState::Exited, Some(detail));
+    Retired { drained, killed }
+}

@@ -1,0 +1,208 @@
+//! The runtime as a whole: supervisors for the configured services (resumed
+//! from the persisted state when there is one), the proxy, the control API,
+//! the persister, and the ordered shutdown.
+
+use std::path::PathBuf;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::control::{self, ControlListener};
+use crate::event::Event;
+use crate::process::SpawnError;
+use crate::proxy::Proxy;
+use crate::route::Router;
+use crate::signal::Shutdown;
+use crate::state::{Desired, Release, State, StateError};
+use crate::supervisor::{Supervisor, SupervisorOptions};
+
+/// Events kept for a slow subscriber before it misses some.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// The runtime behind `dropless serve`.
+#[derive(Debug)]
+pub struct Runtime {
+    config: Config,
+    router: Router,
+    events: broadcast::Sender<Event>,
+    state_path: PathBuf,
+}
+
+/// `serve` could not start or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state file is unreadable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A replica could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The state directory could not be created.
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl Runtime {
+    /// Validates `config`, loads the persisted state from its state dir and
+    /// builds the supervisors; nothing runs yet.
+    pub fn new(config: Config) -> Result<Self, ServeError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let state_path = config.state_dir.join("state.json");
+        let persisted = State::load(&state_path)?.unwrap_or_default();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let supervisors = config
+            .services
+            .iter()
+            .map(|s| {
+                let desired = persisted
+                    .services
+                    .get(&s.name)
+                    .cloned()
+                    .unwrap_or_else(|| Desired {
+                        current: Release {
+                            generation: 1,
+                            version: s.version.clone(),
+                        },
+                        previous: None,
+                        replicas: s.replicas,
+                    });
+                Supervisor::new(
+                    s.clone(),
+                    desired,
+                    SupervisorOptions {
+                        log_dir: config.state_dir.join("logs"),
+                        pool_idle_timeout: config.proxy.pool_idle_timeout,
+                        events: events.clone(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            router: Router::new(supervisors),
+            config,
+            events,
+            state_path,
+        })
+    }
+
+    /// The services, by host and by name.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// A subscription to every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Path of the persisted state.
+    pub fn state_path(&self) -> &std::path::Path {
+        &self.state_path
+    }
+
+    /// Starts the replicas, serves clients on `listener` and the control API
+    /// on `control` until `shutdown` resolves; then stops accepting, lets the
+    /// client connections finish, and retires every replica.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        control: Option<ControlListener>,
+        shutdown: impl Future<Output = Shutdown>,
+    ) -> Result<(), ServeError> {
+        let Runtime {
+            config,
+            router,
+            events,
+            state_path,
+        } = self;
+        for s in router.services() {
+            s.start()?;
+        }
+        save(&router, &state_path);
+        let stop_background = CancellationToken::new();
+        let persister = tokio::spawn(persist(
+            router.clone(),
+            state_path.clone(),
+            stop_background.clone(),
+        ));
+        let control = control.map(|c| {
+            tokio::spawn(control::serve(
+                c,
+                router.clone(),
+                events.clone(),
+                stop_background.clone().cancelled_owned(),
+            ))
+        });
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(Shutdown::Graceful));
+        let recorded = std::sync::Arc::clone(&mode);
+        let proxy_shutdown = async move {
+            let m = shutdown.await;
+            tracing::info!(
+                "shutdown ({m:?}): stop accepting, finish in-flight requests, retire replicas"
+            );
+            *recorded.lock().expect("mode lock") = m;
+            m
+        };
+        Proxy::new(router.clone(), config.proxy.clone())
+            .run(listener, proxy_shutdown)
+            .await;
+        let fast = *mode.lock().expect("mode lock") == Shutdown::Fast;
+        let retirements = router.services().iter().map(|s| s.shutdown(fast));
+        futures_util::future::join_all(retirements).await;
+        stop_background.cancel();
+        let _ = persister.await;
+        if let Some(c) = control {
+            let _ = c.await;
+        }
+        save(&router, &state_path);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn snapshot(router: &Router) -> State {
+    State {
+        services: router
+            .services()
+            .iter()
+            .map(|s| (s.name().to_string(), s.desired()))
+            .collect(),
+    }
+}
+
+fn save(router: &Router, path: &std::path::Path) {
+    if let Err(e) = snapshot(router).save(path) {
+        tracing::error!("{e}");
+    }
+}
+
+/// Writes the state file whenever a service's desired state changes.
+async fn persist(router: Router, path: PathBuf, stop: CancellationToken) {
+    let mut watches: Vec<_> = router
+        .services()
+        .iter()
+        .map(Supervisor::watch_desired)
+        .collect();
+    loop {
+        let changed =
+            futures_util::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        tokio::select! {
+            (result, _, _) = changed => if result.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        save(&router, &path);
+    }
+}

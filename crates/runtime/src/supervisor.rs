@@ -1,0 +1,435 @@
+//! The supervisor of one service: starts replicas (a process, or an
+//! unmanaged target address), probes them, replaces members that die on their
+//! own (with backoff), retires them, and publishes the set of routable
+//! replicas to the proxy.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ProbeConfig, ServiceConfig};
+use crate::event::{Event, EventKind};
+use crate::probe::{self, Probe};
+use crate::process::{self, Process, SpawnError};
+use crate::replica::{Replica, ReplicaParts, ReplicaState};
+use crate::retire::{self, Retired};
+use crate::rollout::RolloutPhase;
+use crate::state::{Desired, Release};
+
+/// Supervises the replicas of one service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+/// Where a supervisor writes and what it shares with the runtime.
+#[derive(Debug, Clone)]
+pub struct SupervisorOptions {
+    /// Directory of the per-replica log files.
+    pub log_dir: PathBuf,
+    /// Idle timeout of each replica's connection pool.
+    pub pool_idle_timeout: Duration,
+    /// Where events go.
+    pub events: broadcast::Sender<Event>,
+}
+
+/// A snapshot of one service for `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    /// Service name.
+    pub name: String,
+    /// Hosts routed to it (empty: the default service).
+    pub hosts: Vec<String>,
+    /// Desired state.
+    pub desired: Desired,
+    /// The last rollout and its phase, if any.
+    pub rollout: Option<(u64, RolloutPhase)>,
+    /// Replicas not yet gone.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A snapshot of one replica for `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaStatus {
+    /// Replica name.
+    pub name: String,
+    /// Its state.
+    pub state: ReplicaState,
+    /// Generation it runs.
+    pub generation: u64,
+    /// Address it serves on.
+    pub addr: std::net::SocketAddr,
+    /// Process id (and process group id), if managed.
+    pub pid: Option<u32>,
+    /// Log file, if managed.
+    pub log: Option<PathBuf>,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Counted in the desired replicas (and routed to when ready).
+    pub member: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ServiceConfig,
+    options: SupervisorOptions,
+    replicas: Mutex<Vec<Arc<Replica>>>,
+    topology: watch::Sender<u64>,
+    desired: watch::Sender<Desired>,
+    next_replica: AtomicU64,
+    restarts: AtomicU32,
+    rollout_lock: tokio::sync::Mutex<()>,
+    phase: Mutex<Option<(u64, RolloutPhase)>>,
+    next_rollout: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    /// A supervisor for the service `config` whose desired state is `desired`
+    /// (from the config, or the persisted state). Nothing runs until
+    /// [`Supervisor::start`].
+    pub fn new(config: ServiceConfig, desired: Desired, options: SupervisorOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                options,
+                replicas: Mutex::new(Vec::new()),
+                topology: watch::Sender::new(0),
+                desired: watch::Sender::new(desired),
+                next_replica: AtomicU64::new(1),
+                restarts: AtomicU32::new(0),
+                rollout_lock: tokio::sync::Mutex::new(()),
+                phase: Mutex::new(None),
+                next_rollout: AtomicU64::new(1),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Starts the desired replicas as members; they get traffic once ready.
+    pub fn start(&self) -> Result<(), SpawnError> {
+        let desired = self.desired();
+        for _ in 0..desired.replicas {
+            let replica = self.start_replica(&desired.current)?;
+            replica.set_member(true);
+        }
+        Ok(())
+    }
+
+    /// Service name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// Service configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    /// Desired state now.
+    pub fn desired(&self) -> Desired {
+        self.inner.desired.borrow().clone()
+    }
+
+    /// A receiver of desired-state changes (the persister's input).
+    pub fn watch_desired(&self) -> watch::Receiver<Desired> {
+        self.inner.desired.subscribe()
+    }
+
+    /// Replaces the desired state.
+    pub fn set_desired(&self, desired: Desired) {
+        self.inner.desired.send_replace(desired);
+    }
+
+    /// A receiver that changes whenever a replica changes state or membership.
+    pub fn watch_topology(&self) -> watch::Receiver<u64> {
+        self.inner.topology.subscribe()
+    }
+
+    /// Where events go.
+    pub fn events(&self) -> &broadcast::Sender<Event> {
+        &self.inner.options.events
+    }
+
+    /// All replicas not yet removed.
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        self.inner.replicas.lock().expect("replicas lock").clone()
+    }
+
+    /// Members that are not gone: the replicas counted as the service.
+    pub fn members(&self) -> Vec<Arc<Replica>> {
+        self.replicas()
+            .into_iter()
+            .filter(|r| {
+                r.is_member() && matches!(r.state(), ReplicaState::Starting | ReplicaState::Ready)
+            })
+            .collect()
+    }
+
+    /// Members that are ready: where requests go.
+    pub fn routable(&self) -> Vec<Arc<Replica>> {
+        let replicas = self.inner.replicas.lock().expect("replicas lock");
+        replicas
+            .iter()
+            .filter(|r| r.is_member() && r.state() == ReplicaState::Ready)
+            .cloned()
+            .collect()
+    }
+
+    /// Starts one replica of `release` (not a member yet) and its probe and
+    /// exit watcher.
+    pub fn start_replica(&self, release: &Release) -> Result<Arc<Replica>, SpawnError> {
+        let n = self.inner.next_replica.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{}-{n}", self.name());
+        let version = &release.version;
+        let (addr, process, log) = match version.target {
+            Some(addr) => (addr, None, None),
+            None => {
+                let addr = process::free_port().map_err(|source| SpawnError::Exec {
+                    program: version.command.first().cloned().unwrap_or_default(),
+                    source,
+                })?;
+                std::fs::create_dir_all(&self.inner.options.log_dir).map_err(|source| {
+                    SpawnError::Log {
+                        path: self.inner.options.log_dir.clone(),
+                        source,
+                    }
+                })?;
+                let log = self.inner.options.log_dir.join(format!("{name}.log"));
+                let process = Process::spawn(&version.command, &version.env, addr, &name, &log)?;
+                (addr, Some(process), Some(log))
+            }
+        };
+        let replica = Replica::new(ReplicaParts {
+            name,
+            service: self.name().to_string(),
+            generation: release.generation,
+            addr,
+            process,
+            log,
+            events: self.inner.options.events.clone(),
+            topology: self.inner.topology.clone(),
+            pool_idle_timeout: self.inner.options.pool_idle_timeout,
+        });
+        self.inner
+            .replicas
+            .lock()
+            .expect("replicas lock")
+            .push(Arc::clone(&replica));
+        tokio::spawn(
+            self.clone()
+                .watch_replica(Arc::clone(&replica), release.clone()),
+        );
+        Ok(replica)
+    }
+
+    /// Waits until `replica` is ready or has failed; the error says why,
+    /// naming the replica and its probe.
+    pub async fn await_ready(&self, replica: &Replica) -> Result<(), String> {
+        let mut state = replica.watch_state();
+        let outcome = *state
+            .wait_for(|s| *s != ReplicaState::Starting)
+            .await
+            .expect("the replica holds the sender");
+        if outcome == ReplicaState::Ready {
+            Ok(())
+        } else {
+            Err(replica
+                .detail()
+                .unwrap_or_else(|| format!("replica {} {outcome}", replica.name())))
+        }
+    }
+
+    /// Makes `replica` a member: it counts and gets traffic once ready.
+    pub fn promote(&self, replica: &Replica) {
+        replica.set_member(true);
+        self.inner.topology.send_modify(|n| *n += 1);
+    }
+
+    /// Takes `replica` out of routing now and returns its retirement to run.
+    pub fn retire(&self, replica: Arc<Replica>) -> impl Future<Output = Retired> + Send + 'static {
+        self.retire_with(replica, self.inner.config.retire.clone())
+    }
+
+    fn retire_with(
+        &self,
+        replica: Arc<Replica>,
+        config: crate::config::RetireConfig,
+    ) -> impl Future<Output = Retired> + Send + 'static {
+        replica.set_member(false);
+        replica.set_state(ReplicaState::Draining, None);
+        let this = self.clone();
+        async move {
+            let retired = retire::retire(&replica, &config).await;
+            this.remove(&replica);
+            retired
+        }
+    }
+
+    /// Stops replacing replicas and retires them all; `fast` skips the
+    /// drain and grace periods (SIGKILL at once).
+    pub async fn shutdown(&self, fast: bool) {
+        self.inner.shutdown.cancel();
+        let mut config = self.inner.config.retire.clone();
+        if fast {
+            config = crate::config::RetireConfig {
+                drain_timeout: Duration::ZERO,
+                pre_stop: Duration::ZERO,
+                grace: Duration::ZERO,
+            };
+        }
+        let retirements: Vec<_> = self
+            .replicas()
+            .into_iter()
+            .map(|r| self.retire_with(r, config.clone()))
+            .collect();
+        futures_util::future::join_all(retirements).await;
+    }
+
+    /// A snapshot for `status`.
+    pub fn status(&self) -> ServiceStatus {
+        ServiceStatus {
+            name: self.name().to_string(),
+            hosts: self.inner.config.hosts.clone(),
+            desired: self.desired(),
+            rollout: *self.inner.phase.lock().expect("phase lock"),
+            replicas: self
+                .replicas()
+                .iter()
+                .map(|r| ReplicaStatus {
+                    name: r.name().to_string(),
+                    state: r.state(),
+                    generation: r.generation(),
+                    addr: r.addr(),
+                    pid: r.process().map(Process::pid),
+                    log: r.log().cloned(),
+                    in_flight: r.in_flight(),
+                    member: r.is_member(),
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn rollout_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.rollout_lock
+    }
+
+    pub(crate) fn next_rollout(&self) -> u64 {
+        self.inner.next_rollout.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Records and broadcasts a rollout phase.
+    pub(crate) fn set_phase(&self, id: u64, phase: RolloutPhase, detail: Option<String>) {
+        *self.inner.phase.lock().expect("phase lock") = Some((id, phase));
+        let event = Event::now(self.name(), EventKind::Rollout { id, phase, detail });
+        tracing::info!("{event}");
+        let _ = self.inner.options.events.send(event);
+    }
+
+    fn remove(&self, replica: &Replica) {
+        self.inner
+            .replicas
+            .lock()
+            .expect("replicas lock")
+            .retain(|r| !std::ptr::eq(Arc::as_ptr(r), replica));
+        self.inner.topology.send_modify(|n| *n += 1);
+    }
+
+    /// The life of one replica after its start: exit watcher, probes, and
+    /// replacement when a member fails on its own.
+    async fn watch_replica(self, replica: Arc<Replica>, release: Release) {
+        let probe_config: ProbeConfig = self.inner.config.probe.clone();
+        if replica.process().is_some() {
+            let replica = Arc::clone(&replica);
+            let probe = Probe::new(replica.addr(), &probe_config).to_string();
+            // The exit watcher owns nothing but the replica; it ends with it.
+            let exited = async move {
+                let process = replica.process().expect("managed replica");
+                let status = process.exited().await;
+                let state = replica.state();
+                // A stopped replica's exit is reported by its retirement.
+                if state != ReplicaState::Stopping && !state.is_terminal() {
+                    let detail = if state == ReplicaState::Starting {
+                        format!(
+                            "replica {} exited ({status}) before {probe} succeeded",
+                            replica.name()
+                        )
+                    } else {
+                        format!(
+                            "replica {} exited on its own ({status}) while {state}",
+                            replica.name()
+                        )
+                    };
+                    replica.set_state(ReplicaState::Failed, Some(detail));
+                    // Children it left behind go with it.
+                    process.signal_group(nix::sys::signal::Signal::SIGKILL);
+                }
+            };
+            tokio::spawn(exited);
+        }
+        if probe::wait_ready(&replica, &probe_config).await.is_ok() {
+            if replica.is_member() {
+                self.inner.restarts.store(0, Ordering::SeqCst);
+            }
+            if let Some(err) = probe::watch_ready(&replica, &probe_config).await {
+                let detail = format!(
+                    "replica {} failed {} probes in a row: {err}",
+                    replica.name(),
+                    probe_config.failure_threshold
+                );
+                replica.set_state(ReplicaState::Failed, Some(detail));
+            }
+        }
+        let mut state = replica.watch_state();
+        let last = *state
+            .wait_for(|s| s.is_terminal())
+            .await
+            .expect("sender held");
+        if last == ReplicaState::Failed && replica.is_member() && !self.is_shutting_down() {
+            replica.set_member(false);
+            if let Some(process) = replica.process() {
+                process.signal_group(nix::sys::signal::Signal::SIGKILL);
+            }
+            self.remove(&replica);
+            self.replace(release).await;
+        }
+    }
+
+    /// Starts a member of `release` in place of one that failed, after an
+    /// exponential backoff.
+    async fn replace(&self, release: Release) {
+        let restart = &self.inner.config.restart;
+        loop {
+            let n = self.inner.restarts.fetch_add(1, Ordering::SeqCst).min(16);
+            let delay = restart
+                .backoff
+                .saturating_mul(1 << n)
+                .min(restart.backoff_max);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+            match self.start_replica(&release) {
+                Ok(replica) => {
+                    replica.set_member(true);
+                    tracing::info!(
+                        service = self.name(),
+                        replica = replica.name(),
+                        "replacement started after {delay:?}"
+                    );
+                    return;
+                }
+                Err(e) => tracing::error!(service = self.name(), "cannot start a replacement: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Shared fixtures: the misbehaving test backend, a bounded load client, and
+//! a runtime started in-process on 127.0.0.1 port 0 with its control socket
+//! and state in a temporary directory.
+
+pub mod backend;
+pub mod load;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dropless_runtime::config::{Config, ServiceConfig, Version};
+use dropless_runtime::control::{ControlClient, ControlListener};
+use dropless_runtime::event::{Event, EventKind};
+use dropless_runtime::replica::ReplicaState;
+use dropless_runtime::route::Router;
+use dropless_runtime::serve::Runtime;
+use dropless_runtime::signal::Shutdown;
+use tokio::sync::{broadcast, oneshot};
+
+/// Longest a test waits for a condition.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// How the test backend behaves (see [`backend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Finishes in-flight requests on SIGTERM.
+    Graceful,
+    /// Exits at once on SIGTERM (the demo's v4).
+    ExitOnTerm,
+    /// Ignores SIGTERM (the demo's v1).
+    IgnoreTerm,
+    /// Exits 3 at start.
+    Crash,
+    /// Health is always 503.
+    NeverReady,
+}
+
+/// A version that runs the test backend in `mode`, labelled `label`.
+pub fn backend(mode: Mode, label: &str) -> Version {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mode = match mode {
+        Mode::Graceful => "graceful",
+        Mode::ExitOnTerm => "exit-on-term",
+        Mode::IgnoreTerm => "ignore-term",
+        Mode::Crash => "crash",
+        Mode::NeverReady => "never-ready",
+    };
+    Version::command([
+        exe.to_string_lossy().into_owned(),
+        "--ignored".into(),
+        "--exact".into(),
+        "fixtures::backend::backend_process".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+        "-q".into(),
+    ])
+    .with_env("DROPLESS_TEST_BACKEND", "1")
+    .with_env("BACKEND_MODE", mode)
+    .with_env("VERSION", label)
+}
+
+/// A service with short timeouts fit for tests.
+pub fn service(name: &str, version: Version, replicas: usize) -> ServiceConfig {
+    let mut s = ServiceConfig {
+        name: name.into(),
+        replicas,
+        version,
+        ..ServiceConfig::default()
+    };
+    s.probe.fast_interval = Duration::from_millis(20);
+    s.probe.interval = Duration::from_millis(200);
+    s.probe.timeout = Duration::from_millis(500);
+    s.probe.ready_timeout = Duration::from_secs(5);
+    s.retire.drain_timeout = Duration::from_secs(5);
+    s.retire.grace = Duration::from_secs(2);
+    s.restart.backoff = Duration::from_millis(50);
+    s
+}
+
+/// A runtime config for `services` with its state in `dir`.
+pub fn config(dir: &std::path::Path, services: Vec<ServiceConfig>) -> Config {
+    let mut c = Config {
+        state_dir: dir.to_path_buf(),
+        services,
+        ..Config::default()
+    };
+    c.proxy.listen = "127.0.0.1:0".parse().unwrap();
+    c.proxy.queue_timeout = Duration::from_secs(5);
+    c.proxy.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+/// A runtime running in-process.
+pub struct Harness {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// The control socket.
+    pub control: PathBuf,
+    /// The services.
+    pub router: Router,
+    /// Events from before the first replica started.
+    pub events: broadcast::Receiver<Event>,
+    stop: Option<oneshot::Sender<Shutdown>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    /// Starts a runtime for `config` on 127.0.0.1:0.
+    pub async fn start(config: Config) -> Self {
+        let control = config.control_path();
+        let runtime = Runtime::new(config).expect("runtime");
+        let router = runtime.router().clone();
+        let events = runtime.subscribe();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let control_listener = ControlListener::bind(&control).expect("control socket");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let shutdown = async { stopped.await.unwrap_or(Shutdown::Graceful) };
+            runtime
+                .run(listener, Some(control_listener), shutdown)
+                .await
+                .expect("runtime run");
+        });
+        Self {
+            addr,
+            control,
+            router,
+            events,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// `http://ADDR/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A control client.
+    pub fn client(&self) -> ControlClient {
+        ControlClient::new(&self.control)
+    }
+
+    /// Waits until the only service has `n` ready members.
+    pub async fn wait_routable(&self, n: usize) {
+        let service = self.router.service(None).expect("one service");
+        let mut topology = service.watch_topology();
+        tokio::time::timeout(WAIT, async {
+            while service.routable().len() != n {
+                topology.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never {n} routable replicas: {:?}", service.status()));
+    }
+
+    /// Stops the runtime and waits for it.
+    pub async fn stop(mut self, mode: Shutdown) {
+        let _ = self.stop.take().unwrap().send(mode);
+        tokio::time::timeout(WAIT * 2, &mut self.task)
+            .await
+            .expect("runtime stops")
+            .expect("runtime task");
+    }
+}
+
+/// Waits for the next event matching `pred`.
+pub async fn next_event(
+    events: &mut broadcast::Receiver<Event>,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let e = events.recv().await.expect("events");
+            if pred(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+/// The replica states of `replica` in the order they were broadcast, until
+/// it reaches a terminal state.
+pub async fn states_of(
+    events: &mut broadcast::Receiver<Event>,
+    replica: &str,
+) -> Vec<ReplicaState> {
+    let mut states = Vec::new();
+    loop {
+        let e = next_event(
+            events,
+            |e| matches!(&e.kind, EventKind::Replica { replica: r, .. } if r == replica),
+        )
+        .await;
+        let EventKind::Replica { state, .. } = e.kind else {
+            unreachable!()
+        };
+        states.push(state);
+        if state.is_terminal() {
+            return states;
+        }
+    }
+}
+
+/// One GET through the proxy: status, `x-version`, body.
+pub async fn get(url: &str) -> (u16, Option<String>, String) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = client.get(url.parse().unwrap()).await.expect("GET");
+    let status = resp.status().as_u16();
+    let version = resp
+        .headers()
+        .get("x-version")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, version, String::from_utf8_lossy(&body).into_owned())
+}

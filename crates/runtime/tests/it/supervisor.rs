@@ -1,0 +1,126 @@
+//! Replicas: process group, PORT, logs, state machine, probes, replacement.
+
+use std::time::Duration;
+
+use dropless_runtime::event::EventKind;
+use dropless_runtime::replica::ReplicaState::*;
+use dropless_runtime::signal::Shutdown;
+
+use crate::fixtures::{self, Harness, Mode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_starts_ready_serves_and_retires_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let mut h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    let first = fixtures::next_event(&mut h.events, |e| {
+        matches!(e.kind, EventKind::Replica { .. })
+    })
+    .await;
+    let EventKind::Replica {
+        replica,
+        state,
+        addr,
+        ..
+    } = first.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!((replica.as_str(), state), ("web-1", Starting));
+    assert!(addr.ip().is_loopback());
+    h.wait_routable(1).await;
+
+    let (status, version, body) = fixtures::get(&h.url("/sum?a=1&b=2")).await;
+    assert_eq!(
+        (status, version.as_deref(), body.as_str()),
+        (200, Some("v1"), "{\"result\":3}")
+    );
+
+    let status = h.router.service(None).unwrap().status();
+    let r = &status.replicas[0];
+    let pid = r.pid.expect("managed replica has a pid");
+    // Its own process group, and PORT is the address the runtime chose.
+    assert_eq!(
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)))
+            .unwrap()
+            .as_raw(),
+        pid as i32
+    );
+    let log = std::fs::read_to_string(r.log.as_ref().unwrap()).unwrap();
+    assert!(
+        log.contains(&format!("listening on {}", r.addr.port())),
+        "{log}"
+    );
+
+    let mut events = h.events.resubscribe();
+    h.stop(Shutdown::Graceful).await;
+    let states = fixtures::states_of(&mut events, "web-1").await;
+    assert_eq!(states, vec![Draining, Stopping, Exited]);
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err(),
+        "process gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_probe_is_used_without_a_health_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = fixtures::service("web", fixtures::backend(Mode::NeverReady, "v1"), 1);
+    service.probe.path = String::new();
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    // Health says 503, but a TCP connect succeeds: ready.
+    h.wait_routable(1).await;
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ignored_means_sigkill_after_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = fixtures::service("web", fixtures::backend(Mode::IgnoreTerm, "v1"), 1);
+    service.retire.grace = Duration::from_millis(300);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let mut events = h.events.resubscribe();
+    let began = std::time::Instant::now();
+    h.stop(Shutdown::Graceful).await;
+    let exited = fixtures::next_event(&mut events, |e| {
+        matches!(&e.kind, EventKind::Replica { state: Exited, .. })
+    })
+    .await;
+    let EventKind::Replica { detail, .. } = exited.kind else {
+        unreachable!()
+    };
+    assert!(detail.unwrap().contains("killed after grace"));
+    assert!(began.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_is_replaced_and_gets_no_traffic_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 2);
+    let mut h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(2).await;
+    let load = fixtures::load::Load::start(
+        &h.url("/sum?a=1&b=2"),
+        200,
+        Duration::from_secs(10),
+        fixtures::load::Client::KeepAlive,
+    );
+    load.wait_ok(100).await;
+    let victim = h.router.service(None).unwrap().status().replicas[0].clone();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(victim.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let failed = fixtures::next_event(&mut h.events, |e| matches!(&e.kind, EventKind::Replica { replica, state: Failed, .. } if *replica == victim.name)).await;
+    assert!(failed.to_string().contains("exited on its own"), "{failed}");
+    // A replacement (a new replica name) becomes ready.
+    fixtures::next_event(&mut h.events, |e| matches!(&e.kind, EventKind::Replica { replica, state: Ready, .. } if *replica != victim.name)).await;
+    h.wait_routable(2).await;
+    let sent_before = load.snapshot().ok;
+    load.wait_ok(sent_before + 100).await;
+    let report = load.finish().await;
+    report.assert_clean(200);
+    h.stop(Shutdown::Fast).await;
+}
