@@ -1,6 +1,8 @@
 //! `dropless`: the command line. Parsing and wiring only; every subcommand
 //! calls into a library crate.
 
+mod load;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,7 @@ struct Cli {
 enum Command {
     /// Print the version and the parts this build contains.
     Version,
+    Load(Box<load::LoadArgs>),
 }
 
 fn main() -> ExitCode {
@@ -30,5 +33,6 @@ fn main() -> ExitCode {
             println!("parts: lifecycle (crate dropless-lifecycle), demo service (dropless-demo)");
             ExitCode::SUCCESS
         }
+        Command::Load(args) => load::run(*args),
     }
 }

@@ -1,7 +1,57 @@
 //! dropless-load: the open-model load generator behind `dropless load`.
 //!
-//! It will own the arrival scheduler, the HTTP clients, the outcome classes,
-//! the latency histograms, the per-second timeline and the load report type
-//! (see `shared/DESIGN.md`, "Load report"). Filled by the `dropless load` issue.
+//! It sends requests at a constant arrival rate ([`Model::Open`], latency
+//! measured from each request's *scheduled* instant, so a stalled server
+//! cannot hide behind coordinated omission) or from concurrent loops
+//! ([`Model::Closed`]), classifies every outcome exactly once
+//! ([`FailureClass`]: `http_<code>`, `refused`, `reset`, `eof`, `timeout`,
+//! `tls`, `other`), and keeps only histograms and per-second buckets, never a
+//! record per request.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dropless_load::Error> {
+//! use std::time::Duration;
+//! use dropless_load::{Config, Model};
+//!
+//! let mut config = Config::new("http://127.0.0.1:8080/sum?a=1&b=2");
+//! config.model = Model::Open { rate: 200.0 };
+//! config.duration = Duration::from_secs(30);
+//! let run = dropless_load::start(&config).await?;
+//! let mut snapshots = run.subscribe(); // one Snapshot per second
+//! let stopper = run.stopper(); // stopper.stop() ends it early
+//! tokio::spawn(async move {
+//!     while snapshots.changed().await.is_ok() {
+//!         let s = snapshots.borrow().clone();
+//!         println!("{:.0}s: {} ok, {} failed", s.elapsed_s, s.requests.ok, s.requests.failed);
+//!     }
+//! });
+//! let report = run.report().await?;
+//! println!("{}", report.summary());
+//! # drop(stopper); Ok(()) }
+//! ```
+//!
+//! Main types: [`Config`] (validated before any socket opens), [`Run`] and
+//! [`Stopper`], [`Snapshot`], [`Report`] (DESIGN.md's JSON) and
+//! [`Thresholds`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod client;
+mod config;
+mod outcome;
+mod report;
+mod run;
+mod schedule;
+mod stats;
+mod summary;
+mod threshold;
+mod timeline;
+
+pub use config::{
+    Config, ConfigError, DEFAULT_DURATION, DEFAULT_EXPECT_STATUS, DEFAULT_GRACE,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE, DEFAULT_TIMEOUT, Model, StatusSet,
+};
+pub use outcome::FailureClass;
+pub use report::{Latency, Percentiles, Rate, Report, Requests, Second, Snapshot};
+pub use run::{Error, Run, Stopper, run, start};
+pub use threshold::Thresholds;

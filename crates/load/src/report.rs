@@ -1,0 +1,148 @@
+//! The load report (DESIGN.md's JSON schema, plus `retries`,
+//! `service_time_ms` and `interrupted`) and the live per-second snapshot.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The result of a run. Serializes to the JSON of DESIGN.md, "Load report".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The target URL.
+    pub target: String,
+    /// `open` (constant arrival rate) or `closed` (virtual users).
+    pub model: String,
+    /// Number of virtual users (closed model only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vus: Option<usize>,
+    /// Target (open model only) and achieved request rate.
+    pub rate: Rate,
+    /// How long requests were started, in seconds (shorter than planned when
+    /// the run was interrupted).
+    pub duration_s: f64,
+    /// Requests sent, by outcome.
+    pub requests: Requests,
+    /// Failed requests by class (`http_<code>`, `refused`, `reset`, `eof`,
+    /// `timeout`, `tls`, `other`).
+    pub failures: BTreeMap<String, u64>,
+    /// Up to ten messages of `other` failures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_samples: Vec<String>,
+    /// Requests the schedule asked for that were not sent because
+    /// `max_in_flight` requests were already in flight.
+    pub dropped_iterations: u64,
+    /// Requests retried once because their reused connection had been closed.
+    pub retries: u64,
+    /// Whether the run was stopped before its planned end.
+    pub interrupted: bool,
+    /// Latency from the scheduled send instant, for requests that got a
+    /// response (ok or an unexpected status).
+    pub latency_ms: Latency,
+    /// Time to last byte from the actual send (service time), for the same
+    /// requests.
+    pub service_time_ms: Percentiles,
+    /// One entry per second of the run, by the second each request was due.
+    pub timeline: Vec<Second>,
+}
+
+/// Request rates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    /// The open model's rate; `null` for the closed model.
+    pub target_per_s: Option<f64>,
+    /// Requests sent per second of `duration_s`.
+    pub achieved_per_s: f64,
+}
+
+/// Request counts: `total = ok + failed`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requests {
+    /// Requests sent.
+    pub total: u64,
+    /// Requests with an expected status (and body).
+    pub ok: u64,
+    /// Requests with any failure class.
+    pub failed: u64,
+}
+
+/// Time to first byte (response head) and to last byte (whole body).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Time to first byte.
+    pub ttfb: Percentiles,
+    /// Time to last byte.
+    pub ttlb: Percentiles,
+}
+
+/// A latency distribution in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Smallest value.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// 80th percentile.
+    pub p80: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Number of values.
+    pub count: u64,
+}
+
+/// The requests due in one second of the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    /// Seconds since the start of the run.
+    pub t_s: u64,
+    /// Requests sent (and finished) that were due in this second.
+    pub sent: u64,
+    /// Of those, ok.
+    pub ok: u64,
+    /// Of those, failed.
+    pub failed: u64,
+    /// Requests due in this second that were dropped.
+    #[serde(default)]
+    pub dropped: u64,
+    /// 99th percentile of time to last byte from the schedule, if any
+    /// response arrived.
+    pub p99_ms: Option<f64>,
+    /// Failed requests by class.
+    #[serde(default)]
+    pub failures: BTreeMap<String, u64>,
+}
+
+/// The state of a run, published once per second and at the end.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Seconds since the start.
+    pub elapsed_s: f64,
+    /// Finished requests so far.
+    pub requests: Requests,
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// Dropped iterations so far.
+    pub dropped_iterations: u64,
+    /// Retries so far.
+    pub retries: u64,
+    /// Failures by class so far.
+    pub failures: BTreeMap<String, u64>,
+    /// The timeline so far; the last few seconds still fill in as their
+    /// requests finish.
+    pub timeline: Vec<Second>,
+    /// Whether this is the last snapshot (the report is ready).
+    pub done: bool,
+}
+
+impl Report {
+    /// The JSON form, pretty-printed.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// The count of one failure class (`"http_503"`, `"eof"`, ...), 0 if absent.
+    pub fn failure_count(&self, class: &str) -> u64 {
+        self.failures.get(class).copied().unwrap_or(0)
+    }
+}

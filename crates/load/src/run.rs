@@ -1,0 +1,262 @@
+//! A run in process: start it, watch its per-second snapshots, stop it, and
+//! get its report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{Connector, HttpTransport, Transport};
+use crate::config::{Config, ConfigError, Model, Plan};
+use crate::report::{Latency, Rate, Report, Snapshot};
+use crate::schedule::{self, Shared, Until};
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid (a usage error).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The target host does not resolve.
+    #[error("cannot resolve host '{host}': {reason}")]
+    Resolve {
+        /// The host of the target URL.
+        host: String,
+        /// What the resolver said.
+        reason: String,
+    },
+    /// The run's task ended abnormally.
+    #[error("the load run failed: {0}")]
+    Task(String),
+}
+
+/// A run in progress. Dropping it does not stop it; call [`Run::stop`].
+pub struct Run {
+    stopper: Stopper,
+    snapshots: watch::Receiver<Snapshot>,
+    task: JoinHandle<Report>,
+}
+
+/// Stops a run from anywhere (a signal handler, a trial script).
+#[derive(Clone, Debug)]
+pub struct Stopper {
+    stop: CancellationToken,
+    abandon: CancellationToken,
+    interrupted: Arc<AtomicBool>,
+}
+
+/// Start a run of `config` on the current tokio runtime. Validates the
+/// configuration and resolves the host first; no socket is opened on error.
+pub async fn start(config: &Config) -> Result<Run, Error> {
+    let plan = config.plan()?;
+    let resolve = |reason: String| Error::Resolve {
+        host: plan.host.clone(),
+        reason,
+    };
+    let addrs: Vec<_> = tokio::net::lookup_host((plan.host.as_str(), plan.port))
+        .await
+        .map_err(|e| resolve(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(resolve("no address".into()));
+    }
+    let connector = Connector::new(addrs, plan.tls, &plan.host, plan.insecure, plan.http2)
+        .map_err(|_| ConfigError::Url {
+            url: plan.url.clone(),
+            reason: "the host is not a valid TLS server name",
+        })?;
+    let transport = HttpTransport::new(&plan, connector);
+    Ok(start_with(plan, transport))
+}
+
+/// Start a run and wait for its report.
+pub async fn run(config: &Config) -> Result<Report, Error> {
+    start(config).await?.report().await
+}
+
+impl Run {
+    /// Per-second snapshots; the last one has `done` set.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshots.clone()
+    }
+
+    /// A handle that stops this run.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Stop scheduling now; requests in flight get the grace period.
+    pub fn stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// Wait for the end of the run and its report.
+    pub async fn report(self) -> Result<Report, Error> {
+        self.task.await.map_err(|e| Error::Task(e.to_string()))
+    }
+}
+
+impl Stopper {
+    /// Stop scheduling; requests in flight get the grace period. The report
+    /// is marked interrupted.
+    pub fn stop(&self) {
+        self.interrupted.store(true, Ordering::Relaxed);
+        self.stop.cancel();
+    }
+
+    /// Stop scheduling and count every request still in flight as a timeout
+    /// at once (a second Ctrl-C).
+    pub fn abandon(&self) {
+        self.stop();
+        self.abandon.cancel();
+    }
+}
+
+/// Start a run of `plan` over any transport.
+pub(crate) fn start_with<T: Transport>(plan: Plan, transport: T) -> Run {
+    let start = Instant::now();
+    let stopper = Stopper {
+        stop: CancellationToken::new(),
+        abandon: CancellationToken::new(),
+        interrupted: Arc::new(AtomicBool::new(false)),
+    };
+    let until = Until::new(start + plan.duration, plan.requests, stopper.stop.clone());
+    let shared = Arc::new(Shared::new(
+        transport,
+        start,
+        plan.timeout,
+        plan.expect_status.clone(),
+        plan.expect_body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+        until,
+        &stopper.abandon,
+    ));
+    let (tx, snapshots) = watch::channel(Snapshot::default());
+    let task = tokio::spawn(drive(plan, shared, tx, stopper.clone()));
+    Run {
+        stopper,
+        snapshots,
+        task,
+    }
+}
+
+async fn drive<T: Transport>(
+    plan: Plan,
+    shared: Arc<Shared<T>>,
+    tx: watch::Sender<Snapshot>,
+    stopper: Stopper,
+) -> Report {
+    let tracker = TaskTracker::new();
+    let mut tick = tokio::time::interval_at(
+        shared.start + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let scheduling = async {
+        match plan.model {
+            Model::Open { rate } => {
+                schedule::open(&shared, rate, plan.max_in_flight, &tracker).await
+            }
+            Model::Closed { vus } => schedule::closed(&shared, vus, &tracker).await,
+        }
+    };
+    tokio::pin!(scheduling);
+    let end = loop {
+        tokio::select! {
+            end = &mut scheduling => break end,
+            _ = tick.tick() => publish(&shared, &tx, &plan, false),
+        }
+    };
+    // Requests still in flight get the grace period, then count as timeouts.
+    tracker.close();
+    let grace = tokio::time::sleep(plan.grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            () = tracker.wait() => break,
+            () = &mut grace, if !stopper.abandon.is_cancelled() => stopper.abandon.cancel(),
+            _ = tick.tick() => publish(&shared, &tx, &plan, false),
+        }
+    }
+    let report = report(
+        &plan,
+        &shared,
+        end,
+        stopper.interrupted.load(Ordering::Relaxed),
+    );
+    publish(&shared, &tx, &plan, true);
+    report
+}
+
+fn publish<T: Transport>(
+    shared: &Shared<T>,
+    tx: &watch::Sender<Snapshot>,
+    plan: &Plan,
+    done: bool,
+) {
+    let elapsed = shared.start.elapsed();
+    let mut recorder = shared.recorder.lock().expect("recorder lock");
+    // A request due in second t has finished by t + 1 s + timeout.
+    let settled = elapsed.saturating_sub(plan.timeout + Duration::from_secs(1));
+    recorder.seal_before(if done { u64::MAX } else { settled.as_secs() });
+    let snapshot = Snapshot {
+        elapsed_s: elapsed.as_secs_f64(),
+        requests: recorder.requests(),
+        in_flight: shared.in_flight.load(Ordering::Relaxed) as u64,
+        dropped_iterations: recorder.dropped(),
+        retries: recorder.retries(),
+        failures: recorder.failures(),
+        timeline: recorder.timeline().rows(),
+        done,
+    };
+    drop(recorder);
+    tx.send_replace(snapshot);
+}
+
+fn report<T: Transport>(
+    plan: &Plan,
+    shared: &Shared<T>,
+    end: Instant,
+    interrupted: bool,
+) -> Report {
+    let mut recorder = shared.recorder.lock().expect("recorder lock");
+    recorder.seal_before(u64::MAX);
+    let duration_s = end.saturating_duration_since(shared.start).as_secs_f64();
+    let requests = recorder.requests();
+    let (model, vus, target_per_s) = match plan.model {
+        Model::Open { rate } => ("open", None, Some(rate)),
+        Model::Closed { vus } => ("closed", Some(vus), None),
+    };
+    let achieved_per_s = match duration_s > 0.0 {
+        true => requests.total as f64 / duration_s,
+        false => 0.0,
+    };
+    Report {
+        target: plan.url.clone(),
+        model: model.to_owned(),
+        vus,
+        rate: Rate {
+            target_per_s,
+            achieved_per_s,
+        },
+        duration_s,
+        requests,
+        failures: recorder.failures(),
+        other_samples: recorder.other_samples(),
+        dropped_iterations: recorder.dropped(),
+        retries: recorder.retries(),
+        interrupted,
+        latency_ms: Latency {
+            ttfb: recorder.ttfb(),
+            ttlb: recorder.ttlb(),
+        },
+        service_time_ms: recorder.service(),
+        timeline: recorder.timeline().rows(),
+    }
+}

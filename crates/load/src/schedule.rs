@@ -1,0 +1,230 @@
+//! The scheduler, written once for every transport and stop condition.
+//!
+//! Two arrival models feed one `execute`: the open model's dispatcher starts
+//! a task per due instant (so a slow server never delays the schedule), the
+//! closed model's loops send back to back. Both stop on the same [`Until`]:
+//! the deadline, a request count, or a stop from the caller.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{Marks, Transport};
+use crate::config::StatusSet;
+use crate::outcome::{Failure, FailureClass};
+use crate::stats::{Recorder, Timings};
+
+/// Waiters on the abandon signal are spread over this many tokens, so that
+/// thousands of requests in flight do not queue on one lock.
+const ABANDON_SHARDS: usize = 16;
+/// The open dispatcher yields after this many sends without sleeping.
+const DISPATCH_BATCH: u32 = 64;
+
+/// What every request of a run shares.
+pub(crate) struct Shared<T> {
+    pub(crate) transport: T,
+    pub(crate) recorder: Mutex<Recorder>,
+    pub(crate) start: Instant,
+    pub(crate) timeout: Duration,
+    pub(crate) expect_status: StatusSet,
+    pub(crate) expect_body: Option<String>,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) until: Until,
+    abandon: Vec<CancellationToken>,
+}
+
+/// When scheduling stops.
+pub(crate) struct Until {
+    pub(crate) deadline: Instant,
+    limit: Option<u64>,
+    issued: AtomicU64,
+    exhausted: Notify,
+    pub(crate) stop: CancellationToken,
+}
+
+impl<T: Transport> Shared<T> {
+    pub(crate) fn new(
+        transport: T,
+        start: Instant,
+        timeout: Duration,
+        expect_status: StatusSet,
+        expect_body: Option<String>,
+        until: Until,
+        abandon: &CancellationToken,
+    ) -> Self {
+        Shared {
+            transport,
+            recorder: Mutex::new(Recorder::new()),
+            start,
+            timeout,
+            expect_status,
+            expect_body,
+            in_flight: AtomicUsize::new(0),
+            until,
+            abandon: (0..ABANDON_SHARDS).map(|_| abandon.child_token()).collect(),
+        }
+    }
+
+    /// The second of the run `instant` falls in.
+    pub(crate) fn second(&self, instant: Instant) -> u64 {
+        instant.saturating_duration_since(self.start).as_secs()
+    }
+}
+
+impl Until {
+    pub(crate) fn new(deadline: Instant, limit: Option<u64>, stop: CancellationToken) -> Self {
+        Until {
+            deadline,
+            limit,
+            issued: AtomicU64::new(0),
+            exhausted: Notify::new(),
+            stop,
+        }
+    }
+
+    /// Take the right to start one more request (or drop it), unless the
+    /// request count is reached.
+    fn ticket(&self) -> bool {
+        let Some(limit) = self.limit else { return true };
+        if self.issued.fetch_add(1, Ordering::Relaxed) < limit {
+            return true;
+        }
+        self.exhausted.notify_one();
+        false
+    }
+}
+
+/// Open model: a request due every `1/rate` s from the start. Returns when
+/// scheduling ended.
+pub(crate) async fn open<T: Transport>(
+    shared: &Arc<Shared<T>>,
+    rate: f64,
+    max_in_flight: usize,
+    tracker: &TaskTracker,
+) -> Instant {
+    let until = &shared.until;
+    let mut last = shared.start;
+    let mut batch = 0;
+    for n in 0u64.. {
+        let due = shared.start + Duration::from_secs_f64(n as f64 / rate);
+        if due >= until.deadline {
+            return last.max(until.deadline);
+        }
+        if due > Instant::now() {
+            batch = 0;
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = until.stop.cancelled() => return Instant::now(),
+            }
+        } else if batch >= DISPATCH_BATCH {
+            // Behind schedule: catch up, but let the snapshot ticker run.
+            batch = 0;
+            tokio::task::yield_now().await;
+        }
+        if until.stop.is_cancelled() {
+            return Instant::now();
+        }
+        if !until.ticket() {
+            return last;
+        }
+        batch += 1;
+        last = Instant::now();
+        if shared.in_flight.load(Ordering::Relaxed) >= max_in_flight {
+            shared
+                .recorder
+                .lock()
+                .expect("recorder lock")
+                .drop_iteration(shared.second(due));
+            continue;
+        }
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let task = Arc::clone(shared);
+        tracker.spawn(async move {
+            let mut session = T::Session::default();
+            task.execute(&mut session, due, n as usize).await;
+            task.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    unreachable!("the schedule ends at its deadline")
+}
+
+/// Closed model: `vus` loops back to back. Returns when scheduling ended.
+pub(crate) async fn closed<T: Transport>(
+    shared: &Arc<Shared<T>>,
+    vus: usize,
+    tracker: &TaskTracker,
+) -> Instant {
+    for vu in 0..vus {
+        let shared = Arc::clone(shared);
+        tracker.spawn(async move {
+            let mut session = T::Session::default();
+            let until = &shared.until;
+            loop {
+                let now = Instant::now();
+                if now >= until.deadline || until.stop.is_cancelled() || !until.ticket() {
+                    break;
+                }
+                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                shared.execute(&mut session, now, vu).await;
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let until = &shared.until;
+    tokio::select! {
+        () = tokio::time::sleep_until(until.deadline) => until.deadline,
+        () = until.stop.cancelled() => Instant::now(),
+        () = until.exhausted.notified() => Instant::now(),
+    }
+}
+
+impl<T: Transport> Shared<T> {
+    /// Send one request due at `due` and record its one outcome.
+    async fn execute(&self, session: &mut T::Session, due: Instant, shard: usize) {
+        let mut marks = Marks::default();
+        let abandon = &self.abandon[shard % ABANDON_SHARDS];
+        let result = tokio::select! {
+            biased;
+            result = tokio::time::timeout(self.timeout, self.transport.exchange(session, &mut marks)) => {
+                result.unwrap_or_else(|_| Err(Failure::new(FailureClass::Timeout)))
+            }
+            // The end of the run's grace: still in flight counts as timeout.
+            () = abandon.cancelled() => Err(Failure::new(FailureClass::Timeout)),
+        };
+        let done = Instant::now();
+        let us = |from: Instant, to: Instant| to.saturating_duration_since(from).as_micros() as u64;
+        let (failure, timings) = match result {
+            Ok(answer) => {
+                let timings = Timings {
+                    ttfb_us: us(due, marks.head.unwrap_or(done)),
+                    ttlb_us: us(due, done),
+                    service_us: us(marks.sent.unwrap_or(due), done),
+                };
+                let failure = if !self.expect_status.contains(answer.status) {
+                    Some(Failure::new(FailureClass::Http(answer.status)))
+                } else if !answer.body_ok {
+                    let needle = self.expect_body.as_deref().unwrap_or_default();
+                    Some(Failure::other(format!(
+                        "the body does not contain {needle:?}"
+                    )))
+                } else {
+                    None
+                };
+                (failure, Some(timings))
+            }
+            Err(failure) => (Some(failure), None),
+        };
+        let second = self.second(due);
+        self.recorder.lock().expect("recorder lock").record(
+            second,
+            failure,
+            timings,
+            marks.retried,
+        );
+    }
+}

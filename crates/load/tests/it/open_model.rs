@@ -1,0 +1,82 @@
+//! The open model keeps its schedule and measures latency from it.
+
+use std::time::Duration;
+
+use crate::support::{self, Action};
+use crate::{assert_consistent, failures, open, run};
+
+/// 2000 req/s for 3 s: every due request is sent, on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn achieved_rate_is_within_one_percent() {
+    let server = support::fast().await;
+    let report = run(&open(&server.url("http"), 2000.0, Duration::from_secs(3))).await;
+    assert_consistent(&report);
+    assert_eq!(report.requests.total, 6000);
+    assert_eq!((report.requests.failed, report.dropped_iterations), (0, 0));
+    let error = (report.rate.achieved_per_s - 2000.0).abs() / 2000.0;
+    assert!(
+        error < 0.01,
+        "achieved {} req/s",
+        report.rate.achieved_per_s
+    );
+    assert_eq!(report.timeline.len(), 3);
+    assert!(
+        report.timeline.iter().all(|s| s.sent == 2000),
+        "{:?}",
+        report.timeline
+    );
+}
+
+/// One connection; its 200th request stalls 1.2 s. The requests due during
+/// the stall wait for the connection: their latency from the schedule shows
+/// the stall, their service time (from the actual send) does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shows_in_latency_from_the_schedule_not_in_service_time() {
+    let server = support::misbehaving(|_| {
+        let mut script = vec![Action::Ok; 199];
+        script.push(Action::Stall(Duration::from_millis(1200)));
+        script
+    })
+    .await;
+    let mut config = open(&server.url("http"), 200.0, Duration::from_secs(3));
+    config.connections = Some(1);
+    let report = run(&config).await;
+    assert_consistent(&report);
+    assert_eq!((report.requests.total, report.requests.failed), (600, 0));
+    assert!(
+        report.latency_ms.ttlb.p99 >= 1000.0,
+        "{:?}",
+        report.latency_ms.ttlb
+    );
+    assert!(
+        report.service_time_ms.p99 < 200.0,
+        "{:?}",
+        report.service_time_ms
+    );
+    assert!(
+        report.service_time_ms.max >= 1200.0,
+        "{:?}",
+        report.service_time_ms
+    );
+    let worst = report
+        .timeline
+        .iter()
+        .filter_map(|s| s.p99_ms)
+        .fold(0.0, f64::max);
+    assert!(worst >= 1000.0, "{:?}", report.timeline);
+}
+
+/// At the in-flight limit, due requests are counted as dropped iterations.
+#[tokio::test]
+async fn requests_beyond_max_in_flight_are_dropped_iterations() {
+    let server = support::misbehaving(|_| vec![Action::Hang]).await;
+    let mut config = open(&server.url("http"), 100.0, Duration::from_secs(1));
+    config.max_in_flight = 5;
+    config.timeout = Duration::from_secs(30);
+    config.grace = Duration::from_millis(100);
+    let report = run(&config).await;
+    assert_consistent(&report);
+    assert_eq!(report.dropped_iterations, 95);
+    // Still hanging at the end of the grace: counted as timeouts.
+    assert_eq!(failures(&report), [("timeout", 5)]);
+}
