@@ -1,7 +1,9 @@
 //! `dropless`: the command line. Parsing and wiring only; every subcommand
 //! calls into a library crate.
 
+mod control;
 mod load;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,20 @@ enum Command {
     /// Print the version and the parts this build contains.
     Version,
     Load(Box<load::LoadArgs>),
+    /// Run replicas behind a proxy; deploy them without dropping a request.
+    Serve(Box<serve::ServeArgs>),
+    /// Roll out a new version and wait until it is done (exit 1 if aborted).
+    Deploy(Box<control::DeployArgs>),
+    /// Replace every replica with a fresh one of the same version.
+    Restart(control::RestartArgs),
+    /// Change the replica count.
+    Scale(control::ScaleArgs),
+    /// Roll back to the previous version.
+    Rollback(control::RollbackArgs),
+    /// Show services, replicas, states, pids and log files.
+    Status(control::StatusArgs),
+    /// Stream the runtime's events.
+    Events(control::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,5 +50,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Load(args) => load::run(*args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Deploy(args) => control::deploy(*args),
+        Command::Restart(args) => control::restart(args),
+        Command::Scale(args) => control::scale(args),
+        Command::Rollback(args) => control::rollback(args),
+        Command::Status(args) => control::status(args),
+        Command::Events(args) => control::events(args),
     }
 }

@@ -1,0 +1,337 @@
+//! The client commands of the control API: `deploy`, `restart`, `scale`,
+//! `rollback`, `status` and `events`. Rollouts wait for their end: exit 0 when
+//! completed, 1 when aborted (the message names the replica and the probe).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use dropless_runtime::config::{Strategy, Version};
+use dropless_runtime::control::{ControlClient, ControlError};
+use dropless_runtime::rollout::{Plan, RolloutRequest};
+
+/// Where the runtime is and which service.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Control socket of `dropless serve`.
+    #[arg(
+        long,
+        env = "DROPLESS_CONTROL",
+        default_value = ".dropless/dropless.sock"
+    )]
+    control: PathBuf,
+    /// The service, when the runtime has several.
+    #[arg(long)]
+    service: Option<String>,
+}
+
+/// Strategy and limits of a rollout.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// `rolling` or `blue-green` [default: from the service config].
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyArg>,
+    /// Replicas above the desired count during the rollout.
+    #[arg(long)]
+    max_surge: Option<usize>,
+    /// Replicas below the desired count during the rollout.
+    #[arg(long)]
+    max_unavailable: Option<usize>,
+}
+
+/// A rollout strategy on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StrategyArg {
+    /// A few replicas at a time.
+    Rolling,
+    /// All new replicas ready, then switch at once.
+    BlueGreen,
+}
+
+/// `dropless deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// The new command, split on whitespace [default: the current one].
+    #[arg(long, conflicts_with = "address")]
+    cmd: Option<String>,
+    /// An environment variable for the new version (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Route to this address instead of a command.
+    #[arg(long = "target", id = "address")]
+    address: Option<SocketAddr>,
+}
+
+/// `dropless restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+/// `dropless scale N`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The new replica count.
+    replicas: usize,
+}
+
+/// `dropless rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+/// `dropless status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `dropless events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `dropless deploy`.
+pub fn deploy(args: DeployArgs) -> ExitCode {
+    block_on(async move {
+        let client = ControlClient::new(&args.target.control);
+        let service = args.target.service.clone();
+        let mut version = match (args.cmd, args.address) {
+            (Some(cmd), _) => Version::command(cmd.split_whitespace()),
+            (None, Some(addr)) => Version::target(addr),
+            (None, None) => current_version(&client, service.as_deref()).await?,
+        };
+        version.env.extend(args.env);
+        let request = RolloutRequest::Deploy {
+            version,
+            plan: plan(args.plan),
+        };
+        rollout(&client, service, request).await
+    })
+}
+
+/// Runs `dropless restart`.
+pub fn restart(args: RestartArgs) -> ExitCode {
+    let request = RolloutRequest::Restart {
+        plan: plan(args.plan),
+    };
+    block_on(async move {
+        rollout(
+            &ControlClient::new(&args.target.control),
+            args.target.service,
+            request,
+        )
+        .await
+    })
+}
+
+/// Runs `dropless scale N`.
+pub fn scale(args: ScaleArgs) -> ExitCode {
+    let request = RolloutRequest::Scale {
+        replicas: args.replicas,
+    };
+    block_on(async move {
+        rollout(
+            &ControlClient::new(&args.target.control),
+            args.target.service,
+            request,
+        )
+        .await
+    })
+}
+
+/// Runs `dropless rollback`.
+pub fn rollback(args: RollbackArgs) -> ExitCode {
+    let request = RolloutRequest::Rollback {
+        plan: plan(args.plan),
+    };
+    block_on(async move {
+        rollout(
+            &ControlClient::new(&args.target.control),
+            args.target.service,
+            request,
+        )
+        .await
+    })
+}
+
+/// Runs `dropless status`.
+pub fn status(args: StatusArgs) -> ExitCode {
+    block_on(async move {
+        let services = ControlClient::new(&args.target.control).status().await?;
+        let services: Vec<_> = services
+            .into_iter()
+            .filter(|s| args.target.service.as_ref().is_none_or(|n| *n == s.name))
+            .collect();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&services).expect("status serializes")
+            );
+            return Ok(());
+        }
+        for s in services {
+            let d = &s.desired;
+            let what = describe(&d.current.version);
+            println!(
+                "service {}: {} replica(s) of generation {} ({what})",
+                s.name, d.replicas, d.current.generation
+            );
+            if let Some((id, phase)) = s.rollout {
+                println!("  last rollout {id}: {phase}");
+            }
+            for r in s.replicas {
+                let pid = r.pid.map_or("-".into(), |p| p.to_string());
+                let log = r.log.map_or("-".into(), |l| l.display().to_string());
+                println!(
+                    "  {:<10} {:<9} gen {:<3} {:<21} pid {:<7} in-flight {:<4} log {log}",
+                    r.name,
+                    r.state.as_str(),
+                    r.generation,
+                    r.addr,
+                    pid,
+                    r.in_flight
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `dropless events`.
+pub fn events(args: EventsArgs) -> ExitCode {
+    block_on(async move {
+        let service = args.target.service;
+        ControlClient::new(&args.target.control)
+            .events(|e| {
+                if service.as_ref().is_none_or(|s| *s == e.service) {
+                    if args.json {
+                        println!("{}", serde_json::to_string(&e).expect("events serialize"));
+                    } else {
+                        println!("{} {e}", e.at_ms);
+                    }
+                }
+                true
+            })
+            .await
+    })
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the level (info by default).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn rollout(
+    client: &ControlClient,
+    service: Option<String>,
+    request: RolloutRequest,
+) -> Result<(), ControlError> {
+    let report = client.rollout(service, request).await?;
+    println!(
+        "rollout {} of {} completed in {} ms: {} replica(s) of generation {} ({}); started {}, retired {}",
+        report.id,
+        report.service,
+        report.duration_ms,
+        report.desired.replicas,
+        report.desired.current.generation,
+        describe(&report.desired.current.version),
+        list(&report.started),
+        list(&report.retired)
+    );
+    Ok(())
+}
+
+async fn current_version(
+    client: &ControlClient,
+    service: Option<&str>,
+) -> Result<Version, ControlError> {
+    let services = client.status().await?;
+    let found = match service {
+        Some(name) => services.into_iter().find(|s| s.name == name),
+        None if services.len() == 1 => services.into_iter().next(),
+        None => None,
+    };
+    found
+        .map(|s| s.desired.current.version)
+        .ok_or_else(|| ControlError::Rejected("name the service with --service".into()))
+}
+
+fn block_on(work: impl Future<Output = Result<(), ControlError>>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ControlError::Rejected(_)) => {
+            eprintln!("dropless: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("dropless: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn plan(args: PlanArgs) -> Plan {
+    Plan {
+        strategy: args.strategy.map(|s| match s {
+            StrategyArg::Rolling => Strategy::Rolling,
+            StrategyArg::BlueGreen => Strategy::BlueGreen,
+        }),
+        max_surge: args.max_surge,
+        max_unavailable: args.max_unavailable,
+    }
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("invalid --env {text:?}: write KEY=VALUE"))
+}
+
+fn describe(version: &Version) -> String {
+    match version.target {
+        Some(t) => format!("target {t}"),
+        None => version.command.join(" "),
+    }
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}

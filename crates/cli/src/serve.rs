@@ -1,0 +1,141 @@
+//! `dropless serve`: flags and config file to a runtime config, then run it
+//! in the foreground until SIGTERM (graceful) or SIGINT (fast).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use dropless_runtime::config::{Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version};
+use dropless_runtime::control::ControlListener;
+use dropless_runtime::serve::Runtime;
+
+/// Run replicas of a service behind a proxy and deploy them without dropping
+/// a request.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config (see docs/config.md); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address the proxy listens on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Replicas of the service [default: 1].
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Path probed with GET; an empty string probes with a TCP connect
+    /// [default: /healthz].
+    #[arg(long)]
+    health_path: Option<String>,
+    /// Control socket [default: STATE_DIR/dropless.sock].
+    #[arg(long, env = "DROPLESS_CONTROL")]
+    control: Option<PathBuf>,
+    /// State directory: persisted state and replica logs [default: .dropless].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Route to this address instead of starting a command (probed, drained,
+    /// never signalled).
+    #[arg(long, conflicts_with = "command")]
+    target: Option<SocketAddr>,
+    /// PEM certificate chain for HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The command each replica runs (after `--`); it gets PORT and
+    /// DROPLESS_REPLICA.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// Runs `dropless serve`.
+pub fn run(args: ServeArgs) -> ExitCode {
+    let config = match config(args) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("dropless serve: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::control::init_logging();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dropless serve: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let control = ControlListener::bind(&config.control_path())?;
+    let listen = config.proxy.listen;
+    let runtime = Runtime::new(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}: pick another --listen address"))?;
+    tracing::info!(
+        "proxy on http://{}, control socket {}",
+        listener.local_addr()?,
+        control.path().display()
+    );
+    runtime
+        .run(listener, Some(control), dropless_runtime::signal::recv())
+        .await?;
+    Ok(())
+}
+
+/// The config file (or the defaults) with the flags applied, validated.
+fn config(args: ServeArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.proxy.listen = listen;
+    }
+    if args.control.is_some() {
+        config.control = args.control;
+    }
+    if let Some(dir) = args.state_dir {
+        config.state_dir = dir;
+    }
+    if args.tls_cert.is_some() {
+        config.proxy.tls_cert = args.tls_cert;
+        config.proxy.tls_key = args.tls_key;
+    }
+    let flags_describe_service = args.target.is_some()
+        || !args.command.is_empty()
+        || args.replicas.is_some()
+        || args.health_path.is_some();
+    if flags_describe_service {
+        if config.services.len() > 1 {
+            return Err(
+                "the config has several services: describe them in the file, not with flags".into(),
+            );
+        }
+        if config.services.is_empty() {
+            config.services.push(ServiceConfig {
+                name: DEFAULT_SERVICE_NAME.into(),
+                ..ServiceConfig::default()
+            });
+        }
+        let service = &mut config.services[0];
+        if let Some(target) = args.target {
+            service.version = Version::target(target);
+        } else if !args.command.is_empty() {
+            service.version = Version::command(args.command);
+        }
+        if let Some(n) = args.replicas {
+            service.replicas = n;
+        }
+        if let Some(path) = args.health_path {
+            service.probe.path = path;
+        }
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
