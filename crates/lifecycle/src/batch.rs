@@ -129,6 +129,12 @@ async fn run<T, F, Fut>(
     while let Ok(item) = receiver.try_recv() {
         batch.push(item);
     }
+    if !config.flush_on_shutdown {
+        if !batch.is_empty() {
+            tracing::warn!(batch = %name, items = batch.len(), "not flushed (flush_on_shutdown is off): lost");
+        }
+        return;
+    }
     if !batch.is_empty() {
         tracing::info!(batch = %name, items = batch.len(), "final flush");
         while !batch.is_empty() {

@@ -147,3 +147,39 @@ async fn task_outliving_the_grace_period_makes_serve_fail_naming_it() {
     assert_eq!(unfinished.tasks, vec![("stuck-writer".to_owned(), 1)]);
     assert!(error.to_string().contains("stuck-writer"), "{error}");
 }
+
+#[tokio::test]
+async fn batcher_without_flush_on_shutdown_loses_the_rest() {
+    let lifecycle = Lifecycle::new(Config::default());
+    let flushed: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let batcher = Batcher::new(
+        &lifecycle,
+        "lossy",
+        BatchConfig {
+            max_items: 3,
+            interval: Duration::from_secs(3600),
+            flush_on_shutdown: false,
+        },
+        {
+            let flushed = Arc::clone(&flushed);
+            move |batch: Vec<u8>| {
+                let flushed = Arc::clone(&flushed);
+                async move { flushed.lock().unwrap().extend(batch) }
+            }
+        },
+    );
+    let mut server = TestServer::start_with(lifecycle, true).await;
+    for item in 0..5 {
+        batcher.push(item);
+    }
+    server.shutdown(Signal::Terminate);
+    server.finished().await.unwrap();
+    // Even once every sender is gone, the partial batch is not written.
+    drop(batcher);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        *flushed.lock().unwrap(),
+        vec![0, 1, 2],
+        "only the full batch"
+    );
+}

@@ -1,0 +1,394 @@
+//! Shared fixtures: the demo process, a real influxd, a small load driver.
+
+use std::{
+    collections::BTreeSet,
+    net::{SocketAddr, TcpListener as StdListener},
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use nix::{sys::signal, unistd::Pid};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpStream,
+    process::{Child, Command},
+    task::JoinHandle,
+};
+
+/// Upper bound for anything a test waits on.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running `dropless-demo`.
+pub struct Demo {
+    pub addr: SocketAddr,
+    child: Child,
+    pub stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Starts the demo with `--port 0` and `args`, and waits until it says
+    /// where it listens.
+    pub async fn start(args: &[&str]) -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("stderr.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dropless-demo"))
+            .args(["--port", "0"])
+            .args(args)
+            .env_remove("PORT")
+            .env_remove("VERSION")
+            .env_remove("HELLO_REST_REQUEST_DELAY")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("demo did not start in time")
+            .unwrap()
+            .unwrap_or_else(|| {
+                panic!("demo exited: {}", std::fs::read_to_string(&stderr).unwrap())
+            });
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Demo {
+            addr,
+            child,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id().expect("already reaped") as i32)
+    }
+
+    pub fn sigterm(&self) {
+        signal::kill(self.pid(), signal::Signal::SIGTERM).unwrap();
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exited(&mut self) -> ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("demo did not exit in time")
+            .unwrap()
+    }
+
+    /// What the process logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+/// The outcome of one request, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response: status, and `x-op-id` when present.
+    Response { status: u16, op_id: Option<String> },
+    /// The connection was refused: nothing was sent.
+    Refused,
+    /// Connected and sent, but the connection ended without a response
+    /// (EOF or reset): a cut request.
+    Cut(String),
+}
+
+/// GET `path` on a new connection.
+pub async fn get_once(addr: SocketAddr, path: &str) -> Outcome {
+    let stream = match TcpStream::connect(addr).await {
+        Ok(stream) => stream,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Outcome::Refused;
+        }
+        Err(error) => return Outcome::Cut(format!("connect: {error}")),
+    };
+    let attempt = async {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let request = Request::get(path)
+            .header("host", addr.to_string())
+            .header("connection", "close")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = send.send_request(request).await?;
+        let status = response.status().as_u16();
+        let op_id = response
+            .headers()
+            .get("x-op-id")
+            .map(|v| v.to_str().unwrap().to_owned());
+        response.into_body().collect().await?;
+        Ok::<_, hyper::Error>(Outcome::Response { status, op_id })
+    };
+    match tokio::time::timeout(PATIENCE, attempt).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(error)) => Outcome::Cut(error.to_string()),
+        Err(_) => Outcome::Cut("timed out".into()),
+    }
+}
+
+/// `loops` clients sending `path` back to back, each request on a new
+/// connection, until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    loops: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, path: &'static str, loops: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let loops = (0..loops)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let outcomes = Arc::clone(&outcomes);
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let outcome = get_once(addr, path).await;
+                        let refused = outcome == Outcome::Refused;
+                        outcomes.lock().unwrap().push(outcome);
+                        if refused {
+                            // The listener is closed; don't spin.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            outcomes,
+            loops,
+        }
+    }
+
+    /// Waits until at least `n` requests got a 200.
+    pub async fn until_ok(&self, n: usize) {
+        self.until(|summary| summary.ok >= n).await;
+    }
+
+    /// Waits until what was seen so far satisfies `condition`.
+    pub async fn until(&self, condition: impl Fn(&Summary) -> bool) {
+        tokio::time::timeout(PATIENCE, async {
+            while !condition(&self.summary()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("load never reached the condition: {:?}", self.summary()));
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary::of(&self.outcomes.lock().unwrap())
+    }
+
+    /// Stops every loop after its current request; returns what was seen.
+    pub async fn stop(mut self) -> Summary {
+        self.stop.store(true, Ordering::SeqCst);
+        for handle in std::mem::take(&mut self.loops) {
+            tokio::time::timeout(PATIENCE, handle)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        self.summary()
+    }
+}
+
+/// Outcomes counted by kind.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub ok: usize,
+    pub other_status: Vec<u16>,
+    pub refused: usize,
+    pub cut: Vec<String>,
+    /// `x-op-id` of every 200 response: the acknowledged calculations.
+    pub op_ids: BTreeSet<String>,
+}
+
+impl Summary {
+    fn of(outcomes: &[Outcome]) -> Summary {
+        let mut summary = Summary::default();
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Response { status: 200, op_id } => {
+                    summary.ok += 1;
+                    summary.op_ids.extend(op_id.clone());
+                }
+                Outcome::Response { status, .. } => summary.other_status.push(*status),
+                Outcome::Refused => summary.refused += 1,
+                Outcome::Cut(error) => summary.cut.push(error.clone()),
+            }
+        }
+        summary
+    }
+}
+
+/// A port nobody listens on (bound, then released), never the same one
+/// twice in this test process: two influxd started by concurrent tests must
+/// not be handed the same port, or one test would talk to the other's.
+pub fn closed_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A real InfluxDB 1.x on loopback with its data in a temporary directory.
+pub struct Influxd {
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Influxd {
+    pub async fn start() -> Influxd {
+        // Free ports can be taken between the probe and influxd's bind:
+        // try a few times.
+        for _ in 0..5 {
+            if let Some(influxd) = Self::try_start().await {
+                return influxd;
+            }
+        }
+        panic!(
+            "influxd did not start (is the influxdb package installed? scripts/test installs it)"
+        );
+    }
+
+    async fn try_start() -> Option<Influxd> {
+        let dir = tempfile::tempdir().unwrap();
+        let http_port = closed_port();
+        let rpc_port = closed_port();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let mut child = Command::new("influxd")
+            .args(["run", "-config", "/dev/null"])
+            .env(
+                "INFLUXDB_HTTP_BIND_ADDRESS",
+                format!("127.0.0.1:{http_port}"),
+            )
+            .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc_port}"))
+            .env("INFLUXDB_META_DIR", path("meta"))
+            .env("INFLUXDB_DATA_DIR", path("data"))
+            .env("INFLUXDB_DATA_WAL_DIR", path("wal"))
+            .env("INFLUXDB_REPORTING_DISABLED", "true")
+            .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
+            .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("influxd.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("influxd not found: install the Debian package influxdb (scripts/test does)");
+        let url = format!("http://127.0.0.1:{http_port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if let Ok((204, _)) = http(&url, "GET", "/ping", "").await {
+                return Some(Influxd {
+                    url,
+                    child,
+                    _dir: dir,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Stops influxd, as an outage would.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// The `id` tags of every point of measurement `operation` in `db`.
+    pub async fn op_ids(&self, db: &str) -> Vec<String> {
+        let query = format!("/query?db={db}&q=SELECT%20id%2C%20result%20FROM%20operation");
+        let (status, body) = http(&self.url, "GET", &query, "").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let series = &json["results"][0]["series"];
+        let Some(values) = series[0]["values"].as_array() else {
+            return Vec::new();
+        };
+        values
+            .iter()
+            .map(|row| row[1].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// `SELECT count(result) FROM operation`.
+    pub async fn count(&self, db: &str) -> u64 {
+        let query = format!("/query?db={db}&q=SELECT%20count(result)%20FROM%20operation");
+        let (status, body) = http(&self.url, "GET", &query, "").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        json["results"][0]["series"][0]["values"][0][1]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+/// One plain HTTP/1.1 request; returns status and body.
+pub async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let authority = base.strip_prefix("http://").unwrap();
+    let stream = TcpStream::connect(authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = send
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    ))
+}
