@@ -135,47 +135,32 @@ pub fn deploy(args: DeployArgs) -> ExitCode {
 
 /// Runs `dropless restart`.
 pub fn restart(args: RestartArgs) -> ExitCode {
-    let request = RolloutRequest::Restart {
-        plan: plan(args.plan),
-    };
-    block_on(async move {
-        rollout(
-            &ControlClient::new(&args.target.control),
-            args.target.service,
-            request,
-        )
-        .await
-    })
+    run_rollout(
+        args.target,
+        RolloutRequest::Restart {
+            plan: plan(args.plan),
+        },
+    )
 }
 
 /// Runs `dropless scale N`.
 pub fn scale(args: ScaleArgs) -> ExitCode {
-    let request = RolloutRequest::Scale {
-        replicas: args.replicas,
-    };
-    block_on(async move {
-        rollout(
-            &ControlClient::new(&args.target.control),
-            args.target.service,
-            request,
-        )
-        .await
-    })
+    run_rollout(
+        args.target,
+        RolloutRequest::Scale {
+            replicas: args.replicas,
+        },
+    )
 }
 
 /// Runs `dropless rollback`.
 pub fn rollback(args: RollbackArgs) -> ExitCode {
-    let request = RolloutRequest::Rollback {
-        plan: plan(args.plan),
-    };
-    block_on(async move {
-        rollout(
-            &ControlClient::new(&args.target.control),
-            args.target.service,
-            request,
-        )
-        .await
-    })
+    run_rollout(
+        args.target,
+        RolloutRequest::Rollback {
+            plan: plan(args.plan),
+        },
+    )
 }
 
 /// Runs `dropless status`.
@@ -248,6 +233,17 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+fn run_rollout(target: Target, request: RolloutRequest) -> ExitCode {
+    block_on(async move {
+        rollout(
+            &ControlClient::new(&target.control),
+            target.service,
+            request,
+        )
+        .await
+    })
 }
 
 async fn rollout(

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::sync::broadcast;
 
-pub use client::ControlClient;
+pub use client::{ControlClient, EventStream};
 
 use crate::event::Event;
 use crate::rollout::{self, RolloutError, RolloutRequest};

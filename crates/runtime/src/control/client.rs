@@ -14,6 +14,33 @@ use crate::event::Event;
 use crate::rollout::{RolloutReport, RolloutRequest};
 use crate::supervisor::ServiceStatus;
 
+/// A live stream of the runtime's events.
+#[derive(Debug)]
+pub struct EventStream {
+    client: ControlClient,
+    body: hyper::body::Incoming,
+    pending: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; `None` when the runtime closed the stream.
+    pub async fn next(&mut self) -> Result<Option<Event>, ControlError> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return self.client.decode(&line).map(Some);
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| self.client.protocol(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                self.pending.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
 /// A client of one runtime's control socket.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
@@ -51,29 +78,27 @@ impl ControlClient {
         self.decode(&body)
     }
 
+    /// Subscribes to the event stream; every event from the moment this
+    /// returns is delivered.
+    pub async fn subscribe(&self) -> Result<EventStream, ControlError> {
+        let resp = self.open(Method::GET, "/v1/events", Bytes::new()).await?;
+        Ok(EventStream {
+            client: self.clone(),
+            body: resp.into_body(),
+            pending: Vec::new(),
+        })
+    }
+
     /// Calls `on_event` with every event until the runtime stops or
     /// `on_event` returns false.
     pub async fn events(
         &self,
         mut on_event: impl FnMut(Event) -> bool,
     ) -> Result<(), ControlError> {
-        let mut body = self
-            .open(Method::GET, "/v1/events", Bytes::new())
-            .await?
-            .into_body();
-        let mut pending = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| self.protocol(e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let event: Event = self.decode(&line)?;
-                if !on_event(event) {
-                    return Ok(());
-                }
+        let mut stream = self.subscribe().await?;
+        while let Some(event) = stream.next().await? {
+            if !on_event(event) {
+                break;
             }
         }
         Ok(())

@@ -1,0 +1,154 @@
+//! The control socket, persisted state, and the runtime's own shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use dropless_runtime::control::{ControlError, ControlListener};
+use dropless_runtime::event::EventKind;
+use dropless_runtime::rollout::{Plan, RolloutPhase, RolloutRequest};
+use dropless_runtime::signal::Shutdown;
+
+use crate::fixtures::{self, Harness, Mode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_is_private_single_and_streams_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    let mode = std::fs::metadata(&h.control).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let second = ControlListener::bind(&h.control).expect_err("a second serve is refused");
+    assert!(matches!(second, ControlError::InUse { .. }), "{second}");
+    assert!(
+        second
+            .to_string()
+            .contains("in use by another `dropless serve`"),
+        "{second}"
+    );
+
+    h.wait_routable(1).await;
+    let status = h.client().status().await.unwrap();
+    let log = status[0].replicas[0]
+        .log
+        .clone()
+        .expect("log path in status");
+    assert!(log.starts_with(dir.path()), "{log:?}");
+
+    let mut stream = h.client().subscribe().await.unwrap();
+    h.client()
+        .rollout(None, RolloutRequest::Scale { replicas: 2 })
+        .await
+        .unwrap();
+    let completed = tokio::time::timeout(fixtures::WAIT, async {
+        loop {
+            let e = stream.next().await.unwrap().expect("stream open");
+            if matches!(
+                e.kind,
+                EventKind::Rollout {
+                    phase: RolloutPhase::Completed,
+                    ..
+                }
+            ) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("completed event on the stream");
+    assert_eq!(completed.service, "web");
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_runtime_resumes_the_persisted_version_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service.clone()])).await;
+    h.wait_routable(1).await;
+    let client = h.client();
+    let v2 = RolloutRequest::Deploy {
+        version: fixtures::backend(Mode::Graceful, "v2"),
+        plan: Plan::default(),
+    };
+    client.rollout(None, v2).await.unwrap();
+    client
+        .rollout(None, RolloutRequest::Scale { replicas: 3 })
+        .await
+        .unwrap();
+    h.stop(Shutdown::Graceful).await;
+
+    // Same state dir, same config (still v1 x1): the persisted state wins.
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(3).await;
+    assert_eq!(fixtures::get(&h.url("/")).await.1.as_deref(), Some("v2"));
+    let desired = h.router.service(None).unwrap().desired();
+    assert_eq!((desired.current.generation, desired.replicas), (2, 3));
+    // And rollback still knows v1.
+    h.client()
+        .rollout(
+            None,
+            RolloutRequest::Rollback {
+                plan: Plan::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(fixtures::get(&h.url("/")).await.1.as_deref(), Some("v1"));
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests_then_retires() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = fixtures::backend(Mode::ExitOnTerm, "v1").with_env("WORK_MS", "400");
+    let service = fixtures::service("web", version, 2);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(2).await;
+    let web = h.router.service(None).unwrap().clone();
+    let url = h.url("/sum?a=2&b=3");
+    let requests: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(fixtures::get_with_headers(url.clone())))
+        .collect();
+    let mut topology = web.watch_topology();
+    tokio::time::timeout(fixtures::WAIT, async {
+        while web.replicas().iter().map(|r| r.in_flight()).sum::<usize>() < 6 {
+            tokio::select! {
+                _ = topology.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    })
+    .await
+    .expect("six requests in flight");
+    let mut events = h.events.resubscribe();
+    h.stop(Shutdown::Graceful).await;
+    for r in requests {
+        let (status, headers, body) = r.await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "{\"result\":5}"));
+        assert_eq!(
+            headers.get("connection").map(|v| v.to_str().unwrap()),
+            Some("close"),
+            "{headers:?}"
+        );
+    }
+    // Both replicas were retired, in order, after the clients were served.
+    use dropless_runtime::replica::ReplicaState::*;
+    let mut seen =
+        std::collections::BTreeMap::<String, Vec<dropless_runtime::replica::ReplicaState>>::new();
+    while seen
+        .values()
+        .filter(|s| s.last().is_some_and(|l| l.is_terminal()))
+        .count()
+        < 2
+    {
+        let e = fixtures::next_event(&mut events, |e| matches!(e.kind, EventKind::Replica { .. }))
+            .await;
+        let EventKind::Replica { replica, state, .. } = e.kind else {
+            unreachable!()
+        };
+        seen.entry(replica).or_default().push(state);
+    }
+    for states in seen.values() {
+        assert_eq!(states, &vec![Draining, Stopping, Exited], "{seen:?}");
+    }
+}
