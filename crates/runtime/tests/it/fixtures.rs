@@ -60,6 +60,51 @@ pub fn backend(mode: Mode, label: &str) -> Version {
     .with_env("VERSION", label)
 }
 
+/// A version that runs the demo service (`dropless-demo`) in `profile`,
+/// labelled `label`, with `extra` flags.
+pub fn demo(profile: &str, label: &str, extra: &[&str]) -> Version {
+    let mut command = vec![
+        demo_binary().to_string_lossy().into_owned(),
+        "--profile".into(),
+        profile.into(),
+        "--version-label".into(),
+        label.into(),
+    ];
+    command.extend(extra.iter().map(|s| s.to_string()));
+    Version::command(command)
+}
+
+/// The demo binary, built once per test process into the target dir this
+/// test binary lives in (a no-op under `cargo test --workspace`).
+fn demo_binary() -> &'static PathBuf {
+    static DEMO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEMO.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // <target>/<profile>/deps/it-<hash>
+        let profile_dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("profile dir")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "dropless-demo", "--target-dir"])
+            .arg(target_dir);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let out = build.output().expect("run cargo build -p dropless-demo");
+        assert!(
+            out.status.success(),
+            "cargo build -p dropless-demo failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile_dir.join("dropless-demo")
+    })
+}
+
 /// A service with short timeouts fit for tests.
 pub fn service(name: &str, version: Version, replicas: usize) -> ServiceConfig {
     let mut s = ServiceConfig {

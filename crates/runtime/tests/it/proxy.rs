@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dropless_runtime::signal::Shutdown;
 
-use crate::fixtures::load::{Client, Load};
+use crate::fixtures::load::{self, Client, Load};
 use crate::fixtures::{self, Harness, Mode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,22 +56,13 @@ async fn h2c_and_http1_share_the_port() {
     let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 2);
     let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
     h.wait_routable(2).await;
-    let h2 = Load::start(
-        &h.url("/sum?a=1&b=2"),
-        100,
-        Duration::from_secs(5),
-        Client::H2,
-    );
-    let h1 = Load::start(
-        &h.url("/sum?a=1&b=2"),
-        100,
-        Duration::from_secs(5),
-        Client::NoKeepAlive,
-    );
+    let url = h.url("/sum?a=1&b=2");
+    let mut h2 = Load::start(&url, 100, Duration::from_secs(10), Client::H2).await;
+    let mut h1 = Load::start(&url, 100, Duration::from_secs(10), Client::NoKeepAlive).await;
     h2.wait_ok(50).await;
     h1.wait_ok(50).await;
-    h2.finish().await.assert_clean(50);
-    h1.finish().await.assert_clean(50);
+    load::assert_clean(&h2.finish().await, 50);
+    load::assert_clean(&h1.finish().await, 50);
     h.stop(Shutdown::Fast).await;
 }
 

@@ -6,6 +6,7 @@ use dropless_runtime::event::EventKind;
 use dropless_runtime::replica::ReplicaState::*;
 use dropless_runtime::signal::Shutdown;
 
+use crate::fixtures::load::{Client, Load};
 use crate::fixtures::{self, Harness, Mode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,15 +98,11 @@ async fn sigterm_ignored_means_sigkill_after_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_is_replaced_and_gets_no_traffic_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
-    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 2);
+    let service = fixtures::service("web", fixtures::demo("v4", "v1", &[]), 2);
     let mut h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
     h.wait_routable(2).await;
-    let load = fixtures::load::Load::start(
-        &h.url("/sum?a=1&b=2"),
-        200,
-        Duration::from_secs(10),
-        fixtures::load::Client::KeepAlive,
-    );
+    let url = h.url("/sum?a=1&b=2");
+    let mut load = Load::start(&url, 200, Duration::from_secs(30), Client::KeepAlive).await;
     load.wait_ok(100).await;
     let victim = h.router.service(None).unwrap().status().replicas[0].clone();
     nix::sys::signal::killpg(
@@ -118,9 +115,9 @@ async fn replica_killed_is_replaced_and_gets_no_traffic_meanwhile() {
     // A replacement (a new replica name) becomes ready.
     fixtures::next_event(&mut h.events, |e| matches!(&e.kind, EventKind::Replica { replica, state: Ready, .. } if *replica != victim.name)).await;
     h.wait_routable(2).await;
-    let sent_before = load.snapshot().ok;
-    load.wait_ok(sent_before + 100).await;
+    let before = load.ok();
+    load.wait_ok(before + 100).await;
     let report = load.finish().await;
-    report.assert_clean(200);
+    fixtures::load::assert_clean(&report, before + 100);
     h.stop(Shutdown::Fast).await;
 }
