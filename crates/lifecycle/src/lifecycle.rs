@@ -27,6 +27,9 @@ pub(crate) struct Inner {
     pub(crate) hooks: Hooks,
     pub(crate) shutdown: CancellationToken,
     pub(crate) served: AtomicBool,
+    /// Mirrors `phase.is_shutting_down()` for the per-response check, which
+    /// should not take the watch's lock.
+    pub(crate) closing: AtomicBool,
 }
 
 impl Lifecycle {
@@ -40,6 +43,7 @@ impl Lifecycle {
                 hooks: Hooks::default(),
                 shutdown: CancellationToken::new(),
                 served: AtomicBool::new(false),
+                closing: AtomicBool::new(false),
             }),
         }
     }
@@ -108,6 +112,7 @@ impl Lifecycle {
         if moved {
             tracing::info!(phase = %next, "lifecycle phase");
             if next.is_shutting_down() {
+                self.inner.closing.store(true, Ordering::Relaxed);
                 self.inner.shutdown.cancel();
             }
         }

@@ -25,7 +25,7 @@ use tokio::{
     sync::watch,
     time::{Instant, sleep_until, timeout_at},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 use tower::util::Oneshot;
 use tower_service::Service;
 
@@ -84,6 +84,8 @@ enum Drain {
     OneMoreMessage,
     /// Every connection is asked to close at once.
     HangUp,
+    /// The grace period is over: connections are dropped.
+    Force,
 }
 
 impl Lifecycle {
@@ -125,7 +127,6 @@ impl Lifecycle {
             builder,
             connections: TaskTracker::new(),
             drain: watch::Sender::new(Drain::No),
-            force: CancellationToken::new(),
             drain_idle_wait: config.drain_idle_wait,
         });
         let local = listener.local_addr().ok();
@@ -173,7 +174,7 @@ impl Lifecycle {
             .is_err()
         {
             unfinished.connections = server.connections.len();
-            server.force.cancel();
+            server.drain.send_replace(Drain::Force);
         }
 
         self.advance(Phase::Tasks);
@@ -209,7 +210,6 @@ struct Server {
     builder: auto::Builder<TokioExecutor>,
     connections: TaskTracker,
     drain: watch::Sender<Drain>,
-    force: CancellationToken,
     drain_idle_wait: Duration,
 }
 
@@ -244,15 +244,20 @@ impl Server {
     {
         // Small responses should leave at once; Nagle only adds latency here.
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnState::default());
+        let conn = Arc::new(ConnState {
+            http2: AtomicBool::new(false),
+            lifecycle: Arc::clone(&lifecycle.inner),
+        });
         let service = ConnService {
             app: app.clone(),
-            lifecycle: Arc::clone(&lifecycle.inner),
             conn: Arc::clone(&conn),
         };
+        // Subscribed here, not in the task: a drain sent before the task
+        // first runs must still be seen as a change.
+        let drain = self.drain.subscribe();
         let server = Arc::clone(self);
         self.connections
-            .spawn(async move { server.serve_connection(stream, service, conn).await });
+            .spawn(async move { server.serve_connection(stream, service, conn, drain).await });
     }
 
     /// Takes every connection waiting in the listener's backlog, then closes
@@ -292,6 +297,7 @@ impl Server {
         stream: TcpStream,
         service: ConnService<S>,
         conn: Arc<ConnState>,
+        mut drain: watch::Receiver<Drain>,
     ) where
         S: HttpService<B>,
         B: HttpBody,
@@ -300,11 +306,11 @@ impl Server {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(connection);
-        let mut drain = self.drain.subscribe();
-        let mut draining = false;
         let idle_close = sleep_until(Instant::now());
         tokio::pin!(idle_close);
         let mut idle_close_armed = false;
+        // One watch for every shutdown step keeps the per-wake cost of a
+        // connection at one extra poll.
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -313,34 +319,39 @@ impl Server {
                     }
                     return;
                 }
-                changed = drain.wait_for(|drain| *drain != Drain::No), if !draining => {
-                    draining = true;
-                    let mode = changed.map(|drain| *drain).unwrap_or(Drain::HangUp);
-                    if mode == Drain::HangUp || conn.http2.load(Ordering::Relaxed) {
+                changed = drain.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    match *drain.borrow_and_update() {
+                        Drain::No => {}
+                        Drain::Force => return,
+                        Drain::OneMoreMessage if !conn.http2.load(Ordering::Relaxed) => {
+                            idle_close.as_mut().reset(Instant::now() + self.drain_idle_wait);
+                            idle_close_armed = true;
+                        }
                         // HTTP/1.1: idle closes now, busy after its response
                         // (with `Connection: close`). HTTP/2: GOAWAY.
-                        connection.as_mut().graceful_shutdown();
-                    } else {
-                        idle_close.as_mut().reset(Instant::now() + self.drain_idle_wait);
-                        idle_close_armed = true;
+                        Drain::OneMoreMessage | Drain::HangUp => connection.as_mut().graceful_shutdown(),
                     }
                 }
                 () = &mut idle_close, if idle_close_armed => {
                     idle_close_armed = false;
                     connection.as_mut().graceful_shutdown();
                 }
-                () = self.force.cancelled() => return,
             }
         }
     }
 }
 
-/// What the connection task and its service share.
-#[derive(Debug, Default)]
+/// What the connection task, its service and its responses share. Per
+/// connection, so the reference counts requests touch stay on one core.
+#[derive(Debug)]
 struct ConnState {
     /// Set by the first HTTP/2 request: the connection gets GOAWAY at once
     /// when the drain starts.
     http2: AtomicBool,
+    lifecycle: Arc<Inner>,
 }
 
 /// The service of one connection: probes first, then the app; HTTP/1.x
@@ -348,13 +359,12 @@ struct ConnState {
 #[derive(Clone)]
 struct ConnService<S> {
     app: S,
-    lifecycle: Arc<Inner>,
     conn: Arc<ConnState>,
 }
 
 impl<S> ConnService<S> {
     fn probe(&self, path: &str) -> Option<Probe> {
-        let config = &self.lifecycle.config;
+        let config = &self.conn.lifecycle.config;
         if config.health_path.as_deref() == Some(path) {
             Some(Probe::Readiness)
         } else if config.liveness_path.as_deref() == Some(path) {
@@ -380,19 +390,19 @@ where
         if !http1 {
             self.conn.http2.store(true, Ordering::Relaxed);
         }
-        let lifecycle = Arc::clone(&self.lifecycle);
+        let conn = Arc::clone(&self.conn);
         if let Some(probe) = self.probe(request.uri().path()) {
-            let phase = *lifecycle.phase.borrow();
+            let phase = *conn.lifecycle.phase.borrow();
             return ResponseFuture::Probe {
                 response: Some(health::respond(probe, phase)),
                 http1,
-                lifecycle,
+                conn,
             };
         }
         ResponseFuture::App {
             future: Oneshot::new(self.app.clone(), request),
             http1,
-            lifecycle,
+            conn,
         }
     }
 }
@@ -401,8 +411,8 @@ pin_project_lite::pin_project! {
     /// The response of a [`ConnService`]: a probe answer or the app's.
     #[project = ResponseFutureProj]
     enum ResponseFuture<F> {
-        Probe { response: Option<Response<Full<Bytes>>>, http1: bool, lifecycle: Arc<Inner> },
-        App { #[pin] future: F, http1: bool, lifecycle: Arc<Inner> },
+        Probe { response: Option<Response<Full<Bytes>>>, http1: bool, conn: Arc<ConnState> },
+        App { #[pin] future: F, http1: bool, conn: Arc<ConnState> },
     }
 }
 
@@ -414,29 +424,29 @@ where
     type Output = Result<Response<Either<Full<Bytes>, B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (mut response, http1, lifecycle) = match self.project() {
+        let (mut response, http1, conn) = match self.project() {
             ResponseFutureProj::Probe {
                 response,
                 http1,
-                lifecycle,
+                conn,
             } => {
                 let response = response
                     .take()
                     .expect("probe response polled after completion");
-                (response.map(Either::Left), *http1, lifecycle)
+                (response.map(Either::Left), *http1, conn)
             }
             ResponseFutureProj::App {
                 future,
                 http1,
-                lifecycle,
+                conn,
             } => {
                 let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                (response.map(Either::Right), *http1, lifecycle)
+                (response.map(Either::Right), *http1, conn)
             }
         };
         // "One more message": a keep-alive client learns from this very
         // response that the connection closes, instead of racing the close.
-        if http1 && lifecycle.phase.borrow().is_shutting_down() {
+        if http1 && conn.lifecycle.closing.load(Ordering::Relaxed) {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
