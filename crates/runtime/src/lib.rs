@@ -32,3 +32,4 @@ pub mod serve;
 pub mod signal;
 pub mod state;
 pub mod supervisor;
+pub mod tls;

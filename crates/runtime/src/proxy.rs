@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -31,6 +32,7 @@ use crate::pool::UpstreamBody;
 use crate::replica::InFlight;
 use crate::route::Router;
 use crate::signal::Shutdown;
+use crate::tls::TlsAcceptor;
 
 /// The body of a response to a client.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -40,12 +42,25 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 pub struct Proxy {
     router: Router,
     config: ProxyConfig,
+    tls: Option<TlsAcceptor>,
 }
 
+type Builder = auto::Builder<TokioExecutor>;
+
 impl Proxy {
-    /// A proxy routing with `router`.
+    /// A proxy routing with `router`, speaking plain HTTP.
     pub fn new(router: Router, config: ProxyConfig) -> Self {
-        Self { router, config }
+        Self {
+            router,
+            config,
+            tls: None,
+        }
+    }
+
+    /// Speaks HTTPS with `acceptor` instead (HTTP/2 or HTTP/1.1 by ALPN).
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 
     /// Serves clients from `listener` until `shutdown` resolves, then stops
@@ -90,16 +105,31 @@ impl Proxy {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let proxy = Arc::clone(&this);
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn.into_owned());
+            let (proxy, builder, watcher) =
+                (Arc::clone(&this), builder.clone(), graceful.watcher());
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, "client connection: {e}");
+                match proxy.tls.clone() {
+                    None => {
+                        proxy
+                            .serve(&builder, TokioIo::new(stream), watcher, peer, "http")
+                            .await
+                    }
+                    Some(tls) => {
+                        // A client that never finishes its handshake holds a slot no longer
+                        // than one that never finishes its request head.
+                        let timeout = proxy.config.header_read_timeout;
+                        match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                proxy
+                                    .serve(&builder, TokioIo::new(stream), watcher, peer, "https")
+                                    .await
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}")
+                            }
+                        }
+                    }
                 }
                 drop(slot);
             });
@@ -115,8 +145,35 @@ impl Proxy {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        match self.forward(req, peer).await {
+    /// Serves one client connection until it ends or shutdown closes it.
+    async fn serve<I>(
+        self: &Arc<Self>,
+        builder: &Builder,
+        io: I,
+        watcher: Watcher,
+        peer: SocketAddr,
+        proto: &'static str,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let proxy = Arc::clone(self);
+        let service = hyper::service::service_fn(move |req| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer, proto).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(%peer, "client connection: {e}");
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        proto: &'static str,
+    ) -> Response<ProxyBody> {
+        match self.forward(req, peer, proto).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(%peer, "{e}");
@@ -129,6 +186,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        proto: &'static str,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = req
             .headers()
@@ -147,7 +205,7 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        headers::set_forwarded(&mut parts.headers, peer.ip(), "http", host.as_deref());
+        headers::set_forwarded(&mut parts.headers, peer.ip(), proto, host.as_deref());
         // HTTP/2 requests carry the host in the authority; HTTP/1.1 needs Host.
         let authority = host
             .as_deref()

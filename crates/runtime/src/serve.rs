@@ -27,6 +27,7 @@ pub struct Runtime {
     router: Router,
     events: broadcast::Sender<Event>,
     state_path: PathBuf,
+    tls: Option<crate::tls::TlsAcceptor>,
 }
 
 /// `serve` could not start or failed.
@@ -41,6 +42,9 @@ pub enum ServeError {
     /// A replica could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The state directory could not be created.
     #[error("cannot create state directory {path}: {source}")]
     StateDir {
@@ -56,6 +60,10 @@ impl Runtime {
     /// builds the supervisors; nothing runs yet.
     pub fn new(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
+        let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::StateDir {
             path: config.state_dir.clone(),
             source,
@@ -95,6 +103,7 @@ impl Runtime {
             config,
             events,
             state_path,
+            tls,
         })
     }
 
@@ -127,6 +136,7 @@ impl Runtime {
             router,
             events,
             state_path,
+            tls,
         } = self;
         for s in router.services() {
             s.start()?;
@@ -156,9 +166,11 @@ impl Runtime {
             *recorded.lock().expect("mode lock") = m;
             m
         };
-        Proxy::new(router.clone(), config.proxy.clone())
-            .run(listener, proxy_shutdown)
-            .await;
+        let mut proxy = Proxy::new(router.clone(), config.proxy.clone());
+        if let Some(tls) = tls {
+            proxy = proxy.with_tls(tls);
+        }
+        proxy.run(listener, proxy_shutdown).await;
         let fast = *mode.lock().expect("mode lock") == Shutdown::Fast;
         let retirements = router.services().iter().map(|s| s.shutdown(fast));
         futures_util::future::join_all(retirements).await;

@@ -3,6 +3,7 @@
 
 mod control;
 mod fixtures;
+mod limits;
 mod proxy;
 mod rollout;
 mod supervisor;

@@ -1,0 +1,166 @@
+//! Bad clients (malformed requests, slowloris, huge heads, too many
+//! connections) and TLS on the front.
+
+use std::time::Duration;
+
+use dropless_runtime::signal::Shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::fixtures::load::{self, Client, Load};
+use crate::fixtures::{self, Harness, Mode};
+
+/// Reads what the server sends until it closes (at most `WAIT`).
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(fixtures::WAIT, stream.read_to_end(&mut out))
+        .await
+        .expect("server closes");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_slow_and_huge_requests_do_not_disturb_a_concurrent_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::demo("v4", "v1", &[]), 2);
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.proxy.header_read_timeout = Duration::from_millis(500);
+    config.proxy.max_header_bytes = 16 * 1024;
+    let h = Harness::start(config).await;
+    h.wait_routable(2).await;
+    let mut load = Load::start(
+        &h.url("/sum?a=1&b=2"),
+        200,
+        Duration::from_secs(30),
+        Client::KeepAlive,
+    )
+    .await;
+    load.wait_ok(50).await;
+
+    // Malformed: 400, and only that connection is affected.
+    let mut bad = TcpStream::connect(h.addr).await.unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut bad).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+
+    // A head larger than max_header_bytes: 431, connection closed.
+    let mut huge = TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = huge.write_all(head.as_bytes()).await;
+    let answer = read_to_close(&mut huge).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    // Slowloris: twenty heads trickling in a byte at a time are cut at the
+    // header read timeout.
+    let began = std::time::Instant::now();
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = h.addr;
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+                for _ in 0..100 {
+                    if s.write_all(b"x").await.is_err() {
+                        break;
+                    }
+                    let mut buf = [0u8; 64];
+                    match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in slow {
+        s.await.unwrap();
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "slow clients held on for {:?}",
+        began.elapsed()
+    );
+
+    let before = load.ok();
+    load.wait_ok(before + 50).await;
+    load::assert_clean(&load.finish().await, before + 50);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_above_the_limit_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.proxy.max_connections = 3;
+    let h = Harness::start(config).await;
+    h.wait_routable(1).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(b"GET /sum?a=1&b=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(h.addr).await.unwrap();
+    let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(
+        read_to_close(&mut extra).await,
+        "",
+        "fourth connection closed unanswered"
+    );
+    drop(held.pop());
+    // The freed slot is usable again once the proxy noticed the close.
+    let deadline = tokio::time::Instant::now() + fixtures::WAIT;
+    loop {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        if read_to_close(&mut s).await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::task::yield_now().await;
+    }
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_alpn_h2_and_forwarded_proto() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 2);
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.proxy.tls_cert = Some(cert_path);
+    config.proxy.tls_key = Some(key_path);
+    let h = Harness::start(config).await;
+    h.wait_routable(2).await;
+    for http2 in [true, false] {
+        let mut c =
+            dropless_load::Config::new(format!("https://127.0.0.1:{}/headers", h.addr.port()));
+        c.model = dropless_load::Model::Open { rate: 100.0 };
+        c.requests = Some(50);
+        c.duration = Duration::from_secs(5);
+        c.insecure = true;
+        c.http2 = http2;
+        c.expect_status = "200".into();
+        c.expect_body = Some("x-forwarded-proto: https".into());
+        let report = dropless_load::run(&c).await.unwrap();
+        load::assert_clean(&report, 50);
+    }
+    h.stop(Shutdown::Fast).await;
+}
