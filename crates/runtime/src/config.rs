@@ -512,6 +512,36 @@ mod tests {
         assert_eq!(config.proxy.queue_timeout, DEFAULT_QUEUE_TIMEOUT);
     }
 
+    /// docs/config.md documents every field the TOML accepts.
+    #[test]
+    fn every_field_is_documented() {
+        let docs = include_str!("../../../docs/config.md");
+        let mut config = Config::default();
+        config.services.push(ServiceConfig::default());
+        config.proxy.tls_cert = Some("c.pem".into());
+        config.proxy.tls_key = Some("k.pem".into());
+        config.control = Some("c.sock".into());
+        config.services[0].version.target = Some("127.0.0.1:1".parse().unwrap());
+        let value = toml::Value::try_from(&config).unwrap();
+        let mut missing = Vec::new();
+        fn walk(v: &toml::Value, docs: &str, missing: &mut Vec<String>) {
+            let table = match v {
+                toml::Value::Table(t) => t,
+                toml::Value::Array(a) => return a.iter().for_each(|v| walk(v, docs, missing)),
+                _ => return,
+            };
+            for (k, v) in table {
+                let named = docs.contains(&format!("`{k}`")) || docs.contains(&format!("[{k}]"));
+                if !named {
+                    missing.push(k.clone());
+                }
+                walk(v, docs, missing);
+            }
+        }
+        walk(&value, docs, &mut missing);
+        assert!(missing.is_empty(), "not in docs/config.md: {missing:?}");
+    }
+
     #[test]
     fn invalid_values_are_named() {
         let mut config = Config::default();

@@ -203,6 +203,10 @@ impl Replica {
     pub fn set_state(&self, next: ReplicaState, detail: Option<String>) -> bool {
         let moved = self.state.send_if_modified(|s| {
             if next.rank() > s.rank() {
+                // The reason is in place before any watcher sees the state.
+                if detail.is_some() {
+                    *self.detail.lock().expect("detail lock") = detail.clone();
+                }
                 *s = next;
                 true
             } else {
@@ -210,9 +214,6 @@ impl Replica {
             }
         });
         if moved {
-            if detail.is_some() {
-                *self.detail.lock().expect("detail lock") = detail.clone();
-            }
             if next != ReplicaState::Ready {
                 // Draining closes the idle keep-alive connections at once.
                 self.pool.lock().expect("pool lock").take();

@@ -105,6 +105,30 @@ fn demo_binary() -> &'static PathBuf {
     })
 }
 
+/// Starts the demo in `profile` as a process the runtime does not own, on a
+/// free loopback port; it is killed when the child is dropped.
+pub fn spawn_demo(profile: &str, label: &str) -> (tokio::process::Child, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(demo_binary())
+        .args([
+            "--profile",
+            profile,
+            "--version-label",
+            label,
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the demo");
+    (child, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 /// A service with short timeouts fit for tests.
 pub fn service(name: &str, version: Version, replicas: usize) -> ServiceConfig {
     let mut s = ServiceConfig {
@@ -190,7 +214,12 @@ impl Harness {
 
     /// Waits until the only service has `n` ready members.
     pub async fn wait_routable(&self, n: usize) {
-        let service = self.router.service(None).expect("one service");
+        self.wait_routable_in(None, n).await;
+    }
+
+    /// Waits until service `name` (or the only one) has `n` ready members.
+    pub async fn wait_routable_in(&self, name: Option<&str>, n: usize) {
+        let service = self.router.service(name).expect("service");
         let mut topology = service.watch_topology();
         tokio::time::timeout(WAIT, async {
             while service.routable().len() != n {
@@ -269,6 +298,13 @@ pub async fn get(url: &str) -> (u16, Option<String>, String) {
 
 /// One GET over its own HTTP/1.1 keep-alive connection: status, headers, body.
 pub async fn get_with_headers(url: String) -> (u16, http::HeaderMap, String) {
+    let uri: http::Uri = url.parse().unwrap();
+    let host = uri.authority().unwrap().to_string();
+    get_with_host(&url, &host).await
+}
+
+/// One GET of `url` with `Host: host`: status, headers, body.
+pub async fn get_with_host(url: &str, host: &str) -> (u16, http::HeaderMap, String) {
     use http_body_util::BodyExt;
     let uri: http::Uri = url.parse().unwrap();
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
@@ -279,7 +315,7 @@ pub async fn get_with_headers(url: String) -> (u16, http::HeaderMap, String) {
             .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get(uri.path_and_query().unwrap().as_str())
-        .header("host", uri.authority().unwrap().as_str())
+        .header("host", host)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.expect("response");
@@ -290,4 +326,53 @@ pub async fn get_with_headers(url: String) -> (u16, http::HeaderMap, String) {
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     )
+}
+
+/// Rate of the load the tests run through the proxy, per second.
+pub const RATE: u32 = 200;
+
+/// A runtime serving one service, all replicas ready, with open-model load
+/// running through it (`GET /sum?a=1&b=2` at [`RATE`]).
+pub struct UnderLoad {
+    _dir: tempfile::TempDir,
+    /// The runtime.
+    pub h: Harness,
+    /// The load.
+    pub load: load::Load,
+}
+
+impl UnderLoad {
+    /// Starts `service` with the test defaults.
+    pub async fn start(service: ServiceConfig, client: load::Client) -> Self {
+        Self::start_with(service, client, |_| {}).await
+    }
+
+    /// Starts `service` with the test defaults changed by `tweak`.
+    pub async fn start_with(
+        service: ServiceConfig,
+        client: load::Client,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let replicas = service.replicas;
+        let mut config = config(dir.path(), vec![service]);
+        tweak(&mut config);
+        let h = Harness::start(config).await;
+        h.wait_routable(replicas).await;
+        let url = h.url("/sum?a=1&b=2");
+        let mut load = load::Load::start(&url, RATE, Duration::from_secs(60), client).await;
+        load.wait_ok(50).await;
+        Self { _dir: dir, h, load }
+    }
+
+    /// Lets the load run a little longer, then asserts zero failed requests
+    /// and zero dropped iterations, and stops the runtime.
+    pub async fn finish(mut self) -> dropless_load::Report {
+        let before = self.load.ok();
+        self.load.wait_ok(before + 20).await;
+        let report = self.load.finish().await;
+        load::assert_clean(&report, before + 20);
+        self.h.stop(Shutdown::Fast).await;
+        report
+    }
 }

@@ -7,8 +7,8 @@ use dropless_runtime::signal::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::fixtures::load::{self, Client, Load};
-use crate::fixtures::{self, Harness, Mode};
+use crate::fixtures::load::{self, Client};
+use crate::fixtures::{self, Harness, Mode, UnderLoad};
 
 /// Reads what the server sends until it closes (at most `WAIT`).
 async fn read_to_close(stream: &mut TcpStream) -> String {
@@ -21,24 +21,16 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_slow_and_huge_requests_do_not_disturb_a_concurrent_load() {
-    let dir = tempfile::tempdir().unwrap();
     let service = fixtures::service("web", fixtures::demo("v4", "v1", &[]), 2);
-    let mut config = fixtures::config(dir.path(), vec![service]);
-    config.proxy.header_read_timeout = Duration::from_millis(500);
-    config.proxy.max_header_bytes = 16 * 1024;
-    let h = Harness::start(config).await;
-    h.wait_routable(2).await;
-    let mut load = Load::start(
-        &h.url("/sum?a=1&b=2"),
-        200,
-        Duration::from_secs(30),
-        Client::KeepAlive,
-    )
+    let run = UnderLoad::start_with(service, Client::KeepAlive, |c| {
+        c.proxy.header_read_timeout = Duration::from_millis(500);
+        c.proxy.max_header_bytes = 16 * 1024;
+    })
     .await;
-    load.wait_ok(50).await;
+    let addr = run.h.addr;
 
     // Malformed: 400, and only that connection is affected.
-    let mut bad = TcpStream::connect(h.addr).await.unwrap();
+    let mut bad = TcpStream::connect(addr).await.unwrap();
     bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n")
         .await
         .unwrap();
@@ -46,7 +38,7 @@ async fn malformed_slow_and_huge_requests_do_not_disturb_a_concurrent_load() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
 
     // A head larger than max_header_bytes: 431, connection closed.
-    let mut huge = TcpStream::connect(h.addr).await.unwrap();
+    let mut huge = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
         "a".repeat(64 * 1024)
@@ -60,7 +52,6 @@ async fn malformed_slow_and_huge_requests_do_not_disturb_a_concurrent_load() {
     let began = std::time::Instant::now();
     let slow: Vec<_> = (0..20)
         .map(|_| {
-            let addr = h.addr;
             tokio::spawn(async move {
                 let mut s = TcpStream::connect(addr).await.unwrap();
                 s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -86,10 +77,7 @@ async fn malformed_slow_and_huge_requests_do_not_disturb_a_concurrent_load() {
         began.elapsed()
     );
 
-    let before = load.ok();
-    load.wait_ok(before + 50).await;
-    load::assert_clean(&load.finish().await, before + 50);
-    h.stop(Shutdown::Fast).await;
+    run.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

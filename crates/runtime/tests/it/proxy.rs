@@ -92,3 +92,110 @@ async fn no_ready_replica_within_queue_timeout_is_503() {
     assert!(began.elapsed() >= Duration::from_millis(200));
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toml_services_are_routed_by_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let quote = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let api = fixtures::demo("v4", "api-v1", &[]).command;
+    let web = fixtures::demo("v4", "web-v1", &[]).command;
+    let toml = format!(
+        r#"
+        state_dir = {dir:?}
+        [proxy]
+        listen = "127.0.0.1:0"
+        [[service]]
+        name = "api"
+        hosts = ["api.test"]
+        replicas = 2
+        version.command = [{api}]
+        probe.fast_interval = "20ms"
+        [[service]]
+        name = "web"
+        version.command = [{web}]
+        probe.fast_interval = "20ms"
+        "#,
+        dir = dir.path(),
+        api = quote(&api),
+        web = quote(&web),
+    );
+    let path = dir.path().join("dropless.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = dropless_runtime::config::Config::from_file(&path).expect("valid TOML");
+    let h = Harness::start(config).await;
+    h.wait_routable_in(Some("api"), 2).await;
+    h.wait_routable_in(Some("web"), 1).await;
+    for (host, label) in [
+        ("api.test", "api-v1"),
+        ("API.test:8080", "api-v1"),
+        ("other.test", "web-v1"),
+    ] {
+        let url = format!("http://{}/sum?a=1&b=2", h.addr);
+        let (status, headers, _) = fixtures::get_with_host(&url, host).await;
+        assert_eq!(
+            (status, headers.get("x-version").unwrap().to_str().unwrap()),
+            (200, label),
+            "{host}"
+        );
+    }
+    let err = h
+        .client()
+        .rollout(
+            None,
+            dropless_runtime::rollout::RolloutRequest::Scale { replicas: 1 },
+        )
+        .await
+        .expect_err("ambiguous service");
+    assert!(err.to_string().contains("name one with --service"), "{err}");
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through_and_closes_at_the_drain_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    service.retire.drain_timeout = Duration::from_millis(500);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let mut ws = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        ws.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    ws.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    ws.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+
+    // A restart drains the replica; the tunnel counts as in flight until the
+    // drain deadline closes it.
+    let began = std::time::Instant::now();
+    let restart = dropless_runtime::rollout::RolloutRequest::Restart {
+        plan: Default::default(),
+    };
+    h.client().rollout(None, restart).await.expect("restart");
+    assert!(
+        began.elapsed() >= Duration::from_millis(500),
+        "drained before the tunnel closed"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(fixtures::WAIT, ws.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "tunnel closed at the drain deadline");
+    h.stop(Shutdown::Fast).await;
+}

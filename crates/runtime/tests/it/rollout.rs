@@ -3,45 +3,11 @@
 
 use std::time::Duration;
 
-use dropless_runtime::config::{ServiceConfig, Strategy};
+use dropless_runtime::config::Strategy;
 use dropless_runtime::rollout::{Plan, RolloutRequest};
-use dropless_runtime::signal::Shutdown;
 
-use crate::fixtures::load::{self, Client, Load};
-use crate::fixtures::{self, Harness, Mode};
-
-const RATE: u32 = 200;
-
-/// A runtime serving `service`, ready, with load running through it.
-struct UnderLoad {
-    _dir: tempfile::TempDir,
-    h: Harness,
-    load: Load,
-}
-
-impl UnderLoad {
-    async fn start(service: ServiceConfig, client: Client) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let replicas = service.replicas;
-        let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
-        h.wait_routable(replicas).await;
-        let url = h.url("/sum?a=1&b=2");
-        let mut load = Load::start(&url, RATE, Duration::from_secs(60), client).await;
-        load.wait_ok(50).await;
-        Self { _dir: dir, h, load }
-    }
-
-    /// Lets the load run a little longer, then asserts zero failed requests
-    /// and zero dropped iterations.
-    async fn finish(mut self) -> dropless_load::Report {
-        let before = self.load.ok();
-        self.load.wait_ok(before + 20).await;
-        let report = self.load.finish().await;
-        load::assert_clean(&report, before + 20);
-        self.h.stop(Shutdown::Fast).await;
-        report
-    }
-}
+use crate::fixtures::load::Client;
+use crate::fixtures::{self, Mode, UnderLoad};
 
 /// The demo service in `profile`: `/sum` takes 100 ms.
 fn demo(profile: &str, label: &str) -> dropless_runtime::config::Version {

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use dropless_runtime::config::Version;
 use dropless_runtime::event::EventKind;
 use dropless_runtime::replica::ReplicaState::*;
+use dropless_runtime::rollout::{Plan, RolloutRequest};
 use dropless_runtime::signal::Shutdown;
 
-use crate::fixtures::load::{Client, Load};
-use crate::fixtures::{self, Harness, Mode};
+use crate::fixtures::load::Client;
+use crate::fixtures::{self, Harness, Mode, UnderLoad};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_starts_ready_serves_and_retires_in_order() {
@@ -97,27 +99,51 @@ async fn sigterm_ignored_means_sigkill_after_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_is_replaced_and_gets_no_traffic_meanwhile() {
-    let dir = tempfile::tempdir().unwrap();
     let service = fixtures::service("web", fixtures::demo("v4", "v1", &[]), 2);
-    let mut h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
-    h.wait_routable(2).await;
-    let url = h.url("/sum?a=1&b=2");
-    let mut load = Load::start(&url, 200, Duration::from_secs(30), Client::KeepAlive).await;
-    load.wait_ok(100).await;
-    let victim = h.router.service(None).unwrap().status().replicas[0].clone();
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(victim.pid.unwrap() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let failed = fixtures::next_event(&mut h.events, |e| matches!(&e.kind, EventKind::Replica { replica, state: Failed, .. } if *replica == victim.name)).await;
+    let mut run = UnderLoad::start(service, Client::KeepAlive).await;
+    let victim = run.h.router.service(None).unwrap().status().replicas[0].clone();
+    let group = nix::unistd::Pid::from_raw(victim.pid.unwrap() as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let failed = fixtures::next_event(&mut run.h.events, |e| matches!(&e.kind, EventKind::Replica { replica, state: Failed, .. } if *replica == victim.name)).await;
     assert!(failed.to_string().contains("exited on its own"), "{failed}");
     // A replacement (a new replica name) becomes ready.
-    fixtures::next_event(&mut h.events, |e| matches!(&e.kind, EventKind::Replica { replica, state: Ready, .. } if *replica != victim.name)).await;
-    h.wait_routable(2).await;
-    let before = load.ok();
-    load.wait_ok(before + 100).await;
-    let report = load.finish().await;
-    fixtures::load::assert_clean(&report, before + 100);
-    h.stop(Shutdown::Fast).await;
+    fixtures::next_event(&mut run.h.events, |e| matches!(&e.kind, EventKind::Replica { replica, state: Ready, .. } if *replica != victim.name)).await;
+    run.h.wait_routable(2).await;
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_is_probed_routed_drained_and_never_signalled() {
+    let (mut first, first_addr) = fixtures::spawn_demo("v3", "t1");
+    let (_second, second_addr) = fixtures::spawn_demo("v3", "t2");
+    let service = fixtures::service("web", Version::target(first_addr), 1);
+    let mut run = UnderLoad::start(service, Client::KeepAlive).await;
+    assert_eq!(
+        fixtures::get(&run.h.url("/sum?a=1&b=2")).await.1.as_deref(),
+        Some("t1")
+    );
+    let deploy = RolloutRequest::Deploy {
+        version: Version::target(second_addr),
+        plan: Plan::default(),
+    };
+    run.h
+        .client()
+        .rollout(None, deploy)
+        .await
+        .expect("deploy to the second target");
+    assert_eq!(
+        fixtures::get(&run.h.url("/sum?a=1&b=2")).await.1.as_deref(),
+        Some("t2")
+    );
+    let exited = fixtures::next_event(&mut run.h.events, |e| matches!(&e.kind, EventKind::Replica { replica, state: Exited, .. } if replica == "web-1")).await;
+    assert!(exited.to_string().contains("not signalled"), "{exited}");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first target still runs"
+    );
+    run.finish().await;
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "stopping serve leaves targets alone"
+    );
 }
