@@ -99,6 +99,10 @@ pub struct LoadArgs {
     /// to stderr)
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Threads that send requests, each with its own event loop [default:
+    /// the number of CPUs]
+    #[arg(long, value_name = "N")]
+    threads: Option<String>,
     /// No live progress (it is also hidden when stdout is not a terminal)
     #[arg(short, long)]
     quiet: bool,
@@ -115,24 +119,26 @@ struct Usage(String);
 
 /// Run `dropless load`.
 pub fn run(args: LoadArgs) -> ExitCode {
-    let (config, thresholds) = match args.config() {
+    let (config, thresholds, threads) = match args.config() {
         Ok(parsed) => parsed,
         Err(Usage(message)) => {
             eprintln!("error: {message}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The requests run on dedicated threads; this one schedules and reports.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+        .build();
+    let workers = dropless_load::Workers::dedicated(threads);
+    let (runtime, workers) = match (runtime, workers) {
+        (Ok(runtime), Ok(workers)) => (runtime, workers),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: cannot start the runtime threads: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(&args, &config)) {
+    match runtime.block_on(execute(&args, &config, &workers)) {
         Ok(report) => match thresholds.breaches(&report).as_slice() {
             [] => ExitCode::SUCCESS,
             breaches => {
@@ -158,11 +164,17 @@ enum Failed {
     Runtime(anyhow::Error),
 }
 
-async fn execute(args: &LoadArgs, config: &Config) -> Result<Report, Failed> {
-    let run = dropless_load::start(config).await.map_err(|e| match e {
-        dropless_load::Error::Config(e) => Failed::Usage(e.to_string()),
-        e => Failed::Runtime(e.into()),
-    })?;
+async fn execute(
+    args: &LoadArgs,
+    config: &Config,
+    workers: &dropless_load::Workers,
+) -> Result<Report, Failed> {
+    let run = dropless_load::start_on(config, workers)
+        .await
+        .map_err(|e| match e {
+            dropless_load::Error::Config(e) => Failed::Usage(e.to_string()),
+            e => Failed::Runtime(e.into()),
+        })?;
     let stopper = run.stopper();
     tokio::spawn(async move {
         // First Ctrl-C: stop scheduling, keep the grace; second: give up.
@@ -224,7 +236,7 @@ async fn progress(mut snapshots: watch::Receiver<Snapshot>, duration: Duration, 
 
 impl LoadArgs {
     /// Every argument checked and converted; the first bad one is reported.
-    fn config(&self) -> Result<(Config, Thresholds), Usage> {
+    fn config(&self) -> Result<(Config, Thresholds, usize), Usage> {
         let mut config = Config::new(self.url.clone());
         config.model = match (&self.rate, &self.vus) {
             (_, Some(vus)) => Model::Closed {
@@ -288,7 +300,14 @@ impl LoadArgs {
                 .map(|d| duration("--max-p99", d))
                 .transpose()?,
         };
-        Ok((config, thresholds))
+        let threads = match &self.threads {
+            Some(n) => number("--threads", n)?,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        };
+        if threads == 0 {
+            return Err(Usage("invalid --threads '0': expected at least 1".into()));
+        }
+        Ok((config, thresholds, threads))
     }
 }
 

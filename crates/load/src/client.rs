@@ -1,29 +1,32 @@
-//! HTTP clients: hyper 1 connections on our own sockets, so that every error
-//! is seen at its source (connect, TLS, write, read) and classified once.
+//! HTTP clients on our own sockets, so that every error is seen at its
+//! source (connect, TLS, write, read) and classified once: a lean HTTP/1.1
+//! connection owned by the loop that uses it, and hyper 1 for HTTP/2.
 //!
 //! The scheduler only sees the [`Transport`] trait; [`HttpTransport`] is the
 //! real one (HTTP/1.1 keep-alive pool, a connection per request, or HTTP/2
 //! multiplexing) and tests plug in others.
 
 mod connect;
+mod http1;
 mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::time::Instant;
 
-use bytes::Bytes;
-use http::header::{CONNECTION, HOST, HeaderValue, USER_AGENT};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, USER_AGENT};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::{Model, Plan};
 use crate::outcome::{Failure, FailureClass};
 
 pub(crate) use connect::Connector;
+use connect::{Stream, peer_closed};
 
 /// What happened on the wire during one exchange, besides its result.
 #[derive(Debug, Default)]
@@ -87,10 +90,7 @@ enum Mode {
     },
 }
 
-struct Conn1 {
-    sender: http1::SendRequest<Full<Bytes>>,
-    used: bool,
-}
+type Conn1 = http1::Conn<Stream>;
 
 struct Lease {
     conn: Conn1,
@@ -100,9 +100,14 @@ struct Lease {
 /// The request, parsed once; each send clones cheap parts.
 struct Template {
     method: Method,
+    /// Absolute URI (HTTP/2 takes scheme and authority from it).
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    /// The whole HTTP/1.1 request, serialized once.
+    wire: Bytes,
+    /// A HEAD request: its response has no body.
+    head: bool,
 }
 
 impl HttpTransport {
@@ -170,48 +175,54 @@ impl HttpTransport {
             };
             // A connection the server closed while idle is replaced before
             // anything is sent, as any pooling client does.
-            if lease.conn.sender.ready().await.is_err() {
+            if lease.conn.used && peer_closed(lease.conn.stream()) {
                 lease.conn = self.connect1().await?;
-                lease
-                    .conn
-                    .sender
-                    .ready()
-                    .await
-                    .map_err(|e| Failure::classify(&e))?;
             }
-            let reused = std::mem::replace(&mut lease.conn.used, true);
+            let reused = lease.conn.used;
             marks.sent = Some(Instant::now());
+            let mut matcher = self.expect_body.as_deref().map(BodyMatcher::new);
             let result = lease
                 .conn
-                .sender
-                .try_send_request(self.request.build())
+                .exchange(
+                    &self.request.wire,
+                    self.request.head,
+                    &mut marks.head,
+                    |chunk| {
+                        if let Some(m) = matcher.as_mut() {
+                            m.feed(chunk);
+                        }
+                    },
+                )
                 .await;
-            let response = match result {
-                Ok(response) => response,
-                Err(e) => {
-                    let failure = Failure::classify(e.error());
-                    // A reused connection closed before any response byte:
-                    // the request may be sent again on a fresh connection.
-                    let closed = matches!(failure.class, FailureClass::Eof | FailureClass::Reset);
-                    if may_retry && reused && closed {
-                        may_retry = false;
-                        marks.retried = true;
-                        continue;
-                    }
-                    return Err(failure);
+            let status = match result {
+                Ok(status) => status,
+                // A reused connection closed before any response byte: the
+                // request may be sent again on a fresh connection.
+                Err(failure)
+                    if may_retry
+                        && reused
+                        && marks.head.is_none()
+                        && matches!(failure.class, FailureClass::Eof | FailureClass::Reset) =>
+                {
+                    may_retry = false;
+                    marks.retried = true;
+                    continue;
                 }
+                Err(failure) => return Err(failure),
             };
-            let answer = self.read(response, marks).await?;
-            if *keepalive {
+            if *keepalive && lease.conn.reusable {
                 if *sticky {
                     session.lease = Some(lease);
-                } else if !lease.conn.sender.is_closed() {
+                } else {
                     // Back to the pool before the permit is released, so the
                     // next holder of the permit finds it.
                     idle.lock().expect("pool lock").push(lease.conn);
                 }
             }
-            return Ok(answer);
+            return Ok(Answer {
+                status,
+                body_ok: matcher.is_none_or(|m| m.found),
+            });
         }
     }
 
@@ -250,10 +261,7 @@ impl HttpTransport {
     }
 
     async fn connect1(&self) -> Result<Conn1, Failure> {
-        Ok(Conn1 {
-            sender: self.connector.http1().await?,
-            used: false,
-        })
+        Ok(http1::Conn::new(self.connector.stream().await?))
     }
 
     /// Read the whole response; the head's arrival is the first byte.
@@ -296,31 +304,17 @@ impl Transport for HttpTransport {
 impl Template {
     fn new(plan: &Plan) -> Self {
         let mut headers = plan.headers.clone();
-        let uri = if plan.http2 {
-            plan.uri.clone()
-        } else {
-            // HTTP/1.1 sends the origin form and a Host header.
-            if !headers.contains_key(HOST) {
-                let authority = plan.uri.authority().expect("checked by the plan").as_str();
-                let host = HeaderValue::from_str(authority).expect("an authority is a valid value");
-                headers.insert(HOST, host);
-            }
-            if !plan.keepalive {
-                headers.insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            let path = plan.uri.path_and_query().map_or("/", |p| p.as_str());
-            path.parse()
-                .expect("the path of a valid URI is a valid URI")
-        };
         if !headers.contains_key(USER_AGENT) {
             let agent = concat!("dropless-load/", env!("CARGO_PKG_VERSION"));
             headers.insert(USER_AGENT, HeaderValue::from_static(agent));
         }
         Template {
             method: plan.method.clone(),
-            uri,
+            uri: plan.uri.clone(),
+            wire: serialize_http1(plan, &headers),
             headers,
             body: plan.body.clone(),
+            head: plan.method == Method::HEAD,
         }
     }
 
@@ -331,6 +325,42 @@ impl Template {
         *request.headers_mut() = self.headers.clone();
         request
     }
+}
+
+/// The HTTP/1.1 request: origin-form target, Host, the headers, a
+/// Content-Length when there is a body (or the method expects one), and
+/// `Connection: close` without keep-alive.
+fn serialize_http1(plan: &Plan, headers: &HeaderMap) -> Bytes {
+    let mut wire = BytesMut::with_capacity(256 + plan.body.len());
+    let path = plan.uri.path_and_query().map_or("/", |p| p.as_str());
+    wire.put_slice(format!("{} {path} HTTP/1.1\r\n", plan.method).as_bytes());
+    let mut header = |name: &[u8], value: &[u8]| {
+        wire.put_slice(name);
+        wire.put_slice(b": ");
+        wire.put_slice(value);
+        wire.put_slice(b"\r\n");
+    };
+    if !headers.contains_key(HOST) {
+        let authority = plan.uri.authority().expect("checked by the plan").as_str();
+        header(b"host", authority.as_bytes());
+    }
+    for (name, value) in headers {
+        if name != CONNECTION && name != CONTENT_LENGTH {
+            header(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let expects_body = matches!(plan.method, Method::POST | Method::PUT | Method::PATCH);
+    if !plan.body.is_empty() || expects_body {
+        header(b"content-length", plan.body.len().to_string().as_bytes());
+    }
+    if !plan.keepalive {
+        header(b"connection", b"close");
+    } else if let Some(value) = headers.get(CONNECTION) {
+        header(b"connection", value.as_bytes());
+    }
+    wire.put_slice(b"\r\n");
+    wire.put_slice(&plan.body);
+    wire.freeze()
 }
 
 /// Finds a substring across body chunks, keeping only a needle's length of

@@ -46,6 +46,7 @@ mod stats;
 mod summary;
 mod threshold;
 mod timeline;
+mod workers;
 
 pub use config::{
     Config, ConfigError, DEFAULT_DURATION, DEFAULT_EXPECT_STATUS, DEFAULT_GRACE,
@@ -53,5 +54,6 @@ pub use config::{
 };
 pub use outcome::FailureClass;
 pub use report::{Latency, Percentiles, Rate, Report, Requests, Second, Snapshot};
-pub use run::{Error, Run, Stopper, run, start};
+pub use run::{Error, Run, Stopper, run, start, start_on};
 pub use threshold::Thresholds;
+pub use workers::Workers;

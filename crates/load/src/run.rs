@@ -15,6 +15,7 @@ use crate::client::{Connector, HttpTransport, Transport};
 use crate::config::{Config, ConfigError, Model, Plan};
 use crate::report::{Latency, Rate, Report, Snapshot};
 use crate::schedule::{self, Shared, Until};
+use crate::workers::Workers;
 
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,11 @@ pub struct Stopper {
 /// Start a run of `config` on the current tokio runtime. Validates the
 /// configuration and resolves the host first; no socket is opened on error.
 pub async fn start(config: &Config) -> Result<Run, Error> {
+    start_on(config, &Workers::current()).await
+}
+
+/// Start a run whose requests execute on `workers` (see [`Workers`]).
+pub async fn start_on(config: &Config, workers: &Workers) -> Result<Run, Error> {
     let plan = config.plan()?;
     let resolve = |reason: String| Error::Resolve {
         host: plan.host.clone(),
@@ -71,7 +77,7 @@ pub async fn start(config: &Config) -> Result<Run, Error> {
             reason: "the host is not a valid TLS server name",
         })?;
     let transport = HttpTransport::new(&plan, connector);
-    Ok(start_with(plan, transport))
+    Ok(start_with(plan, transport, workers))
 }
 
 /// Start a run and wait for its report.
@@ -118,7 +124,7 @@ impl Stopper {
 }
 
 /// Start a run of `plan` over any transport.
-pub(crate) fn start_with<T: Transport>(plan: Plan, transport: T) -> Run {
+pub(crate) fn start_with<T: Transport>(plan: Plan, transport: T, workers: &Workers) -> Run {
     let start = Instant::now();
     let stopper = Stopper {
         stop: CancellationToken::new(),
@@ -127,15 +133,12 @@ pub(crate) fn start_with<T: Transport>(plan: Plan, transport: T) -> Run {
     };
     let until = Until::new(start + plan.duration, plan.requests, stopper.stop.clone());
     let shared = Arc::new(Shared::new(
+        &plan,
         transport,
         start,
-        plan.timeout,
-        plan.expect_status.clone(),
-        plan.expect_body
-            .as_ref()
-            .map(|b| String::from_utf8_lossy(b).into_owned()),
         until,
         &stopper.abandon,
+        workers.handles(),
     ));
     let (tx, snapshots) = watch::channel(Snapshot::default());
     let task = tokio::spawn(drive(plan, shared, tx, stopper.clone()));

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Marks, Transport};
-use crate::config::StatusSet;
+use crate::config::{Plan, StatusSet};
 use crate::outcome::{Failure, FailureClass};
 use crate::stats::{Recorder, Timings};
 
@@ -36,6 +37,8 @@ pub(crate) struct Shared<T> {
     pub(crate) in_flight: AtomicUsize,
     pub(crate) until: Until,
     abandon: Vec<CancellationToken>,
+    /// The runtimes requests run on, in turn.
+    handles: Vec<Handle>,
 }
 
 /// When scheduling stops.
@@ -49,30 +52,38 @@ pub(crate) struct Until {
 
 impl<T: Transport> Shared<T> {
     pub(crate) fn new(
+        plan: &Plan,
         transport: T,
         start: Instant,
-        timeout: Duration,
-        expect_status: StatusSet,
-        expect_body: Option<String>,
         until: Until,
         abandon: &CancellationToken,
+        handles: Vec<Handle>,
     ) -> Self {
         Shared {
             transport,
             recorder: Mutex::new(Recorder::new()),
             start,
-            timeout,
-            expect_status,
-            expect_body,
+            timeout: plan.timeout,
+            expect_status: plan.expect_status.clone(),
+            expect_body: plan
+                .expect_body
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
             in_flight: AtomicUsize::new(0),
             until,
             abandon: (0..ABANDON_SHARDS).map(|_| abandon.child_token()).collect(),
+            handles,
         }
     }
 
     /// The second of the run `instant` falls in.
     pub(crate) fn second(&self, instant: Instant) -> u64 {
         instant.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// The runtime for the `n`th task.
+    fn handle(&self, n: usize) -> &Handle {
+        &self.handles[n % self.handles.len()]
     }
 }
 
@@ -144,11 +155,15 @@ pub(crate) async fn open<T: Transport>(
         }
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let task = Arc::clone(shared);
-        tracker.spawn(async move {
-            let mut session = T::Session::default();
-            task.execute(&mut session, due, n as usize).await;
-            task.in_flight.fetch_sub(1, Ordering::Relaxed);
-        });
+        let handle = shared.handle(n as usize);
+        tracker.spawn_on(
+            async move {
+                let mut session = T::Session::default();
+                task.execute(&mut session, due, n as usize).await;
+                task.in_flight.fetch_sub(1, Ordering::Relaxed);
+            },
+            handle,
+        );
     }
     unreachable!("the schedule ends at its deadline")
 }
@@ -160,20 +175,26 @@ pub(crate) async fn closed<T: Transport>(
     tracker: &TaskTracker,
 ) -> Instant {
     for vu in 0..vus {
+        let handle = shared.handle(vu).clone();
         let shared = Arc::clone(shared);
-        tracker.spawn(async move {
-            let mut session = T::Session::default();
-            let until = &shared.until;
-            loop {
-                let now = Instant::now();
-                if now >= until.deadline || until.stop.is_cancelled() || !until.ticket() {
-                    break;
+        tracker.spawn_on(
+            async move {
+                let mut session = T::Session::default();
+                let until = &shared.until;
+                loop {
+                    let now = Instant::now();
+                    if now >= until.deadline || until.stop.is_cancelled() || !until.ticket() {
+                        break;
+                    }
+                    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                    shared.execute(&mut session, now, vu).await;
+                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    // A transport that never waits must not starve its thread.
+                    tokio::task::consume_budget().await;
                 }
-                shared.in_flight.fetch_add(1, Ordering::Relaxed);
-                shared.execute(&mut session, now, vu).await;
-                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
-        });
+            },
+            &handle,
+        );
     }
     let until = &shared.until;
     tokio::select! {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -14,6 +14,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use crate::outcome::{Failure, FailureClass};
+
+/// A connection's byte stream: plain TCP, or TLS over TCP.
+pub(crate) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// Opens connections to the resolved target.
 pub(crate) struct Connector {
@@ -48,18 +51,6 @@ impl Connector {
         Ok(Connector { addrs, tls })
     }
 
-    pub(crate) async fn http1(&self) -> Result<http1::SendRequest<Full<Bytes>>, Failure> {
-        let io = TokioIo::new(self.stream().await?);
-        let (sender, connection) = http1::handshake(io)
-            .await
-            .map_err(|e| Failure::classify(&e))?;
-        // The connection's own error reaches the request that was in flight.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(sender)
-    }
-
     pub(crate) async fn http2(&self) -> Result<http2::SendRequest<Full<Bytes>>, Failure> {
         let stream = self.stream().await?;
         if let Either::Right(tls) = &stream
@@ -80,7 +71,7 @@ impl Connector {
     }
 
     /// A connected stream, TLS established when the target is https.
-    async fn stream(&self) -> Result<Either<TcpStream, TlsStream<TcpStream>>, Failure> {
+    pub(crate) async fn stream(&self) -> Result<Stream, Failure> {
         let tcp = self.tcp().await?;
         match &self.tls {
             None => Ok(Either::Left(tcp)),
@@ -113,5 +104,24 @@ fn tls_failure(err: &std::io::Error) -> Failure {
             class: FailureClass::Tls,
             message: None,
         },
+    }
+}
+
+/// Whether the peer already closed an idle plain-TCP connection, checked
+/// before reuse as a pooling client does. The reactor's readiness is asked
+/// first, so a quiet connection costs no system call. TLS streams cannot be
+/// peeked; a closed one shows as `eof` on use.
+pub(crate) fn peer_closed(stream: &Stream) -> bool {
+    let Either::Left(tcp) = stream else {
+        return false;
+    };
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if tcp.poll_read_ready(&mut cx).is_pending() {
+        return false;
+    }
+    match tcp.try_read(&mut [0u8; 1]) {
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        // EOF, or bytes nobody asked for: either way not reusable.
+        Ok(_) => true,
     }
 }
