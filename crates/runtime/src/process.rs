@@ -36,6 +36,9 @@ pub enum SpawnError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The service is shutting down and starts no replica.
+    #[error("not starting a replica: the service is shutting down")]
+    ShuttingDown,
 }
 
 impl Process {

@@ -281,15 +281,14 @@ impl Rollout<'_> {
                 .partition(|r| r.generation() == generation);
             if new.len() >= n && old.is_empty() {
                 // Scale down: the newest go first.
-                let extra: Vec<_> = new.into_iter().rev().take_while(|_| true).collect();
-                let excess = extra.len() - n;
+                let excess = new.len() - n;
                 if excess > 0 {
                     self.supervisor.set_phase(
                         self.id,
                         RolloutPhase::Draining,
                         Some(format!("{excess} replica(s)")),
                     );
-                    for r in extra.into_iter().take(excess) {
+                    for r in new.into_iter().rev().take(excess) {
                         self.retire(r);
                     }
                 }

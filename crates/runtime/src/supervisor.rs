@@ -216,11 +216,18 @@ impl Supervisor {
             topology: self.inner.topology.clone(),
             pool_idle_timeout: self.inner.options.pool_idle_timeout,
         });
-        self.inner
-            .replicas
-            .lock()
-            .expect("replicas lock")
-            .push(Arc::clone(&replica));
+        {
+            // Checked under the lock `shutdown` takes: a replica is either in
+            // the list it retires, or never started.
+            let mut replicas = self.inner.replicas.lock().expect("replicas lock");
+            if self.inner.shutdown.is_cancelled() {
+                if let Some(p) = replica.process() {
+                    p.signal_group(nix::sys::signal::Signal::SIGKILL);
+                }
+                return Err(SpawnError::ShuttingDown);
+            }
+            replicas.push(Arc::clone(&replica));
+        }
         tokio::spawn(
             self.clone()
                 .watch_replica(Arc::clone(&replica), release.clone()),
@@ -274,7 +281,10 @@ impl Supervisor {
     /// Stops replacing replicas and retires them all; `fast` skips the
     /// drain and grace periods (SIGKILL at once).
     pub async fn shutdown(&self, fast: bool) {
-        self.inner.shutdown.cancel();
+        {
+            let _replicas = self.inner.replicas.lock().expect("replicas lock");
+            self.inner.shutdown.cancel();
+        }
         let mut config = self.inner.config.retire.clone();
         if fast {
             config = crate::config::RetireConfig {
