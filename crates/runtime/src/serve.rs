@@ -139,7 +139,12 @@ impl Runtime {
             tls,
         } = self;
         for s in router.services() {
-            s.start()?;
+            if let Err(e) = s.start() {
+                // Replicas already started must not outlive a failed start.
+                let stops = router.services().iter().map(|s| s.shutdown(true));
+                futures_util::future::join_all(stops).await;
+                return Err(e.into());
+            }
         }
         save(&router, &state_path);
         let stop_background = CancellationToken::new();
