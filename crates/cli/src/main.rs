@@ -4,6 +4,7 @@
 mod control;
 mod load;
 mod serve;
+mod trial;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,14 @@ enum Command {
     Status(control::StatusArgs),
     /// Stream the runtime's events.
     Events(control::EventsArgs),
+    /// Load plus deploy events against a real runtime, then a verdict.
+    Trial(Box<trial::TrialArgs>),
+    /// Kubernetes helpers.
+    #[command(subcommand)]
+    K8s(trial::K8sCommand),
+    /// Run the built-in demo service (replicas of trials run this).
+    #[command(hide = true)]
+    DemoService(Box<dropless_demo::Args>),
 }
 
 fn main() -> ExitCode {
@@ -57,5 +66,8 @@ fn main() -> ExitCode {
         Command::Rollback(args) => control::rollback(args),
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
+        Command::Trial(args) => trial::trial(*args),
+        Command::K8s(command) => trial::k8s(command),
+        Command::DemoService(args) => trial::demo_service(*args),
     }
 }

@@ -1,0 +1,141 @@
+//! `dropless trial --target URL --during COMMAND`: load against any URL
+//! while a command of yours deploys (say, `kubectl rollout restart … &&
+//! kubectl rollout status …`), with the command's start and end as events.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use dropless_load::Model;
+use tokio::{process::Command, time::Instant};
+
+use crate::{
+    report::{EventRecord, Outcome, TrialReport},
+    run::{Progress, TrialError, write_reports},
+    scenario::ClientMode,
+};
+
+/// Default load before the command starts, so the report shows a baseline.
+pub const DEFAULT_LEAD_IN: Duration = Duration::from_secs(2);
+/// Default load after the command ends, so late failures are seen.
+pub const DEFAULT_TAIL: Duration = Duration::from_secs(5);
+/// Longest run when no duration is given.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// A load against a URL during a command.
+#[derive(Debug, Clone)]
+pub struct During {
+    /// The URL loaded.
+    pub url: String,
+    /// The command, run with `sh -c`.
+    pub command: String,
+    /// Requests per second.
+    pub rate: f64,
+    /// Fixed length of the load; default: until the command has ended and
+    /// `tail` has passed.
+    pub duration: Option<Duration>,
+    /// Load before the command starts. Default [`DEFAULT_LEAD_IN`].
+    pub lead_in: Duration,
+    /// Load after the command ends. Default [`DEFAULT_TAIL`].
+    pub tail: Duration,
+    /// Client mode.
+    pub client: ClientMode,
+}
+
+/// Runs the load and the command; writes the reports into `out`.
+pub async fn run(
+    during: &During,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<TrialReport, TrialError> {
+    std::fs::create_dir_all(out).map_err(|source| TrialError::Io {
+        what: format!("cannot create {}", out.display()),
+        source,
+    })?;
+    let mut load = dropless_load::Config::new(&during.url);
+    load.model = Model::Open { rate: during.rate };
+    load.duration = during.duration.unwrap_or(MAX_DURATION);
+    match during.client {
+        ClientMode::Keepalive => {}
+        ClientMode::NoKeepalive => load.keepalive = false,
+        ClientMode::H2 => load.http2 = true,
+    }
+    let log_path = out.join("command.log");
+    let log = std::fs::File::create(&log_path).map_err(|source| TrialError::Io {
+        what: format!("cannot create {}", log_path.display()),
+        source,
+    })?;
+    let log_err = log.try_clone().map_err(|source| TrialError::Io {
+        what: "cannot share the command log".into(),
+        source,
+    })?;
+
+    progress.phase("load");
+    let run = dropless_load::start(&load).await?;
+    progress.load_started(load.duration);
+    let started = Instant::now();
+    let stopper = run.stopper();
+    let mut snapshots = run.subscribe();
+    let command = during.command.clone();
+    let (lead_in, tail, fixed) = (during.lead_in, during.tail, during.duration.is_some());
+    let script = tokio::spawn(async move {
+        tokio::time::sleep(lead_in).await;
+        let began = started.elapsed();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .status()
+            .await;
+        let ended = started.elapsed();
+        let (outcome, detail) = match status {
+            Ok(status) if status.success() => (Outcome::Ok, None),
+            Ok(status) => (Outcome::Failed, Some(format!("exited with {status}"))),
+            Err(error) => (Outcome::Failed, Some(format!("cannot run sh -c: {error}"))),
+        };
+        if !fixed {
+            tokio::time::sleep(tail).await;
+            stopper.stop();
+        }
+        EventRecord {
+            action: "command".into(),
+            at_s: lead_in.as_secs_f64(),
+            started_s: began.as_secs_f64(),
+            ended_s: ended.as_secs_f64(),
+            outcome,
+            detail: Some(detail.unwrap_or_else(|| command.clone())),
+        }
+    });
+    let report = run.report();
+    tokio::pin!(report);
+    let mut report = loop {
+        tokio::select! {
+            report = &mut report => break report?,
+            Ok(()) = snapshots.changed() => progress.second(&snapshots.borrow_and_update()),
+        }
+    };
+    // Stopping at the planned end is not an interruption.
+    report.interrupted = false;
+    let record = match script.await {
+        Ok(record) => record,
+        Err(error) => EventRecord {
+            action: "command".into(),
+            at_s: during.lead_in.as_secs_f64(),
+            started_s: during.lead_in.as_secs_f64(),
+            ended_s: started.elapsed().as_secs_f64(),
+            outcome: Outcome::Failed,
+            detail: Some(format!("the command task failed: {error}")),
+        },
+    };
+    progress.event(&record);
+    let report = TrialReport::new(
+        format!("{} during `{}`", during.url, during.command),
+        during.url.clone(),
+        "external".into(),
+        report,
+        vec![record],
+        None,
+    );
+    write_reports(&report, out)?;
+    Ok(report)
+}

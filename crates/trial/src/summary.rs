@@ -1,0 +1,99 @@
+//! The terminal summary of a trial.
+
+use std::fmt::Write as _;
+
+use crate::report::{Outcome, TrialReport, Verdict};
+
+/// A k6-style summary: verdict, load, latency, events, audit, and the
+/// seconds in which requests failed.
+pub fn render(report: &TrialReport) -> String {
+    let load = &report.load;
+    let mut s = String::new();
+    let verdict = match report.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+    };
+    let _ = writeln!(s, "dropless trial: {} — {verdict}", report.name);
+    for reason in &report.reasons {
+        let _ = writeln!(s, "  ✗ {reason}");
+    }
+    let _ = writeln!(
+        s,
+        "  service    {}, strategy {}",
+        report.service, report.strategy
+    );
+    let _ = writeln!(
+        s,
+        "  load       {}: {} req/s target, {:.1} achieved, {:.1} s",
+        load.target,
+        load.rate
+            .target_per_s
+            .map(|r| format!("{r:.1}"))
+            .unwrap_or_else(|| "-".into()),
+        load.rate.achieved_per_s,
+        load.duration_s
+    );
+    let _ = writeln!(
+        s,
+        "  requests   {} total, {} ok, {} failed, {} dropped iterations",
+        load.requests.total, load.requests.ok, load.requests.failed, load.dropped_iterations
+    );
+    let failures: Vec<String> = load
+        .failures
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(class, n)| format!("{class} {n}"))
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(s, "  failures   {}", failures.join(", "));
+    }
+    let t = &load.latency_ms.ttlb;
+    let _ = writeln!(
+        s,
+        "  latency    ttlb min {:.1} med {:.1} p80 {:.1} p99 {:.1} max {:.1} ms (from the scheduled send)",
+        t.min, t.p50, t.p80, t.p99, t.max
+    );
+    for event in &report.events {
+        let mark = match event.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "FAILED",
+        };
+        let _ = writeln!(
+            s,
+            "  event      {:>5.1}s {:<12} {mark} ({:.1}s → {:.1}s){}",
+            event.at_s,
+            event.action,
+            event.started_s,
+            event.ended_s,
+            match (&event.outcome, &event.detail) {
+                (Outcome::Failed, Some(detail)) => format!(": {detail}"),
+                _ => String::new(),
+            }
+        );
+    }
+    if let Some(audit) = &report.audit {
+        let _ = writeln!(
+            s,
+            "  audit      {}: {} acknowledged, {} stored, {} lost, {} duplicated",
+            audit.source, audit.acknowledged, audit.stored, audit.lost, audit.duplicated
+        );
+    }
+    let bad: Vec<String> = load
+        .timeline
+        .iter()
+        .filter(|second| second.failed > 0)
+        .map(|second| {
+            let classes: Vec<String> = second
+                .failures
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(class, n)| format!("{class} {n}"))
+                .collect();
+            format!("{}s: {}", second.t_s, classes.join(" "))
+        })
+        .collect();
+    if !bad.is_empty() {
+        let _ = writeln!(s, "  failed in  {}", bad.join("; "));
+    }
+    s
+}
