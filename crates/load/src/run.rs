@@ -263,3 +263,69 @@ fn report<T: Transport>(
         timeline: recorder.timeline().rows(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Answer, Marks};
+    use crate::outcome::Failure;
+
+    /// Answers at once: the run's own costs are all that is measured.
+    struct Instant200;
+
+    impl Transport for Instant200 {
+        type Session = ();
+
+        async fn exchange(&self, _: &mut (), marks: &mut Marks) -> Result<Answer, Failure> {
+            let now = Instant::now();
+            (marks.sent, marks.head) = (Some(now), Some(now));
+            Ok(Answer {
+                status: 200,
+                body_ok: true,
+            })
+        }
+    }
+
+    fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// A million requests keep histograms and per-second buckets only: the
+    /// memory of the process grows by far less than one record per request
+    /// would take (16 MB at 16 bytes each).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_million_requests_keep_no_per_request_storage() {
+        let mut config = Config::new("http://127.0.0.1:1/");
+        config.model = Model::Closed { vus: 8 };
+        config.duration = Duration::from_secs(120);
+        config.requests = Some(1_000_000);
+        let plan = config.plan().unwrap();
+        let before = resident_bytes();
+        let run = start_with(plan, Instant200, &Workers::current());
+        let mut snapshots = run.subscribe();
+        let sampler = tokio::spawn(async move {
+            let mut peak = resident_bytes();
+            while snapshots.changed().await.is_ok() {
+                peak = peak.max(resident_bytes());
+            }
+            peak
+        });
+        let report = run.report().await.unwrap();
+        let peak = sampler.await.unwrap().max(resident_bytes());
+        assert_eq!(
+            (report.requests.total, report.requests.ok),
+            (1_000_000, 1_000_000)
+        );
+        assert_eq!(report.latency_ms.ttlb.count, 1_000_000);
+        assert!(!report.interrupted);
+        assert!(
+            report.timeline.len() <= 120,
+            "{} rows",
+            report.timeline.len()
+        );
+        let growth = peak.saturating_sub(before);
+        assert!(growth < 8 << 20, "memory grew by {} KiB", growth >> 10);
+    }
+}

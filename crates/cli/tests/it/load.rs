@@ -1,0 +1,261 @@
+//! `dropless load`: exit codes, one-line usage errors, the JSON report,
+//! thresholds and Ctrl-C, against a server on 127.0.0.1 port 0.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A keep-alive HTTP/1.1 server answering every request with `status`.
+struct Server {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+fn server(status: u16) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counter = counter.clone();
+            std::thread::spawn(move || serve(stream, status, &counter));
+        }
+    });
+    Server { url, requests }
+}
+
+fn serve(mut stream: TcpStream, status: u16, requests: &AtomicUsize) {
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            pending.drain(..end + 4);
+            requests.fetch_add(1, Ordering::SeqCst);
+            let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+            if stream.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn dropless(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dropless"))
+        .arg("load")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn help_explains_every_flag_and_the_exit_codes() {
+    let output = dropless(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for flag in [
+        "--rate",
+        "--vus",
+        "--duration",
+        "--requests",
+        "--max-in-flight",
+        "--connections",
+        "--no-keepalive",
+        "--http2",
+        "--insecure",
+        "--method",
+        "--header",
+        "--body",
+        "--body-file",
+        "--expect-status",
+        "--expect-body",
+        "--timeout",
+        "--grace",
+        "--retry-reused",
+        "--json",
+        "--quiet",
+        "--threads",
+        "--max-failures",
+        "--max-p99",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    for code in [
+        "0  the run completed",
+        "1  runtime error",
+        "2  usage error",
+        "3  a threshold",
+    ] {
+        assert!(help.contains(code), "--help lacks exit code line {code:?}");
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["localhost:8080"],
+            "error: invalid URL 'localhost:8080': expected http://host[:port]/path",
+        ),
+        (
+            &["ftp://127.0.0.1/"],
+            "error: invalid URL 'ftp://127.0.0.1/': the scheme must be http or https",
+        ),
+        (
+            &["http://127.0.0.1:9/", "-d", "5x"],
+            "error: invalid --duration '5x': expected a duration like 30s, 2m or 500ms",
+        ),
+        (
+            &["http://127.0.0.1:9/", "--rate", "fast"],
+            "error: invalid --rate 'fast': expected a number",
+        ),
+        (
+            &["http://127.0.0.1:9/", "--rate", "0"],
+            "error: rate must be a number of requests per second above 0, got 0",
+        ),
+        (
+            &["http://127.0.0.1:9/", "-H", "nocolon"],
+            "error: invalid header 'nocolon': expected 'Name: value'",
+        ),
+        (
+            &["http://127.0.0.1:9/", "--expect-status", "2xx"],
+            "error: invalid status set '2xx': expected codes and ranges like 200-399 or 200,204",
+        ),
+    ];
+    for (args, message) in cases {
+        let output = dropless(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr_lines(&output), [message], "{args:?}");
+    }
+    let both = dropless(&["http://127.0.0.1:9/", "--rate", "10", "--vus", "2"]);
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--rate and --vus exclude each other"
+    );
+}
+
+#[test]
+fn a_run_prints_the_summary_and_writes_the_json_report() {
+    let server = server(200);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let output = dropless(&[
+        &server.url,
+        "--rate",
+        "40",
+        "-d",
+        "500ms",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = String::from_utf8(output.stdout).unwrap();
+    assert!(summary.contains("20 total, 20 ok, 0 failed"), "{summary}");
+    assert!(
+        summary.contains("ttlb") && summary.contains("p(99)="),
+        "{summary}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["requests"]["total"], 20);
+    assert_eq!(report["rate"]["target_per_s"], 40.0);
+    assert_eq!(report["interrupted"], false);
+    assert_eq!(server.requests.load(Ordering::SeqCst), 20);
+}
+
+#[test]
+fn a_breached_threshold_exits_3() {
+    let server = server(503);
+    let output = dropless(&[
+        &server.url,
+        "--rate",
+        "20",
+        "-d",
+        "500ms",
+        "--max-failures",
+        "3",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        stderr_lines(&output).last().unwrap(),
+        "threshold breached: 10 failed requests > max-failures 3"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["failures"]["http_503"], 10);
+    let held = dropless(&[
+        &server.url,
+        "--rate",
+        "20",
+        "-d",
+        "500ms",
+        "--max-failures",
+        "10",
+        "-q",
+    ]);
+    assert_eq!(held.status.code(), Some(0));
+}
+
+#[test]
+fn ctrl_c_writes_a_partial_report() {
+    let server = server(200);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dropless"))
+        .args([
+            "load",
+            &server.url,
+            "--rate",
+            "50",
+            "-d",
+            "60s",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.requests.load(Ordering::SeqCst) < 25 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no load arrived"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], true);
+    assert!(
+        report["duration_s"].as_f64().unwrap() < 30.0,
+        "{}",
+        report["duration_s"]
+    );
+    let total = report["requests"]["total"].as_u64().unwrap();
+    assert_eq!(total, server.requests.load(Ordering::SeqCst) as u64);
+}
