@@ -42,6 +42,9 @@ enum Command {
     Events(control::EventsArgs),
     /// Load plus deploy events against a real runtime, then a verdict.
     Trial(Box<trial::TrialArgs>),
+    /// The main job: the demo service deployed under load behind dropless,
+    /// then under the Kubernetes emulation, side by side.
+    Demo(trial::DemoArgs),
     /// Kubernetes helpers.
     #[command(subcommand)]
     K8s(trial::K8sCommand),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
         Command::Trial(args) => trial::trial(*args),
+        Command::Demo(args) => trial::demo(args),
         Command::K8s(command) => trial::k8s(command),
         Command::DemoService(args) => trial::demo_service(*args),
     }

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod demo;
 pub mod during;
 pub mod html;
 pub mod influxd;

@@ -1,0 +1,129 @@
+//! `dropless demo`: the built-in pair of trials (the demo service behind
+//! dropless, then the same events under the Kubernetes emulation) and their
+//! side-by-side comparison.
+
+use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
+
+use crate::{
+    report::{TrialReport, Verdict},
+    scenario::{Action, Audit, ClientMode, Event, Load, Scenario, Service, Strategy},
+};
+
+/// Requests per second of the demo's load.
+pub const RATE: f64 = 300.0;
+/// Length of each of the demo's trials.
+pub const DURATION: Duration = Duration::from_secs(30);
+
+/// The two scenarios: demo v9 ×3 behind dropless, and demo v3 ×3 under the
+/// Kubernetes emulation without a pre-stop delay; the same load and events.
+pub fn scenarios() -> [Scenario; 2] {
+    [
+        scenario("dropless", "v9", Strategy::Dropless),
+        scenario("kubernetes", "v3", Strategy::Kubernetes),
+    ]
+}
+
+fn scenario(name: &str, profile: &str, strategy: Strategy) -> Scenario {
+    let at = |s: u64, action: Action| Event {
+        at: Duration::from_secs(s),
+        action,
+    };
+    Scenario {
+        name: name.to_owned(),
+        service: Service {
+            demo: Some(profile.to_owned()),
+            command: Vec::new(),
+            env: Default::default(),
+            version: "v1".into(),
+            replicas: 3,
+            strategy,
+            health_path: None,
+            endpoint_lag: None,
+            pre_stop: None,
+            grace: Some(Duration::from_secs(10)),
+            work_ms: crate::scenario::DEFAULT_WORK_MS,
+            startup_delay: Some(Duration::from_millis(300)),
+        },
+        load: Load {
+            path: crate::scenario::DEFAULT_PATH.into(),
+            rate: RATE,
+            duration: DURATION,
+            client: ClientMode::Keepalive,
+        },
+        events: vec![
+            at(4, Action::Restart),
+            at(
+                12,
+                Action::Deploy {
+                    version: "v2".into(),
+                    profile: None,
+                    command: Vec::new(),
+                    rollout: None,
+                },
+            ),
+            at(19, Action::Scale { replicas: 5 }),
+            at(24, Action::Scale { replicas: 3 }),
+        ],
+        audit: Audit::default(),
+    }
+}
+
+/// The reports side by side: requests, failures by class, latency, lost
+/// operations, verdict.
+pub fn comparison(reports: &[TrialReport]) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |name: &str, cell: &dyn Fn(&TrialReport) -> String| {
+        rows.push((name.to_owned(), reports.iter().map(cell).collect()));
+    };
+    row("", &|r| format!("{} ({})", r.strategy, r.service));
+    row("requests", &|r| r.load.requests.total.to_string());
+    row("ok", &|r| r.load.requests.ok.to_string());
+    row("failed", &|r| r.load.requests.failed.to_string());
+    let classes: BTreeSet<String> = reports
+        .iter()
+        .flat_map(|r| r.load.failures.iter().filter(|(_, n)| **n > 0).map(|(c, _)| c.clone()))
+        .collect();
+    for class in &classes {
+        row(&format!("  {class}"), &|r| r.load.failure_count(class).to_string());
+    }
+    row("dropped iterations", &|r| r.load.dropped_iterations.to_string());
+    row("p99 latency", &|r| format!("{:.1} ms", r.load.latency_ms.ttlb.p99));
+    row("max latency", &|r| format!("{:.1} ms", r.load.latency_ms.ttlb.max));
+    row("operations lost", &|r| match &r.audit {
+        Some(audit) => format!("{} of {}", audit.lost, audit.acknowledged),
+        None => "-".into(),
+    });
+    row("verdict", &|r| match r.verdict {
+        Verdict::Pass => "PASS".into(),
+        Verdict::Fail => "FAIL".into(),
+    });
+    let first = rows.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..reports.len())
+        .map(|i| rows.iter().map(|(_, cells)| cells[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (name, cells) in &rows {
+        let _ = write!(out, "{name:<first$}");
+        for (cell, width) in cells.iter().zip(&widths) {
+            let _ = write!(out, "   {cell:>width$}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pair_differs_only_in_profile_and_strategy() {
+        let [a, b] = scenarios();
+        a.validate().unwrap();
+        assert_eq!(a.events, b.events);
+        assert_eq!(a.load, b.load);
+        assert_eq!(a.service.replicas, b.service.replicas);
+        assert_ne!(a.service.strategy, b.service.strategy);
+        assert!(a.events.iter().all(|e| e.at < a.load.duration));
+    }
+}
