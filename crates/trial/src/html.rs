@@ -9,7 +9,7 @@ const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 260.0;
 const LEFT: f64 = 56.0;
 const RIGHT: f64 = 16.0;
-const TOP: f64 = 28.0;
+const TOP: f64 = 40.0;
 const BOTTOM: f64 = 36.0;
 const OK_COLOUR: &str = "#2e7d32";
 /// Colours of failure classes, in the order the classes are first seen.
@@ -195,7 +195,7 @@ fn events(svg: &mut String, axis: &Axis, events: &[EventRecord]) {
             Outcome::Ok => "#1565c0",
             Outcome::Failed => "#c62828",
         };
-        let label_y = TOP - 8.0 + (i % 2) as f64 * 11.0;
+        let label_y = TOP - 20.0 + (i % 2) as f64 * 11.0;
         let _ = write!(
             svg,
             "<g class=\"event\"><rect x=\"{x0:.1}\" y=\"{TOP}\" width=\"{w:.1}\" height=\"{h:.1}\" fill=\"{colour}\" fill-opacity=\"0.08\"/>\
