@@ -244,88 +244,37 @@ impl Summary {
     }
 }
 
-/// A port nobody listens on (bound, then released), never the same one
-/// twice in this test process: two influxd started by concurrent tests must
-/// not be handed the same port, or one test would talk to the other's.
+/// A port nobody listens on (bound, then released).
 pub fn closed_port() -> u16 {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if HANDED_OUT.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-/// A real InfluxDB 1.x on loopback with its data in a temporary directory.
+/// A real InfluxDB 1.x on loopback (the trial's private influxd), with the
+/// queries the tests need.
 pub struct Influxd {
     pub url: String,
-    child: Child,
-    _dir: tempfile::TempDir,
+    server: dropless_trial::influxd::Influxd,
 }
 
 impl Influxd {
     pub async fn start() -> Influxd {
-        // Free ports can be taken between the probe and influxd's bind:
-        // try a few times.
-        for _ in 0..5 {
-            if let Some(influxd) = Self::try_start().await {
-                return influxd;
-            }
+        let server = tokio::task::spawn_blocking(dropless_trial::influxd::Influxd::start)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e} (scripts/test installs the influxdb package)"));
+        Influxd {
+            url: server.url().to_owned(),
+            server,
         }
-        panic!(
-            "influxd did not start (is the influxdb package installed? scripts/test installs it)"
-        );
-    }
-
-    async fn try_start() -> Option<Influxd> {
-        let dir = tempfile::tempdir().unwrap();
-        let http_port = closed_port();
-        let rpc_port = closed_port();
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        let mut child = Command::new("influxd")
-            .args(["run", "-config", "/dev/null"])
-            .env(
-                "INFLUXDB_HTTP_BIND_ADDRESS",
-                format!("127.0.0.1:{http_port}"),
-            )
-            .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc_port}"))
-            .env("INFLUXDB_META_DIR", path("meta"))
-            .env("INFLUXDB_DATA_DIR", path("data"))
-            .env("INFLUXDB_DATA_WAL_DIR", path("wal"))
-            .env("INFLUXDB_REPORTING_DISABLED", "true")
-            .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
-            .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("influxd.log")).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("influxd not found: install the Debian package influxdb (scripts/test does)");
-        let url = format!("http://127.0.0.1:{http_port}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while tokio::time::Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                return None;
-            }
-            if let Ok((204, _)) = http(&url, "GET", "/ping", "").await {
-                return Some(Influxd {
-                    url,
-                    child,
-                    _dir: dir,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
     }
 
     /// Stops influxd, as an outage would.
     pub async fn kill(&mut self) {
-        self.child.kill().await.unwrap();
+        self.server.kill();
     }
 
     /// The `id` tags of every point of measurement `operation` in `db`.
