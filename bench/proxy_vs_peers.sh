@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Benchmark: the `dropless serve` proxy against nginx and HAProxy.
+#
+# One backend, nginx answering `return 200 "ok";` (one worker), behind three
+# proxies on 127.0.0.1, each with 2 worker threads/processes: dropless serve
+# (--target, TCP probe), nginx (proxy_pass to an upstream with keepalive 64)
+# and HAProxy (http-reuse always). wrk runs DURATION seconds with 50
+# keep-alive connections through each, alternating, ROUNDS rounds; the script
+# prints the median requests/s and p99 of each and the ratios to nginx.
+# Then it opens IDLE (10 000) keep-alive client connections to dropless, each
+# after one request, and prints the RSS of `dropless serve`.
+#
+# Usage: bench/proxy_vs_peers.sh            (ROUNDS=3 DURATION=10 IDLE=10000)
+# Installs what it needs: wrk, nginx, haproxy (apt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=50
+IDLE=${IDLE:-10000}
+
+log() { printf '==> %s\n' "$*" >&2; }
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+apt_install() {
+  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2; then
+    $sudo apt-get update -q >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2
+  fi
+}
+command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; }
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || { log "installing nginx"; apt_install nginx; }
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || { log "installing haproxy"; apt_install haproxy; }
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+log "building dropless (release)"
+cargo build --release -q -p dropless
+DROPLESS=${CARGO_TARGET_DIR:-target}/release/dropless
+
+nice=""
+[ "$(id -u)" = 0 ] && nice="nice -n -10"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() {
+  for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "nothing answers on $1" >&2; exit 1
+}
+
+backend=$(free_port); p_dropless=$(free_port); p_nginx=$(free_port); p_haproxy=$(free_port)
+
+mkdir -p "$work/backend" "$work/nginx"
+cat >"$work/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  server { listen 127.0.0.1:$backend; location / { return 200 "ok"; } }
+}
+EOF
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  upstream backend { server 127.0.0.1:$backend; keepalive 64; }
+  server {
+    listen 127.0.0.1:$p_nginx;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option forwardfor
+  http-reuse always
+frontend front
+  bind 127.0.0.1:$p_haproxy
+  default_backend back
+backend back
+  server b1 127.0.0.1:$backend
+EOF
+
+$nice "$NGINX" -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
+wait_http "http://127.0.0.1:$backend/"
+$nice "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+$nice "$HAPROXY" -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+TOKIO_WORKER_THREADS=2 RUST_LOG=warn $nice "$DROPLESS" serve --listen "127.0.0.1:$p_dropless" \
+  --state-dir "$work/dropless" --control "$work/dropless.sock" --health-path "" \
+  --target "127.0.0.1:$backend" 2>"$work/dropless.log" & dropless_pid=$!; pids+=($dropless_pid)
+for p in $p_nginx $p_haproxy $p_dropless; do wait_http "http://127.0.0.1:$p/"; done
+
+# wrk prints "Requests/sec: N" and, with --latency, "99% Xms|us|s".
+run_wrk() {
+  $nice wrk -t2 -c$CONNECTIONS -d"${DURATION}s" --latency "http://127.0.0.1:$1/" | awk '
+    /^Requests\/sec/ { rps = $2 }
+    $1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+                  if (u == "us") v /= 1000; else if (u == "s") v *= 1000; p99 = v }
+    END { printf "%s %s\n", rps, p99 }'
+}
+
+results="$work/results.txt"
+for round in $(seq "$ROUNDS"); do
+  for name in dropless nginx haproxy; do
+    port_var="p_$name"
+    line=$(run_wrk "${!port_var}")
+    echo "$name $line" >>"$results"
+    log "round $round/$ROUNDS: $name $line (req/s, p99 ms)"
+  done
+done
+
+log "memory: $IDLE idle keep-alive connections to dropless"
+rss_before=$(awk '/VmRSS/ {print $2}' /proc/$dropless_pid/status)
+python3 - "$p_dropless" "$IDLE" "/proc/$dropless_pid/status" >"$work/idle.txt" <<'EOF'
+import socket, sys
+port, n, status = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conns = []
+req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(req)
+    data = b""
+    while b"\r\n\r\nok" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit(f"connection {i} closed")
+        data += chunk
+    conns.append(s)
+rss = next(int(l.split()[1]) for l in open(status) if l.startswith("VmRSS"))
+print(len(conns), rss)
+EOF
+read -r held rss_idle <"$work/idle.txt"
+
+python3 - "$results" "$ROUNDS" "$DURATION" "$rss_before" "$held" "$rss_idle" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+rounds, duration, rss_before, held, rss_idle = sys.argv[2:7]
+med = {}
+for name in ("dropless", "nginx", "haproxy"):
+    rps = [float(r[1]) for r in rows if r[0] == name]
+    p99 = [float(r[2]) for r in rows if r[0] == name]
+    med[name] = (statistics.median(rps), statistics.median(p99), rps)
+print(f"wrk -t2 -c50, {rounds} rounds x {duration}s, backend nginx return 200 (1 worker), proxies 2 threads each")
+print(f"  {'proxy':<9} {'median req/s':>13} {'median p99 ms':>14}   rounds")
+for name, (rps, p99, all_rps) in med.items():
+    print(f"  {name:<9} {rps:>13.0f} {p99:>14.2f}   {' '.join(f'{x:.0f}' for x in all_rps)}")
+d, n, h = med["dropless"], med["nginx"], med["haproxy"]
+print(f"  dropless/nginx throughput {d[0] / n[0]:.2f}x, p99 {d[1] / n[1]:.2f}x; "
+      f"dropless/haproxy throughput {d[0] / h[0]:.2f}x, p99 {d[1] / h[1]:.2f}x")
+print(f"memory: dropless serve RSS {int(rss_before) / 1024:.1f} MB idle, "
+      f"{int(rss_idle) / 1024:.1f} MB holding {held} idle keep-alive client connections")
+EOF
