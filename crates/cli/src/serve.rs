@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use dropless_runtime::config::{Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version};
@@ -37,6 +38,24 @@ pub struct ServeArgs {
     /// never signalled).
     #[arg(long, conflicts_with = "command")]
     target: Option<SocketAddr>,
+    /// Time a new replica has to pass its probe, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ready_timeout: Option<Duration>,
+    /// Interval between probes of a ready replica, e.g. 1s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    probe_interval: Option<Duration>,
+    /// Longest wait for a retiring replica's in-flight requests, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// Delay between the end of draining and SIGTERM, e.g. 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pre_stop: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
+    /// How long a request waits for a ready replica before a 503, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    queue_timeout: Option<Duration>,
     /// PEM certificate chain for HTTPS (with --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -63,20 +82,20 @@ pub fn run(args: ServeArgs) -> ExitCode {
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dropless serve: {e:#}");
+            // Library errors name their cause in their message already.
+            eprintln!("dropless serve: {e}");
             ExitCode::from(1)
         }
     }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    use anyhow::Context;
     let control = ControlListener::bind(&config.control_path())?;
     let listen = config.proxy.listen;
     let runtime = Runtime::new(config)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}: pick another --listen address"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {listen} ({e}): pick another --listen address")
+    })?;
     tracing::info!(
         "proxy on http://{}, control socket {}",
         listener.local_addr()?,
@@ -102,6 +121,9 @@ fn config(args: ServeArgs) -> Result<Config, String> {
     }
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
+    }
+    if let Some(t) = args.queue_timeout {
+        config.proxy.queue_timeout = t;
     }
     if args.tls_cert.is_some() {
         config.proxy.tls_cert = args.tls_cert;
@@ -134,6 +156,24 @@ fn config(args: ServeArgs) -> Result<Config, String> {
         }
         if let Some(path) = args.health_path {
             service.probe.path = path;
+        }
+    }
+    // Timing flags apply to every service of the config.
+    for service in &mut config.services {
+        if let Some(t) = args.ready_timeout {
+            service.probe.ready_timeout = t;
+        }
+        if let Some(t) = args.probe_interval {
+            service.probe.interval = t;
+        }
+        if let Some(t) = args.drain_timeout {
+            service.retire.drain_timeout = t;
+        }
+        if let Some(t) = args.pre_stop {
+            service.retire.pre_stop = t;
+        }
+        if let Some(t) = args.grace {
+            service.retire.grace = t;
         }
     }
     config.validate().map_err(|e| e.to_string())?;
