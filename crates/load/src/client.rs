@@ -231,33 +231,37 @@ impl HttpTransport {
             unreachable!("http2 exchange on an http1 transport")
         };
         let slot = &slots[next.fetch_add(1, Ordering::Relaxed) % slots.len()];
+        // A connection going away (after a GOAWAY) may refuse a request
+        // before sending it: nothing was lost, and like any HTTP/2 client we
+        // send it on a new connection. Once sent, a failure is the outcome.
         let mut fresh = false;
-        let mut sender = loop {
+        loop {
             let mut sender = {
                 let mut slot = slot.lock().await;
                 match &*slot {
                     Some(sender) if !sender.is_closed() => sender.clone(),
-                    // Gone (GOAWAY, closed): one new connection, shared again.
                     _ => {
                         fresh = true;
                         slot.insert(self.connector.http2().await?).clone()
                     }
                 }
             };
-            match sender.ready().await {
-                Ok(()) => break sender,
-                // Closing before this request was sent (after a GOAWAY):
-                // nothing was lost, use a new connection.
-                Err(_) if !fresh => *slot.lock().await = None,
-                Err(e) => return Err(Failure::classify(&e)),
+            let unsent = match sender.ready().await {
+                Ok(()) => {
+                    marks.sent = Some(Instant::now());
+                    match sender.try_send_request(self.request.build()).await {
+                        Ok(response) => return self.read(response, marks).await,
+                        Err(e) if e.message().is_some() => Failure::classify(e.error()),
+                        Err(e) => return Err(Failure::classify(e.error())),
+                    }
+                }
+                Err(e) => Failure::classify(&e),
+            };
+            if fresh {
+                return Err(unsent);
             }
-        };
-        marks.sent = Some(Instant::now());
-        let response = sender
-            .send_request(self.request.build())
-            .await
-            .map_err(|e| Failure::classify(&e))?;
-        self.read(response, marks).await
+            *slot.lock().await = None;
+        }
     }
 
     async fn connect1(&self) -> Result<Conn1, Failure> {

@@ -55,6 +55,10 @@ fn dropless(args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 fn stderr_lines(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr)
         .lines()
@@ -175,7 +179,7 @@ fn a_run_prints_the_summary_and_writes_the_json_report() {
         summary.contains("ttlb") && summary.contains("p(99)="),
         "{summary}"
     );
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report = read_json(&json);
     assert_eq!(report["requests"]["total"], 20);
     assert_eq!(report["rate"]["target_per_s"], 40.0);
     assert_eq!(report["interrupted"], false);
@@ -249,7 +253,7 @@ fn ctrl_c_writes_a_partial_report() {
         .unwrap();
     assert!(kill.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report = read_json(&json);
     assert_eq!(report["interrupted"], true);
     assert!(
         report["duration_s"].as_f64().unwrap() < 30.0,

@@ -92,10 +92,21 @@ pub async fn plain_text_only() -> Server {
     server
 }
 
-/// An HTTP/2 (h2c) server that answers `ok` after `delay`. With
-/// `goaway_after`, each connection starts a graceful shutdown (GOAWAY) that
-/// long after it opened.
-pub async fn http2(delay: Duration, goaway_after: Option<Duration>) -> Server {
+/// How each connection of the HTTP/2 server ends.
+#[derive(Clone, Copy, Debug)]
+pub enum H2End {
+    /// When the client closes it.
+    Never,
+    /// A graceful shutdown (GOAWAY, in-flight streams finish) this long after
+    /// it opened.
+    GoAway(Duration),
+    /// Dropped abruptly, streams in flight and all, this long after it opened.
+    Drop(Duration),
+}
+
+/// An HTTP/2 (h2c) server that answers `ok` after `delay`; each connection
+/// ends as `end` says.
+pub async fn http2(delay: Duration, end: H2End) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = server_for(&listener);
     let (connections, max_streams) = (server.connections.clone(), server.max_streams.clone());
@@ -121,11 +132,16 @@ pub async fn http2(delay: Duration, goaway_after: Option<Duration>) -> Server {
                 let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
-                if let Some(after) = goaway_after {
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        () = tokio::time::sleep(after) => conn.as_mut().graceful_shutdown(),
-                    }
+                let after = match end {
+                    H2End::Never => Duration::MAX,
+                    H2End::GoAway(after) | H2End::Drop(after) => after,
+                };
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = tokio::time::sleep(after) => match end {
+                        H2End::Drop(_) => return,
+                        _ => conn.as_mut().graceful_shutdown(),
+                    },
                 }
                 let _ = conn.await;
             });
@@ -134,8 +150,9 @@ pub async fn http2(delay: Duration, goaway_after: Option<Duration>) -> Server {
     server
 }
 
-/// An HTTPS server with a self-signed certificate for `localhost`.
-pub async fn tls() -> Server {
+/// An HTTPS server with a self-signed certificate for `localhost`, speaking
+/// HTTP/2 (ALPN `h2`) or HTTP/1.1.
+pub async fn tls(h2: bool) -> Server {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -145,15 +162,21 @@ pub async fn tls() -> Server {
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = server_for(&listener);
+    let connections = server.connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            connections.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(stream).await else {
@@ -162,10 +185,19 @@ pub async fn tls() -> Server {
                 let service = service_fn(|_request| async {
                     Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
                 });
-                let builder = hyper::server::conn::http1::Builder::new();
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let io = TokioIo::new(stream);
+                let _ = match h2 {
+                    true => {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    }
+                    false => {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await
+                    }
+                };
             });
         }
     });
