@@ -14,25 +14,25 @@ fn demo(profile: &str, label: &str) -> dropless_runtime::config::Version {
     fixtures::demo(profile, label, &[])
 }
 
-async fn rolling_restarts_under_load(profile: &str, client: Client) {
-    let mut service = fixtures::service("web", demo(profile, "v1"), 3);
+/// A service of `replicas` demo replicas in `profile`. v1 has no health
+/// endpoints (TCP probe) and ignores SIGTERM (short grace, then SIGKILL).
+fn demo_service(profile: &str, replicas: usize) -> dropless_runtime::config::ServiceConfig {
+    let mut service = fixtures::service("web", demo(profile, "v1"), replicas);
     if profile == "v1" {
-        // v1 has no health endpoints: TCP probe; it ignores SIGTERM: short grace.
         service.probe.path = String::new();
         service.retire.grace = Duration::from_millis(300);
     }
-    let run = UnderLoad::start(service, client).await;
+    service
+}
+
+async fn rolling_restarts_under_load(profile: &str, client: Client) {
+    let run = UnderLoad::start(demo_service(profile, 3), client).await;
     let control = run.h.client();
     for _ in 0..3 {
-        let report = control
-            .rollout(
-                None,
-                RolloutRequest::Restart {
-                    plan: Plan::default(),
-                },
-            )
-            .await
-            .expect("restart");
+        let restart = RolloutRequest::Restart {
+            plan: Plan::default(),
+        };
+        let report = control.rollout(None, restart).await.expect("restart");
         assert_eq!(
             (report.started.len(), report.retired.len()),
             (3, 3),
@@ -42,72 +42,78 @@ async fn rolling_restarts_under_load(profile: &str, client: Client) {
     run.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_rolling_restarts_demo_v4_keepalive() {
-    rolling_restarts_under_load("v4", Client::KeepAlive).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_rolling_restarts_demo_v1_no_keepalive() {
-    rolling_restarts_under_load("v1", Client::NoKeepAlive).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_rolling_restarts_demo_v4_h2() {
-    rolling_restarts_under_load("v4", Client::H2).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_switches_version_and_blue_green_too() {
-    let service = fixtures::service("web", demo("v4", "v1"), 2);
-    let run = UnderLoad::start(service, Client::KeepAlive).await;
+/// A rolling deploy of v2, then a blue-green deploy of v3: `x-version`
+/// switches each time.
+async fn deploy_then_blue_green_under_load(profile: &str, client: Client) {
+    let run = UnderLoad::start(demo_service(profile, 2), client).await;
     let control = run.h.client();
-    let v2 = RolloutRequest::Deploy {
-        version: demo("v4", "v2"),
-        plan: Plan::default(),
-    };
-    control.rollout(None, v2).await.expect("deploy v2");
-    assert_eq!(
-        fixtures::get(&run.h.url("/sum?a=1&b=2")).await.1.as_deref(),
-        Some("v2")
-    );
-    let plan = Plan {
+    let url = run.h.url("/sum?a=1&b=2");
+    let blue_green = Plan {
         strategy: Some(Strategy::BlueGreen),
         ..Plan::default()
     };
-    let v3 = RolloutRequest::Deploy {
-        version: demo("v4", "v3"),
-        plan,
-    };
-    control.rollout(None, v3).await.expect("blue-green v3");
-    assert_eq!(
-        fixtures::get(&run.h.url("/sum?a=1&b=2")).await.1.as_deref(),
-        Some("v3")
-    );
+    for (label, plan) in [("v2", Plan::default()), ("v3", blue_green)] {
+        let deploy = RolloutRequest::Deploy {
+            version: demo(profile, label),
+            plan,
+        };
+        control.rollout(None, deploy).await.expect("deploy");
+        assert_eq!(fixtures::get(&url).await.1.as_deref(), Some(label));
+    }
     run.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_two_five_one_under_load() {
-    let service = fixtures::service("web", demo("v4", "v1"), 2);
-    let run = UnderLoad::start(service, Client::KeepAlive).await;
+async fn scale_two_five_one_under_load(profile: &str, client: Client) {
+    let run = UnderLoad::start(demo_service(profile, 2), client).await;
     let control = run.h.client();
     let web = run.h.router.service(None).unwrap().clone();
-    control
-        .rollout(None, RolloutRequest::Scale { replicas: 5 })
-        .await
-        .expect("scale 5");
-    assert_eq!(web.routable().len(), 5);
-    control
-        .rollout(None, RolloutRequest::Scale { replicas: 1 })
-        .await
-        .expect("scale 1");
-    assert_eq!(web.routable().len(), 1);
+    for n in [5, 1] {
+        control
+            .rollout(None, RolloutRequest::Scale { replicas: n })
+            .await
+            .expect("scale");
+        assert_eq!(web.routable().len(), n);
+        assert_eq!(web.desired().replicas, n);
+    }
     run.finish().await;
+}
+
+/// One test per profile (v4: exits at once on SIGTERM; v1: ignores it) and
+/// client (keep-alive, no keep-alive, h2) of `scenario`.
+macro_rules! matrix {
+    ($scenario:ident: $($name:ident => $profile:literal, $client:ident;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $scenario($profile, Client::$client).await;
+            }
+        )*
+    };
+}
+
+matrix! { rolling_restarts_under_load:
+    three_rolling_restarts_v4_keepalive => "v4", KeepAlive;
+    three_rolling_restarts_v4_no_keepalive => "v4", NoKeepAlive;
+    three_rolling_restarts_v4_h2 => "v4", H2;
+    three_rolling_restarts_v1_keepalive => "v1", KeepAlive;
+    three_rolling_restarts_v1_no_keepalive => "v1", NoKeepAlive;
+    three_rolling_restarts_v1_h2 => "v1", H2;
+}
+
+matrix! { deploy_then_blue_green_under_load:
+    deploy_and_blue_green_v4_keepalive => "v4", KeepAlive;
+    deploy_and_blue_green_v4_h2 => "v4", H2;
+    deploy_and_blue_green_v1_no_keepalive => "v1", NoKeepAlive;
+}
+
+matrix! { scale_two_five_one_under_load:
+    scale_2_5_1_v4_keepalive => "v4", KeepAlive;
+    scale_2_5_1_v4_no_keepalive => "v4", NoKeepAlive;
+    scale_2_5_1_v1_h2 => "v1", H2;
 }
 
 async fn failed_deploy_is_aborted(bad: dropless_runtime::config::Version, expect: &str) {
-    let mut service = fixtures::service("web", demo("v4", "v1"), 2);
+    let mut service = demo_service("v4", 2);
     service.probe.ready_timeout = Duration::from_millis(800);
     service.retire.grace = Duration::from_millis(300);
     let run = UnderLoad::start(service, Client::KeepAlive).await;
