@@ -180,6 +180,11 @@ pub struct RetireConfig {
     /// Time between SIGTERM and SIGKILL ([`DEFAULT_GRACE`]).
     #[serde(with = "duration")]
     pub grace: Duration,
+    /// Kubernetes emulation (default off): routing stops this long after
+    /// the retirement starts, while pre-stop, SIGTERM and grace run from its
+    /// start, unordered, as in a cluster (`grace` counts from the start).
+    #[serde(with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    pub kubernetes_endpoint_delay: Option<Duration>,
 }
 
 /// How a new version replaces the old one.
@@ -307,6 +312,7 @@ impl Default for RetireConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             pre_stop: DEFAULT_PRE_STOP,
             grace: DEFAULT_GRACE,
+            kubernetes_endpoint_delay: None,
         }
     }
 }
@@ -464,6 +470,26 @@ impl Version {
     }
 }
 
+/// Serde for optional durations as humantime strings.
+pub mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Writes `d` as a humantime string, or nothing.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads a humantime string such as `"500ms"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
 /// Serde for durations as humantime strings (`"1s"`, `"250ms"`).
 pub mod duration {
     use std::time::Duration;
@@ -522,6 +548,7 @@ mod tests {
         config.proxy.tls_key = Some("k.pem".into());
         config.control = Some("c.sock".into());
         config.services[0].version.target = Some("127.0.0.1:1".parse().unwrap());
+        config.services[0].retire.kubernetes_endpoint_delay = Some(Duration::from_secs(1));
         let value = toml::Value::try_from(&config).unwrap();
         let mut missing = Vec::new();
         fn walk(v: &toml::Value, docs: &str, missing: &mut Vec<String>) {

@@ -51,6 +51,7 @@ pub struct Replica {
     idle: Notify,
     pool: Mutex<Option<Pool>>,
     member: AtomicBool,
+    retiring: AtomicBool,
     drain_deadline: CancellationToken,
     detail: Mutex<Option<String>>,
 }
@@ -136,6 +137,7 @@ impl Replica {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             member: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
             drain_deadline: CancellationToken::new(),
             detail: Mutex::new(None),
         });
@@ -196,6 +198,17 @@ impl Replica {
     /// Makes it count (or not) toward the desired replicas.
     pub fn set_member(&self, member: bool) {
         self.member.store(member, Ordering::SeqCst);
+    }
+
+    /// True once its retirement began: it no longer counts, and its exit
+    /// is expected (not a crash to replace).
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::SeqCst)
+    }
+
+    /// Marks the start of its retirement.
+    pub fn set_retiring(&self) {
+        self.retiring.store(true, Ordering::SeqCst);
     }
 
     /// Moves to `next` when that is forward in the life cycle; returns whether

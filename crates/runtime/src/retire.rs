@@ -18,8 +18,60 @@ pub struct Retired {
     pub killed: bool,
 }
 
-/// Retires `replica` as configured by `config`.
+/// Retires `replica` as configured by `config`: in order, or as Kubernetes
+/// would when `kubernetes_endpoint_delay` is set.
 pub async fn retire(replica: &Replica, config: &RetireConfig) -> Retired {
+    match config.kubernetes_endpoint_delay {
+        Some(delay) => retire_like_kubernetes(replica, config, delay).await,
+        None => retire_in_order(replica, config).await,
+    }
+}
+
+/// Kubernetes emulation: the endpoint removal (after `endpoint_delay`) and
+/// pre-stop → SIGTERM → SIGKILL (grace counted from the start) race, with no
+/// drain; only a pre-stop longer than the endpoint delay protects requests.
+async fn retire_like_kubernetes(
+    replica: &Replica,
+    config: &RetireConfig,
+    endpoint_delay: std::time::Duration,
+) -> Retired {
+    let routing_off = async {
+        tokio::time::sleep(endpoint_delay).await;
+        replica.set_member(false);
+        let detail = format!(
+            "endpoint removed {endpoint_delay:?} after the deletion (kubernetes emulation)"
+        );
+        replica.set_state(ReplicaState::Draining, Some(detail));
+    };
+    let signals = async {
+        tokio::time::sleep(config.pre_stop).await;
+        let process = replica.process()?;
+        process.signal_group(Signal::SIGTERM);
+        let rest = config.grace.saturating_sub(config.pre_stop);
+        let killed = tokio::time::timeout(rest, process.exited()).await.is_err();
+        if killed {
+            process.signal_group(Signal::SIGKILL);
+        }
+        Some((process.exited().await, killed))
+    };
+    let ((), signalled) = tokio::join!(routing_off, signals);
+    replica.set_state(ReplicaState::Stopping, None);
+    let (detail, killed) = match signalled {
+        Some((status, true)) => (
+            format!("killed after grace {:?} ({status})", config.grace),
+            true,
+        ),
+        Some((status, false)) => (status.to_string(), false),
+        None => ("unmanaged target, not signalled".to_string(), false),
+    };
+    replica.set_state(ReplicaState::Exited, Some(detail));
+    Retired {
+        drained: replica.in_flight() == 0,
+        killed,
+    }
+}
+
+async fn retire_in_order(replica: &Replica, config: &RetireConfig) -> Retired {
     // Stop routing first: from here no new request is counted on it.
     replica.set_state(ReplicaState::Draining, None);
     let drained = replica.wait_idle(config.drain_timeout).await;

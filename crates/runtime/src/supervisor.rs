@@ -166,7 +166,9 @@ impl Supervisor {
         self.replicas()
             .into_iter()
             .filter(|r| {
-                r.is_member() && matches!(r.state(), ReplicaState::Starting | ReplicaState::Ready)
+                r.is_member()
+                    && !r.is_retiring()
+                    && matches!(r.state(), ReplicaState::Starting | ReplicaState::Ready)
             })
             .collect()
     }
@@ -268,8 +270,13 @@ impl Supervisor {
         replica: Arc<Replica>,
         config: crate::config::RetireConfig,
     ) -> impl Future<Output = Retired> + Send + 'static {
-        replica.set_member(false);
-        replica.set_state(ReplicaState::Draining, None);
+        replica.set_retiring();
+        // Under the Kubernetes emulation routing stops only when the
+        // endpoint removal has propagated; otherwise at once.
+        if config.kubernetes_endpoint_delay.is_none() {
+            replica.set_member(false);
+            replica.set_state(ReplicaState::Draining, None);
+        }
         let this = self.clone();
         async move {
             let retired = retire::retire(&replica, &config).await;
@@ -291,6 +298,7 @@ impl Supervisor {
                 drain_timeout: Duration::ZERO,
                 pre_stop: Duration::ZERO,
                 grace: Duration::ZERO,
+                kubernetes_endpoint_delay: None,
             };
         }
         let retirements: Vec<_> = self
@@ -366,8 +374,8 @@ impl Supervisor {
                 let process = replica.process().expect("managed replica");
                 let status = process.exited().await;
                 let state = replica.state();
-                // A stopped replica's exit is reported by its retirement.
-                if state != ReplicaState::Stopping && !state.is_terminal() {
+                // A retiring replica's exit is reported by its retirement.
+                if !replica.is_retiring() && !state.is_terminal() {
                     let detail = if state == ReplicaState::Starting {
                         format!(
                             "replica {} exited ({status}) before {probe} succeeded",
@@ -404,7 +412,8 @@ impl Supervisor {
             .wait_for(|s| s.is_terminal())
             .await
             .expect("sender held");
-        if last == ReplicaState::Failed && replica.is_member() && !self.is_shutting_down() {
+        let replace = replica.is_member() && !replica.is_retiring();
+        if last == ReplicaState::Failed && replace && !self.is_shutting_down() {
             replica.set_member(false);
             if let Some(process) = replica.process() {
                 process.signal_group(nix::sys::signal::Signal::SIGKILL);

@@ -164,3 +164,40 @@ async fn deploy_of_a_never_ready_version_is_aborted() {
 async fn deploy_of_a_crashing_test_backend_is_aborted() {
     failed_deploy_is_aborted(fixtures::backend(Mode::Crash, "v2"), "exit status: 3").await;
 }
+
+/// The Kubernetes emulation reproduces seed 004: routing stops only after
+/// the endpoint delay, so a replica that exits at once on SIGTERM (v4) fails
+/// requests unless the pre-stop delay outlasts the endpoint delay.
+async fn restart_like_kubernetes(pre_stop: Duration) -> dropless_load::Report {
+    let mut service = demo_service("v4", 2);
+    service.retire.kubernetes_endpoint_delay = Some(Duration::from_millis(500));
+    service.retire.pre_stop = pre_stop;
+    // A cluster's kube-proxy does not retry on another pod.
+    let mut run =
+        UnderLoad::start_with(service, Client::KeepAlive, |c| c.proxy.max_attempts = 1).await;
+    let restart = RolloutRequest::Restart {
+        plan: Plan::default(),
+    };
+    run.h
+        .client()
+        .rollout(None, restart)
+        .await
+        .expect("restart");
+    let before = run.load.ok();
+    run.load.wait_ok(before + 20).await;
+    let report = run.load.finish().await;
+    run.h.stop(dropless_runtime::signal::Shutdown::Fast).await;
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_emulation_fails_requests_without_a_pre_stop() {
+    let report = restart_like_kubernetes(Duration::ZERO).await;
+    assert!(report.requests.failed > 0, "{:?}", report.requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_emulation_with_a_long_enough_pre_stop_drops_nothing() {
+    let report = restart_like_kubernetes(Duration::from_millis(800)).await;
+    crate::fixtures::load::assert_clean(&report, 100);
+}
