@@ -240,6 +240,22 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    /// A test that panicked before `stop` leaves no replica process behind.
+    fn drop(&mut self) {
+        if self.stop.is_none() {
+            return;
+        }
+        for service in self.router.services() {
+            for replica in service.replicas() {
+                if let Some(process) = replica.process() {
+                    process.signal_group(nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 /// Waits for the next event matching `pred`.
 pub async fn next_event(
     events: &mut broadcast::Receiver<Event>,
