@@ -314,8 +314,10 @@ fn matrix(_args: &TrialArgs) -> ExitCode {
 
 /// Arguments of `dropless demo`.
 #[derive(Debug, Args)]
-#[command(after_help = "Exit codes: 0 the trial behind dropless passed, 3 it did not, \
-1 a trial could not run.")]
+#[command(
+    after_help = "Exit codes: 0 the trial behind dropless passed, 3 it did not, \
+1 a trial could not run."
+)]
 pub struct DemoArgs {
     /// Where the reports go.
     #[arg(long, default_value = "target/dropless/demo")]
@@ -359,7 +361,10 @@ pub fn demo(args: DemoArgs) -> ExitCode {
             }
         }
     }
-    println!("== side by side\n{}", dropless_trial::demo::comparison(&reports));
+    println!(
+        "== side by side\n{}",
+        dropless_trial::demo::comparison(&reports)
+    );
     if reports.first().is_some_and(TrialReport::passed) {
         ExitCode::SUCCESS
     } else {
