@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// Time between SIGTERM and SIGKILL, e.g. 30s.
     #[arg(long, value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
+    /// Emulate Kubernetes: routing to a retiring replica stops only this long
+    /// after its retirement starts, while pre-stop, SIGTERM and grace run from
+    /// the start, with no drain (see docs/config.md).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    kubernetes_endpoint_delay: Option<Duration>,
     /// How long a request waits for a ready replica before a 503, e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
     queue_timeout: Option<Duration>,
@@ -174,6 +179,9 @@ fn config(args: ServeArgs) -> Result<Config, String> {
         }
         if let Some(t) = args.grace {
             service.retire.grace = t;
+        }
+        if args.kubernetes_endpoint_delay.is_some() {
+            service.retire.kubernetes_endpoint_delay = args.kubernetes_endpoint_delay;
         }
     }
     config.validate().map_err(|e| e.to_string())?;
