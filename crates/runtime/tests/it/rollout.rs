@@ -201,3 +201,67 @@ async fn kubernetes_emulation_with_a_long_enough_pre_stop_drops_nothing() {
     let report = restart_like_kubernetes(Duration::from_millis(800)).await;
     crate::fixtures::load::assert_clean(&report, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_under_load_returns_to_the_previous_version() {
+    let run = UnderLoad::start(demo_service("v4", 2), Client::KeepAlive).await;
+    let control = run.h.client();
+    let url = run.h.url("/sum?a=1&b=2");
+    let deploy = RolloutRequest::Deploy {
+        version: demo("v4", "v2"),
+        plan: Plan::default(),
+    };
+    control.rollout(None, deploy).await.expect("deploy v2");
+    assert_eq!(fixtures::get(&url).await.1.as_deref(), Some("v2"));
+    let report = control
+        .rollout(
+            None,
+            RolloutRequest::Rollback {
+                plan: Plan::default(),
+            },
+        )
+        .await
+        .expect("rollback");
+    assert_eq!(report.desired.current.generation, 1, "{report:?}");
+    assert_eq!(fixtures::get(&url).await.1.as_deref(), Some("v1"));
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_with_max_unavailable_instead_of_surge() {
+    let run = UnderLoad::start(demo_service("v4", 3), Client::KeepAlive).await;
+    let web = run.h.router.service(None).unwrap().clone();
+    let mut events = run.h.events.resubscribe();
+    let plan = Plan {
+        max_surge: Some(0),
+        max_unavailable: Some(1),
+        ..Plan::default()
+    };
+    let report = run
+        .h
+        .client()
+        .rollout(None, RolloutRequest::Restart { plan })
+        .await
+        .expect("restart");
+    assert_eq!(
+        (report.started.len(), report.retired.len()),
+        (3, 3),
+        "{report:?}"
+    );
+    // Never more than 3 replicas at once: each new one starts after an old one drained.
+    let mut alive = 3i32;
+    let mut most = alive;
+    while let Ok(e) = events.try_recv() {
+        if let dropless_runtime::event::EventKind::Replica { state, .. } = e.kind {
+            match state {
+                dropless_runtime::replica::ReplicaState::Starting => alive += 1,
+                dropless_runtime::replica::ReplicaState::Draining => alive -= 1,
+                _ => {}
+            }
+            most = most.max(alive);
+        }
+    }
+    assert_eq!(most, 3, "surge above the desired count");
+    assert_eq!(web.routable().len(), 3);
+    run.finish().await;
+}
