@@ -33,7 +33,8 @@ use connect::{Stream, peer_closed};
 pub(crate) struct Marks {
     /// When the request was handed to a ready connection (last attempt).
     pub(crate) sent: Option<Instant>,
-    /// When the response head arrived.
+    /// When the first response byte arrived (HTTP/1.1) or the response head
+    /// (HTTP/2).
     pub(crate) head: Option<Instant>,
     /// Whether the request was retried on a fresh connection.
     pub(crate) retried: bool,
