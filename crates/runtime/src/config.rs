@@ -165,6 +165,10 @@ pub struct ProbeConfig {
     pub success_threshold: u32,
     /// Failures in a row that fail a ready replica ([`DEFAULT_FAILURE_THRESHOLD`]).
     pub failure_threshold: u32,
+    /// Kubernetes emulation of a pod without a readiness probe (default
+    /// false): the replica is ready as soon as its process has started,
+    /// whether it listens yet or not, and is never probed.
+    pub ready_on_start: bool,
 }
 
 /// Retirement: stop routing, drain, pre-stop, SIGTERM, grace, SIGKILL.
@@ -302,6 +306,7 @@ impl Default for ProbeConfig {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             success_threshold: DEFAULT_SUCCESS_THRESHOLD,
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            ready_on_start: false,
         }
     }
 }

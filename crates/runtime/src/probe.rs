@@ -157,6 +157,24 @@ impl fmt::Display for Probe {
 /// `success_threshold` probes in a row (then marks it `Ready`), exits, or the
 /// ready timeout passes (then marks it `Failed`).
 pub async fn wait_ready(replica: &Replica, config: &ProbeConfig) -> Result<(), NotReady> {
+    if config.ready_on_start {
+        // Kubernetes without a readiness probe: started is ready.
+        if replica.state() == ReplicaState::Starting {
+            replica.set_state(
+                ReplicaState::Ready,
+                Some("ready on start (no readiness probe)".into()),
+            );
+        }
+        return match replica.state() {
+            ReplicaState::Ready => Ok(()),
+            state => Err(NotReady::Exited {
+                replica: replica.name().to_string(),
+                state,
+                probe: "none (ready on start)".into(),
+                detail: replica.detail(),
+            }),
+        };
+    }
     let probe = Probe::new(replica.addr(), config);
     let deadline = tokio::time::Instant::now() + config.ready_timeout;
     let mut state = replica.watch_state();
@@ -212,6 +230,11 @@ pub async fn wait_ready(replica: &Replica, config: &ProbeConfig) -> Result<(), N
 pub async fn watch_ready(replica: &Replica, config: &ProbeConfig) -> Option<ProbeError> {
     let probe = Probe::new(replica.addr(), config);
     let mut state = replica.watch_state();
+    if config.ready_on_start {
+        // Never probed: it stays ready until it leaves on its own.
+        let _ = state.wait_for(|s| *s != ReplicaState::Ready).await;
+        return None;
+    }
     let mut failures = 0;
     loop {
         tokio::select! {

@@ -35,6 +35,8 @@ async fn retire_like_kubernetes(
     config: &RetireConfig,
     endpoint_delay: std::time::Duration,
 ) -> Retired {
+    // Propagation to every node and load balancer is never exact: ±20 %.
+    let endpoint_delay = endpoint_delay.mul_f64(rand::random_range(0.8..=1.2));
     let routing_off = async {
         tokio::time::sleep(endpoint_delay).await;
         replica.set_member(false);
