@@ -16,7 +16,7 @@ use dropless_trial::{
     manifest::Manifest,
     report::{EventRecord, Outcome, TrialReport},
     run::{Env, Progress, TrialError},
-    scenario::ClientMode,
+    scenario::{ClientMode, Strategy},
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -59,6 +59,34 @@ pub struct TrialArgs {
     /// kubernetes-prestop and dropless, each a short trial.
     #[arg(long, conflicts_with = "scenario")]
     matrix: bool,
+    /// With --matrix: only these profiles (comma-separated, e.g. v3,v4).
+    #[arg(long, value_delimiter = ',', requires = "matrix")]
+    profiles: Vec<String>,
+    /// With --matrix: only these strategies (kubernetes, kubernetes-prestop,
+    /// dropless).
+    #[arg(long, value_delimiter = ',', value_enum, requires = "matrix")]
+    strategies: Vec<StrategyArg>,
+    /// With --matrix: trials run at once.
+    #[arg(long, default_value_t = dropless_trial::matrix::DEFAULT_JOBS, requires = "matrix")]
+    jobs: usize,
+}
+
+/// Strategies on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StrategyArg {
+    Kubernetes,
+    KubernetesPrestop,
+    Dropless,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(arg: StrategyArg) -> Strategy {
+        match arg {
+            StrategyArg::Kubernetes => Strategy::Kubernetes,
+            StrategyArg::KubernetesPrestop => Strategy::KubernetesPrestop,
+            StrategyArg::Dropless => Strategy::Dropless,
+        }
+    }
 }
 
 /// Client modes on the command line.
@@ -307,9 +335,76 @@ pub fn demo_service(args: dropless_demo::Args) -> ExitCode {
 }
 
 /// `dropless trial --matrix`.
-fn matrix(_args: &TrialArgs) -> ExitCode {
-    eprintln!("dropless trial --matrix: needs the runtime's kubernetes emulation");
-    ExitCode::FAILURE
+fn matrix(args: &TrialArgs) -> ExitCode {
+    let profiles: Vec<String> = if args.profiles.is_empty() {
+        dropless_trial::matrix::PROFILES.map(String::from).to_vec()
+    } else {
+        args.profiles
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect()
+    };
+    if let Some(bad) = profiles
+        .iter()
+        .find(|p| !dropless_trial::matrix::PROFILES.contains(&p.as_str()))
+    {
+        eprintln!(
+            "dropless trial: --profiles {bad:?}: expected profiles v1..v9, e.g. --profiles v3,v4"
+        );
+        return ExitCode::from(2);
+    }
+    let strategies: Vec<Strategy> = if args.strategies.is_empty() {
+        Strategy::ALL.to_vec()
+    } else {
+        args.strategies.iter().map(|s| (*s).into()).collect()
+    };
+    let env = match env() {
+        Ok(env) => env,
+        Err(code) => return code,
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/dropless/matrix"));
+    println!(
+        "{} profile(s) × {} strateg(ies), {} at a time; each: demo ×2, scale-up and rolling restart under {} req/s for {} s",
+        profiles.len(),
+        strategies.len(),
+        args.jobs.max(1),
+        dropless_trial::matrix::CELL_RATE,
+        dropless_trial::matrix::CELL_DURATION.as_secs()
+    );
+    let on_cell = |cell: &dropless_trial::matrix::Cell| {
+        println!(
+            "  {:<4} {:<20} {}",
+            cell.profile,
+            cell.strategy,
+            cell.label()
+        );
+    };
+    let result = runtime().block_on(dropless_trial::matrix::run(
+        &profiles,
+        &strategies,
+        &out,
+        &env,
+        args.jobs,
+        &on_cell,
+    ));
+    match result {
+        Ok(cells) => {
+            println!("\n{}", dropless_trial::matrix::table(&cells, &strategies));
+            println!(
+                "reports: {}, {}",
+                out.join("matrix.json").display(),
+                out.join("matrix.html").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("dropless trial --matrix: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Arguments of `dropless demo`.

@@ -43,6 +43,7 @@ fn scenario(name: &str, profile: &str, strategy: Strategy) -> Scenario {
             grace: Some(Duration::from_secs(10)),
             work_ms: crate::scenario::DEFAULT_WORK_MS,
             startup_delay: Some(Duration::from_millis(300)),
+            demo_args: Vec::new(),
         },
         load: Load {
             path: crate::scenario::DEFAULT_PATH.into(),
@@ -81,14 +82,28 @@ pub fn comparison(reports: &[TrialReport]) -> String {
     row("failed", &|r| r.load.requests.failed.to_string());
     let classes: BTreeSet<String> = reports
         .iter()
-        .flat_map(|r| r.load.failures.iter().filter(|(_, n)| **n > 0).map(|(c, _)| c.clone()))
+        .flat_map(|r| {
+            r.load
+                .failures
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, _)| c.clone())
+        })
         .collect();
     for class in &classes {
-        row(&format!("  {class}"), &|r| r.load.failure_count(class).to_string());
+        row(&format!("  {class}"), &|r| {
+            r.load.failure_count(class).to_string()
+        });
     }
-    row("dropped iterations", &|r| r.load.dropped_iterations.to_string());
-    row("p99 latency", &|r| format!("{:.1} ms", r.load.latency_ms.ttlb.p99));
-    row("max latency", &|r| format!("{:.1} ms", r.load.latency_ms.ttlb.max));
+    row("dropped iterations", &|r| {
+        r.load.dropped_iterations.to_string()
+    });
+    row("p99 latency", &|r| {
+        format!("{:.1} ms", r.load.latency_ms.ttlb.p99)
+    });
+    row("max latency", &|r| {
+        format!("{:.1} ms", r.load.latency_ms.ttlb.max)
+    });
     row("operations lost", &|r| match &r.audit {
         Some(audit) => format!("{} of {}", audit.lost, audit.acknowledged),
         None => "-".into(),
@@ -97,9 +112,18 @@ pub fn comparison(reports: &[TrialReport]) -> String {
         Verdict::Pass => "PASS".into(),
         Verdict::Fail => "FAIL".into(),
     });
-    let first = rows.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0);
+    let first = rows
+        .iter()
+        .map(|(name, _)| name.chars().count())
+        .max()
+        .unwrap_or(0);
     let widths: Vec<usize> = (0..reports.len())
-        .map(|i| rows.iter().map(|(_, cells)| cells[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|(_, cells)| cells[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (name, cells) in &rows {

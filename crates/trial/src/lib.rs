@@ -17,6 +17,7 @@ pub mod during;
 pub mod html;
 pub mod influxd;
 pub mod manifest;
+pub mod matrix;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -333,8 +333,8 @@ fn runtime_config(
     if let Some(pre_stop) = service.pre_stop {
         runtime_service.retire.pre_stop = pre_stop;
     }
-    crate::strategy::apply(&mut runtime_service, service);
     config.services = vec![runtime_service];
+    crate::strategy::apply(&mut config, service);
     config
 }
 
@@ -369,6 +369,7 @@ impl Release {
                         humantime::format_duration(delay).to_string(),
                     ]);
                 }
+                argv.extend(service.demo_args.iter().cloned());
                 argv.extend(self.sink_flags.iter().cloned());
                 Version::command(argv)
             }

@@ -89,6 +89,10 @@ pub struct Service {
     /// Demo only: how long a replica takes to boot.
     #[serde(default, with = "opt_duration")]
     pub startup_delay: Option<Duration>,
+    /// Demo only: more flags for the demo service, e.g.
+    /// `["--log-delay", "1s"]` (see `dropless demo-service --help`).
+    #[serde(default)]
+    pub demo_args: Vec<String>,
 }
 
 /// How the runtime retires replicas during the trial.
@@ -445,13 +449,10 @@ impl Scenario {
             (Some(profile), true) => check_profile("service.demo", profile)?,
             (None, false) => {}
         }
-        if !crate::strategy::supported(service.strategy) {
+        if !service.demo_args.is_empty() && service.demo.is_none() {
             return invalid(
-                "service.strategy",
-                format!(
-                    "{:?} needs the runtime's Kubernetes emulation, which this build lacks; use \"dropless\"",
-                    service.strategy.name()
-                ),
+                "service.demo_args",
+                "only the demo service takes demo_args; put your flags in `command`".into(),
             );
         }
         if service.replicas == 0 {

@@ -1,15 +1,44 @@
-//! How a scenario's strategy maps onto the runtime's retirement settings.
+//! How a scenario's strategy maps onto the runtime's settings.
 
-use dropless_runtime::config::ServiceConfig;
+use dropless_runtime::config::Config;
 
-use crate::scenario::{Service, Strategy};
+use crate::scenario::{DEFAULT_ENDPOINT_LAG, DEFAULT_K8S_PRE_STOP, Service, Strategy};
 
-/// Whether the runtime can run `strategy`.
-pub(crate) fn supported(strategy: Strategy) -> bool {
-    strategy == Strategy::Dropless
-}
-
-/// Applies `service.strategy` to the runtime service.
-pub(crate) fn apply(_runtime: &mut ServiceConfig, service: &Service) {
-    debug_assert!(supported(service.strategy));
+/// Applies `service.strategy` to the runtime configuration of a trial (one
+/// service).
+///
+/// - `dropless`: the runtime's own retirement (stop routing, drain, then
+///   SIGTERM) and safe retries.
+/// - `kubernetes`: routing stops only `endpoint_lag` after the retirement
+///   starts while SIGTERM is sent at once (the runtime's
+///   `kubernetes_endpoint_delay`), and the proxy never retries, as a
+///   cluster's Service does not.
+/// - `kubernetes-prestop`: the same with a pre-stop delay longer than the
+///   lag before SIGTERM, as a `preStop` sleep gives.
+///
+/// Under both Kubernetes strategies a service without a readiness endpoint
+/// (the demo's v1, or `health_path = ""`) is ready as soon as its process
+/// has started, as a pod without a readiness probe is.
+pub(crate) fn apply(config: &mut Config, service: &Service) {
+    if service.strategy == Strategy::Dropless {
+        return;
+    }
+    config.proxy.max_attempts = 1;
+    let lag = service.endpoint_lag.unwrap_or(DEFAULT_ENDPOINT_LAG);
+    // A pod without a readiness probe is ready once its container started.
+    let no_readiness = service.health_path.as_deref() == Some("")
+        || (service.health_path.is_none()
+            && service
+                .demo
+                .as_deref()
+                .is_some_and(|p| p.eq_ignore_ascii_case("v1")));
+    for runtime in &mut config.services {
+        runtime.probe.ready_on_start = no_readiness;
+        runtime.retire.kubernetes_endpoint_delay = Some(lag);
+        runtime.retire.pre_stop = match (service.strategy, service.pre_stop) {
+            (_, Some(pre_stop)) => pre_stop,
+            (Strategy::KubernetesPrestop, None) => DEFAULT_K8S_PRE_STOP.max(lag * 2),
+            _ => std::time::Duration::ZERO,
+        };
+    }
 }

@@ -342,3 +342,43 @@ fn k8s_manifest_has_the_zero_downtime_settings() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("--name"), "{}", stderr(&bad));
 }
+
+#[test]
+fn matrix_subset_the_emulation_fails_without_pre_stop_and_not_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("matrix");
+    let output = run(&[
+        "trial",
+        "--matrix",
+        "--profiles",
+        "v1,v3",
+        "--strategies",
+        "kubernetes,kubernetes-prestop",
+        "--jobs",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
+    let text = std::fs::read_to_string(out.join("matrix.json")).unwrap();
+    let cells: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let failed = |profile: &str, strategy: &str| {
+        let cell = cells
+            .iter()
+            .find(|c| c["profile"] == profile && c["strategy"] == strategy)
+            .unwrap_or_else(|| panic!("no cell {profile} {strategy} in {text}"));
+        assert!(cell["requests_total"].as_u64().unwrap() > 0);
+        cell["requests_failed"].as_u64().unwrap()
+    };
+    // SIGTERM while routing still lags: v3 stops accepting, requests fail.
+    assert!(failed("v3", "kubernetes") > 0, "{stdout}");
+    // A pre-stop longer than the lag protects them.
+    assert_eq!(failed("v3", "kubernetes-prestop"), 0, "{stdout}");
+    // Without a readiness probe, a booting replica gets traffic: both fail.
+    assert!(failed("v1", "kubernetes") > 0, "{stdout}");
+    assert!(failed("v1", "kubernetes-prestop") > 0, "{stdout}");
+    let html = std::fs::read_to_string(out.join("matrix.html")).unwrap();
+    assert!(html.contains("v3-kubernetes/report.html"));
+    assert!(out.join("v3-kubernetes-prestop/report.json").exists());
+}
