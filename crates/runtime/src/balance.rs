@@ -35,15 +35,19 @@ pub async fn pick(service: &Supervisor, tried: &[Arc<Replica>], deadline: Instan
     loop {
         topology.borrow_and_update();
         let ready = service.routable();
-        let untried: Vec<_> = ready
-            .iter()
-            .filter(|r| !tried.iter().any(|t| Arc::ptr_eq(t, r)))
-            .cloned()
-            .collect();
-        let candidates = if untried.is_empty() && Instant::now() >= allow_tried_at {
+        let candidates = if tried.is_empty() {
             ready
         } else {
-            untried
+            let untried: Vec<_> = ready
+                .iter()
+                .filter(|r| !tried.iter().any(|t| Arc::ptr_eq(t, r)))
+                .cloned()
+                .collect();
+            if untried.is_empty() && Instant::now() >= allow_tried_at {
+                ready
+            } else {
+                untried
+            }
         };
         if let Some(replica) = choose(&candidates) {
             if let Some((guard, pool)) = replica.try_begin() {

@@ -21,6 +21,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Pool {
     addr: SocketAddr,
+    authority: http::uri::Authority,
     client: Client<HttpConnector, UpstreamBody>,
 }
 
@@ -34,7 +35,15 @@ impl Pool {
             .pool_idle_timeout(idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Self { addr, client }
+        let authority = addr
+            .to_string()
+            .parse()
+            .expect("an address is an authority");
+        Self {
+            addr,
+            authority,
+            client,
+        }
     }
 
     /// The replica's address.
@@ -48,13 +57,16 @@ impl Pool {
         &self,
         mut req: http::Request<UpstreamBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = format!("http://{}{}", self.addr, path);
-        *req.uri_mut() = uri.parse().expect("an address and a path form a URI");
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        *req.uri_mut() = http::Uri::from_parts(uri).expect("scheme, authority and path form a URI");
         self.client.request(req).await
     }
 }

@@ -47,6 +47,15 @@ pub struct Proxy {
 
 type Builder = auto::Builder<TokioExecutor>;
 
+/// What the proxy knows of a client connection, computed once for all its
+/// requests.
+#[derive(Debug)]
+struct ClientInfo {
+    peer: SocketAddr,
+    ip: http::HeaderValue,
+    proto: &'static str,
+}
+
 impl Proxy {
     /// A proxy routing with `router`, speaking plain HTTP.
     pub fn new(router: Router, config: ProxyConfig) -> Self {
@@ -157,9 +166,14 @@ impl Proxy {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let proxy = Arc::clone(self);
+        let client = Arc::new(ClientInfo {
+            peer,
+            ip: headers::client_ip(peer.ip()),
+            proto,
+        });
         let service = hyper::service::service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer, proto).await) }
+            let (proxy, client) = (Arc::clone(&proxy), Arc::clone(&client));
+            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -167,16 +181,11 @@ impl Proxy {
         }
     }
 
-    async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        proto: &'static str,
-    ) -> Response<ProxyBody> {
-        match self.forward(req, peer, proto).await {
+    async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
+        match self.forward(req, client).await {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::warn!(%peer, "{e}");
+                tracing::warn!(peer = %client.peer, "{e}");
                 e.response()
             }
         }
@@ -185,8 +194,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
-        proto: &'static str,
+        client: &ClientInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = req
             .headers()
@@ -205,7 +213,12 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        headers::set_forwarded(&mut parts.headers, peer.ip(), proto, host.as_deref());
+        headers::set_forwarded(
+            &mut parts.headers,
+            &client.ip,
+            client.proto,
+            host.as_deref(),
+        );
         // HTTP/2 requests carry the host in the authority; HTTP/1.1 needs Host.
         let authority = host
             .as_deref()
@@ -252,7 +265,13 @@ impl Proxy {
                 .version(Version::HTTP_11)
                 .body(body)
                 .expect("parts of a valid request");
-            *upstream.headers_mut() = parts.headers.clone();
+            // The headers are kept only while a retry may still need them.
+            let may_retry = buffered.is_some() && attempt < self.config.max_attempts;
+            *upstream.headers_mut() = if may_retry {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             match pick.pool.send(upstream).await {
                 Ok(resp) => return Ok(respond(resp, pick.guard, &pick.replica, client_upgrade)),
                 Err(e) => {
