@@ -6,7 +6,8 @@
 # (--target, TCP probe), nginx (proxy_pass to an upstream with keepalive 64)
 # and HAProxy (http-reuse always). wrk runs DURATION seconds with 50
 # keep-alive connections through each, alternating, ROUNDS rounds; the script
-# prints the median requests/s and p99 of each and the ratios to nginx.
+# prints the median requests/s, p99 and CPU time per request (user + system
+# of the proxy's processes) of each, and the ratios.
 # Then it opens IDLE (10 000) keep-alive client connections to dropless, each
 # after one request, and prints the RSS of `dropless serve`.
 #
@@ -114,8 +115,8 @@ EOF
 
 $nice "$NGINX" -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
 wait_http "http://127.0.0.1:$backend/"
-$nice "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
-$nice "$HAPROXY" -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+$nice "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" & nginx_pid=$!; pids+=($nginx_pid)
+$nice "$HAPROXY" -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
 TOKIO_WORKER_THREADS=2 RUST_LOG=warn $nice "$DROPLESS" serve --listen "127.0.0.1:$p_dropless" \
   --state-dir "$work/dropless" --control "$work/dropless.sock" --health-path "" \
   --target "127.0.0.1:$backend" 2>"$work/dropless.log" & dropless_pid=$!; pids+=($dropless_pid)
@@ -124,19 +125,33 @@ for p in $p_nginx $p_haproxy $p_dropless; do wait_http "http://127.0.0.1:$p/"; d
 # wrk prints "Requests/sec: N" and, with --latency, "99% Xms|us|s".
 run_wrk() {
   $nice wrk -t2 -c$CONNECTIONS -d"${DURATION}s" --latency "http://127.0.0.1:$1/" | awk '
+    /requests in/ { n = $1 }
     /^Requests\/sec/ { rps = $2 }
     $1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
                   if (u == "us") v /= 1000; else if (u == "s") v *= 1000; p99 = v }
-    END { printf "%s %s\n", rps, p99 }'
+    END { printf "%s %s %s\n", rps, p99, n }'
+}
+# CPU time (user + system, clock ticks) of a process and its children
+# (nginx's workers); throughput on a shared 2-CPU machine is noisy, CPU time
+# per request much less so.
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1"); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+  done
+  echo "$total"
 }
 
 results="$work/results.txt"
 for round in $(seq "$ROUNDS"); do
   for name in dropless nginx haproxy; do
-    port_var="p_$name"
-    line=$(run_wrk "${!port_var}")
-    echo "$name $line" >>"$results"
-    log "round $round/$ROUNDS: $name $line (req/s, p99 ms)"
+    port_var="p_$name" pid_var="${name}_pid"
+    before=$(cpu_ticks "${!pid_var}")
+    read -r rps p99 n < <(run_wrk "${!port_var}")
+    ticks=$(( $(cpu_ticks "${!pid_var}") - before ))
+    us=$(python3 -c "import os; print(f'{$ticks / os.sysconf(\"SC_CLK_TCK\") * 1e6 / $n:.1f}')")
+    echo "$name $rps $p99 $us" >>"$results"
+    log "round $round/$ROUNDS: $name $rps req/s, p99 $p99 ms, $us us CPU/request"
   done
 done
 
@@ -170,12 +185,14 @@ med = {}
 for name in ("dropless", "nginx", "haproxy"):
     rps = [float(r[1]) for r in rows if r[0] == name]
     p99 = [float(r[2]) for r in rows if r[0] == name]
-    med[name] = (statistics.median(rps), statistics.median(p99), rps)
+    cpu = [float(r[3]) for r in rows if r[0] == name]
+    med[name] = (statistics.median(rps), statistics.median(p99), rps, statistics.median(cpu))
 print(f"wrk -t2 -c50, {rounds} rounds x {duration}s, backend nginx return 200 (1 worker), proxies 2 threads each")
-print(f"  {'proxy':<9} {'median req/s':>13} {'median p99 ms':>14}   rounds")
-for name, (rps, p99, all_rps) in med.items():
-    print(f"  {name:<9} {rps:>13.0f} {p99:>14.2f}   {' '.join(f'{x:.0f}' for x in all_rps)}")
+print(f"  {'proxy':<9} {'median req/s':>13} {'median p99 ms':>14} {'CPU us/req':>11}   rounds")
+for name, (rps, p99, all_rps, cpu) in med.items():
+    print(f"  {name:<9} {rps:>13.0f} {p99:>14.2f} {cpu:>11.1f}   {' '.join(f'{x:.0f}' for x in all_rps)}")
 d, n, h = med["dropless"], med["nginx"], med["haproxy"]
+print(f"  CPU per request: dropless/nginx {d[3] / n[3]:.2f}x, dropless/haproxy {d[3] / h[3]:.2f}x")
 print(f"  dropless/nginx throughput {d[0] / n[0]:.2f}x, p99 {d[1] / n[1]:.2f}x; "
       f"dropless/haproxy throughput {d[0] / h[0]:.2f}x, p99 {d[1] / h[1]:.2f}x")
 print(f"memory: dropless serve RSS {int(rss_before) / 1024:.1f} MB idle, "
