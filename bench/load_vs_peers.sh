@@ -9,7 +9,7 @@
 # dropped iterations).
 #
 # Usage: bench/load_vs_peers.sh            (ROUNDS=3 DURATION=10 by default)
-#        ROUNDS=5 DURATION=20 bench/load_vs_peers.sh
+#        ROUNDS=5 DURATION=20 DROPLESS_FLAGS="--threads 2" bench/load_vs_peers.sh
 # Installs what it needs: wrk and nginx (apt), oha (cargo install, ~4 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=50
 OPEN_RATE=${OPEN_RATE:-20000}
+# Extra flags for `dropless load` in the closed-model rounds (e.g. --threads 2).
+DROPLESS_FLAGS=${DROPLESS_FLAGS:-}
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -74,7 +76,8 @@ curl -sf "$url" >/dev/null || { echo "nginx did not start" >&2; exit 1; }
 run_wrk() { $nice wrk -t2 -c$CONNECTIONS -d"${DURATION}s" "$url" | awk '/^Requests\/sec/ {print $2}'; }
 run_oha() { $nice oha --no-tui -c $CONNECTIONS -z "${DURATION}s" "$url" | awk '/Requests\/sec/ {print $2}'; }
 run_dropless() {
-  $nice "$DROPLESS" load "$url" --vus $CONNECTIONS -d "${DURATION}s" -q --json "$work/closed.json" >/dev/null
+  # shellcheck disable=SC2086 # DROPLESS_FLAGS is a list of flags
+  $nice "$DROPLESS" load "$url" --vus $CONNECTIONS -d "${DURATION}s" $DROPLESS_FLAGS -q --json "$work/closed.json" >/dev/null
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["rate"]["achieved_per_s"]); assert r["requests"]["failed"] == 0, r["failures"]' "$work/closed.json"
 }
 

@@ -100,7 +100,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Threads that send requests, each with its own event loop [default:
-    /// half the CPUs, at least 1, leaving room for a server on the same host]
+    /// the number of CPUs]
     #[arg(long, value_name = "N")]
     threads: Option<String>,
     /// No live progress (it is also hidden when stdout is not a terminal)
@@ -302,9 +302,7 @@ impl LoadArgs {
         };
         let threads = match &self.threads {
             Some(n) => number("--threads", n)?,
-            // Load is usually generated next to the service it measures (a
-            // local trial, a benchmark): half the CPUs leaves it room.
-            None => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         if threads == 0 {
             return Err(Usage("invalid --threads '0': expected at least 1".into()));

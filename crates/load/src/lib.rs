@@ -31,8 +31,9 @@
 //! ```
 //!
 //! Main types: [`Config`] (validated before any socket opens), [`Run`] and
-//! [`Stopper`], [`Snapshot`], [`Report`] (DESIGN.md's JSON) and
-//! [`Thresholds`].
+//! [`Stopper`], [`Snapshot`], [`Report`] (DESIGN.md's JSON),
+//! [`Thresholds`], and [`Workers`] (dedicated sending threads, for
+//! [`start_on`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
