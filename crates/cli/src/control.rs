@@ -216,7 +216,8 @@ pub fn events(args: EventsArgs) -> ExitCode {
                     if args.json {
                         println!("{}", serde_json::to_string(&e).expect("events serialize"));
                     } else {
-                        println!("{} {e}", e.at_ms);
+                        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms);
+                        println!("{} {e}", humantime::format_rfc3339_millis(at));
                     }
                 }
                 true

@@ -23,6 +23,8 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use client::{ControlClient, EventStream};
 
@@ -32,6 +34,9 @@ use crate::route::Router;
 
 /// Environment variable naming the control socket for the CLI clients.
 pub const CONTROL_ENV: &str = "DROPLESS_CONTROL";
+
+/// Time open control connections get to finish when the runtime stops.
+pub const CONTROL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest request body the control API reads.
 const MAX_BODY: usize = 1024 * 1024;
@@ -153,15 +158,17 @@ impl Drop for ControlListener {
     }
 }
 
-/// Serves the control API on `listener` until `shutdown` resolves. Rollouts
-/// run as their own tasks, so a client that goes away does not cut one short.
+/// Serves the control API on `listener` until `shutdown` is cancelled.
+/// Rollouts run as their own tasks, so a client that goes away does not cut
+/// one short. At shutdown, event streams send what is buffered and end; open
+/// connections get [`CONTROL_GRACE`] to finish.
 pub async fn serve(
     listener: ControlListener,
     router: Router,
     events: broadcast::Sender<Event>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) {
-    tokio::pin!(shutdown);
+    let connections = TaskTracker::new();
     loop {
         let stream = tokio::select! {
             accepted = listener.listener.accept() => match accepted {
@@ -171,15 +178,14 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = shutdown.cancelled() => break,
         };
-        let router = router.clone();
-        let events = events.clone();
+        let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
         let service = hyper::service::service_fn(move |req| {
-            let (router, events) = (router.clone(), events.clone());
-            async move { Ok::<_, Infallible>(answer(req, router, events).await) }
+            let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
+            async move { Ok::<_, Infallible>(answer(req, router, events, shutdown).await) }
         });
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
@@ -188,19 +194,27 @@ pub async fn serve(
         });
     }
     drop(listener);
+    connections.close();
+    if tokio::time::timeout(CONTROL_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!("control connections cut after {CONTROL_GRACE:?}");
+    }
 }
 
 async fn answer(
     req: Request<Incoming>,
     router: Router,
     events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
 ) -> Response<ControlBody> {
     match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/v1/status") => {
             let status: Vec<_> = router.services().iter().map(|s| s.status()).collect();
             json(StatusCode::OK, &status)
         }
-        (Method::GET, "/v1/events") => event_stream(events.subscribe()),
+        (Method::GET, "/v1/events") => event_stream(events.subscribe(), shutdown),
         (Method::POST, "/v1/rollout") => {
             let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
                 .collect()
@@ -285,14 +299,27 @@ fn error(
     )
 }
 
-fn event_stream(rx: broadcast::Receiver<Event>) -> Response<ControlBody> {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+/// Events as JSON lines until the runtime stops: then the events already
+/// broadcast are sent and the stream ends.
+fn event_stream(
+    rx: broadcast::Receiver<Event>,
+    shutdown: CancellationToken,
+) -> Response<ControlBody> {
+    let stream = futures_util::stream::unfold((rx, shutdown), |(mut rx, shutdown)| async move {
         loop {
-            match rx.recv().await {
+            let next = tokio::select! {
+                biased;
+                next = rx.recv() => next,
+                () = shutdown.cancelled() => return None,
+            };
+            match next {
                 Ok(event) => {
                     let mut line = serde_json::to_vec(&event).expect("events serialize");
                     line.push(b'\n');
-                    return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx));
+                    return Some((
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                        (rx, shutdown),
+                    ));
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!("events subscriber lagged; {n} event(s) skipped");

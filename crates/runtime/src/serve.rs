@@ -158,7 +158,7 @@ impl Runtime {
                 c,
                 router.clone(),
                 events.clone(),
-                stop_background.clone().cancelled_owned(),
+                stop_background.clone(),
             ))
         });
         let mode = std::sync::Arc::new(std::sync::Mutex::new(Shutdown::Graceful));

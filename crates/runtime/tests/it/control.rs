@@ -152,3 +152,29 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_retires() {
         assert_eq!(states, &vec![Draining, Stopping, Exited], "{seen:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_ends_after_the_retirements_when_serve_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let mut stream = h.client().subscribe().await.unwrap();
+    h.stop(Shutdown::Graceful).await;
+    let mut states = Vec::new();
+    let ended = tokio::time::timeout(fixtures::WAIT, async {
+        while let Some(e) = stream
+            .next()
+            .await
+            .expect("a clean end, not a broken stream")
+        {
+            if let EventKind::Replica { state, .. } = e.kind {
+                states.push(state);
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended");
+    use dropless_runtime::replica::ReplicaState::*;
+    assert_eq!(states, vec![Draining, Stopping, Exited]);
+}
