@@ -1,7 +1,6 @@
 //! The control socket, persisted state, and the runtime's own shutdown.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use dropless_runtime::control::{ControlError, ControlListener};
 use dropless_runtime::event::EventKind;
@@ -109,17 +108,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_retires() {
     let requests: Vec<_> = (0..6)
         .map(|_| tokio::spawn(fixtures::get_with_headers(url.clone())))
         .collect();
-    let mut topology = web.watch_topology();
-    tokio::time::timeout(fixtures::WAIT, async {
-        while web.replicas().iter().map(|r| r.in_flight()).sum::<usize>() < 6 {
-            tokio::select! {
-                _ = topology.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(5)) => {}
-            }
-        }
-    })
-    .await
-    .expect("six requests in flight");
+    fixtures::wait_in_flight(&web, 6).await;
     let mut events = h.events.resubscribe();
     h.stop(Shutdown::Graceful).await;
     for r in requests {
@@ -177,4 +166,52 @@ async fn event_stream_ends_after_the_retirements_when_serve_stops() {
     assert!(ended.is_ok(), "the stream ended");
     use dropless_runtime::replica::ReplicaState::*;
     assert_eq!(states, vec![Draining, Stopping, Exited]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_in_flight_h2_streams_finish() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let version = fixtures::backend(Mode::ExitOnTerm, "v1").with_env("WORK_MS", "400");
+    let h = Harness::start(fixtures::config(
+        dir.path(),
+        vec![fixtures::service("web", version, 1)],
+    ))
+    .await;
+    h.wait_routable(1).await;
+    let web = h.router.service(None).unwrap().clone();
+    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let url = h.url("/sum?a=20&b=22");
+            tokio::spawn(async move {
+                let req = http::Request::get(url)
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = sender.send_request(req).await.expect("h2 response");
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("h2 body")
+                    .to_bytes();
+                (status, body)
+            })
+        })
+        .collect();
+    fixtures::wait_in_flight(&web, 4).await;
+    h.stop(Shutdown::Graceful).await;
+    for r in requests {
+        let (status, body) = r.await.unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"{\"result\":42}"[..]));
+    }
 }

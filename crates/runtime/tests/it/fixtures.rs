@@ -392,3 +392,26 @@ impl UnderLoad {
         report
     }
 }
+
+/// Waits until `n` requests are in flight on the replicas of `service`.
+pub async fn wait_in_flight(service: &dropless_runtime::supervisor::Supervisor, n: usize) {
+    let in_flight = || {
+        service
+            .replicas()
+            .iter()
+            .map(|r| r.in_flight())
+            .sum::<usize>()
+    };
+    let reached = tokio::time::timeout(WAIT, async {
+        // In-flight counts change without a topology event: poll them.
+        while in_flight() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "never {n} requests in flight (saw {})",
+        in_flight()
+    );
+}
