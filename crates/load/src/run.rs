@@ -115,6 +115,13 @@ impl Stopper {
         self.stop.cancel();
     }
 
+    /// End the run now as planned (the caller decides how long it lasts, say
+    /// until a deploy command has ended): requests in flight get the grace
+    /// period, and the report is not marked interrupted.
+    pub fn finish(&self) {
+        self.stop.cancel();
+    }
+
     /// Stop scheduling and count every request still in flight as a timeout
     /// at once (a second Ctrl-C).
     pub fn abandon(&self) {

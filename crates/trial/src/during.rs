@@ -95,7 +95,7 @@ pub async fn run(
         };
         if !fixed {
             tokio::time::sleep(tail).await;
-            stopper.stop();
+            stopper.finish();
         }
         EventRecord {
             action: "command".into(),
@@ -108,14 +108,12 @@ pub async fn run(
     });
     let report = run.report();
     tokio::pin!(report);
-    let mut report = loop {
+    let report = loop {
         tokio::select! {
             report = &mut report => break report?,
             Ok(()) = snapshots.changed() => progress.second(&snapshots.borrow_and_update()),
         }
     };
-    // Stopping at the planned end is not an interruption.
-    report.interrupted = false;
     let record = match script.await {
         Ok(record) => record,
         Err(error) => EventRecord {
