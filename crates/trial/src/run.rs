@@ -432,15 +432,28 @@ async fn wait_ready(
         }
         match control.status().await {
             Ok(services) => {
-                let ready = services
+                let ready: Vec<_> = services
                     .iter()
                     .flat_map(|s| &s.replicas)
                     .filter(|r| r.state == ReplicaState::Ready)
-                    .count();
-                if ready >= replicas {
+                    .collect();
+                // Ready is not always listening (the Kubernetes emulation of
+                // a replica without a readiness probe): the first release
+                // must really serve before the load starts, so that only
+                // the events are measured.
+                let mut listening = 0;
+                for replica in &ready {
+                    if tokio::net::TcpStream::connect(replica.addr).await.is_ok() {
+                        listening += 1;
+                    }
+                }
+                if listening >= replicas {
                     return Ok(());
                 }
-                last = format!("{ready} of {replicas} replica(s) ready");
+                last = format!(
+                    "{} of {replicas} replica(s) ready, {listening} listening",
+                    ready.len()
+                );
             }
             Err(error) => last = error.to_string(),
         }
