@@ -289,7 +289,9 @@ fn block_on(work: impl Future<Output = Result<(), ControlError>>) -> ExitCode {
         .expect("tokio runtime");
     match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ ControlError::Rejected(_)) => {
+        // A request the runtime refused, or no runtime at the socket given:
+        // the user must fix the flags or start `dropless serve`.
+        Err(e @ (ControlError::Rejected(_) | ControlError::Connect { .. })) => {
             eprintln!("dropless: {e}");
             ExitCode::from(2)
         }

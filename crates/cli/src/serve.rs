@@ -88,8 +88,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Library errors name their cause in their message already.
+            // Every error of serve is one of starting it (config, command,
+            // probe, socket, address): the user has something to fix.
             eprintln!("dropless serve: {e}");
-            ExitCode::from(1)
+            ExitCode::from(2)
         }
     }
 }

@@ -45,6 +45,15 @@ pub enum ServeError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A replica of the first release exited or was not ready in time, so
+    /// the service never came up: the command or its probe is wrong.
+    #[error("service {service} did not start: {reason}")]
+    NotReady {
+        /// The service.
+        service: String,
+        /// The replica, its probe and what it answered last.
+        reason: String,
+    },
     /// The state directory could not be created.
     #[error("cannot create state directory {path}: {source}")]
     StateDir {
@@ -138,14 +147,32 @@ impl Runtime {
             state_path,
             tls,
         } = self;
+        let mut first_release = Vec::new();
         for s in router.services() {
-            if let Err(e) = s.start() {
-                // Replicas already started must not outlive a failed start.
-                let stops = router.services().iter().map(|s| s.shutdown(true));
-                futures_util::future::join_all(stops).await;
-                return Err(e.into());
+            match s.start() {
+                Ok(replicas) => first_release.extend(replicas.into_iter().map(|r| (s.clone(), r))),
+                Err(e) => {
+                    // Replicas already started must not outlive a failed start.
+                    let stops = router.services().iter().map(|s| s.shutdown(true));
+                    futures_util::future::join_all(stops).await;
+                    return Err(e.into());
+                }
             }
         }
+        // The first release must come up: a replica of it that exits or is
+        // never ready means a wrong command or probe, said once and clearly
+        // rather than restarted forever.
+        let startup = async move {
+            for (service, replica) in first_release {
+                if let Err(reason) = service.await_ready(&replica).await {
+                    return ServeError::NotReady {
+                        service: service.name().to_string(),
+                        reason,
+                    };
+                }
+            }
+            std::future::pending().await
+        };
         save(&router, &state_path);
         let stop_background = CancellationToken::new();
         let persister = tokio::spawn(persist(
@@ -162,9 +189,17 @@ impl Runtime {
             ))
         });
         let mode = std::sync::Arc::new(std::sync::Mutex::new(Shutdown::Graceful));
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
         let recorded = std::sync::Arc::clone(&mode);
+        let failed_start = std::sync::Arc::clone(&failed);
         let proxy_shutdown = async move {
-            let m = shutdown.await;
+            let m = tokio::select! {
+                m = shutdown => m,
+                error = startup => {
+                    *failed_start.lock().expect("failure lock") = Some(error);
+                    Shutdown::Fast
+                }
+            };
             tracing::info!(
                 "shutdown ({m:?}): stop accepting, finish in-flight requests, retire replicas"
             );
@@ -186,7 +221,10 @@ impl Runtime {
         }
         save(&router, &state_path);
         tracing::info!("stopped");
-        Ok(())
+        match failed.lock().expect("failure lock").take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 

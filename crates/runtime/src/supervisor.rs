@@ -112,13 +112,15 @@ impl Supervisor {
     }
 
     /// Starts the desired replicas as members; they get traffic once ready.
-    pub fn start(&self) -> Result<(), SpawnError> {
+    pub fn start(&self) -> Result<Vec<Arc<Replica>>, SpawnError> {
         let desired = self.desired();
+        let mut started = Vec::with_capacity(desired.replicas);
         for _ in 0..desired.replicas {
             let replica = self.start_replica(&desired.current)?;
             replica.set_member(true);
+            started.push(replica);
         }
-        Ok(())
+        Ok(started)
     }
 
     /// Service name.

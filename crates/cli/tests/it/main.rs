@@ -1,4 +1,6 @@
 //! Integration tests of the `dropless` binary: one module per subcommand.
 
+mod fixtures;
 mod load;
+mod serve;
 mod trial;

@@ -1,37 +1,10 @@
 //! `dropless trial` and `dropless k8s manifest`, run as a user would.
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
 use serde_json::Value;
 
-fn dropless() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dropless"));
-    command
-        .env_remove("DROPLESS_CONTROL")
-        .env("RUST_LOG", "warn");
-    command
-}
-
-fn run(args: &[&str]) -> Output {
-    dropless().args(args).output().expect("dropless runs")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::fixtures::{Serve, run, stderr};
 
 fn report(out: &Path) -> Value {
     let text = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
@@ -155,89 +128,6 @@ replicas = 3
         !html.contains("<script") && !html.contains("http://cdn"),
         "self-contained"
     );
-}
-
-/// A `dropless serve` of the demo on a free port, stopped when dropped.
-struct Serve {
-    child: Child,
-    port: u16,
-    control: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Serve {
-    fn start(profile: &str) -> Serve {
-        let dir = tempfile::tempdir().unwrap();
-        let control = dir.path().join("control.sock").display().to_string();
-        let port = free_port();
-        let child = dropless()
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--control",
-                &control,
-            ])
-            .args([
-                "--state-dir",
-                dir.path().to_str().unwrap(),
-                "--replicas",
-                "2",
-                "--",
-            ])
-            .args([
-                env!("CARGO_BIN_EXE_dropless"),
-                "demo-service",
-                "--profile",
-                profile,
-                "--work-ms",
-                "10",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let serve = Serve {
-            child,
-            port,
-            control,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = run(&["status", "--control", &serve.control, "--json"]);
-            let ready = String::from_utf8_lossy(&status.stdout)
-                .matches("\"ready\"")
-                .count();
-            if ready >= 2 {
-                return serve;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve not ready: {}",
-                stderr(&status)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Serve {
-    /// SIGTERM, so that serve retires its replicas; SIGKILL only if it
-    /// hangs (its replicas would then be left behind).
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -1,0 +1,139 @@
+//! What the binary's tests share: running `dropless`, free ports, a
+//! `dropless serve` of the demo service.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The `dropless` binary, without a control socket from the environment.
+pub fn dropless() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dropless"));
+    command
+        .env_remove("DROPLESS_CONTROL")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// Runs `dropless ARGS` to the end.
+pub fn run(args: &[&str]) -> Output {
+    dropless().args(args).output().expect("dropless runs")
+}
+
+/// What a run printed on stderr.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `dropless serve` of the demo on a free port, stopped when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub port: u16,
+    pub control: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    pub fn start(profile: &str) -> Serve {
+        Self::start_with(profile, &[])
+    }
+
+    /// Two replicas of the demo with `profile`, `serve_args` added to the
+    /// `serve` command line; returns once both are ready.
+    pub fn start_with(profile: &str, serve_args: &[&str]) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control.sock").display().to_string();
+        let port = free_port();
+        let child = dropless()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--control",
+                &control,
+            ])
+            .args([
+                "--state-dir",
+                dir.path().to_str().unwrap(),
+                "--replicas",
+                "2",
+            ])
+            .args(serve_args)
+            .arg("--")
+            .args([
+                env!("CARGO_BIN_EXE_dropless"),
+                "demo-service",
+                "--profile",
+                profile,
+                "--work-ms",
+                "10",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let serve = Serve {
+            child,
+            port,
+            control,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = run(&["status", "--control", &serve.control, "--json"]);
+            let ready = String::from_utf8_lossy(&status.stdout)
+                .matches("\"ready\"")
+                .count();
+            if ready >= 2 {
+                return serve;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve not ready: {}",
+                stderr(&status)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Serve {
+    /// SIGTERM; waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate().expect("serve did not stop within 20 s")
+    }
+
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Serve {
+    /// SIGTERM, so that serve retires its replicas; SIGKILL only if it
+    /// hangs (its replicas would then be left behind).
+    fn drop(&mut self) {
+        if self.terminate().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

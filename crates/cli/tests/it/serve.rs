@@ -1,0 +1,120 @@
+//! `dropless serve` and its control commands, run as a user would: exit
+//! codes and one-line errors.
+
+use std::process::Stdio;
+
+use crate::fixtures::{Serve, dropless, run, stderr};
+
+#[test]
+fn serve_with_a_command_that_does_not_exist_exits_2_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("c.sock");
+    let output = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control.to_str().unwrap(),
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+        "--",
+        "/nonexistent/server",
+    ]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+    assert!(text.contains("/nonexistent/server"), "{text}");
+}
+
+#[test]
+fn serve_whose_replica_never_becomes_ready_exits_2_naming_replica_and_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("c.sock");
+    let output = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control.to_str().unwrap(),
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+        "--ready-timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+    assert!(
+        text.contains("web-1") && text.contains("GET /healthz"),
+        "{text}"
+    );
+}
+
+#[test]
+fn deploy_of_a_version_that_exits_at_once_is_aborted_and_nothing_drops() {
+    let serve = Serve::start_with("v3", &["--ready-timeout", "3s"]);
+    let url = format!("http://127.0.0.1:{}/sum?a=1&b=2", serve.port);
+    // A load that fails (exit 3) if a single request fails.
+    let load = dropless()
+        .args([
+            "load",
+            &url,
+            "--rate",
+            "50",
+            "--duration",
+            "4s",
+            "--max-failures",
+            "0",
+            "--quiet",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for (command, expected) in [("false", "exited"), ("sleep 30", "not ready after 3s")] {
+        let output = run(&["deploy", "--control", &serve.control, "--cmd", command]);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{command}: {text}");
+        assert!(
+            text.contains(expected),
+            "{command}: expected {expected:?} in {text}"
+        );
+        assert!(text.contains("GET /healthz"), "names the probe: {text}");
+        assert!(text.contains("web-"), "names the replica: {text}");
+    }
+    let load = load.wait_with_output().unwrap();
+    assert_eq!(
+        load.status.code(),
+        Some(0),
+        "the old version kept serving: {}",
+        String::from_utf8_lossy(&load.stdout)
+    );
+    let status = run(&["status", "--control", &serve.control, "--json"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("demo-service"));
+    assert!(serve.stop().success(), "serve exits 0 on SIGTERM");
+}
+
+#[test]
+fn control_commands_without_a_runtime_exit_2_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("none.sock");
+    for args in [
+        vec!["deploy", "--cmd", "true"],
+        vec!["restart"],
+        vec!["scale", "2"],
+        vec!["status"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--control", control.to_str().unwrap()]);
+        let output = run(&args);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert!(
+            text.contains("none.sock") && text.contains("--control"),
+            "{text}"
+        );
+    }
+}
