@@ -317,21 +317,7 @@ pub fn k8s(command: K8sCommand) -> ExitCode {
 /// Runs the built-in demo service (what `dropless demo` and trials with
 /// `demo = "vN"` start as replicas).
 pub fn demo_service(args: dropless_demo::Args) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match runtime().block_on(dropless_demo::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("dropless demo-service: {error}");
-            ExitCode::from(error.exit_code())
-        }
-    }
+    dropless_demo::main(args, "dropless demo-service")
 }
 
 /// `dropless trial --matrix`.

@@ -9,8 +9,8 @@
 //! switches the graceful parts off and on, to reproduce each failure of a
 //! deploy: no probes, SIGTERM ignored or cutting in-flight requests, a
 //! pre-stop delay, and a calculation log in tasks or batches that is lost or
-//! kept at shutdown. [`run`] is the whole service; the binary only parses
-//! [`Args`].
+//! kept at shutdown. [`run`] is the whole service and [`main`] the whole
+//! process; the binary only parses [`Args`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -28,4 +28,4 @@ pub use args::Args;
 pub use calclog::Record;
 pub use error::Error;
 pub use profile::{CalcLogMode, OnSigterm, Profile};
-pub use service::run;
+pub use service::{main, run};

@@ -1,6 +1,11 @@
 //! The whole service: sink, listener, lifecycle, signals per profile.
 
-use std::{io::Write, net::SocketAddr, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    process::ExitCode,
+    time::Duration,
+};
 
 use dropless_lifecycle::{
     BatchConfig, Config, Lifecycle,
@@ -15,6 +20,34 @@ use crate::{
     influx::Influx,
     logfile::LogFile,
 };
+
+/// The whole process for a binary: logging on stderr (`RUST_LOG`, default
+/// `info`), a tokio runtime, [`run`], and the exit code; errors are printed
+/// as one line prefixed with `name`.
+pub fn main(args: Args, name: &str) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
 
 /// Runs the demo service until it is stopped, as its profile says.
 ///

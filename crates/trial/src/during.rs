@@ -4,7 +4,6 @@
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use dropless_load::Model;
 use tokio::{process::Command, time::Instant};
 
 use crate::{
@@ -50,14 +49,12 @@ pub async fn run(
         what: format!("cannot create {}", out.display()),
         source,
     })?;
-    let mut load = dropless_load::Config::new(&during.url);
-    load.model = Model::Open { rate: during.rate };
-    load.duration = during.duration.unwrap_or(MAX_DURATION);
-    match during.client {
-        ClientMode::Keepalive => {}
-        ClientMode::NoKeepalive => load.keepalive = false,
-        ClientMode::H2 => load.http2 = true,
-    }
+    let load = crate::run::load_config(
+        during.url.clone(),
+        during.rate,
+        during.duration.unwrap_or(MAX_DURATION),
+        during.client,
+    );
     let log_path = out.join("command.log");
     let log = std::fs::File::create(&log_path).map_err(|source| TrialError::Io {
         what: format!("cannot create {}", log_path.display()),

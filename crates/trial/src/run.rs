@@ -204,7 +204,12 @@ pub async fn run(
     }
 
     progress.phase("load");
-    let load = load_config(scenario, port);
+    let load = load_config(
+        format!("http://127.0.0.1:{port}{}", scenario.load.path),
+        scenario.load.rate,
+        scenario.load.duration,
+        scenario.load.client,
+    );
     let run = dropless_load::start(&load).await?;
     progress.load_started(scenario.load.duration);
     let started = Instant::now();
@@ -383,14 +388,18 @@ impl Release {
     }
 }
 
-fn load_config(scenario: &Scenario, port: u16) -> dropless_load::Config {
-    let mut load =
-        dropless_load::Config::new(format!("http://127.0.0.1:{port}{}", scenario.load.path));
-    load.model = Model::Open {
-        rate: scenario.load.rate,
-    };
-    load.duration = scenario.load.duration;
-    match scenario.load.client {
+/// The load of a trial: open model at `rate` for `duration`, in `client`
+/// mode.
+pub(crate) fn load_config(
+    url: String,
+    rate: f64,
+    duration: Duration,
+    client: ClientMode,
+) -> dropless_load::Config {
+    let mut load = dropless_load::Config::new(url);
+    load.model = Model::Open { rate };
+    load.duration = duration;
+    match client {
         ClientMode::Keepalive => {}
         ClientMode::NoKeepalive => load.keepalive = false,
         ClientMode::H2 => load.http2 = true,

@@ -5,11 +5,12 @@ use std::process::Stdio;
 
 use crate::fixtures::{Serve, dropless, run, stderr};
 
-#[test]
-fn serve_with_a_command_that_does_not_exist_exits_2_in_one_line() {
+/// Runs `dropless serve FLAGS -- COMMAND` in a fresh state directory until
+/// it exits.
+fn serve_until_exit(flags: &[&str], command: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("c.sock");
-    let output = run(&[
+    let mut args = vec![
         "serve",
         "--listen",
         "127.0.0.1:0",
@@ -17,9 +18,16 @@ fn serve_with_a_command_that_does_not_exist_exits_2_in_one_line() {
         control.to_str().unwrap(),
         "--state-dir",
         dir.path().to_str().unwrap(),
-        "--",
-        "/nonexistent/server",
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(command);
+    run(&args)
+}
+
+#[test]
+fn serve_with_a_command_that_does_not_exist_exits_2_in_one_line() {
+    let output = serve_until_exit(&[], &["/nonexistent/server"]);
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
@@ -28,22 +36,7 @@ fn serve_with_a_command_that_does_not_exist_exits_2_in_one_line() {
 
 #[test]
 fn serve_whose_replica_never_becomes_ready_exits_2_naming_replica_and_probe() {
-    let dir = tempfile::tempdir().unwrap();
-    let control = dir.path().join("c.sock");
-    let output = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--control",
-        control.to_str().unwrap(),
-        "--state-dir",
-        dir.path().to_str().unwrap(),
-        "--ready-timeout",
-        "1s",
-        "--",
-        "sleep",
-        "30",
-    ]);
+    let output = serve_until_exit(&["--ready-timeout", "1s"], &["sleep", "30"]);
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
