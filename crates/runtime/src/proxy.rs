@@ -5,11 +5,14 @@
 //! within a grace period.
 
 mod error;
+mod front;
 mod headers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::{Request, Response, Version};
@@ -17,12 +20,14 @@ use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use error::{ErrorSource, ProxyError, error_chain};
 
@@ -33,6 +38,7 @@ use crate::replica::InFlight;
 use crate::route::Router;
 use crate::signal::Shutdown;
 use crate::tls::TlsAcceptor;
+use front::{ActiveGuard, Activity, FrontStream};
 
 /// The body of a response to a client.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -45,7 +51,12 @@ pub struct Proxy {
     tls: Option<TlsAcceptor>,
 }
 
-type Builder = auto::Builder<TokioExecutor>;
+/// The connection builders, configured once: HTTP/1.1 sessions on plain
+/// TCP, and HTTP/1.1 or HTTP/2 for TLS and h2c connections.
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+}
 
 /// What the proxy knows of a client connection, computed once for all its
 /// requests.
@@ -54,6 +65,8 @@ struct ClientInfo {
     peer: SocketAddr,
     ip: http::HeaderValue,
     proto: &'static str,
+    /// Plain HTTP/1.1 connections: what their requests tell the stream.
+    activity: Option<Arc<Activity>>,
 }
 
 impl Proxy {
@@ -76,17 +89,21 @@ impl Proxy {
     /// accepting and gives the open connections `shutdown_grace` to finish
     /// (no time at all for [`Shutdown::Fast`]).
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = Shutdown>) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.config.header_read_timeout)
             .max_buf_size(self.config.max_header_bytes.max(8192));
-        builder
-            .http2()
+        auto.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_read_timeout)
+            .max_buf_size(self.config.max_header_bytes.max(8192));
+        let builders = Arc::new(Builders { auto, h1 });
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
         let mut grace = self.config.shutdown_grace;
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
         let this = Arc::new(self);
@@ -114,70 +131,161 @@ impl Proxy {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (proxy, builder, watcher) =
-                (Arc::clone(&this), builder.clone(), graceful.watcher());
-            tokio::spawn(async move {
+            let (proxy, builders, stop) = (Arc::clone(&this), Arc::clone(&builders), stop.clone());
+            connections.spawn(async move {
                 match proxy.tls.clone() {
-                    None => {
-                        proxy
-                            .serve(&builder, TokioIo::new(stream), watcher, peer, "http")
-                            .await
-                    }
-                    Some(tls) => {
+                    None => proxy.serve_plain(&builders, stream, &stop, peer).await,
+                    Some(tls) => Box::pin(async {
                         // A client that never finishes its handshake holds a slot no longer
                         // than one that never finishes its request head.
                         let timeout = proxy.config.header_read_timeout;
                         match tokio::time::timeout(timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                proxy
-                                    .serve(&builder, TokioIo::new(stream), watcher, peer, "https")
-                                    .await
+                                let service =
+                                    Proxy::service(Arc::clone(&proxy), peer, "https", None);
+                                let conn = builders
+                                    .auto
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                                until_done(conn, &stop, peer).await;
                             }
                             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                             Err(_) => {
                                 tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}")
                             }
                         }
-                    }
+                    })
+                    .await,
                 }
                 drop(slot);
             });
         }
         drop(listener);
-        let open = graceful.count();
+        connections.close();
+        let open = connections.len();
         tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
+        stop.cancel();
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("proxy connections closed gracefully"),
+            () = connections.wait() => tracing::info!("proxy connections closed gracefully"),
             () = tokio::time::sleep(grace) => tracing::warn!(
                 "proxy connections forced closed after {grace:?}"
             ),
         }
     }
 
-    /// Serves one client connection until it ends or shutdown closes it.
-    async fn serve<I>(
-        self: &Arc<Self>,
-        builder: &Builder,
-        io: I,
-        watcher: Watcher,
+    /// The hyper service for the requests of one client connection.
+    fn service(
+        proxy: Arc<Self>,
         peer: SocketAddr,
         proto: &'static str,
-    ) where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let proxy = Arc::clone(self);
+        activity: Option<Arc<Activity>>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Tracked<ProxyBody>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Tracked<ProxyBody>>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
         let client = Arc::new(ClientInfo {
             peer,
             ip: headers::client_ip(peer.ip()),
             proto,
+            activity,
         });
-        let service = hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |req| {
             let (proxy, client) = (Arc::clone(&proxy), Arc::clone(&client));
-            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
-            tracing::debug!(%peer, "client connection: {e}");
+            let active = client.activity.as_ref().map(Activity::begin);
+            async move {
+                let resp = proxy.handle(req, &client).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    inner: body,
+                    _active: active,
+                }))
+            }
+        })
+    }
+
+    /// Serves one plain-TCP client connection: h2c for its whole life, or
+    /// HTTP/1.1 in sessions that free their buffers while the connection is
+    /// idle (see [`front`]).
+    async fn serve_plain(
+        self: &Arc<Self>,
+        builders: &Builders,
+        mut stream: TcpStream,
+        stop: &CancellationToken,
+        peer: SocketAddr,
+    ) {
+        let timeout = self.config.header_read_timeout;
+        let first = tokio::select! {
+            first = tokio::time::timeout(timeout, front::read_preface(&mut stream)) => first,
+            () = stop.cancelled() => return,
+        };
+        let (ahead, h2) = match first {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => return tracing::debug!(%peer, "client connection: {e}"),
+            Err(_) => return tracing::debug!(%peer, "no request within {timeout:?}"),
+        };
+        let activity = Arc::new(Activity::default());
+        let service = Proxy::service(Arc::clone(self), peer, "http", Some(Arc::clone(&activity)));
+        let mut stream = FrontStream::new(stream, ahead, Arc::clone(&activity));
+        if h2 {
+            let conn = builders
+                .auto
+                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+            return Box::pin(until_done(conn, stop, peer)).await;
+        }
+        loop {
+            // Boxed, so that an idle connection's task holds a pointer, not a
+            // whole hyper connection.
+            let mut conn = Box::new(
+                builders
+                    .h1
+                    .serve_connection(TokioIo::new(stream), service.clone())
+                    .with_upgrades(),
+            );
+            let mut draining = false;
+            let cancelled = stop.cancelled();
+            tokio::pin!(cancelled);
+            let done = std::future::poll_fn(|cx| {
+                if !draining && cancelled.as_mut().poll(cx).is_ready() {
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    draining = true;
+                }
+                match Pin::new(&mut *conn).poll(cx) {
+                    Poll::Ready(result) => Poll::Ready(Some(result)),
+                    Poll::Pending if !draining && activity.take_idle() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            if let Some(result) = done {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "client connection: {e}");
+                }
+                return;
+            }
+            // Idle between requests: free the session, keep the socket.
+            let Some(parts) = conn.into_parts() else {
+                return;
+            };
+            stream = parts.io.into_inner();
+            // An empty `read_buf` may still hold hyper's whole read buffer.
+            let mut ahead = parts.read_buf;
+            if ahead.is_empty() {
+                ahead = Bytes::new();
+                // An idle keep-alive connection is closed after the header
+                // read timeout, as hyper closes one.
+                tokio::select! {
+                    ready = tokio::time::timeout(timeout, stream.readable()) => {
+                        if !matches!(ready, Ok(Ok(()))) {
+                            return;
+                        }
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
+            stream.restart(ahead);
         }
     }
 
@@ -210,6 +318,9 @@ impl Proxy {
             })?
             .clone();
         let upgrade = headers::upgrade_of(req.headers());
+        if let (Some(_), Some(activity)) = (&upgrade, &client.activity) {
+            activity.upgrading();
+        }
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
@@ -288,6 +399,64 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// Drives an HTTP/1.1-or-HTTP/2 connection to its end; on shutdown, asks it
+/// to finish gracefully (`Connection: close`, GOAWAY) and keeps driving it.
+async fn until_done<I, S>(
+    conn: auto::UpgradeableConnection<'_, I, S, TokioExecutor>,
+    stop: &CancellationToken,
+    peer: SocketAddr,
+) where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Tracked<ProxyBody>>,
+            Error = Infallible,
+        >,
+    S::Future: Send + 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "client connection: {e}");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its request as active on the client
+    /// connection until it is dropped.
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        _active: Option<ActiveGuard>,
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

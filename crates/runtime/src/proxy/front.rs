@@ -1,0 +1,221 @@
+//! Plain-TCP client connections without idle buffers. hyper keeps an 8 KB
+//! read buffer and an 8 KB write buffer for the whole life of an HTTP/1.1
+//! connection, which is most of the memory of an idle keep-alive client. So
+//! HTTP/1.1 is served in *sessions*: a hyper connection over a
+//! [`FrontStream`] that, once it has answered a request and waits for the
+//! next one with nothing left to write, reports itself idle. The session is
+//! then taken apart (`into_parts`: the socket and any bytes hyper read
+//! ahead), its buffers freed, and the next session starts when the socket is
+//! readable again (or at once, over the bytes read ahead).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The first bytes of every HTTP/2 prior-knowledge (h2c) connection.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the requests of a connection tell its stream: whether a response is
+/// still being produced, and whether the connection was upgraded.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Requests of the session whose response body is not yet dropped.
+    active: AtomicUsize,
+    /// Requests of the session whose response body was dropped.
+    completed: AtomicUsize,
+    /// An upgrade was asked for: the session is never taken apart.
+    upgrade: AtomicBool,
+    /// Set by the stream when hyper waits for a request that has not come.
+    idle: AtomicBool,
+}
+
+/// Counts one request as active until dropped (with its response body).
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<Activity>);
+
+impl Activity {
+    /// Counts a request until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.idle.store(false, Ordering::Relaxed);
+        ActiveGuard(Arc::clone(self))
+    }
+
+    /// The connection asks for an upgrade: keep its session for good.
+    pub fn upgrading(&self) {
+        self.upgrade.store(true, Ordering::Relaxed);
+    }
+
+    /// A session may be taken apart once it answered a request, has none in
+    /// progress, and has flushed what it wrote.
+    fn releasable(&self, unflushed: bool) -> bool {
+        !unflushed
+            && self.active.load(Ordering::Relaxed) == 0
+            && self.completed.load(Ordering::Relaxed) > 0
+            && !self.upgrade.load(Ordering::Relaxed)
+    }
+
+    /// Whether the session reported itself idle (and still is).
+    pub fn take_idle(&self) -> bool {
+        self.idle.swap(false, Ordering::Relaxed) && self.active.load(Ordering::Relaxed) == 0
+    }
+
+    /// A new session begins: it must answer a request before it is idle.
+    fn new_session(&self) {
+        self.completed.store(0, Ordering::Relaxed);
+        self.idle.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.completed.fetch_add(1, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client socket with bytes read ahead in front of it, which reports an
+/// idle session to its [`Activity`].
+#[derive(Debug)]
+pub struct FrontStream {
+    stream: TcpStream,
+    ahead: Bytes,
+    activity: Arc<Activity>,
+    /// Written since the last completed flush.
+    unflushed: bool,
+}
+
+impl FrontStream {
+    /// `stream`, to be read after `ahead`.
+    pub fn new(stream: TcpStream, ahead: Bytes, activity: Arc<Activity>) -> Self {
+        Self {
+            stream,
+            ahead,
+            activity,
+            unflushed: false,
+        }
+    }
+
+    /// Starts a new session over this stream, reading `ahead` first.
+    pub fn restart(&mut self, ahead: Bytes) {
+        self.ahead = ahead;
+        self.unflushed = false;
+        self.activity.new_session();
+    }
+
+    /// Waits until the socket has something to read.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.stream.readable().await
+    }
+}
+
+/// Reads the first bytes of a connection, enough to tell h2c (prior
+/// knowledge) from HTTP/1.1; returns them and whether it is h2c. `None` when
+/// the client closed first.
+pub async fn read_preface(stream: &mut TcpStream) -> io::Result<Option<(Bytes, bool)>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    loop {
+        let read = stream.read(&mut buf[n..]).await?;
+        if read == 0 {
+            return Ok((n > 0).then(|| (Bytes::copy_from_slice(&buf[..n]), false)));
+        }
+        n += read;
+        if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some((
+                Bytes::copy_from_slice(&buf[..n]),
+                buf[..n] == H2_PREFACE[..],
+            )));
+        }
+    }
+}
+
+impl AsyncRead for FrontStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.ahead.is_empty() {
+            let n = this.ahead.len().min(buf.remaining());
+            buf.put_slice(&this.ahead[..n]);
+            this.ahead.advance(n);
+            if this.ahead.is_empty() {
+                this.ahead = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let idle = polled.is_pending() && this.activity.releasable(this.unflushed);
+        this.activity.idle.store(idle, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for FrontStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.unflushed = true;
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.unflushed = true;
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = polled {
+            self.unflushed = false;
+        }
+        polled
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_idle_only_after_a_completed_request() {
+        let a = Arc::new(Activity::default());
+        assert!(!a.releasable(false), "nothing answered yet");
+        let guard = a.begin();
+        assert!(!a.releasable(false), "a request in progress");
+        drop(guard);
+        assert!(a.releasable(false));
+        assert!(!a.releasable(true), "bytes not flushed");
+        a.new_session();
+        assert!(!a.releasable(false));
+        let _g = a.begin();
+        a.upgrading();
+        drop(_g);
+        assert!(
+            !a.releasable(false),
+            "upgraded connections keep their session"
+        );
+    }
+}
