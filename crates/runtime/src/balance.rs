@@ -30,6 +30,18 @@ pub struct Pick {
 /// Picks a ready member of `service` not in `tried` (or one in `tried` when
 /// no other shows up soon), waiting until `deadline`; `None` at the deadline.
 pub async fn pick(service: &Supervisor, tried: &[Arc<Replica>], deadline: Instant) -> Option<Pick> {
+    // The common case, a ready replica at once, without subscribing to
+    // topology changes; the loop below looks again after subscribing.
+    if tried.is_empty()
+        && let Some(replica) = choose(&service.routable())
+        && let Some((guard, pool)) = replica.try_begin()
+    {
+        return Some(Pick {
+            replica,
+            pool,
+            guard,
+        });
+    }
     let mut topology = service.watch_topology();
     let allow_tried_at = Instant::now() + RETRY_SAME_AFTER;
     loop {

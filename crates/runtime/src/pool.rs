@@ -1,15 +1,25 @@
 //! A keep-alive connection pool to one replica. Dropping the pool (when the
 //! replica starts draining) closes its idle connections; requests in flight
 //! keep theirs until they finish.
+//!
+//! The pool hands out hyper HTTP/1.1 client connections
+//! (`hyper::client::conn::http1`) directly: a connection is leased for one
+//! request and returns to the pool when its response body ends, so a
+//! request costs a lock and a vector pop, not hyper-util's pool machinery.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The body of a request sent upstream: buffered (retryable) or streamed.
 pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
@@ -17,56 +27,242 @@ pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 /// Timeout of a TCP connect to a replica.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A request that got no response from the replica (not a single byte of
+/// one, so it may be sent elsewhere when that is otherwise safe).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The TCP connect failed.
+    #[error("connect to {addr} failed")]
+    Connect {
+        /// The replica's address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TCP connect did not finish in time.
+    #[error("connect to {addr} timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout {
+        /// The replica's address.
+        addr: SocketAddr,
+    },
+    /// The request failed on the connection before a response head came.
+    #[error("request to {addr} failed")]
+    Request {
+        /// The replica's address.
+        addr: SocketAddr,
+        /// The cause.
+        source: hyper::Error,
+    },
+}
+
 /// A pool of HTTP/1.1 keep-alive connections to one replica.
 #[derive(Debug, Clone)]
 pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     addr: SocketAddr,
-    authority: http::uri::Authority,
-    client: Client<HttpConnector, UpstreamBody>,
+    host: http::HeaderValue,
+    idle_timeout: Duration,
+    /// Idle connections, the most recently used last.
+    idle: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// A response body from a pooled connection; the connection goes back to the
+/// pool when the body has ended, and is closed if the body is dropped before.
+#[derive(Debug)]
+pub struct PooledBody {
+    inner: Incoming,
+    lease: Lease,
+}
+
+#[derive(Debug)]
+struct Lease {
+    sender: Option<SendRequest<UpstreamBody>>,
+    pool: Weak<Inner>,
+    ended: bool,
 }
 
 impl Pool {
     /// A pool to `addr` whose idle connections close after `idle_timeout`.
     pub fn new(addr: SocketAddr, idle_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        let authority = addr
-            .to_string()
-            .parse()
-            .expect("an address is an authority");
-        Self {
+        let inner = Arc::new(Inner {
             addr,
-            authority,
-            client,
+            host: http::HeaderValue::from_str(&addr.to_string())
+                .expect("an address is a header value"),
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+        });
+        // Closes connections idle longer than the timeout, even when no
+        // request comes to look at them; ends with the pool.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&inner);
+            runtime.spawn(async move {
+                let period = idle_timeout.max(Duration::from_millis(100));
+                loop {
+                    tokio::time::sleep(period).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.evict_expired();
+                }
+            });
         }
+        Self { inner }
     }
 
     /// The replica's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.inner.addr
     }
 
-    /// Sends `req` (its URI is rewritten to this replica) and resolves with the
-    /// response head. An error here means no response byte was received.
+    /// Sends `req` (its URI becomes origin-form; a missing Host header
+    /// becomes the replica's address) on an idle connection or a new one, and
+    /// resolves with the response head. An error here means no response byte
+    /// was received.
     pub async fn send(
         &self,
         mut req: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(self.authority.clone());
-        uri.path_and_query = Some(
-            req.uri()
+    ) -> Result<http::Response<PooledBody>, PoolError> {
+        let addr = self.inner.addr;
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let path = req
+                .uri()
                 .path_and_query()
                 .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        *req.uri_mut() = http::Uri::from_parts(uri).expect("scheme, authority and path form a URI");
-        self.client.request(req).await
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = http::Uri::from(path);
+        }
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut()
+                .insert(http::header::HOST, self.inner.host.clone());
+        }
+        loop {
+            let (mut sender, fresh) = match self.inner.checkout().await {
+                Some(sender) => (sender, false),
+                None => (self.connect().await?, true),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                    let (parts, body) = resp.into_parts();
+                    let lease = Lease {
+                        // An upgraded connection is the tunnel now: never reused.
+                        sender: (!upgraded).then_some(sender),
+                        pool: Arc::downgrade(&self.inner),
+                        ended: body.is_end_stream(),
+                    };
+                    let body = PooledBody { inner: body, lease };
+                    return Ok(http::Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written: the idle connection was closed under us.
+                    // Another (or a new) connection gets it, as hyper-util's
+                    // pool retries such requests.
+                    Some(back) if !fresh => req = back,
+                    _ => {
+                        return Err(PoolError::Request {
+                            addr,
+                            source: e.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {
+        let addr = self.inner.addr;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(PoolError::Connect { addr, source }),
+            Err(_) => return Err(PoolError::ConnectTimeout { addr }),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| PoolError::Request { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, "upstream connection: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Inner {
+    /// The most recently used idle connection that is still open.
+    async fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        loop {
+            let Idle { mut sender, since } = self.idle.lock().expect("pool lock").pop()?;
+            if since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            // Usually ready at once; right after its last response ended the
+            // connection may still be finishing it.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    fn evict_expired(&self) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let timeout = self.idle_timeout;
+        idle.retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let (true, Some(sender), Some(pool)) =
+            (self.ended, self.sender.take(), self.pool.upgrade())
+        {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.lease.ended = true,
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.lease.ended = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -33,7 +33,7 @@ pub use error::{ErrorSource, ProxyError, error_chain};
 
 use crate::balance;
 use crate::config::ProxyConfig;
-use crate::pool::UpstreamBody;
+use crate::pool::{PooledBody, UpstreamBody};
 use crate::replica::InFlight;
 use crate::route::Router;
 use crate::signal::Shutdown;
@@ -304,17 +304,21 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: &ClientInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        // The Host header, or the authority of an HTTP/2 request (a header
+        // value: a reference count, not a copy).
+        let host = match req.headers().get(http::header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = self
             .router
-            .route(host.as_deref())
+            .route(host_str)
             .ok_or_else(|| ProxyError::UnknownHost {
-                host: host.clone().unwrap_or_default(),
+                host: host_str.unwrap_or_default().to_string(),
             })?
             .clone();
         let upgrade = headers::upgrade_of(req.headers());
@@ -324,17 +328,9 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        headers::set_forwarded(
-            &mut parts.headers,
-            &client.ip,
-            client.proto,
-            host.as_deref(),
-        );
+        headers::set_forwarded(&mut parts.headers, &client.ip, client.proto, host.as_ref());
         // HTTP/2 requests carry the host in the authority; HTTP/1.1 needs Host.
-        let authority = host
-            .as_deref()
-            .and_then(|h| http::HeaderValue::from_str(h).ok());
-        if let (false, Some(v)) = (parts.headers.contains_key(http::header::HOST), authority) {
+        if let (false, Some(v)) = (parts.headers.contains_key(http::header::HOST), host) {
             parts.headers.insert(http::header::HOST, v);
         }
         // A body small enough to buffer makes the request safe to retry.
@@ -461,7 +457,7 @@ impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
 }
 
 fn respond(
-    mut resp: Response<Incoming>,
+    mut resp: Response<PooledBody>,
     guard: InFlight,
     replica: &crate::replica::Replica,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,

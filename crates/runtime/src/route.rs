@@ -31,6 +31,9 @@ impl Router {
 
     /// The service for `host` (port ignored), or the default service.
     pub fn route(&self, host: Option<&str>) -> Option<&Supervisor> {
+        if self.by_host.is_empty() {
+            return self.default.as_ref();
+        }
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
         host.and_then(|h| self.by_host.get(&h))
             .or(self.default.as_ref())
