@@ -229,6 +229,7 @@ impl Proxy {
         let activity = Arc::new(Activity::default());
         let service = Proxy::service(Arc::clone(self), peer, "http", Some(Arc::clone(&activity)));
         let mut stream = FrontStream::new(stream, ahead, Arc::clone(&activity));
+        let mut linger = Box::pin(tokio::time::sleep(front::IDLE_LINGER));
         if h2 {
             let conn = builders
                 .auto
@@ -245,6 +246,7 @@ impl Proxy {
                     .with_upgrades(),
             );
             let mut draining = false;
+            let mut lingering = false;
             let cancelled = stop.cancelled();
             tokio::pin!(cancelled);
             let done = std::future::poll_fn(|cx| {
@@ -252,9 +254,19 @@ impl Proxy {
                     Pin::new(&mut *conn).graceful_shutdown();
                     draining = true;
                 }
-                match Pin::new(&mut *conn).poll(cx) {
-                    Poll::Ready(result) => Poll::Ready(Some(result)),
-                    Poll::Pending if !draining && activity.take_idle() => Poll::Ready(None),
+                if let Poll::Ready(result) = Pin::new(&mut *conn).poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                if draining || !activity.is_idle() {
+                    lingering = false;
+                    return Poll::Pending;
+                }
+                if !lingering {
+                    lingering = true;
+                    linger.as_mut().reset(Instant::now() + front::IDLE_LINGER);
+                }
+                match linger.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }
             })

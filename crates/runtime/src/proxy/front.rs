@@ -6,7 +6,10 @@
 //! next one with nothing left to write, reports itself idle. The session is
 //! then taken apart (`into_parts`: the socket and any bytes hyper read
 //! ahead), its buffers freed, and the next session starts when the socket is
-//! readable again (or at once, over the bytes read ahead).
+//! readable again (or at once, over the bytes read ahead). A session stays
+//! whole for [`IDLE_LINGER`] first: a busy client's next request usually
+//! comes sooner, and taking a session apart and building the next one costs
+//! ~1 us of CPU.
 
 use std::io;
 use std::pin::Pin;
@@ -17,6 +20,9 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// How long a session waits idle before it is taken apart.
+pub const IDLE_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The first bytes of every HTTP/2 prior-knowledge (h2c) connection.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -62,8 +68,8 @@ impl Activity {
     }
 
     /// Whether the session reported itself idle (and still is).
-    pub fn take_idle(&self) -> bool {
-        self.idle.swap(false, Ordering::Relaxed) && self.active.load(Ordering::Relaxed) == 0
+    pub fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::Relaxed) && self.active.load(Ordering::Relaxed) == 0
     }
 
     /// A new session begins: it must answer a request before it is idle.
