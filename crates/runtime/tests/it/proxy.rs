@@ -199,3 +199,65 @@ async fn websocket_upgrade_passes_through_and_closes_at_the_drain_deadline() {
     assert!(closed.is_ok(), "tunnel closed at the drain deadline");
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_survive_idle_release_and_pipelining() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let get = "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    // Read until `n` complete responses (each ends with its Content-Length body).
+    async fn responses(s: &mut tokio::net::TcpStream, n: usize) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let complete = |text: &str| {
+            let mut count = 0;
+            let mut rest = text;
+            while let Some(i) = rest.find("\r\n\r\n") {
+                let head = &rest[..i];
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if rest.len() < i + 4 + len {
+                    break;
+                }
+                count += 1;
+                rest = &rest[i + 4 + len..];
+            }
+            count
+        };
+        while complete(&String::from_utf8_lossy(&out)) < n {
+            let read = tokio::time::timeout(fixtures::WAIT, s.read(&mut buf))
+                .await
+                .expect("responses in time")
+                .unwrap();
+            assert!(read > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..read]);
+        }
+        String::from_utf8(out).unwrap()
+    }
+    // One request, then idle long enough for the session to be taken apart.
+    s.write_all(get.as_bytes()).await.unwrap();
+    let first = responses(&mut s, 1).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Two pipelined requests and half of a third in one write, the rest later.
+    let third = "GET /datetime HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let (a, b) = third.split_at(10);
+    s.write_all(format!("{get}{get}{a}").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    s.write_all(b.as_bytes()).await.unwrap();
+    let rest = responses(&mut s, 3).await;
+    assert_eq!(rest.matches("HTTP/1.1 200").count(), 3, "{rest}");
+    h.stop(Shutdown::Fast).await;
+}
