@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -372,6 +372,10 @@ impl Proxy {
                     waited: self.config.queue_timeout,
                 })?;
             let body: UpstreamBody = match (&buffered, streamed.take()) {
+                // An empty body boxes a zero-sized value: no allocation.
+                (Some(b), _) if b.is_empty() => {
+                    Empty::new().map_err(|never| match never {}).boxed()
+                }
                 (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
                 (None, Some(s)) => s.boxed(),
                 (None, None) => {
