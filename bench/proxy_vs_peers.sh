@@ -5,7 +5,8 @@
 # proxies on 127.0.0.1, each with 2 worker threads/processes: dropless serve
 # (--target, TCP probe), nginx (proxy_pass to an upstream with keepalive 64)
 # and HAProxy (http-reuse always). wrk runs DURATION seconds with 50
-# keep-alive connections through each, alternating, ROUNDS rounds; the script
+# keep-alive connections through each (after a 2 s warm-up of each), in an
+# order that rotates every round, ROUNDS rounds; the script
 # prints the median requests/s, p99 and CPU time per request (user + system
 # of the proxy's processes) of each, and the ratios.
 # Then it opens IDLE (10 000) keep-alive client connections to dropless, each
@@ -142,9 +143,20 @@ cpu_ticks() {
   echo "$total"
 }
 
+# Warm-up: every proxy fills its upstream pool and faults in its memory
+# before the first measured round.
+for name in dropless nginx haproxy; do
+  port_var="p_$name"
+  wrk -t2 -c$CONNECTIONS -d2s "http://127.0.0.1:${!port_var}/" >/dev/null
+done
+
 results="$work/results.txt"
+order=(dropless nginx haproxy)
 for round in $(seq "$ROUNDS"); do
-  for name in dropless nginx haproxy; do
+  # The order rotates each round, so that no proxy always runs first (after
+  # the idle gap) or last.
+  for i in 0 1 2; do
+    name=${order[$(( (i + round - 1) % 3 ))]}
     port_var="p_$name" pid_var="${name}_pid"
     before=$(cpu_ticks "${!pid_var}")
     read -r rps p99 n < <(run_wrk "${!port_var}")
