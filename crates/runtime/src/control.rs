@@ -129,17 +129,26 @@ impl ControlListener {
             }
             std::fs::remove_file(path).map_err(bind_err)?;
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(bind_err)?;
-        }
-        // The socket is created without group or other access from the start.
-        use nix::sys::stat::{Mode, umask};
-        let before = umask(Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
-        umask(before);
-        let listener = bound.map_err(bind_err)?;
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => dir,
+            None => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+        // Nobody else may connect, not even for an instant: the socket is
+        // bound inside a fresh private (0700) directory, made 0600, then
+        // renamed into place (the listener follows the inode). A process-wide
+        // umask would do it too, but would race with every other thread that
+        // creates files or spawns processes at that moment.
+        let private = tempfile::Builder::new()
+            .prefix(".dropless-control-")
+            .tempdir_in(dir)
+            .map_err(bind_err)?;
+        let staged = private.path().join("control.sock");
+        let listener = UnixListener::bind(&staged).map_err(bind_err)?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_err)?;
+        std::fs::rename(&staged, path).map_err(bind_err)?;
         Ok(Self {
             listener,
             path: path.to_path_buf(),

@@ -74,8 +74,12 @@ pub fn demo(profile: &str, label: &str, extra: &[&str]) -> Version {
     Version::command(command)
 }
 
-/// The demo binary, built once per test process into the target dir this
-/// test binary lives in (a no-op under `cargo test --workspace`).
+/// The demo binary in the target dir this test binary lives in.
+/// `cargo test --workspace` has built it already (the demo's own tests need
+/// it); only when it is missing (`cargo test -p dropless-runtime` on a fresh
+/// checkout) is it built here. A nested `cargo build -p dropless-demo`
+/// resolves features differently from the workspace build, so it would
+/// rebuild shared dependencies rather than be a no-op.
 fn demo_binary() -> &'static PathBuf {
     static DEMO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DEMO.get_or_init(|| {
@@ -86,6 +90,10 @@ fn demo_binary() -> &'static PathBuf {
             .and_then(|d| d.parent())
             .expect("profile dir")
             .to_path_buf();
+        let binary = profile_dir.join("dropless-demo");
+        if binary.exists() {
+            return binary;
+        }
         let target_dir = profile_dir.parent().expect("target dir");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
@@ -101,7 +109,7 @@ fn demo_binary() -> &'static PathBuf {
             "cargo build -p dropless-demo failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        profile_dir.join("dropless-demo")
+        binary
     })
 }
 
