@@ -24,19 +24,8 @@ INTERVAL=${INTERVAL:-2}
 WORK_MS=${WORK_MS:-5}
 DURATION=$(( (SWAPS + 2) * INTERVAL ))
 
-log() { printf '==> %s\n' "$*" >&2; }
-sudo=""
-[ "$(id -u)" = 0 ] || sudo="sudo"
-apt_install() {
-  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2; then
-    $sudo apt-get update -q >&2
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2
-  fi
-}
-[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || { log "installing nginx"; apt_install nginx; }
-[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || { log "installing haproxy"; apt_install haproxy; }
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+. bench/lib.sh
+need nginx haproxy
 
 log "building dropless and dropless-demo (release)"
 cargo build --release -q -p dropless -p dropless-demo

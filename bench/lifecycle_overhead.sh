@@ -13,11 +13,9 @@ ROUNDS=${1:-3}
 SECONDS_PER_RUN=${2:-10}
 CONNECTIONS=${3:-50}
 
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "==> installing wrk"
-  apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
-fi
-echo "==> building the example (release)"
+. bench/lib.sh
+need wrk
+log "building the example (release)"
 cargo build --release -q -p dropless-lifecycle --example overhead
 BIN=target/release/examples/overhead
 

@@ -21,20 +21,8 @@ OPEN_RATE=${OPEN_RATE:-20000}
 # Extra flags for `dropless load` in the closed-model rounds (e.g. --threads 2).
 DROPLESS_FLAGS=${DROPLESS_FLAGS:-}
 
-log() { printf '==> %s\n' "$*" >&2; }
-
-sudo=""
-[ "$(id -u)" = 0 ] || sudo="sudo"
-apt_install() {
-  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2; then
-    $sudo apt-get update -q >&2
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2
-  fi
-}
-command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; }
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { log "installing nginx"; apt_install nginx; }
-command -v oha >/dev/null || { log "installing oha (cargo install oha --locked)"; cargo install oha --locked >&2; }
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+. bench/lib.sh
+need wrk nginx oha
 
 log "building dropless (release)"
 cargo build --release -q -p dropless

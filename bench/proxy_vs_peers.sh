@@ -22,20 +22,8 @@ DURATION=${DURATION:-10}
 CONNECTIONS=50
 IDLE=${IDLE:-10000}
 
-log() { printf '==> %s\n' "$*" >&2; }
-sudo=""
-[ "$(id -u)" = 0 ] || sudo="sudo"
-apt_install() {
-  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2; then
-    $sudo apt-get update -q >&2
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2
-  fi
-}
-command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; }
-[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || { log "installing nginx"; apt_install nginx; }
-[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || { log "installing haproxy"; apt_install haproxy; }
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+. bench/lib.sh
+need wrk nginx haproxy
 
 log "building dropless (release)"
 cargo build --release -q -p dropless
