@@ -45,10 +45,8 @@ pub async fn run(
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<TrialReport, TrialError> {
-    std::fs::create_dir_all(out).map_err(|source| TrialError::Io {
-        what: format!("cannot create {}", out.display()),
-        source,
-    })?;
+    std::fs::create_dir_all(out)
+        .map_err(crate::run::io(format!("cannot create {}", out.display())))?;
     let load = crate::run::load_config(
         during.url.clone(),
         during.rate,
@@ -56,14 +54,13 @@ pub async fn run(
         during.client,
     );
     let log_path = out.join("command.log");
-    let log = std::fs::File::create(&log_path).map_err(|source| TrialError::Io {
-        what: format!("cannot create {}", log_path.display()),
-        source,
-    })?;
-    let log_err = log.try_clone().map_err(|source| TrialError::Io {
-        what: "cannot share the command log".into(),
-        source,
-    })?;
+    let log = std::fs::File::create(&log_path).map_err(crate::run::io(format!(
+        "cannot create {}",
+        log_path.display()
+    )))?;
+    let log_err = log
+        .try_clone()
+        .map_err(crate::run::io("cannot share the command log"))?;
 
     progress.phase("load");
     let run = dropless_load::start(&load).await?;

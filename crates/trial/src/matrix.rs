@@ -143,10 +143,8 @@ pub async fn run(
     jobs: usize,
     on_cell: &(dyn Fn(&Cell) + Sync),
 ) -> Result<Vec<Cell>, TrialError> {
-    std::fs::create_dir_all(out).map_err(|source| TrialError::Io {
-        what: format!("cannot create {}", out.display()),
-        source,
-    })?;
+    std::fs::create_dir_all(out)
+        .map_err(crate::run::io(format!("cannot create {}", out.display())))?;
     // One private InfluxDB for the whole matrix, a database per cell.
     let influxd = if Influxd::installed() {
         Some(
@@ -185,15 +183,11 @@ pub async fn run(
     }
     let json = out.join("matrix.json");
     let text = serde_json::to_string_pretty(&cells).expect("cells serialize");
-    std::fs::write(&json, text).map_err(|source| TrialError::Io {
-        what: format!("cannot write {}", json.display()),
-        source,
-    })?;
+    std::fs::write(&json, text)
+        .map_err(crate::run::io(format!("cannot write {}", json.display())))?;
     let page = out.join("matrix.html");
-    std::fs::write(&page, html(&cells, strategies)).map_err(|source| TrialError::Io {
-        what: format!("cannot write {}", page.display()),
-        source,
-    })?;
+    std::fs::write(&page, html(&cells, strategies))
+        .map_err(crate::run::io(format!("cannot write {}", page.display())))?;
     Ok(cells)
 }
 

@@ -91,7 +91,8 @@ pub enum TrialError {
     Influxd(#[from] crate::influxd::InfluxdError),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TrialError {
+/// Maps an I/O error to [`TrialError::Io`] saying what was being done.
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TrialError {
     let what = what.into();
     move |source| TrialError::Io { what, source }
 }
