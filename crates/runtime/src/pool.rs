@@ -6,6 +6,8 @@
 //! (`hyper::client::conn::http1`) directly: a connection is leased for one
 //! request and returns to the pool when its response body ends, so a
 //! request costs a lock and a vector pop, not hyper-util's pool machinery.
+//! Beside those it keeps plain sockets for the proxy's HTTP/1.1 fast path,
+//! which speaks HTTP on them itself ([`Pool::take_raw`], [`Pool::put_raw`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -53,6 +55,14 @@ pub enum PoolError {
         /// The cause.
         source: hyper::Error,
     },
+    /// The request failed on a plain socket before a response byte came.
+    #[error("request to {addr} failed")]
+    Io {
+        /// The replica's address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// A pool of HTTP/1.1 keep-alive connections to one replica.
@@ -68,6 +78,8 @@ struct Inner {
     idle_timeout: Duration,
     /// Idle connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
+    /// Idle plain sockets of the fast path, the most recently used last.
+    idle_raw: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
 #[derive(Debug)]
@@ -100,6 +112,7 @@ impl Pool {
                 .expect("an address is a header value"),
             idle_timeout,
             idle: Mutex::new(Vec::new()),
+            idle_raw: Mutex::new(Vec::new()),
         });
         // Closes connections idle longer than the timeout, even when no
         // request comes to look at them; ends with the pool.
@@ -177,7 +190,27 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {
+    /// The most recently used idle plain socket that is still open, for a
+    /// caller that speaks HTTP/1.1 on it and gives it back with
+    /// [`Pool::put_raw`] once a response has ended cleanly.
+    pub fn take_raw(&self) -> Option<TcpStream> {
+        let mut idle = self.inner.idle_raw.lock().expect("pool lock");
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < self.inner.idle_timeout && is_open(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Gives back a plain socket whose last response ended cleanly.
+    pub fn put_raw(&self, stream: TcpStream) {
+        let mut idle = self.inner.idle_raw.lock().expect("pool lock");
+        idle.push((stream, Instant::now()));
+    }
+
+    /// A new plain socket to the replica.
+    pub async fn connect_raw(&self) -> Result<TcpStream, PoolError> {
         let addr = self.inner.addr;
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -185,6 +218,12 @@ impl Pool {
             Err(_) => return Err(PoolError::ConnectTimeout { addr }),
         };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {
+        let addr = self.inner.addr;
+        let stream = self.connect_raw().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| PoolError::Request { addr, source })?;
@@ -228,7 +267,17 @@ impl Inner {
         let mut idle = self.idle.lock().expect("pool lock");
         let timeout = self.idle_timeout;
         idle.retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
+        drop(idle);
+        let mut raw = self.idle_raw.lock().expect("pool lock");
+        raw.retain(|(stream, since)| since.elapsed() < timeout && is_open(stream));
     }
+}
+
+/// Whether an idle socket is still open: the peer neither closed it nor sent
+/// anything unasked. Costs no system call unless the reactor saw the socket
+/// become readable since the last read drained it.
+fn is_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 impl Drop for Lease {

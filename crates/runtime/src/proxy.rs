@@ -5,6 +5,7 @@
 //! within a grace period.
 
 mod error;
+mod fast;
 mod front;
 mod headers;
 
@@ -206,8 +207,9 @@ impl Proxy {
     }
 
     /// Serves one plain-TCP client connection: h2c for its whole life, or
-    /// HTTP/1.1 in sessions that free their buffers while the connection is
-    /// idle (see [`front`]).
+    /// HTTP/1.1 on the fast path (see [`fast`]) until a request needs hyper,
+    /// then in hyper sessions that free their buffers while the connection
+    /// is idle (see [`front`]).
     async fn serve_plain(
         self: &Arc<Self>,
         builders: &Builders,
@@ -220,12 +222,24 @@ impl Proxy {
             first = tokio::time::timeout(timeout, front::read_preface(&mut stream)) => first,
             () = stop.cancelled() => return,
         };
-        let (ahead, h2) = match first {
+        let (mut ahead, h2) = match first {
             Ok(Ok(Some(first))) => first,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => return tracing::debug!(%peer, "client connection: {e}"),
             Err(_) => return tracing::debug!(%peer, "no request within {timeout:?}"),
         };
+        if !h2 {
+            let client = ClientInfo {
+                peer,
+                ip: headers::client_ip(peer.ip()),
+                proto: "http",
+                activity: None,
+            };
+            match fast::serve(self, &client, &mut stream, ahead, stop).await {
+                fast::Exit::Closed => return,
+                fast::Exit::Handoff(rest) => ahead = rest,
+            }
+        }
         let activity = Arc::new(Activity::default());
         let service = Proxy::service(Arc::clone(self), peer, "http", Some(Arc::clone(&activity)));
         let mut stream = FrontStream::new(stream, ahead, Arc::clone(&activity));

@@ -10,6 +10,11 @@ use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
 
+/// The content type of the proxy's error responses.
+const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+/// The header naming the source of an error response.
+const ERROR_HEADER: &str = "x-dropless-error";
+
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
@@ -92,13 +97,36 @@ impl ProxyError {
             .boxed();
         Response::builder()
             .status(self.status())
-            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .header(
-                "x-dropless-error",
-                format!("{:?}", self.source_kind()).to_lowercase(),
-            )
+            .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
+            .header(ERROR_HEADER, self.source_name())
             .body(body)
             .expect("static parts form a response")
+    }
+
+    /// The same response, serialized for HTTP/1.1 (the fast path writes it
+    /// itself); with `Connection: close` when `close`.
+    pub fn to_http1(&self, close: bool) -> Vec<u8> {
+        let body = format!("{self}\n");
+        let status = self.status();
+        let close = if close { "connection: close\r\n" } else { "" };
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {CONTENT_TYPE}\r\n{ERROR_HEADER}: {}\r\n\
+             content-length: {}\r\n{close}\r\n{body}",
+            status.as_str(),
+            status.canonical_reason().unwrap_or_default(),
+            self.source_name(),
+            body.len(),
+        )
+        .into_bytes()
+    }
+
+    /// The source as the `x-dropless-error` header says it.
+    fn source_name(&self) -> &'static str {
+        match self.source_kind() {
+            ErrorSource::Client => "client",
+            ErrorSource::Upstream => "upstream",
+            ErrorSource::Internal => "internal",
+        }
     }
 }
 
