@@ -104,18 +104,20 @@ impl ProxyError {
     }
 
     /// The same response, serialized for HTTP/1.1 (the fast path writes it
-    /// itself); with `Connection: close` when `close`.
-    pub fn to_http1(&self, close: bool) -> Vec<u8> {
+    /// itself); with `Connection: close` when `close`, and without the body
+    /// (its length still announced) for a HEAD request.
+    pub fn to_http1(&self, close: bool, head_request: bool) -> Vec<u8> {
         let body = format!("{self}\n");
         let status = self.status();
         let close = if close { "connection: close\r\n" } else { "" };
         format!(
             "HTTP/1.1 {} {}\r\ncontent-type: {CONTENT_TYPE}\r\n{ERROR_HEADER}: {}\r\n\
-             content-length: {}\r\n{close}\r\n{body}",
+             content-length: {}\r\n{close}\r\n{}",
             status.as_str(),
             status.canonical_reason().unwrap_or_default(),
             self.source_name(),
             body.len(),
+            if head_request { "" } else { &body },
         )
         .into_bytes()
     }

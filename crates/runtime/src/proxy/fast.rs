@@ -276,7 +276,7 @@ impl Session<'_, '_> {
                 host: host.unwrap_or_default().to_string(),
             };
             self.input.advance(total);
-            return self.send_error(&err, plan.close).await;
+            return self.send_error(&err, plan).await;
         };
         let out = upstream_request(&self.input[..total], plan, self.client);
         self.input.advance(total);
@@ -295,7 +295,7 @@ impl Session<'_, '_> {
                     service: service.name().to_string(),
                     waited: config.queue_timeout,
                 };
-                return self.send_error(&err, plan.close).await;
+                return self.send_error(&err, plan).await;
             };
             match exchange(&pick, &out).await {
                 Ok((upstream, buf, head)) => {
@@ -313,7 +313,7 @@ impl Session<'_, '_> {
                     };
                     if !err.retry_safe() || attempt >= config.max_attempts {
                         drop(pick);
-                        return self.send_error(&err, plan.close).await;
+                        return self.send_error(&err, plan).await;
                     }
                     tracing::info!("{err}; retrying on another replica");
                     tried.push(Arc::clone(&pick.replica));
@@ -390,10 +390,10 @@ impl Session<'_, '_> {
     }
 
     /// Answers with the proxy's own error response.
-    async fn send_error(&mut self, err: &ProxyError, close: bool) -> Result<bool, Broken> {
+    async fn send_error(&mut self, err: &ProxyError, plan: &Plan) -> Result<bool, Broken> {
         tracing::warn!(peer = %self.client.peer, "{err}");
-        let close = close || self.stop.is_cancelled();
-        let bytes = err.to_http1(close);
+        let close = plan.close || self.stop.is_cancelled();
+        let bytes = err.to_http1(close, plan.head_method);
         match self.stream.write_all(&bytes).await {
             Ok(()) => Ok(close),
             Err(_) => Err(Broken),

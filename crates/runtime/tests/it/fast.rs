@@ -1,0 +1,881 @@
+//! The HTTP/1.1 fast path on the wire: raw clients against a scripted raw
+//! backend in the test process, so that every byte either side sees can be
+//! checked, and the backend can tell which of its connections a request
+//! came on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dropless_runtime::config::{ServiceConfig, Version};
+use dropless_runtime::signal::Shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::fixtures::{self, Harness, WAIT};
+
+/// What the scripted backend does with a request to a path.
+#[derive(Debug, Clone)]
+enum Reply {
+    /// Writes these bytes and waits for the next request on the connection.
+    Keep(Vec<u8>),
+    /// Writes these bytes and closes the connection.
+    Close(Vec<u8>),
+}
+
+/// A request as the backend received it.
+#[derive(Debug, Clone)]
+struct Received {
+    /// The backend connection it came on, numbered in accept order.
+    conn: usize,
+    method: String,
+    path: String,
+    /// Header names lowercased, in the order received.
+    headers: Vec<(String, String)>,
+    /// The body, de-chunked when it came chunked.
+    body: Vec<u8>,
+    /// The whole request as it came on the wire.
+    raw: Vec<u8>,
+}
+
+impl Received {
+    /// The values of header `name`.
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// What the backend saw so far.
+#[derive(Debug, Default)]
+struct Log {
+    received: Vec<Received>,
+    /// Connections the backend closed after a [`Reply::Close`].
+    closed: Vec<usize>,
+}
+
+/// A raw HTTP/1.1 backend answering each path with fixed bytes; unknown
+/// paths get a 404. TCP probes (a connect, no request) pass through it
+/// unnoticed. Stops when dropped.
+struct Backend {
+    addr: SocketAddr,
+    log: watch::Sender<Log>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    async fn start(script: Vec<(&str, Reply)>) -> Self {
+        let script: Arc<HashMap<String, Reply>> = Arc::new(
+            script
+                .into_iter()
+                .map(|(path, reply)| (path.to_string(), reply))
+                .collect(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (log, _) = watch::channel(Log::default());
+        let tx = log.clone();
+        let task = tokio::spawn(async move {
+            // Aborting the accept task drops the set, which aborts its
+            // connections.
+            let mut connections = JoinSet::new();
+            for conn in 0.. {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                connections.spawn(serve_backend_connection(
+                    stream,
+                    conn,
+                    Arc::clone(&script),
+                    tx.clone(),
+                ));
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Self {
+            addr,
+            log,
+            accept: task,
+        }
+    }
+
+    /// Waits until `pred` holds of the log, and returns what it picks.
+    async fn wait<T>(&self, mut pred: impl FnMut(&Log) -> Option<T>) -> T {
+        let mut rx = self.log.subscribe();
+        let mut picked = None;
+        tokio::time::timeout(
+            WAIT,
+            rx.wait_for(|log| {
+                picked = pred(log);
+                picked.is_some()
+            }),
+        )
+        .await
+        .expect("the backend log reaches the expected state in time")
+        .expect("the backend runs");
+        picked.expect("picked")
+    }
+
+    /// The first `n` requests received, once they all were.
+    async fn requests(&self, n: usize) -> Vec<Received> {
+        self.wait(|log| (log.received.len() >= n).then(|| log.received[..n].to_vec()))
+            .await
+    }
+
+    /// Everything received so far.
+    fn received(&self) -> Vec<Received> {
+        self.log.borrow().received.clone()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn serve_backend_connection(
+    mut stream: TcpStream,
+    conn: usize,
+    script: Arc<HashMap<String, Reply>>,
+    log: watch::Sender<Log>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let request = loop {
+            match parse_request(&buf, conn) {
+                Ok(Some((request, len))) => {
+                    buf.drain(..len);
+                    break request;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("backend connection {conn}: {e}");
+                    return;
+                }
+            }
+            buf.reserve(64 * 1024);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let reply = script.get(&request.path).cloned().unwrap_or_else(|| {
+            Reply::Keep(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec())
+        });
+        // Logged before answering: a client that has its response can look.
+        log.send_modify(|l| l.received.push(request));
+        let (bytes, close) = match reply {
+            Reply::Keep(bytes) => (bytes, false),
+            Reply::Close(bytes) => (bytes, true),
+        };
+        if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+        if close {
+            drop(stream);
+            log.send_modify(|l| l.closed.push(conn));
+            return;
+        }
+    }
+}
+
+/// Parses a whole request (head and body) at the front of `buf`, with its
+/// length; `None` while it is incomplete.
+fn parse_request(buf: &[u8], conn: usize) -> Result<Option<(Received, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid request: {e}: {:?}", lossy(buf))),
+    };
+    let headers = lowercase_headers(req.headers);
+    let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let (body, len) = if chunked {
+        match dechunk(&buf[head_len..]) {
+            Some((body, n)) => (body, head_len + n),
+            None => return Ok(None),
+        }
+    } else {
+        let n: usize = header(&headers, "content-length").map_or(0, |v| v.parse().unwrap());
+        if buf.len() < head_len + n {
+            return Ok(None);
+        }
+        (buf[head_len..head_len + n].to_vec(), head_len + n)
+    };
+    let received = Received {
+        conn,
+        method: req.method.unwrap_or_default().to_string(),
+        path: req.path.unwrap_or_default().to_string(),
+        headers,
+        body,
+        raw: buf[..len].to_vec(),
+    };
+    Ok(Some((received, len)))
+}
+
+/// A response as a client received it.
+#[derive(Debug)]
+struct Response {
+    /// The whole response as it came on the wire.
+    raw: Vec<u8>,
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// The body as it came on the wire (still chunked when it was).
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+/// A raw client connection to the proxy; bytes read beyond one response
+/// stay for the next.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Self {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect to the proxy");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(WAIT, self.stream.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("write to the proxy");
+    }
+
+    /// Reads the next response; `head_request` when it answers a HEAD.
+    async fn response(&mut self, head_request: bool) -> Response {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(r) = parse_response(&self.buf, head_request, false) {
+                    self.buf.drain(..r.raw.len());
+                    return r;
+                }
+                if self.fill().await == 0 {
+                    let r = parse_response(&self.buf, head_request, true).unwrap_or_else(|| {
+                        panic!(
+                            "the proxy closed the connection mid-response: {:?}",
+                            lossy(&self.buf)
+                        )
+                    });
+                    self.buf.drain(..r.raw.len());
+                    return r;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no response in time; got {:?}", lossy(&self.buf)))
+    }
+
+    /// Everything left, until the proxy closes the connection.
+    async fn read_to_close(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async { while self.fill().await > 0 {} })
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the proxy did not close the connection; got {:?}",
+                    lossy(&self.buf)
+                )
+            });
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Reads more; 0 at the end of the connection (a reset is an end too).
+    async fn fill(&mut self) -> usize {
+        self.buf.reserve(64 * 1024);
+        self.stream.read_buf(&mut self.buf).await.unwrap_or(0)
+    }
+}
+
+/// Parses a whole response at the front of `buf`; `eof` when nothing more
+/// will come, which ends a body without length.
+fn parse_response(buf: &[u8], head_request: bool, eof: bool) -> Option<Response> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return None,
+        Err(e) => panic!("invalid response from the proxy: {e}: {:?}", lossy(buf)),
+    };
+    let status = resp.code.unwrap_or_default();
+    let headers = lowercase_headers(resp.headers);
+    let rest = &buf[head_len..];
+    let body_len = if head_request || (100..200).contains(&status) || status == 204 || status == 304
+    {
+        0
+    } else if header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        dechunk(rest)?.1
+    } else if let Some(n) = header(&headers, "content-length") {
+        n.parse().expect("content-length")
+    } else if eof {
+        rest.len()
+    } else {
+        return None;
+    };
+    if rest.len() < body_len {
+        return None;
+    }
+    Some(Response {
+        raw: buf[..head_len + body_len].to_vec(),
+        status,
+        headers,
+        body: rest[..body_len].to_vec(),
+    })
+}
+
+/// Decodes a chunked body at the front of `bytes`: its data, and the length
+/// of its encoding up to the end of the trailers; `None` while incomplete.
+fn dechunk(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let line_end = |from: usize| {
+        bytes[from..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| from + i)
+    };
+    let mut data = Vec::new();
+    let mut at = 0;
+    loop {
+        let end = line_end(at)?;
+        let line = std::str::from_utf8(&bytes[at..end]).expect("a chunk size line");
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16).expect("a chunk size");
+        at = end + 2;
+        if size == 0 {
+            loop {
+                let end = line_end(at)?;
+                let last = end == at;
+                at = end + 2;
+                if last {
+                    return Some((data, at));
+                }
+            }
+        }
+        if bytes.len() < at + size + 2 {
+            return None;
+        }
+        data.extend_from_slice(&bytes[at..at + size]);
+        assert_eq!(&bytes[at + size..at + size + 2], b"\r\n", "chunk data end");
+        at += size + 2;
+    }
+}
+
+/// `data` as a chunked body in chunks of varying sizes.
+fn chunked(data: &[u8]) -> Vec<u8> {
+    let sizes = [1, 4096, 65_536, 12_345, 7, 100_000];
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    let mut at = 0;
+    for size in sizes.iter().cycle() {
+        if at == data.len() {
+            break;
+        }
+        let n = (*size).min(data.len() - at);
+        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        out.extend_from_slice(&data[at..at + n]);
+        out.extend_from_slice(b"\r\n");
+        at += n;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+fn lowercase_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(2048)];
+    String::from_utf8_lossy(shown).into_owned()
+}
+
+/// `n` bytes that do not repeat with any short period.
+fn pattern(n: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A keep-alive 200 with `body`.
+fn ok(body: &str) -> Vec<u8> {
+    with_length("200 OK", body.as_bytes())
+}
+
+/// A response with `status` and `body`, framed by `Content-Length`.
+fn with_length(status: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A plain keep-alive request for `path`.
+fn request(method: &str, path: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").into_bytes()
+}
+
+fn get(path: &str) -> Vec<u8> {
+    request("GET", path)
+}
+
+/// A runtime whose only service routes to `backend` (a target probed with a
+/// TCP connect), changed by `tweak`, with its replica routable.
+async fn start(
+    backend: &Backend,
+    tweak: impl FnOnce(&mut ServiceConfig),
+) -> (tempfile::TempDir, Harness) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = fixtures::service("web", Version::target(backend.addr), 1);
+    service.probe.path = String::new();
+    tweak(&mut service);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    (dir, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_get_complete_responses_in_order_on_one_connection() {
+    let backend = Backend::start(vec![
+        ("/one", Reply::Keep(ok("one"))),
+        ("/two", Reply::Keep(ok("second"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&[get("/one"), get("/two")].concat()).await;
+    assert_eq!(lossy(&client.response(false).await.raw), lossy(&ok("one")));
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("second"))
+    );
+    let paths: Vec<_> = backend
+        .requests(2)
+        .await
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(paths, ["/one", "/two"]);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_passes_byte_exact_and_its_upstream_connection_is_reused() {
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kind: chunks\r\n\r\n\
+        5;name=value\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\nx-more: 1\r\n\r\n"
+        .to_vec();
+    let backend = Backend::start(vec![
+        ("/chunked", Reply::Keep(response.clone())),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/chunked")).await;
+    assert_eq!(lossy(&client.response(false).await.raw), lossy(&response));
+    client.send(&get("/after")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("after"))
+    );
+    let conns: Vec<_> = backend.requests(2).await.iter().map(|r| r.conn).collect();
+    assert_eq!(conns[0], conns[1], "one upstream connection for both");
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_responses_reach_the_client_without_a_body_and_the_connection_goes_on() {
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec();
+    let no_content = b"HTTP/1.1 204 No Content\r\nx-n: 1\r\n\r\n".to_vec();
+    let not_modified =
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\n".to_vec();
+    let backend = Backend::start(vec![
+        ("/five", Reply::Keep(head.clone())),
+        ("/no-content", Reply::Keep(no_content.clone())),
+        ("/not-modified", Reply::Keep(not_modified.clone())),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&request("HEAD", "/five")).await;
+    assert_eq!(lossy(&client.response(true).await.raw), lossy(&head));
+    client.send(&get("/no-content")).await;
+    assert_eq!(lossy(&client.response(false).await.raw), lossy(&no_content));
+    client.send(&get("/not-modified")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&not_modified)
+    );
+    client.send(&get("/after")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("after"))
+    );
+    assert!(client.buf.is_empty(), "nothing beyond the responses");
+    let received = backend.requests(4).await;
+    assert_eq!(received[0].method, "HEAD");
+    assert!(
+        received.iter().all(|r| r.conn == received[0].conn),
+        "the upstream connection stays in step: {:?}",
+        received.iter().map(|r| r.conn).collect::<Vec<_>>()
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_close_keeps_the_client_connection_and_opens_a_new_upstream_one() {
+    let backend = Backend::start(vec![
+        (
+            "/close",
+            Reply::Close(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nclose".to_vec(),
+            ),
+        ),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/close")).await;
+    // `Connection` is hop-by-hop: the replica's close is not the client's.
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nclose"
+    );
+    client.send(&get("/after")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("after"))
+    );
+    let received = backend.requests(2).await;
+    assert_ne!(
+        received[0].conn, received[1].conn,
+        "a new upstream connection"
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_until_close_reaches_the_client_whole_and_then_the_proxy_closes_the_connection() {
+    let body = pattern(200 * 1024);
+    let mut response =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    response.extend_from_slice(&body);
+    let backend = Backend::start(vec![("/until-close", Reply::Close(response))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/until-close")).await;
+    let got = client.read_to_close().await;
+    let resp = parse_response(&got, false, true).expect("a whole response");
+    assert_eq!(
+        lossy(&got[..got.len() - resp.body.len()]),
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(
+        resp.body == body,
+        "body of {} bytes, {} expected",
+        resp.body.len(),
+        body.len()
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_backend_closed_is_replaced_without_an_error() {
+    let backend = Backend::start(vec![
+        // A keep-alive response, and then the backend closes anyway.
+        ("/first", Reply::Close(ok("first"))),
+        ("/second", Reply::Keep(ok("second"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/first")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("first"))
+    );
+    let first = backend.requests(1).await[0].conn;
+    backend
+        .wait(|log| log.closed.contains(&first).then_some(()))
+        .await;
+    client.send(&get("/second")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("second"))
+    );
+    let received = backend.requests(2).await;
+    assert_ne!(received[1].conn, first, "a fresh upstream connection");
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_body_is_forwarded_byte_exact_with_forwarded_headers_and_without_hop_by_hop_ones() {
+    let backend = Backend::start(vec![(
+        "/upload?x=1",
+        Reply::Keep(with_length("201 Created", b"stored")),
+    )])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    // Larger than a read buffer, and with the bytes that end a head.
+    let mut body = pattern(40_000);
+    body[100..104].copy_from_slice(b"\r\n\r\n");
+    let mut req = format!(
+        "POST /upload?x=1 HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, x-secret\r\n\
+         Keep-Alive: timeout=5\r\nTE: trailers\r\nx-secret: hush\r\nX-Forwarded-For: 10.0.0.1\r\n\
+         X-Forwarded-Proto: https\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let mut client = Client::connect(h.addr).await;
+    client.send(&req).await;
+    let resp = client.response(false).await;
+    assert_eq!(
+        lossy(&resp.raw),
+        lossy(&with_length("201 Created", b"stored"))
+    );
+    let r = &backend.requests(1).await[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/upload?x=1")
+    );
+    assert!(r.body == body, "body of {} bytes forwarded", r.body.len());
+    assert!(
+        r.raw.starts_with(b"POST /upload?x=1 HTTP/1.1\r\n") && r.raw.ends_with(&body),
+        "{}",
+        lossy(&r.raw)
+    );
+    assert_eq!(r.all("host"), ["app.test"]);
+    assert_eq!(r.all("content-length"), [body.len().to_string()]);
+    assert_eq!(r.all("content-type"), ["application/octet-stream"]);
+    assert_eq!(r.all("x-forwarded-for"), ["10.0.0.1, 127.0.0.1"]);
+    assert_eq!(r.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(r.all("x-forwarded-host"), ["app.test"]);
+    for hop in ["connection", "keep-alive", "te", "x-secret"] {
+        assert!(r.all(hop).is_empty(), "{hop} forwarded: {:?}", r.headers);
+    }
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mebibyte_bodies_arrive_intact_with_a_length_and_chunked() {
+    let data = pattern(1 << 20);
+    let with_len = with_length("200 OK", &data);
+    let mut chunked_response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    chunked_response.extend_from_slice(&chunked(&data));
+    let backend = Backend::start(vec![
+        ("/big", Reply::Keep(with_len.clone())),
+        ("/big-chunked", Reply::Keep(chunked_response.clone())),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/big")).await;
+    let resp = client.response(false).await;
+    assert_eq!((resp.status, resp.body.len()), (200, data.len()));
+    assert!(resp.raw == with_len, "the length-framed response differs");
+    client.send(&get("/big-chunked")).await;
+    let resp = client.response(false).await;
+    assert_eq!(resp.status, 200);
+    let (decoded, _) = dechunk(&resp.body).expect("a whole chunked body");
+    assert!(decoded == data, "the chunked body's data differs");
+    assert!(resp.raw == chunked_response, "the chunked response differs");
+    let received = backend.requests(2).await;
+    assert_eq!(
+        received[0].conn, received[1].conn,
+        "one upstream connection"
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_asking_to_close_gets_connection_close_and_the_proxy_closes() {
+    let backend = Backend::start(vec![("/bye", Reply::Keep(ok("bye")))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client
+        .send(b"GET /bye HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(
+        lossy(&client.read_to_close().await),
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nconnection: close\r\n\r\nbye"
+    );
+    assert!(backend.requests(1).await[0].all("connection").is_empty());
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_breaking_off_mid_body_closes_the_client_connection_after_the_partial_body() {
+    let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec();
+    let backend = Backend::start(vec![("/broken", Reply::Close(partial.clone()))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/broken")).await;
+    assert_eq!(lossy(&client.read_to_close().await), lossy(&partial));
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_upstream_is_a_502_upstream_error_and_the_connection_goes_on() {
+    let backend = Backend::start(vec![
+        (
+            "/garbage",
+            Reply::Close(b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()),
+        ),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/garbage")).await;
+    let resp = client.response(false).await;
+    assert_eq!(resp.status, 502, "{}", lossy(&resp.raw));
+    assert_eq!(resp.header("x-dropless-error"), Some("upstream"));
+    client.send(&get("/after")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("after"))
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_post_is_handed_to_hyper_between_fast_requests_on_one_connection() {
+    let backend = Backend::start(vec![
+        ("/before", Reply::Keep(ok("before"))),
+        ("/upload", Reply::Keep(ok("uploaded"))),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/before")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("before"))
+    );
+    client
+        .send(
+            b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\n\r\n",
+        )
+        .await;
+    let resp = client.response(false).await;
+    assert_eq!(
+        (resp.status, lossy(&resp.body).as_str()),
+        (200, "uploaded"),
+        "{}",
+        lossy(&resp.raw)
+    );
+    client.send(&get("/after")).await;
+    let resp = client.response(false).await;
+    assert_eq!(
+        (resp.status, lossy(&resp.body).as_str()),
+        (200, "after"),
+        "{}",
+        lossy(&resp.raw)
+    );
+    let received = backend.requests(3).await;
+    let paths: Vec<_> = received.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/before", "/upload", "/after"]);
+    assert_eq!(received[1].method, "POST");
+    assert_eq!(lossy(&received[1].body), "abcdefg");
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_host_gets_421_from_the_fast_path_and_the_connection_goes_on() {
+    let backend = Backend::start(vec![("/known", Reply::Keep(ok("known")))]).await;
+    let (_dir, h) = start(&backend, |s| s.hosts = vec!["app.test".into()]).await;
+    let mut client = Client::connect(h.addr).await;
+    client
+        .send(b"GET /unknown HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        .await;
+    let resp = client.response(false).await;
+    assert_eq!(resp.status, 421, "{}", lossy(&resp.raw));
+    assert_eq!(resp.header("x-dropless-error"), Some("client"));
+    assert!(
+        lossy(&resp.body).contains("other.test"),
+        "{}",
+        lossy(&resp.raw)
+    );
+    // Hyper would have added a date: the fast path answered.
+    assert_eq!(resp.header("date"), None, "{}", lossy(&resp.raw));
+    client.send(&get("/known")).await;
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("known"))
+    );
+    let paths: Vec<_> = backend.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/known"]);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_to_an_unknown_host_gets_a_421_without_a_body() {
+    let backend = Backend::start(vec![("/known", Reply::Keep(ok("known")))]).await;
+    let (_dir, h) = start(&backend, |s| s.hosts = vec!["app.test".into()]).await;
+    let mut client = Client::connect(h.addr).await;
+    client
+        .send(b"HEAD /unknown HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        .await;
+    let resp = client.response(true).await;
+    assert_eq!(resp.status, 421, "{}", lossy(&resp.raw));
+    client.send(&get("/known")).await;
+    // A body after the HEAD response would be read as the next response.
+    let rest = lossy(&client.buf);
+    assert!(
+        client.buf.is_empty() || rest.starts_with("HTTP/1.1 200"),
+        "bytes after the head of a response to HEAD: {rest:?}"
+    );
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("known"))
+    );
+    h.stop(Shutdown::Fast).await;
+}
