@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// How long a request waits for a ready replica before a 503, e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
     queue_timeout: Option<Duration>,
+    /// Threads serving client connections, each with its own event loop
+    /// (default: one per CPU).
+    #[arg(long)]
+    proxy_threads: Option<usize>,
     /// PEM certificate chain for HTTPS (with --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -128,6 +132,9 @@ fn config(args: ServeArgs) -> Result<Config, String> {
     }
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
+    }
+    if let Some(n) = args.proxy_threads {
+        config.proxy.threads = n;
     }
     if let Some(t) = args.queue_timeout {
         config.proxy.queue_timeout = t;

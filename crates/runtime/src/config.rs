@@ -56,6 +56,8 @@ pub const DEFAULT_RETRY_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
 /// Default time an idle pooled upstream connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default number of proxy threads: 0, one per CPU.
+pub const DEFAULT_PROXY_THREADS: usize = 0;
 /// Default time `serve` gives client connections to finish when it stops.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default name of a service described by flags.
@@ -102,6 +104,9 @@ pub struct ProxyConfig {
     /// Time client connections get to finish on shutdown ([`DEFAULT_SHUTDOWN_GRACE`]).
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Threads serving client connections, each with its own event loop;
+    /// 0 = one per CPU ([`DEFAULT_PROXY_THREADS`]).
+    pub threads: usize,
     /// PEM certificate chain; with `tls_key`, the proxy speaks HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
@@ -275,6 +280,7 @@ impl Default for ProxyConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            threads: DEFAULT_PROXY_THREADS,
             tls_cert: None,
             tls_key: None,
         }

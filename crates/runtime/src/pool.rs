@@ -78,8 +78,28 @@ struct Inner {
     idle_timeout: Duration,
     /// Idle connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
-    /// Idle plain sockets of the fast path, the most recently used last.
-    idle_raw: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Idle plain sockets of the fast path, the most recently used last, in
+    /// one slot per proxy thread ([`use_slot`]).
+    idle_raw: [Mutex<Vec<(TcpStream, Instant)>>; RAW_SLOTS],
+}
+
+/// Slots of idle plain sockets in a pool: a socket is registered with the
+/// event loop of the proxy thread that opened it, so each thread takes back
+/// its own; threads beyond this many share slots.
+const RAW_SLOTS: usize = 16;
+
+thread_local! {
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread keep its idle plain sockets in slot `i` of every
+/// pool (each proxy thread calls it once, with its index).
+pub fn use_slot(i: usize) {
+    SLOT.with(|s| s.set(i % RAW_SLOTS));
+}
+
+fn raw_slot() -> usize {
+    SLOT.with(std::cell::Cell::get)
 }
 
 #[derive(Debug)]
@@ -112,7 +132,7 @@ impl Pool {
                 .expect("an address is a header value"),
             idle_timeout,
             idle: Mutex::new(Vec::new()),
-            idle_raw: Mutex::new(Vec::new()),
+            idle_raw: std::array::from_fn(|_| Mutex::new(Vec::new())),
         });
         // Closes connections idle longer than the timeout, even when no
         // request comes to look at them; ends with the pool.
@@ -194,7 +214,7 @@ impl Pool {
     /// caller that speaks HTTP/1.1 on it and gives it back with
     /// [`Pool::put_raw`] once a response has ended cleanly.
     pub fn take_raw(&self) -> Option<TcpStream> {
-        let mut idle = self.inner.idle_raw.lock().expect("pool lock");
+        let mut idle = self.inner.idle_raw[raw_slot()].lock().expect("pool lock");
         while let Some((stream, since)) = idle.pop() {
             if since.elapsed() < self.inner.idle_timeout && is_open(&stream) {
                 return Some(stream);
@@ -205,7 +225,7 @@ impl Pool {
 
     /// Gives back a plain socket whose last response ended cleanly.
     pub fn put_raw(&self, stream: TcpStream) {
-        let mut idle = self.inner.idle_raw.lock().expect("pool lock");
+        let mut idle = self.inner.idle_raw[raw_slot()].lock().expect("pool lock");
         idle.push((stream, Instant::now()));
     }
 
@@ -268,8 +288,10 @@ impl Inner {
         let timeout = self.idle_timeout;
         idle.retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
         drop(idle);
-        let mut raw = self.idle_raw.lock().expect("pool lock");
-        raw.retain(|(stream, since)| since.elapsed() < timeout && is_open(stream));
+        for slot in &self.idle_raw {
+            let mut raw = slot.lock().expect("pool lock");
+            raw.retain(|(stream, since)| since.elapsed() < timeout && is_open(stream));
+        }
     }
 }
 

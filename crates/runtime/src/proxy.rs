@@ -70,45 +70,65 @@ struct ClientInfo {
     activity: Option<Arc<Activity>>,
 }
 
-impl Proxy {
-    /// A proxy routing with `router`, speaking plain HTTP.
-    pub fn new(router: Router, config: ProxyConfig) -> Self {
-        Self {
-            router,
-            config,
-            tls: None,
-        }
+/// What every proxy thread shares: the proxy, the connection builders, the
+/// connection limit, and the shutdown.
+#[derive(Clone)]
+struct Front {
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    /// Connection slots, `max_connections` in all.
+    slots: Arc<Semaphore>,
+    /// Cancelled when the proxy stops accepting.
+    stop_accepting: CancellationToken,
+    /// The time connections get to finish, set before `stop_accepting`.
+    grace: Arc<std::sync::Mutex<std::time::Duration>>,
+}
+
+impl Front {
+    /// Starts proxy thread `index` accepting from `listener`; the receiver
+    /// resolves when the thread has finished its connections.
+    fn spawn_thread(
+        self,
+        index: usize,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("dropless-proxy-{index}"))
+            .spawn(move || {
+                crate::pool::use_slot(index);
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => self.accept(listener).await,
+                        Err(e) => tracing::error!("proxy thread {index}: {e}"),
+                    }
+                });
+                // Tasks still running on it (WebSocket tunnels) end here.
+                drop(runtime);
+                let _ = done.send(());
+            })?;
+        Ok(finished)
     }
 
-    /// Speaks HTTPS with `acceptor` instead (HTTP/2 or HTTP/1.1 by ALPN).
-    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
-        self.tls = Some(acceptor);
-        self
+    /// Accepts from `listener` on the caller's runtime instead.
+    fn spawn_here(self, listener: TcpListener) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            self.accept(listener).await;
+            let _ = done.send(());
+        });
+        finished
     }
 
-    /// Serves clients from `listener` until `shutdown` resolves, then stops
-    /// accepting and gives the open connections `shutdown_grace` to finish
-    /// (no time at all for [`Shutdown::Fast`]).
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = Shutdown>) {
-        let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout)
-            .max_buf_size(self.config.max_header_bytes.max(8192));
-        auto.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX));
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout)
-            .max_buf_size(self.config.max_header_bytes.max(8192));
-        let builders = Arc::new(Builders { auto, h1 });
+    /// Accepts and serves connections until the proxy stops accepting, then
+    /// gives the open ones the grace period to finish.
+    async fn accept(self, listener: TcpListener) {
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
-        let mut grace = self.config.shutdown_grace;
-        let slots = Arc::new(Semaphore::new(self.config.max_connections));
-        let this = Arc::new(self);
-        tokio::pin!(shutdown);
+        let max = self.proxy.config.max_connections;
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -120,19 +140,18 @@ impl Proxy {
                         continue;
                     }
                 },
-                mode = &mut shutdown => {
-                    if mode == Shutdown::Fast {
-                        grace = std::time::Duration::ZERO;
-                    }
-                    break;
-                }
+                () = self.stop_accepting.cancelled() => break,
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit {} reached; closing", this.config.max_connections);
+            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit {max} reached; closing");
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (proxy, builders, stop) = (Arc::clone(&this), Arc::clone(&builders), stop.clone());
+            let (proxy, builders, stop) = (
+                Arc::clone(&self.proxy),
+                Arc::clone(&self.builders),
+                stop.clone(),
+            );
             connections.spawn(async move {
                 match proxy.tls.clone() {
                     None => proxy.serve_plain(&builders, stream, &stop, peer).await,
@@ -163,13 +182,98 @@ impl Proxy {
         drop(listener);
         connections.close();
         let open = connections.len();
-        tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
+        if open > 0 {
+            tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
+        }
         stop.cancel();
+        let grace = *self.grace.lock().expect("grace lock");
         tokio::select! {
-            () = connections.wait() => tracing::info!("proxy connections closed gracefully"),
+            () = connections.wait() => {}
             () = tokio::time::sleep(grace) => tracing::warn!(
                 "proxy connections forced closed after {grace:?}"
             ),
+        }
+    }
+}
+
+impl Proxy {
+    /// A proxy routing with `router`, speaking plain HTTP.
+    pub fn new(router: Router, config: ProxyConfig) -> Self {
+        Self {
+            router,
+            config,
+            tls: None,
+        }
+    }
+
+    /// Speaks HTTPS with `acceptor` instead (HTTP/2 or HTTP/1.1 by ALPN).
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// Serves clients from `listener` until `shutdown` resolves, then stops
+    /// accepting and gives the open connections `shutdown_grace` to finish
+    /// (no time at all for [`Shutdown::Fast`]).
+    ///
+    /// Client connections are served by `threads` threads, each with its own
+    /// single-threaded runtime (its own epoll) accepting from the shared
+    /// listener, as nginx's worker processes do: a connection, its requests
+    /// and the upstream sockets they use stay on one thread, with no work
+    /// stealing and no cross-thread wake-ups.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = Shutdown>) {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_read_timeout)
+            .max_buf_size(self.config.max_header_bytes.max(8192));
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX));
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_read_timeout)
+            .max_buf_size(self.config.max_header_bytes.max(8192));
+        let threads = match self.config.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let front = Front {
+            slots: Arc::new(Semaphore::new(self.config.max_connections)),
+            grace: Arc::new(std::sync::Mutex::new(self.config.shutdown_grace)),
+            proxy: Arc::new(self),
+            builders: Arc::new(Builders { auto, h1 }),
+            stop_accepting: CancellationToken::new(),
+        };
+        let mut finished = Vec::new();
+        match listener.into_std() {
+            Ok(listener) => {
+                for i in 0..threads {
+                    let spawned = listener
+                        .try_clone()
+                        .and_then(|l| front.clone().spawn_thread(i, l));
+                    match spawned {
+                        Ok(done) => finished.push(done),
+                        Err(e) => tracing::error!("proxy thread {i} did not start: {e}"),
+                    }
+                }
+                if finished.is_empty() {
+                    // No thread would start: serve on the caller's runtime.
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => finished.push(front.clone().spawn_here(l)),
+                        Err(e) => tracing::error!("proxy listener unusable: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::error!("proxy listener unusable: {e}"),
+        }
+        let mode = shutdown.await;
+        if mode == Shutdown::Fast {
+            *front.grace.lock().expect("grace lock") = std::time::Duration::ZERO;
+        }
+        front.stop_accepting.cancel();
+        for done in finished {
+            let _ = done.await;
         }
     }
 
