@@ -3,7 +3,7 @@
 #
 # One backend, nginx answering `return 200 "ok";` (one worker), behind three
 # proxies on 127.0.0.1, each with 2 worker threads/processes: dropless serve
-# (--target, TCP probe), nginx (proxy_pass to an upstream with keepalive 64)
+# (--target, TCP probe, --proxy-threads 2), nginx (proxy_pass to an upstream with keepalive 64)
 # and HAProxy (http-reuse always). wrk runs DURATION seconds with 50
 # keep-alive connections through each (after a 2 s warm-up of each), in an
 # order that rotates every round, ROUNDS rounds; the script
@@ -106,7 +106,7 @@ $nice "$NGINX" -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
 wait_http "http://127.0.0.1:$backend/"
 $nice "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" & nginx_pid=$!; pids+=($nginx_pid)
 $nice "$HAPROXY" -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
-TOKIO_WORKER_THREADS=2 RUST_LOG=warn $nice "$DROPLESS" serve --listen "127.0.0.1:$p_dropless" \
+RUST_LOG=warn $nice "$DROPLESS" serve --proxy-threads 2 --listen "127.0.0.1:$p_dropless" \
   --state-dir "$work/dropless" --control "$work/dropless.sock" --health-path "" \
   --target "127.0.0.1:$backend" 2>"$work/dropless.log" & dropless_pid=$!; pids+=($dropless_pid)
 for p in $p_nginx $p_haproxy $p_dropless; do wait_http "http://127.0.0.1:$p/"; done
