@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// How long a request waits for a ready replica before a 503, e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
     queue_timeout: Option<Duration>,
+    /// How long a replica has to start its response before the client gets a
+    /// 504, e.g. 60s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    response_timeout: Option<Duration>,
     /// Threads serving client connections, each with its own event loop
     /// (default: one per CPU).
     #[arg(long)]
@@ -132,6 +136,9 @@ fn config(args: ServeArgs) -> Result<Config, String> {
     }
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
+    }
+    if let Some(t) = args.response_timeout {
+        config.proxy.response_timeout = t;
     }
     if let Some(n) = args.proxy_threads {
         config.proxy.threads = n;

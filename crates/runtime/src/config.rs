@@ -56,6 +56,9 @@ pub const DEFAULT_RETRY_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
 /// Default time an idle pooled upstream connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a replica has to start its response (nginx's
+/// `proxy_read_timeout`).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default number of proxy threads: 0, one per CPU.
 pub const DEFAULT_PROXY_THREADS: usize = 0;
 /// Default time `serve` gives client connections to finish when it stops.
@@ -101,6 +104,10 @@ pub struct ProxyConfig {
     /// Idle upstream connections kept this long ([`DEFAULT_POOL_IDLE_TIMEOUT`]).
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
+    /// Time a replica has, once a request is sent, to start its response;
+    /// then the client gets a 504 ([`DEFAULT_RESPONSE_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
     /// Time client connections get to finish on shutdown ([`DEFAULT_SHUTDOWN_GRACE`]).
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
@@ -279,6 +286,7 @@ impl Default for ProxyConfig {
             retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             threads: DEFAULT_PROXY_THREADS,
             tls_cert: None,
@@ -377,6 +385,9 @@ impl Config {
         }
         if self.proxy.tls_cert.is_some() != self.proxy.tls_key.is_some() {
             return bad("tls_cert and tls_key go together: give both or neither".into());
+        }
+        if self.proxy.response_timeout.is_zero() {
+            return bad("proxy.response_timeout must be more than 0".into());
         }
         if self.proxy.max_connections == 0 || self.proxy.max_attempts == 0 {
             return bad("proxy.max_connections and proxy.max_attempts must be at least 1".into());

@@ -513,7 +513,15 @@ impl Proxy {
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            match pick.pool.send(upstream).await {
+            let sent =
+                tokio::time::timeout(self.config.response_timeout, pick.pool.send(upstream)).await;
+            let Ok(sent) = sent else {
+                return Err(ProxyError::Timeout {
+                    replica: pick.replica.name().to_string(),
+                    waited: self.config.response_timeout,
+                });
+            };
+            match sent {
                 Ok(resp) => return Ok(respond(resp, pick.guard, &pick.replica, client_upgrade)),
                 Err(e) => {
                     let err = ProxyError::Upstream {

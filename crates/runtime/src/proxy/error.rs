@@ -54,6 +54,14 @@ pub enum ProxyError {
         /// buffered, or it had none).
         retry_safe: bool,
     },
+    /// The replica did not start its response within the response timeout.
+    #[error("replica {replica} sent no response within {waited:?}")]
+    Timeout {
+        /// The replica.
+        replica: String,
+        /// The response timeout.
+        waited: Duration,
+    },
     /// The client's request body could not be read.
     #[error("reading the request body failed: {0}")]
     ClientBody(String),
@@ -64,7 +72,7 @@ impl ProxyError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
             Self::UnknownHost { .. } | Self::ClientBody(_) => ErrorSource::Client,
-            Self::Upstream { .. } => ErrorSource::Upstream,
+            Self::Upstream { .. } | Self::Timeout { .. } => ErrorSource::Upstream,
             Self::NoReplica { .. } => ErrorSource::Internal,
         }
     }
@@ -86,6 +94,7 @@ impl ProxyError {
             Self::UnknownHost { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::NoReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
     }

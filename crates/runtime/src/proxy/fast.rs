@@ -145,7 +145,10 @@ struct Session<'a, 'c> {
     stream: &'a mut TcpStream,
     stop: &'a CancellationToken,
     cancelled: Pin<&'a mut WaitForCancellationFuture<'c>>,
+    /// When the request being read must have arrived.
     deadline: LazyDeadline,
+    /// When the replica must have started its response.
+    response_deadline: LazyDeadline,
     /// Bytes read from the client and not yet handled; empty (no memory)
     /// while the connection waits for a request.
     input: BytesMut,
@@ -171,6 +174,7 @@ pub(super) async fn serve(
         stop,
         cancelled,
         deadline: LazyDeadline::new(Instant::now() + timeout),
+        response_deadline: LazyDeadline::new(Instant::now() + proxy.config.response_timeout),
         input: BytesMut::from(&ahead[..]),
     };
     session.run().await
@@ -297,7 +301,29 @@ impl Session<'_, '_> {
                 };
                 return self.send_error(&err, plan).await;
             };
-            match exchange(&pick, &out).await {
+            self.response_deadline
+                .set(Instant::now() + config.response_timeout);
+            let exchanged = {
+                let exchange = exchange(&pick, &out);
+                tokio::pin!(exchange);
+                let deadline = &mut self.response_deadline;
+                poll_fn(|cx| {
+                    if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
+                        return Poll::Ready(Some(result));
+                    }
+                    deadline.poll_expired(cx).map(|()| None)
+                })
+                .await
+            };
+            let Some(exchanged) = exchanged else {
+                let err = ProxyError::Timeout {
+                    replica: pick.replica.name().to_string(),
+                    waited: config.response_timeout,
+                };
+                drop(pick);
+                return self.send_error(&err, plan).await;
+            };
+            match exchanged {
                 Ok((upstream, buf, head)) => {
                     return self.relay(pick, upstream, buf, head, plan).await;
                 }

@@ -23,6 +23,8 @@ enum Reply {
     Keep(Vec<u8>),
     /// Writes these bytes and closes the connection.
     Close(Vec<u8>),
+    /// Never answers; holds the connection until the peer closes it.
+    Silent,
 }
 
 /// A request as the backend received it.
@@ -173,6 +175,10 @@ async fn serve_backend_connection(
         let (bytes, close) = match reply {
             Reply::Keep(bytes) => (bytes, false),
             Reply::Close(bytes) => (bytes, true),
+            Reply::Silent => {
+                let _ = stream.read_to_end(&mut buf).await;
+                return;
+            }
         };
         if stream.write_all(&bytes).await.is_err() {
             return;
@@ -877,5 +883,49 @@ async fn a_head_request_to_an_unknown_host_gets_a_421_without_a_body() {
         lossy(&client.response(false).await.raw),
         lossy(&ok("known"))
     );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_answers_gets_a_504_after_the_response_timeout_on_both_paths() {
+    let backend = Backend::start(vec![
+        ("/silent", Reply::Silent),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = fixtures::service("web", Version::target(backend.addr), 1);
+    service.probe.path = String::new();
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.proxy.response_timeout = std::time::Duration::from_millis(300);
+    let h = Harness::start(config).await;
+    h.wait_routable(1).await;
+    let mut client = Client::connect(h.addr).await;
+    // The fast path, then hyper's (a chunked body is hyper's).
+    let chunked_post =
+        b"POST /silent HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n";
+    for request in [get("/silent"), chunked_post.to_vec()] {
+        let began = std::time::Instant::now();
+        client.send(&request).await;
+        let resp = client.response(false).await;
+        assert_eq!(resp.status, 504, "{}", lossy(&resp.raw));
+        assert_eq!(resp.header("x-dropless-error"), Some("upstream"));
+        assert!(
+            began.elapsed() >= std::time::Duration::from_millis(300),
+            "504 before the timeout: {:?}",
+            began.elapsed()
+        );
+        // The client's connection goes on (with hyper once handed over).
+        client.send(&get("/after")).await;
+        let after = client.response(false).await;
+        assert_eq!((after.status, lossy(&after.body)), (200, "after".into()));
+    }
+    // Not retried: the replica may be working on it.
+    let silent = backend
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/silent")
+        .count();
+    assert_eq!(silent, 2);
     h.stop(Shutdown::Fast).await;
 }
