@@ -13,7 +13,8 @@
 //! - [`control`] serves the HTTP+JSON control API on a Unix socket and has its
 //!   client; [`state`] persists the desired state; [`config`] holds every
 //!   default. [`serve::Runtime`] wires them together.
-#![forbid(unsafe_code)]
+// Not `forbid`: `process` needs one unsafe block (a `pre_exec` hook).
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod balance;

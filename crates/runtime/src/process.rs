@@ -1,6 +1,12 @@
 //! A replica's child process: its own process group, `PORT` and
 //! `DROPLESS_REPLICA` in its environment, output appended to a log file, and
 //! its exit status published on a watch channel.
+//!
+//! A replica must not outlive the runtime, even one killed with SIGKILL: it
+//! asks the kernel for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`).
+//! The kernel means the parent *thread*, not process, so every replica is
+//! forked by one thread that lives as long as the process ([`spawner`]),
+//! never by a runtime worker that might end first.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,7 +72,8 @@ impl Process {
             program: String::new(),
             source: std::io::Error::other("empty command"),
         })?;
-        let mut child = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        command
             .args(args)
             .envs(env)
             .env("PORT", addr.port().to_string())
@@ -75,12 +82,26 @@ impl Process {
             .stdout(open()?)
             .stderr(open()?)
             .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|source| SpawnError::Exec {
-                program: program.clone(),
-                source,
-            })?;
+            .kill_on_drop(false);
+        let parent = nix::unistd::getpid();
+        // SAFETY: between fork and exec the closure makes two system calls
+        // (prctl, getppid), both async-signal-safe, and allocates nothing.
+        // The crate's only unsafe code.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+                // The runtime died between the fork and the prctl.
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::other("the runtime is gone"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = spawn_on_spawner(command).map_err(|source| SpawnError::Exec {
+            program: program.clone(),
+            source,
+        })?;
         let pid = child.id().unwrap_or_default();
         let (tx, exit) = watch::channel(None);
         tokio::spawn(async move {
@@ -127,6 +148,46 @@ impl Process {
             tracing::debug!(pid, %signal, error = %e, "signal to process group");
         }
     }
+}
+
+/// A fork to run on the spawner thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread that forks every replica: it lives as long as the process, so
+/// that a replica's parent-death signal comes when the process dies.
+fn spawner() -> &'static std::sync::mpsc::Sender<Job> {
+    static SPAWNER: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (jobs, incoming) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("dropless-spawner".into())
+            .spawn(move || {
+                for job in incoming {
+                    job();
+                }
+            })
+            .expect("the replica spawner thread starts");
+        jobs
+    })
+}
+
+/// Spawns `command` on the spawner thread, registered with the caller's
+/// runtime (which reaps it).
+fn spawn_on_spawner(
+    mut command: tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    let runtime = tokio::runtime::Handle::current();
+    let (reply, spawned) = std::sync::mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _entered = runtime.enter();
+        let _ = reply.send(command.spawn());
+    });
+    spawner()
+        .send(job)
+        .map_err(|_| std::io::Error::other("the replica spawner thread is gone"))?;
+    spawned
+        .recv()
+        .map_err(|_| std::io::Error::other("the replica spawner thread is gone"))?
 }
 
 /// Reserves a free loopback port for a replica by binding port 0 and
