@@ -14,7 +14,9 @@ use dropless_runtime::rollout::{Plan, RolloutRequest};
 /// Where the runtime is and which service.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// Control socket of `dropless serve`.
+    /// Control socket of `dropless serve`, or `http://HOST:PORT` for its TCP
+    /// control API (`serve --control-tcp`; the token in
+    /// DROPLESS_CONTROL_TOKEN).
     #[arg(
         long,
         env = "DROPLESS_CONTROL",
@@ -117,7 +119,7 @@ pub struct EventsArgs {
 /// Runs `dropless deploy`.
 pub fn deploy(args: DeployArgs) -> ExitCode {
     block_on(async move {
-        let client = ControlClient::new(&args.target.control);
+        let client = ControlClient::for_target(&args.target.control)?;
         let service = args.target.service.clone();
         let mut version = match (args.cmd, args.address) {
             (Some(cmd), _) => Version::command(cmd.split_whitespace()),
@@ -166,7 +168,9 @@ pub fn rollback(args: RollbackArgs) -> ExitCode {
 /// Runs `dropless status`.
 pub fn status(args: StatusArgs) -> ExitCode {
     block_on(async move {
-        let services = ControlClient::new(&args.target.control).status().await?;
+        let services = ControlClient::for_target(&args.target.control)?
+            .status()
+            .await?;
         let services: Vec<_> = services
             .into_iter()
             .filter(|s| args.target.service.as_ref().is_none_or(|n| *n == s.name))
@@ -210,7 +214,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
 pub fn events(args: EventsArgs) -> ExitCode {
     block_on(async move {
         let service = args.target.service;
-        ControlClient::new(&args.target.control)
+        ControlClient::for_target(&args.target.control)?
             .events(|e| {
                 if service.as_ref().is_none_or(|s| *s == e.service) {
                     if args.json {
@@ -239,7 +243,7 @@ pub fn init_logging() {
 fn run_rollout(target: Target, request: RolloutRequest) -> ExitCode {
     block_on(async move {
         rollout(
-            &ControlClient::new(&target.control),
+            &ControlClient::for_target(&target.control)?,
             target.service,
             request,
         )
@@ -291,7 +295,11 @@ fn block_on(work: impl Future<Output = Result<(), ControlError>>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // A request the runtime refused, or no runtime at the socket given:
         // the user must fix the flags or start `dropless serve`.
-        Err(e @ (ControlError::Rejected(_) | ControlError::Connect { .. })) => {
+        Err(
+            e @ (ControlError::Rejected(_)
+            | ControlError::Connect { .. }
+            | ControlError::Token { .. }),
+        ) => {
             eprintln!("dropless: {e}");
             ExitCode::from(2)
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use dropless_runtime::config::{Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version};
-use dropless_runtime::control::ControlListener;
+use dropless_runtime::control::{ControlListener, TcpControl};
 use dropless_runtime::serve::Runtime;
 
 /// Run replicas of a service behind a proxy and deploy them without dropping
@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// 504, e.g. 60s.
     #[arg(long, value_parser = humantime::parse_duration)]
     response_timeout: Option<Duration>,
+    /// Also answer the control API on this TCP address; requires a token of
+    /// at least 16 characters in DROPLESS_CONTROL_TOKEN, which clients send
+    /// (`--control http://ADDR`).
+    #[arg(long)]
+    control_tcp: Option<SocketAddr>,
     /// Threads serving client connections, each with its own event loop
     /// (default: one per CPU).
     #[arg(long)]
@@ -106,8 +111,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let control = ControlListener::bind(&config.control_path())?;
+    let tcp_control = match config.control_tcp {
+        Some(addr) => {
+            let token = std::env::var(dropless_runtime::control::TOKEN_ENV).unwrap_or_default();
+            Some(TcpControl::bind(addr, &token).await?)
+        }
+        None => None,
+    };
     let listen = config.proxy.listen;
-    let runtime = Runtime::new(config)?;
+    let mut runtime = Runtime::new(config)?;
+    if let Some(tcp) = tcp_control {
+        tracing::info!(
+            "control API also on http://{} (token required)",
+            tcp.local_addr()?
+        );
+        runtime = runtime.with_tcp_control(tcp);
+    }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {listen} ({e}): pick another --listen address")
     })?;
@@ -139,6 +158,9 @@ fn config(args: ServeArgs) -> Result<Config, String> {
     }
     if let Some(t) = args.response_timeout {
         config.proxy.response_timeout = t;
+    }
+    if let Some(addr) = args.control_tcp {
+        config.control_tcp = Some(addr);
     }
     if let Some(n) = args.proxy_threads {
         config.proxy.threads = n;

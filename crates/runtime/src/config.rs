@@ -74,6 +74,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Path of the control socket (default `dropless.sock` in the state dir).
     pub control: Option<PathBuf>,
+    /// A TCP address for the control API as well (none by default); its
+    /// requests must carry the token from `DROPLESS_CONTROL_TOKEN`.
+    pub control_tcp: Option<SocketAddr>,
     /// Directory of the persisted state and the replica logs (default `.dropless`).
     pub state_dir: PathBuf,
     /// The services; a request goes to the service whose `hosts` has its Host.
@@ -267,6 +270,7 @@ impl Default for Config {
         Self {
             proxy: ProxyConfig::default(),
             control: None,
+            control_tcp: None,
             state_dir: PathBuf::from(".dropless"),
             services: Vec::new(),
         }

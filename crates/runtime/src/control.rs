@@ -1,4 +1,6 @@
-//! The control API: HTTP + JSON over a Unix socket created with mode 0600.
+//! The control API: HTTP + JSON over a Unix socket created with mode 0600,
+//! and, only when asked for ([`TcpControl`]), on a TCP address where every
+//! request must carry the runtime's token (`Authorization: Bearer TOKEN`).
 //!
 //! | method | path | body | answer |
 //! | --- | --- | --- | --- |
@@ -13,6 +15,7 @@ mod client;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -21,7 +24,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::net::UnixListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +39,13 @@ use crate::route::Router;
 /// Environment variable naming the control socket for the CLI clients.
 pub const CONTROL_ENV: &str = "DROPLESS_CONTROL";
 
+/// Environment variable holding the token of the TCP control API, for
+/// `serve` (which requires it with a TCP address) and for the clients.
+pub const TOKEN_ENV: &str = "DROPLESS_CONTROL_TOKEN";
+
+/// Shortest token accepted: a guessable token on a TCP port is no lock.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// Time open control connections get to finish when the runtime stops.
 pub const CONTROL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -46,6 +57,13 @@ const MAX_BODY: usize = 1024 * 1024;
 pub struct ControlListener {
     listener: UnixListener,
     path: PathBuf,
+}
+
+/// The control API on a TCP address, every request checked against a token.
+#[derive(Debug)]
+pub struct TcpControl {
+    listener: TcpListener,
+    token: Arc<str>,
 }
 
 /// A rollout call: which service, what to do.
@@ -85,21 +103,38 @@ pub enum ControlError {
         /// The cause.
         source: std::io::Error,
     },
-    /// No `serve` answers on the socket.
+    /// The TCP control address could not be bound.
+    #[error("cannot listen for the control API on {addr}: {source}")]
+    TcpBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The token of the TCP control API is missing or too short.
     #[error(
-        "cannot reach `dropless serve` at {path} ({source}): is it running? pass --control PATH or set DROPLESS_CONTROL"
+        "the TCP control API needs a token of at least {MIN_TOKEN_LEN} characters in {TOKEN_ENV}{}",
+        if *.given { " (the one given is shorter)" } else { "" }
+    )]
+    Token {
+        /// Whether a (too short) token was given.
+        given: bool,
+    },
+    /// No `serve` answers at the control endpoint.
+    #[error(
+        "cannot reach `dropless serve` at {at} ({source}): is it running? pass --control PATH|http://HOST:PORT or set DROPLESS_CONTROL"
     )]
     Connect {
-        /// The socket path.
-        path: PathBuf,
+        /// The socket path or TCP address.
+        at: String,
         /// The cause.
         source: std::io::Error,
     },
     /// The exchange broke off.
-    #[error("control API at {path}: {message}")]
+    #[error("control API at {at}: {message}")]
     Protocol {
-        /// The socket path.
-        path: PathBuf,
+        /// The socket path or TCP address.
+        at: String,
         /// What failed.
         message: String,
     },
@@ -161,40 +196,137 @@ impl ControlListener {
     }
 }
 
+impl TcpControl {
+    /// Listens on `addr` for control requests that carry `token`.
+    pub async fn bind(addr: std::net::SocketAddr, token: &str) -> Result<Self, ControlError> {
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(ControlError::Token {
+                given: !token.is_empty(),
+            });
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ControlError::TcpBind { addr, source })?;
+        Ok(Self {
+            listener,
+            token: Arc::from(token),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
 impl Drop for ControlListener {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// Serves the control API on `listener` until `shutdown` is cancelled.
-/// Rollouts run as their own tasks, so a client that goes away does not cut
-/// one short. At shutdown, event streams send what is buffered and end; open
-/// connections get [`CONTROL_GRACE`] to finish.
+/// Serves the control API on the Unix socket `listener` and on `tcp`, each
+/// when given, until `shutdown` is cancelled. Rollouts run as their own
+/// tasks, so a client that goes away does not cut one short. At shutdown,
+/// event streams send what is buffered and end; open connections get
+/// [`CONTROL_GRACE`] to finish.
 pub async fn serve(
-    listener: ControlListener,
+    listener: Option<ControlListener>,
+    tcp: Option<TcpControl>,
     router: Router,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
 ) {
-    let connections = TaskTracker::new();
+    let api = Api {
+        router,
+        events,
+        shutdown,
+        connections: TaskTracker::new(),
+    };
     loop {
-        let stream = tokio::select! {
-            accepted = listener.listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("control accept failed: {e}");
-                    continue;
-                }
+        tokio::select! {
+            accepted = accept_unix(listener.as_ref()) => match accepted {
+                Ok(stream) => api.spawn(stream, None),
+                Err(e) => tracing::warn!("control accept failed: {e}"),
             },
-            () = shutdown.cancelled() => break,
-        };
-        let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
-        let service = hyper::service::service_fn(move |req| {
+            accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                Ok((stream, token)) => api.spawn(stream, Some(token)),
+                Err(e) => tracing::warn!("control accept failed: {e}"),
+            },
+            () = api.shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    drop(tcp);
+    api.connections.close();
+    if tokio::time::timeout(CONTROL_GRACE, api.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!("control connections cut after {CONTROL_GRACE:?}");
+    }
+}
+
+/// The next connection on the control socket; never, without one.
+async fn accept_unix(
+    listener: Option<&ControlListener>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(l) => Ok(l.listener.accept().await?.0),
+        None => std::future::pending().await,
+    }
+}
+
+/// The next TCP control connection, with the token its requests need;
+/// never, without a TCP listener.
+async fn accept_tcp(
+    tcp: Option<&TcpControl>,
+) -> std::io::Result<(tokio::net::TcpStream, Arc<str>)> {
+    match tcp {
+        Some(t) => {
+            let (stream, _) = t.listener.accept().await?;
+            Ok((stream, Arc::clone(&t.token)))
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What every control connection shares.
+struct Api {
+    router: Router,
+    events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Api {
+    /// Serves one connection; with `token`, every request must carry it.
+    fn spawn<S>(&self, stream: S, token: Option<Arc<str>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (router, events, shutdown) = (
+            self.router.clone(),
+            self.events.clone(),
+            self.shutdown.clone(),
+        );
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
-            async move { Ok::<_, Infallible>(answer(req, router, events, shutdown).await) }
+            let authorized = token.as_deref().is_none_or(|t| carries_token(&req, t));
+            async move {
+                if !authorized {
+                    return Ok::<_, Infallible>(error(
+                        StatusCode::UNAUTHORIZED,
+                        format!(
+                            "missing or wrong token: set {TOKEN_ENV} to the token `dropless serve` was started with"
+                        ),
+                        None,
+                    ));
+                }
+                Ok(answer(req, router, events, shutdown).await)
+            }
         });
-        connections.spawn(async move {
+        self.connections.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
@@ -202,14 +334,25 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
-    connections.close();
-    if tokio::time::timeout(CONTROL_GRACE, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::debug!("control connections cut after {CONTROL_GRACE:?}");
-    }
+}
+
+/// Whether `req` carries `Authorization: Bearer TOKEN`, compared in constant
+/// time.
+fn carries_token<B>(req: &Request<B>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    let expected = token.as_bytes();
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 async fn answer(

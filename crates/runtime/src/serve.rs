@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::control::{self, ControlListener};
+use crate::control::{self, ControlListener, TcpControl};
 use crate::event::Event;
 use crate::process::SpawnError;
 use crate::proxy::Proxy;
@@ -28,6 +28,7 @@ pub struct Runtime {
     events: broadcast::Sender<Event>,
     state_path: PathBuf,
     tls: Option<crate::tls::TlsAcceptor>,
+    tcp_control: Option<TcpControl>,
 }
 
 /// `serve` could not start or failed.
@@ -113,7 +114,15 @@ impl Runtime {
             events,
             state_path,
             tls,
+            tcp_control: None,
         })
+    }
+
+    /// Also serves the control API on a TCP address, with a token
+    /// ([`TcpControl`]).
+    pub fn with_tcp_control(mut self, tcp: TcpControl) -> Self {
+        self.tcp_control = Some(tcp);
+        self
     }
 
     /// The services, by host and by name.
@@ -132,7 +141,8 @@ impl Runtime {
     }
 
     /// Starts the replicas, serves clients on `listener` and the control API
-    /// on `control` until `shutdown` resolves; then stops accepting, lets the
+    /// on `control` (and the TCP control address, if one was given) until
+    /// `shutdown` resolves; then stops accepting, lets the
     /// client connections finish, and retires every replica.
     pub async fn run(
         self,
@@ -146,6 +156,7 @@ impl Runtime {
             events,
             state_path,
             tls,
+            tcp_control,
         } = self;
         let mut first_release = Vec::new();
         for s in router.services() {
@@ -180,9 +191,10 @@ impl Runtime {
             state_path.clone(),
             stop_background.clone(),
         ));
-        let control = control.map(|c| {
+        let control = (control.is_some() || tcp_control.is_some()).then(|| {
             tokio::spawn(control::serve(
-                c,
+                control,
+                tcp_control,
                 router.clone(),
                 events.clone(),
                 stop_background.clone(),

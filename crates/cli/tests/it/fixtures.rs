@@ -51,6 +51,11 @@ impl Serve {
     /// Two replicas of the demo with `profile`, `serve_args` added to the
     /// `serve` command line; returns once both are ready.
     pub fn start_with(profile: &str, serve_args: &[&str]) -> Serve {
+        Self::start_with_env(profile, serve_args, &[])
+    }
+
+    /// The same, with `env` added to serve's environment.
+    pub fn start_with_env(profile: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let control = dir.path().join("control.sock").display().to_string();
         let port = free_port();
@@ -69,6 +74,7 @@ impl Serve {
                 "2",
             ])
             .args(serve_args)
+            .envs(env.iter().copied())
             .arg("--")
             .args([
                 env!("CARGO_BIN_EXE_dropless"),

@@ -144,3 +144,50 @@ fn replicas_are_terminated_when_serve_is_killed_with_sigkill() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_tcp_control_api_works_with_the_token_and_refuses_without_it() {
+    const TOKEN: &str = "a-token-of-some-length";
+    // serve refuses a TCP control address without a token, in one line.
+    let refused = serve_until_exit(&["--control-tcp", "127.0.0.1:0"], &["/bin/true"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let message = stderr(&refused);
+    assert_eq!(message.trim().lines().count(), 1, "{message}");
+    assert!(message.contains("DROPLESS_CONTROL_TOKEN"), "{message}");
+
+    let port = crate::fixtures::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let serve = Serve::start_with_env(
+        "v4",
+        &["--control-tcp", &addr],
+        &[("DROPLESS_CONTROL_TOKEN", TOKEN)],
+    );
+    let url = format!("http://{addr}");
+    let with_token = dropless()
+        .args(["status", "--control", &url, "--json"])
+        .env("DROPLESS_CONTROL_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(with_token.status.success(), "{}", stderr(&with_token));
+    let services: serde_json::Value = serde_json::from_slice(&with_token.stdout).unwrap();
+    assert_eq!(services[0]["replicas"].as_array().unwrap().len(), 2);
+
+    for (token, says) in [
+        (None, "DROPLESS_CONTROL_TOKEN"),
+        (Some("a-wrong-token-of-some-length"), "wrong token"),
+    ] {
+        let mut command = dropless();
+        command
+            .args(["scale", "1", "--control", &url])
+            .env_remove("DROPLESS_CONTROL_TOKEN");
+        if let Some(t) = token {
+            command.env("DROPLESS_CONTROL_TOKEN", t);
+        }
+        let output = command.output().unwrap();
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{message}");
+        assert_eq!(message.trim().lines().count(), 1, "{message}");
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(serve.stop().code(), Some(0));
+}

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 
-use super::{ControlError, ErrorBody, RolloutCall};
+use super::{ControlError, ErrorBody, MIN_TOKEN_LEN, RolloutCall, TOKEN_ENV};
 use crate::event::Event;
 use crate::rollout::{RolloutReport, RolloutRequest};
 use crate::supervisor::ServiceStatus;
@@ -41,21 +43,79 @@ impl EventStream {
     }
 }
 
-/// A client of one runtime's control socket.
+/// A client of one runtime's control API.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
-    path: PathBuf,
+    endpoint: Endpoint,
+}
+
+/// Where a runtime's control API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Its Unix socket.
+    Unix(PathBuf),
+    /// Its TCP address (`HOST:PORT`), and the token requests carry there.
+    Tcp {
+        /// `HOST:PORT`.
+        addr: String,
+        /// The runtime's token.
+        token: String,
+    },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "{}", path.display()),
+            Self::Tcp { addr, .. } => write!(f, "http://{addr}"),
+        }
+    }
 }
 
 impl ControlClient {
     /// A client of the socket at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            endpoint: Endpoint::Unix(path.into()),
+        }
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A client of the TCP control API at `addr` (`HOST:PORT`).
+    pub fn tcp(addr: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            endpoint: Endpoint::Tcp {
+                addr: addr.into(),
+                token: token.into(),
+            },
+        }
+    }
+
+    /// A client of `target` as a user names it: `http://HOST:PORT` is the
+    /// TCP control API, with the token from [`TOKEN_ENV`]; anything else is
+    /// a socket path.
+    pub fn for_target(target: &Path) -> Result<Self, ControlError> {
+        let Some(url) = target.to_str().and_then(|t| t.strip_prefix("http://")) else {
+            return Ok(Self::new(target));
+        };
+        let addr = url.trim_end_matches('/');
+        if addr.is_empty() || addr.contains('/') {
+            return Err(ControlError::Rejected(format!(
+                "the control URL {} is not http://HOST:PORT",
+                target.display()
+            )));
+        }
+        let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(ControlError::Token {
+                given: !token.is_empty(),
+            });
+        }
+        Ok(Self::tcp(addr, token))
+    }
+
+    /// Where it connects.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Every service's status.
@@ -129,28 +189,49 @@ impl ControlClient {
         path: &str,
         body: Bytes,
     ) -> Result<http::Response<hyper::body::Incoming>, ControlError> {
-        let stream =
-            UnixStream::connect(&self.path)
-                .await
-                .map_err(|source| ControlError::Connect {
-                    path: self.path.clone(),
-                    source,
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.protocol(e.to_string()))?;
-        tokio::spawn(conn);
-        let req = Request::builder()
+        let connect_err = |source| ControlError::Connect {
+            at: self.endpoint.to_string(),
+            source,
+        };
+        let mut sender = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = UnixStream::connect(path).await.map_err(connect_err)?;
+                self.handshake(stream).await?
+            }
+            Endpoint::Tcp { addr, .. } => {
+                let stream = TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(connect_err)?;
+                self.handshake(stream).await?
+            }
+        };
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, "dropless")
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Endpoint::Tcp { token, .. } = &self.endpoint {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
             .body(Full::new(body))
-            .expect("static parts form a request");
+            .map_err(|e| self.protocol(format!("cannot form the request: {e}")))?;
         sender
             .send_request(req)
             .await
             .map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// An HTTP/1.1 connection over `stream`, driven by its own task.
+    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>, ControlError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?;
+        tokio::spawn(conn);
+        Ok(sender)
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ControlError> {
@@ -159,7 +240,7 @@ impl ControlClient {
 
     fn protocol(&self, message: String) -> ControlError {
         ControlError::Protocol {
-            path: self.path.clone(),
+            at: self.endpoint.to_string(),
             message,
         }
     }

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use dropless_runtime::control::{ControlError, ControlListener};
+use dropless_runtime::control::{ControlClient, ControlError, ControlListener, TcpControl};
 use dropless_runtime::event::EventKind;
 use dropless_runtime::rollout::{Plan, RolloutPhase, RolloutRequest};
 use dropless_runtime::signal::Shutdown;
@@ -214,4 +214,60 @@ async fn graceful_shutdown_lets_in_flight_h2_streams_finish() {
         let (status, body) = r.await.unwrap();
         assert_eq!((status.as_u16(), &body[..]), (200, &b"{\"result\":42}"[..]));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_control_api_answers_only_requests_with_the_token() {
+    const TOKEN: &str = "a-token-of-some-length";
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let short = TcpControl::bind(loopback, "short").await.unwrap_err();
+    assert!(
+        matches!(short, ControlError::Token { given: true }),
+        "{short}"
+    );
+    assert!(
+        short.to_string().contains("DROPLESS_CONTROL_TOKEN"),
+        "{short}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let tcp = TcpControl::bind(loopback, TOKEN).await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let h = Harness::start_with_tcp_control(fixtures::config(dir.path(), vec![service]), Some(tcp))
+        .await;
+    h.wait_routable(1).await;
+
+    // With the token: status, and a rollout that changes the runtime.
+    let client = ControlClient::tcp(addr.to_string(), TOKEN);
+    assert_eq!(client.status().await.unwrap()[0].name, "web");
+    client
+        .rollout(None, RolloutRequest::Scale { replicas: 2 })
+        .await
+        .unwrap();
+    h.wait_routable(2).await;
+
+    // A wrong token, and none at all: 401, nothing done.
+    let wrong = ControlClient::tcp(addr.to_string(), "a-wrong-token-of-some-length");
+    let err = wrong
+        .rollout(None, RolloutRequest::Scale { replicas: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ControlError::Rejected(m) if m.contains("token")),
+        "{err}"
+    );
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(fixtures::WAIT, raw.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert_eq!(h.client().status().await.unwrap()[0].desired.replicas, 2);
+    h.stop(Shutdown::Fast).await;
 }

@@ -185,8 +185,19 @@ pub struct Harness {
 impl Harness {
     /// Starts a runtime for `config` on 127.0.0.1:0.
     pub async fn start(config: Config) -> Self {
+        Self::start_with_tcp_control(config, None).await
+    }
+
+    /// The same, with the control API on `tcp` as well.
+    pub async fn start_with_tcp_control(
+        config: Config,
+        tcp: Option<dropless_runtime::control::TcpControl>,
+    ) -> Self {
         let control = config.control_path();
-        let runtime = Runtime::new(config).expect("runtime");
+        let mut runtime = Runtime::new(config).expect("runtime");
+        if let Some(tcp) = tcp {
+            runtime = runtime.with_tcp_control(tcp);
+        }
         let router = runtime.router().clone();
         let events = runtime.subscribe();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
