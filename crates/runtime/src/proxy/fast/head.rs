@@ -1,0 +1,421 @@
+//! Request and response heads on the fast path: parsing a client's request
+//! and deciding whether the fast path takes it, the request the replica
+//! gets, and the response head the client gets.
+
+use std::mem::MaybeUninit;
+
+use crate::proxy::{ClientInfo, headers};
+
+/// Most headers parsed in a request or response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+
+/// Most header names a `Connection` header may list on the fast path.
+const MAX_CONNECTION_TOKENS: usize = 8;
+
+/// What the fast path keeps of a request head once it decided to handle it.
+pub(super) struct Plan {
+    /// Index of the service's host value in the head buffer, for routing.
+    pub(super) host: std::ops::Range<usize>,
+    /// Length of the head in the client's buffer.
+    pub(super) head_len: usize,
+    /// Length of the body that follows it.
+    pub(super) body_len: usize,
+    /// A HEAD request: the response has no body whatever it says.
+    pub(super) head_method: bool,
+    /// The client asked to close after this response.
+    pub(super) close: bool,
+}
+
+/// How the body of a response ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, passed through as it is.
+    Chunked,
+    /// Until the replica closes; the client connection closes after it too.
+    UntilClose,
+}
+
+/// A response head from a replica, interpreted.
+pub(super) struct ResponseHead {
+    /// The head to send to the client.
+    pub(super) head: Vec<u8>,
+    /// Its length in the replica's buffer.
+    pub(super) len: usize,
+    /// Its status code.
+    pub(super) status: u16,
+    /// How its body ends.
+    pub(super) framing: Framing,
+    /// Whether the replica keeps the connection open after the response.
+    pub(super) keep: bool,
+}
+
+/// What parsing the front of a client's input found.
+pub(super) enum Parsed {
+    /// A request the fast path handles (its body may not be read yet).
+    Complete(Plan),
+    /// More bytes are needed.
+    Partial,
+    /// A request for hyper (or not a valid request: hyper answers it).
+    NotFast,
+}
+
+/// Parses the request head at the front of `input` and decides whether the
+/// fast path handles it.
+pub(super) fn parse_request(input: &[u8], body_limit: usize) -> Parsed {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(input, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::NotFast,
+    };
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::NotFast;
+    };
+    if req.version != Some(1) || method == "CONNECT" || !path.starts_with('/') {
+        return Parsed::NotFast;
+    }
+    let mut host = None;
+    let mut body_len: Option<usize> = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Parsed::NotFast;
+            }
+            let start = h.value.as_ptr() as usize - input.as_ptr() as usize;
+            host = Some(start..start + h.value.len());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok());
+            match (n, body_len) {
+                (Some(n), None) => body_len = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Parsed::NotFast,
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::NotFast;
+                }
+            }
+            if tokens(h.value).count() > MAX_CONNECTION_TOKENS {
+                return Parsed::NotFast;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Parsed::NotFast;
+        }
+    }
+    let (Some(host), body_len) = (host, body_len.unwrap_or(0)) else {
+        return Parsed::NotFast;
+    };
+    if body_len > body_limit {
+        return Parsed::NotFast;
+    }
+    Parsed::Complete(Plan {
+        host,
+        head_len,
+        body_len,
+        head_method: method == "HEAD",
+        close,
+    })
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `name` is hop-by-hop: a standard one or named in `Connection`.
+fn is_hop_by_hop(name: &str, named: &[&[u8]]) -> bool {
+    headers::HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+        || named
+            .iter()
+            .any(|n| name.as_bytes().eq_ignore_ascii_case(n))
+}
+
+/// The header names a `Connection` header lists, among `headers`.
+fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .collect()
+}
+
+/// The request to send to the replica: the client's request line and
+/// headers without the hop-by-hop ones, `X-Forwarded-For` extended,
+/// `X-Forwarded-Proto` and `-Host` set, then the body.
+pub(super) fn upstream_request(request: &[u8], plan: &Plan, client: &ClientInfo) -> Vec<u8> {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    // Parsed before: cannot fail.
+    let _ = req.parse_with_uninit_headers(request, &mut headers);
+    let mut out = Vec::with_capacity(request.len() + 128);
+    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let named = connection_named(req.headers);
+    let mut prior_for = None;
+    for h in req.headers.iter() {
+        if is_hop_by_hop(h.name, &named) {
+            continue;
+        }
+        if h.name
+            .eq_ignore_ascii_case(headers::X_FORWARDED_FOR.as_str())
+        {
+            prior_for.get_or_insert(h.value);
+            continue;
+        }
+        if h.name
+            .eq_ignore_ascii_case(headers::X_FORWARDED_PROTO.as_str())
+            || h.name
+                .eq_ignore_ascii_case(headers::X_FORWARDED_HOST.as_str())
+        {
+            continue;
+        }
+        push_header(&mut out, h.name.as_bytes(), h.value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = prior_for {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(client.proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    push_header(&mut out, b"x-forwarded-host", &request[plan.host.clone()]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&request[plan.head_len..]);
+    out
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses a response head at the front of `buf` and writes the head the
+/// client gets: `HTTP/1.1`, the status and reason, the headers without the
+/// hop-by-hop ones (`Transfer-Encoding` stays: a chunked body passes
+/// through as it is).
+pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String> {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid response head: {e}")),
+    };
+    let status = resp.code.unwrap_or_default();
+    let mut keep = resp.version == Some(1);
+    let mut framing = Framing::UntilClose;
+    let mut length = None;
+    let named = connection_named(resp.headers);
+    let mut head = Vec::with_capacity(len + 32);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(itoa3(status).as_slice());
+    head.push(b' ');
+    head.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => continue,
+                _ => return Err("invalid content-length in the response".into()),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if !tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"chunked")) {
+                return Err("a transfer-encoding other than chunked".into());
+            }
+            framing = Framing::Chunked;
+            push_header(&mut head, name.as_bytes(), h.value);
+            continue;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    keep = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    keep = true;
+                }
+            }
+        }
+        if is_hop_by_hop(name, &named) {
+            continue;
+        }
+        push_header(&mut head, name.as_bytes(), h.value);
+    }
+    match (framing, length) {
+        (Framing::Chunked, Some(_)) => {
+            return Err("both content-length and chunked in the response".into());
+        }
+        (_, Some(n)) => framing = Framing::Length(n),
+        _ => {}
+    }
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        framing = Framing::Empty;
+    }
+    head.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead {
+        head,
+        len,
+        status,
+        framing,
+        keep,
+    }))
+}
+
+/// A status code as its three digits.
+fn itoa3(n: u16) -> [u8; 3] {
+    let n = n.min(999);
+    [
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ClientInfo {
+        ClientInfo {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            ip: headers::client_ip("127.0.0.1".parse().unwrap()),
+            proto: "http",
+            activity: None,
+        }
+    }
+
+    fn plan(input: &[u8]) -> Plan {
+        match parse_request(input, 1024) {
+            Parsed::Complete(plan) => plan,
+            Parsed::Partial => panic!("partial"),
+            Parsed::NotFast => panic!("not fast"),
+        }
+    }
+
+    #[test]
+    fn plain_requests_are_fast_and_the_rest_is_hyper_s() {
+        let p = plan(b"GET /a HTTP/1.1\r\nHost: x:1\r\n\r\n");
+        assert_eq!((p.head_len, p.body_len, p.close), (30, 0, false));
+        let p = plan(
+            b"POST / HTTP/1.1\r\nhost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        );
+        assert_eq!((p.body_len, p.close), (3, true));
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024),
+            Parsed::Partial
+        ));
+        for not_fast in [
+            &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+            b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(not_fast, 1024), Parsed::NotFast),
+                "{}",
+                String::from_utf8_lossy(not_fast)
+            );
+        }
+    }
+
+    #[test]
+    fn the_upstream_request_drops_hop_by_hop_headers_and_adds_forwarded_ones() {
+        let input = b"POST /p?q=1 HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, x-secret\r\n\
+            x-secret: 1\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\
+            Accept: */*\r\nContent-Length: 2\r\n\r\nhi";
+        let out = upstream_request(input, &plan(input), &info());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\nContent-Length: 2\r\n\
+             x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: example.test\r\n\r\nhi"
+        );
+    }
+
+    #[test]
+    fn response_heads_are_rewritten_and_framed() {
+        let input = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nx-version: v2\r\n\r\nhello";
+        let head = parse_response(input).unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8(head.head).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-version: v2\r\n\r\n"
+        );
+        assert_eq!(
+            (head.framing, head.keep, head.len),
+            (Framing::Length(5), true, input.len() - 5)
+        );
+        let chunked = parse_response(
+            b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (chunked.framing, chunked.keep, chunked.status),
+            (Framing::Chunked, false, 503)
+        );
+        let until_close = parse_response(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!(until_close.framing, Framing::UntilClose);
+        let empty = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(empty.framing, Framing::Empty);
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
+                .is_err()
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .is_err()
+        );
+    }
+}
