@@ -85,15 +85,19 @@ impl Process {
             .kill_on_drop(false);
         let parent = nix::unistd::getpid();
         // SAFETY: between fork and exec the closure makes two system calls
-        // (prctl, getppid), both async-signal-safe, and allocates nothing.
+        // (prctl, getppid), both async-signal-safe, and allocates nothing
+        // (its errors are raw errnos).
         // The crate's only unsafe code.
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
-                // The runtime died between the fork and the prctl.
+                // The runtime died between the fork and the prctl. (An
+                // error from a raw errno: no allocation after the fork.)
                 if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::other("the runtime is gone"));
+                    return Err(std::io::Error::from_raw_os_error(
+                        nix::errno::Errno::ESRCH as i32,
+                    ));
                 }
                 Ok(())
             });
