@@ -70,132 +70,6 @@ struct ClientInfo {
     activity: Option<Arc<Activity>>,
 }
 
-/// What every proxy thread shares: the proxy, the connection builders, the
-/// connection limit, and the shutdown.
-#[derive(Clone)]
-struct Front {
-    proxy: Arc<Proxy>,
-    builders: Arc<Builders>,
-    /// Connection slots, `max_connections` in all.
-    slots: Arc<Semaphore>,
-    /// Cancelled when the proxy stops accepting.
-    stop_accepting: CancellationToken,
-    /// The time connections get to finish, set before `stop_accepting`.
-    grace: Arc<std::sync::Mutex<std::time::Duration>>,
-}
-
-impl Front {
-    /// Starts proxy thread `index` accepting from `listener`; the receiver
-    /// resolves when the thread has finished its connections.
-    fn spawn_thread(
-        self,
-        index: usize,
-        listener: std::net::TcpListener,
-    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (done, finished) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("dropless-proxy-{index}"))
-            .spawn(move || {
-                crate::pool::use_slot(index);
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => self.accept(listener).await,
-                        Err(e) => tracing::error!("proxy thread {index}: {e}"),
-                    }
-                });
-                // Tasks still running on it (WebSocket tunnels) end here.
-                drop(runtime);
-                let _ = done.send(());
-            })?;
-        Ok(finished)
-    }
-
-    /// Accepts from `listener` on the caller's runtime instead.
-    fn spawn_here(self, listener: TcpListener) -> tokio::sync::oneshot::Receiver<()> {
-        let (done, finished) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            self.accept(listener).await;
-            let _ = done.send(());
-        });
-        finished
-    }
-
-    /// Accepts and serves connections until the proxy stops accepting, then
-    /// gives the open ones the grace period to finish.
-    async fn accept(self, listener: TcpListener) {
-        let stop = CancellationToken::new();
-        let connections = TaskTracker::new();
-        let max = self.proxy.config.max_connections;
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-                () = self.stop_accepting.cancelled() => break,
-            };
-            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit {max} reached; closing");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let (proxy, builders, stop) = (
-                Arc::clone(&self.proxy),
-                Arc::clone(&self.builders),
-                stop.clone(),
-            );
-            connections.spawn(async move {
-                match proxy.tls.clone() {
-                    None => proxy.serve_plain(&builders, stream, &stop, peer).await,
-                    Some(tls) => Box::pin(async {
-                        // A client that never finishes its handshake holds a slot no longer
-                        // than one that never finishes its request head.
-                        let timeout = proxy.config.header_read_timeout;
-                        match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                let service =
-                                    Proxy::service(Arc::clone(&proxy), peer, "https", None);
-                                let conn = builders
-                                    .auto
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                until_done(conn, &stop, peer).await;
-                            }
-                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}")
-                            }
-                        }
-                    })
-                    .await,
-                }
-                drop(slot);
-            });
-        }
-        drop(listener);
-        connections.close();
-        let open = connections.len();
-        if open > 0 {
-            tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
-        }
-        stop.cancel();
-        let grace = *self.grace.lock().expect("grace lock");
-        tokio::select! {
-            () = connections.wait() => {}
-            () = tokio::time::sleep(grace) => tracing::warn!(
-                "proxy connections forced closed after {grace:?}"
-            ),
-        }
-    }
-}
-
 impl Proxy {
     /// A proxy routing with `router`, speaking plain HTTP.
     pub fn new(router: Router, config: ProxyConfig) -> Self {
@@ -536,6 +410,132 @@ impl Proxy {
                     tried.push(pick.replica);
                 }
             }
+        }
+    }
+}
+
+/// What every proxy thread shares: the proxy, the connection builders, the
+/// connection limit, and the shutdown.
+#[derive(Clone)]
+struct Front {
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    /// Connection slots, `max_connections` in all.
+    slots: Arc<Semaphore>,
+    /// Cancelled when the proxy stops accepting.
+    stop_accepting: CancellationToken,
+    /// The time connections get to finish, set before `stop_accepting`.
+    grace: Arc<std::sync::Mutex<std::time::Duration>>,
+}
+
+impl Front {
+    /// Starts proxy thread `index` accepting from `listener`; the receiver
+    /// resolves when the thread has finished its connections.
+    fn spawn_thread(
+        self,
+        index: usize,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("dropless-proxy-{index}"))
+            .spawn(move || {
+                crate::pool::use_slot(index);
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => self.accept(listener).await,
+                        Err(e) => tracing::error!("proxy thread {index}: {e}"),
+                    }
+                });
+                // Tasks still running on it (WebSocket tunnels) end here.
+                drop(runtime);
+                let _ = done.send(());
+            })?;
+        Ok(finished)
+    }
+
+    /// Accepts from `listener` on the caller's runtime instead.
+    fn spawn_here(self, listener: TcpListener) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            self.accept(listener).await;
+            let _ = done.send(());
+        });
+        finished
+    }
+
+    /// Accepts and serves connections until the proxy stops accepting, then
+    /// gives the open ones the grace period to finish.
+    async fn accept(self, listener: TcpListener) {
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let max = self.proxy.config.max_connections;
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                () = self.stop_accepting.cancelled() => break,
+            };
+            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit {max} reached; closing");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (proxy, builders, stop) = (
+                Arc::clone(&self.proxy),
+                Arc::clone(&self.builders),
+                stop.clone(),
+            );
+            connections.spawn(async move {
+                match proxy.tls.clone() {
+                    None => proxy.serve_plain(&builders, stream, &stop, peer).await,
+                    Some(tls) => Box::pin(async {
+                        // A client that never finishes its handshake holds a slot no longer
+                        // than one that never finishes its request head.
+                        let timeout = proxy.config.header_read_timeout;
+                        match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                let service =
+                                    Proxy::service(Arc::clone(&proxy), peer, "https", None);
+                                let conn = builders
+                                    .auto
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                                until_done(conn, &stop, peer).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}")
+                            }
+                        }
+                    })
+                    .await,
+                }
+                drop(slot);
+            });
+        }
+        drop(listener);
+        connections.close();
+        let open = connections.len();
+        if open > 0 {
+            tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
+        }
+        stop.cancel();
+        let grace = *self.grace.lock().expect("grace lock");
+        tokio::select! {
+            () = connections.wait() => {}
+            () = tokio::time::sleep(grace) => tracing::warn!(
+                "proxy connections forced closed after {grace:?}"
+            ),
         }
     }
 }
