@@ -8,6 +8,7 @@ mod error;
 mod fast;
 mod front;
 mod headers;
+mod threads;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,10 +26,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use error::{ErrorSource, ProxyError, error_chain};
 
@@ -90,11 +89,8 @@ impl Proxy {
     /// accepting and gives the open connections `shutdown_grace` to finish
     /// (no time at all for [`Shutdown::Fast`]).
     ///
-    /// Client connections are served by `threads` threads, each with its own
-    /// single-threaded runtime (its own epoll) accepting from the shared
-    /// listener, as nginx's worker processes do: a connection, its requests
-    /// and the upstream sockets they use stay on one thread, with no work
-    /// stealing and no cross-thread wake-ups.
+    /// Client connections are served by `proxy.threads` threads, each with
+    /// its own single-threaded runtime (see [`threads`]).
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = Shutdown>) {
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
@@ -112,42 +108,44 @@ impl Proxy {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let front = Front {
-            slots: Arc::new(Semaphore::new(self.config.max_connections)),
-            grace: Arc::new(std::sync::Mutex::new(self.config.shutdown_grace)),
-            proxy: Arc::new(self),
-            builders: Arc::new(Builders { auto, h1 }),
-            stop_accepting: CancellationToken::new(),
+        let grace = self.config.shutdown_grace;
+        let running = threads::start(
+            Arc::new(self),
+            Arc::new(Builders { auto, h1 }),
+            listener,
+            threads,
+        );
+        let grace = match shutdown.await {
+            Shutdown::Fast => std::time::Duration::ZERO,
+            Shutdown::Graceful => grace,
         };
-        let mut finished = Vec::new();
-        match listener.into_std() {
-            Ok(listener) => {
-                for i in 0..threads {
-                    let spawned = listener
-                        .try_clone()
-                        .and_then(|l| front.clone().spawn_thread(i, l));
-                    match spawned {
-                        Ok(done) => finished.push(done),
-                        Err(e) => tracing::error!("proxy thread {i} did not start: {e}"),
-                    }
-                }
-                if finished.is_empty() {
-                    // No thread would start: serve on the caller's runtime.
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => finished.push(front.clone().spawn_here(l)),
-                        Err(e) => tracing::error!("proxy listener unusable: {e}"),
-                    }
-                }
+        running.stop(grace).await;
+    }
+
+    /// Serves one client connection: plain TCP (h2c or HTTP/1.1), or TLS.
+    async fn serve_connection(
+        self: &Arc<Self>,
+        builders: &Builders,
+        stream: TcpStream,
+        stop: &CancellationToken,
+        peer: SocketAddr,
+    ) {
+        let Some(tls) = self.tls.clone() else {
+            return self.serve_plain(builders, stream, stop, peer).await;
+        };
+        // A client that never finishes its handshake holds a slot no longer
+        // than one that never finishes its request head.
+        let timeout = self.config.header_read_timeout;
+        match tokio::time::timeout(timeout, tls.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let service = Proxy::service(Arc::clone(self), peer, "https", None);
+                let conn = builders
+                    .auto
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                until_done(conn, stop, peer).await;
             }
-            Err(e) => tracing::error!("proxy listener unusable: {e}"),
-        }
-        let mode = shutdown.await;
-        if mode == Shutdown::Fast {
-            *front.grace.lock().expect("grace lock") = std::time::Duration::ZERO;
-        }
-        front.stop_accepting.cancel();
-        for done in finished {
-            let _ = done.await;
+            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}"),
         }
     }
 
@@ -410,132 +408,6 @@ impl Proxy {
                     tried.push(pick.replica);
                 }
             }
-        }
-    }
-}
-
-/// What every proxy thread shares: the proxy, the connection builders, the
-/// connection limit, and the shutdown.
-#[derive(Clone)]
-struct Front {
-    proxy: Arc<Proxy>,
-    builders: Arc<Builders>,
-    /// Connection slots, `max_connections` in all.
-    slots: Arc<Semaphore>,
-    /// Cancelled when the proxy stops accepting.
-    stop_accepting: CancellationToken,
-    /// The time connections get to finish, set before `stop_accepting`.
-    grace: Arc<std::sync::Mutex<std::time::Duration>>,
-}
-
-impl Front {
-    /// Starts proxy thread `index` accepting from `listener`; the receiver
-    /// resolves when the thread has finished its connections.
-    fn spawn_thread(
-        self,
-        index: usize,
-        listener: std::net::TcpListener,
-    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (done, finished) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("dropless-proxy-{index}"))
-            .spawn(move || {
-                crate::pool::use_slot(index);
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => self.accept(listener).await,
-                        Err(e) => tracing::error!("proxy thread {index}: {e}"),
-                    }
-                });
-                // Tasks still running on it (WebSocket tunnels) end here.
-                drop(runtime);
-                let _ = done.send(());
-            })?;
-        Ok(finished)
-    }
-
-    /// Accepts from `listener` on the caller's runtime instead.
-    fn spawn_here(self, listener: TcpListener) -> tokio::sync::oneshot::Receiver<()> {
-        let (done, finished) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            self.accept(listener).await;
-            let _ = done.send(());
-        });
-        finished
-    }
-
-    /// Accepts and serves connections until the proxy stops accepting, then
-    /// gives the open ones the grace period to finish.
-    async fn accept(self, listener: TcpListener) {
-        let stop = CancellationToken::new();
-        let connections = TaskTracker::new();
-        let max = self.proxy.config.max_connections;
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-                () = self.stop_accepting.cancelled() => break,
-            };
-            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit {max} reached; closing");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let (proxy, builders, stop) = (
-                Arc::clone(&self.proxy),
-                Arc::clone(&self.builders),
-                stop.clone(),
-            );
-            connections.spawn(async move {
-                match proxy.tls.clone() {
-                    None => proxy.serve_plain(&builders, stream, &stop, peer).await,
-                    Some(tls) => Box::pin(async {
-                        // A client that never finishes its handshake holds a slot no longer
-                        // than one that never finishes its request head.
-                        let timeout = proxy.config.header_read_timeout;
-                        match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                let service =
-                                    Proxy::service(Arc::clone(&proxy), peer, "https", None);
-                                let conn = builders
-                                    .auto
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                until_done(conn, &stop, peer).await;
-                            }
-                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}")
-                            }
-                        }
-                    })
-                    .await,
-                }
-                drop(slot);
-            });
-        }
-        drop(listener);
-        connections.close();
-        let open = connections.len();
-        if open > 0 {
-            tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
-        }
-        stop.cancel();
-        let grace = *self.grace.lock().expect("grace lock");
-        tokio::select! {
-            () = connections.wait() => {}
-            () = tokio::time::sleep(grace) => tracing::warn!(
-                "proxy connections forced closed after {grace:?}"
-            ),
         }
     }
 }

@@ -1,0 +1,365 @@
+//! The proxy's threads. Each is a single-threaded tokio runtime with its own
+//! epoll, accepting from the shared listener, as nginx's worker processes
+//! do: a connection, its requests and the upstream sockets they use stay on
+//! one thread, with no work stealing and no cross-thread wake-ups.
+//!
+//! Whichever thread wakes first would take a whole burst of new connections
+//! (a load test opening 50 at once), leaving the others idle; so a thread
+//! that accepts a connection while another thread serves fewer hands it to
+//! the least loaded one, which registers it with its own epoll.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Builders, Proxy};
+
+/// The running proxy threads.
+pub(super) struct Running {
+    shared: Shared,
+    finished: Vec<oneshot::Receiver<()>>,
+}
+
+/// What every proxy thread shares.
+#[derive(Clone)]
+struct Shared {
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    /// Connection slots, `max_connections` in all.
+    slots: Arc<Semaphore>,
+    /// Open connections per thread.
+    loads: Arc<Loads>,
+    /// Where each thread takes connections another thread accepted.
+    inboxes: Arc<[mpsc::UnboundedSender<Handoff>]>,
+    /// Cancelled when the proxy stops accepting.
+    stop_accepting: CancellationToken,
+    /// The time connections get to finish, set before `stop_accepting`.
+    grace: Arc<std::sync::Mutex<Duration>>,
+}
+
+/// A connection accepted by one thread for another.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    load: LoadGuard,
+}
+
+/// Open connections per thread.
+#[derive(Debug)]
+struct Loads(Box<[AtomicUsize]>);
+
+/// Counts a connection on a thread until dropped.
+#[derive(Debug)]
+struct LoadGuard {
+    loads: Arc<Loads>,
+    thread: usize,
+}
+
+/// Starts `threads` proxy threads serving `listener` (or, when none can
+/// start, one accept loop on the caller's runtime).
+pub(super) fn start(
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    listener: TcpListener,
+    threads: usize,
+) -> Running {
+    let threads = threads.max(1);
+    let (inboxes, receivers): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
+    let shared = Shared {
+        slots: Arc::new(Semaphore::new(proxy.config.max_connections)),
+        grace: Arc::new(std::sync::Mutex::new(proxy.config.shutdown_grace)),
+        proxy,
+        builders,
+        loads: Loads::new(threads),
+        inboxes: inboxes.into(),
+        stop_accepting: CancellationToken::new(),
+    };
+    let mut finished = Vec::new();
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("proxy listener unusable: {e}");
+            return Running { shared, finished };
+        }
+    };
+    for (i, inbox) in receivers.into_iter().enumerate() {
+        let spawned = listener
+            .try_clone()
+            .and_then(|l| shared.clone().spawn_thread(i, l, inbox));
+        match spawned {
+            Ok(done) => finished.push(done),
+            Err(e) => tracing::error!("proxy thread {i} did not start: {e}"),
+        }
+    }
+    if finished.is_empty() {
+        // No thread would start: serve on the caller's runtime instead
+        // (hand-overs to the threads fail, so it serves everything).
+        let (_, inbox) = mpsc::unbounded_channel();
+        match TcpListener::from_std(listener) {
+            Ok(l) => finished.push(shared.clone().spawn_here(0, l, inbox)),
+            Err(e) => tracing::error!("proxy listener unusable: {e}"),
+        }
+    }
+    Running { shared, finished }
+}
+
+impl Running {
+    /// Stops accepting, gives the open connections `grace` to finish, and
+    /// waits for every thread to end.
+    pub(super) async fn stop(self, grace: Duration) {
+        *self.shared.grace.lock().expect("grace lock") = grace;
+        self.shared.stop_accepting.cancel();
+        for done in self.finished {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Shared {
+    /// Starts proxy thread `index` accepting from `listener`; the receiver
+    /// resolves when the thread has finished its connections.
+    fn spawn_thread(
+        self,
+        index: usize,
+        listener: std::net::TcpListener,
+        inbox: mpsc::UnboundedReceiver<Handoff>,
+    ) -> std::io::Result<oneshot::Receiver<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("dropless-proxy-{index}"))
+            .spawn(move || {
+                crate::pool::use_slot(index);
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => self.accept(index, listener, inbox).await,
+                        Err(e) => tracing::error!("proxy thread {index}: {e}"),
+                    }
+                });
+                // Tasks still running on it (WebSocket tunnels) end here.
+                drop(runtime);
+                let _ = done.send(());
+            })?;
+        Ok(finished)
+    }
+
+    /// Accepts from `listener` on the caller's runtime instead.
+    fn spawn_here(
+        self,
+        index: usize,
+        listener: TcpListener,
+        inbox: mpsc::UnboundedReceiver<Handoff>,
+    ) -> oneshot::Receiver<()> {
+        let (done, finished) = oneshot::channel();
+        tokio::spawn(async move {
+            self.accept(index, listener, inbox).await;
+            let _ = done.send(());
+        });
+        finished
+    }
+
+    /// Accepts (and takes handed-over) connections until the proxy stops
+    /// accepting, then gives the open ones the grace period to finish.
+    async fn accept(
+        self,
+        index: usize,
+        listener: TcpListener,
+        mut inbox: mpsc::UnboundedReceiver<Handoff>,
+    ) {
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.accepted(index, stream, peer, &connections, &stop),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some(handoff) = inbox.recv() => self.adopt(index, handoff, &connections, &stop),
+                () = self.stop_accepting.cancelled() => break,
+            }
+        }
+        drop(listener);
+        // Connections handed over and not yet taken are served too; from
+        // now on a thread that hands one here serves it itself.
+        inbox.close();
+        while let Ok(handoff) = inbox.try_recv() {
+            self.adopt(index, handoff, &connections, &stop);
+        }
+        connections.close();
+        let open = connections.len();
+        if open > 0 {
+            tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
+        }
+        stop.cancel();
+        let grace = *self.grace.lock().expect("grace lock");
+        tokio::select! {
+            () = connections.wait() => {}
+            () = tokio::time::sleep(grace) => tracing::warn!(
+                "proxy connections forced closed after {grace:?}"
+            ),
+        }
+    }
+
+    /// A connection thread `index` accepted: served here, or handed to a
+    /// thread that serves fewer.
+    fn accepted(
+        &self,
+        index: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        connections: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
+        let max = self.proxy.config.max_connections;
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit {max} reached; closing");
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let load = self.loads.place(index);
+        if load.thread == index {
+            return self.serve(stream, peer, slot, load, connections, stop);
+        }
+        let target = load.thread;
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(%peer, "cannot hand a connection over: {e}"),
+        };
+        let handoff = Handoff {
+            stream,
+            peer,
+            slot,
+            load,
+        };
+        if let Err(mpsc::error::SendError(handoff)) = self.inboxes[target].send(handoff) {
+            // That thread has stopped (or never started): serve it here.
+            self.adopt(index, handoff, connections, stop);
+        }
+    }
+
+    /// Serves on thread `index` a connection accepted by another thread.
+    fn adopt(
+        &self,
+        index: usize,
+        mut handoff: Handoff,
+        connections: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
+        if handoff.load.thread != index {
+            handoff.load = self.loads.count(index);
+        }
+        match TcpStream::from_std(handoff.stream) {
+            Ok(stream) => self.serve(
+                stream,
+                handoff.peer,
+                handoff.slot,
+                handoff.load,
+                connections,
+                stop,
+            ),
+            Err(e) => tracing::warn!(peer = %handoff.peer, "cannot take a connection over: {e}"),
+        }
+    }
+
+    /// Serves a connection on this thread, counted until it ends.
+    fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        load: LoadGuard,
+        connections: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
+        let (proxy, builders, stop) = (
+            Arc::clone(&self.proxy),
+            Arc::clone(&self.builders),
+            stop.clone(),
+        );
+        connections.spawn(async move {
+            proxy.serve_connection(&builders, stream, &stop, peer).await;
+            drop((slot, load));
+        });
+    }
+}
+
+impl Loads {
+    fn new(threads: usize) -> Arc<Self> {
+        Arc::new(Self((0..threads).map(|_| AtomicUsize::new(0)).collect()))
+    }
+
+    /// Where a connection accepted by thread `here` is served: `here`,
+    /// unless another thread serves fewer; counted there from now on.
+    fn place(self: &Arc<Self>, here: usize) -> LoadGuard {
+        let mut target = here;
+        let mut least = self.0[here].load(Ordering::Relaxed);
+        for (i, load) in self.0.iter().enumerate() {
+            let n = load.load(Ordering::Relaxed);
+            if n < least {
+                (target, least) = (i, n);
+            }
+        }
+        self.count(target)
+    }
+
+    /// Counts a connection on `thread`.
+    fn count(self: &Arc<Self>, thread: usize) -> LoadGuard {
+        self.0[thread].fetch_add(1, Ordering::Relaxed);
+        LoadGuard {
+            loads: Arc::clone(self),
+            thread,
+        }
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.loads.0[self.thread].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(loads: &Loads) -> Vec<usize> {
+        loads.0.iter().map(|l| l.load(Ordering::Relaxed)).collect()
+    }
+
+    #[test]
+    fn a_burst_accepted_by_one_thread_is_spread_over_all() {
+        let loads = Loads::new(3);
+        let guards: Vec<_> = (0..9).map(|_| loads.place(0)).collect();
+        assert_eq!(counts(&loads), [3, 3, 3]);
+        // Ties stay where they were accepted: no hand-over for nothing.
+        assert!(guards.iter().filter(|g| g.thread == 0).count() == 3);
+        drop(guards);
+        assert_eq!(counts(&loads), [0, 0, 0]);
+        let here = loads.place(2);
+        assert_eq!(here.thread, 2, "all equal: served where accepted");
+    }
+
+    #[test]
+    fn a_connection_that_ends_frees_its_thread() {
+        let loads = Loads::new(2);
+        let a = loads.place(0);
+        let b = loads.place(0);
+        assert_eq!((a.thread, b.thread), (0, 1));
+        drop(a);
+        assert_eq!(loads.place(1).thread, 0);
+    }
+}
