@@ -133,20 +133,25 @@ impl Proxy {
         let Some(tls) = self.tls.clone() else {
             return self.serve_plain(builders, stream, stop, peer).await;
         };
-        // A client that never finishes its handshake holds a slot no longer
-        // than one that never finishes its request head.
-        let timeout = self.config.header_read_timeout;
-        match tokio::time::timeout(timeout, tls.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                let service = Proxy::service(Arc::clone(self), peer, "https", None);
-                let conn = builders
-                    .auto
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                until_done(conn, stop, peer).await;
+        // Boxed: the TLS and HTTP/2 state would otherwise size the task of
+        // every plain connection too, idle ones included.
+        Box::pin(async {
+            // A client that never finishes its handshake holds a slot no
+            // longer than one that never finishes its request head.
+            let timeout = self.config.header_read_timeout;
+            match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let service = Proxy::service(Arc::clone(self), peer, "https", None);
+                    let conn = builders
+                        .auto
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    until_done(conn, stop, peer).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}"),
             }
-            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}"),
-        }
+        })
+        .await;
     }
 
     /// The hyper service for the requests of one client connection.
