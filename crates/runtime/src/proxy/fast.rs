@@ -34,7 +34,7 @@ use crate::balance::{self, Pick};
 use crate::pool::PoolError;
 use crate::replica::Replica;
 use body::Body;
-use head::{Framing, Parsed, Plan, ResponseHead, parse_request, parse_response, upstream_request};
+use head::{Framing, Parsed, Plan, ResponseHead, parse_request, parse_response};
 
 /// Largest response head accepted from a replica.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -144,12 +144,12 @@ pub(super) async fn serve(
 impl Session<'_, '_> {
     async fn run(&mut self) -> Exit {
         loop {
-            let plan = match self.read_request().await {
+            let mut plan = match self.read_request().await {
                 Next::Request(plan) => plan,
                 Next::Closed => return Exit::Closed,
                 Next::Hyper => return Exit::Handoff(std::mem::take(&mut self.input).freeze()),
             };
-            let close = match self.proxy_request(&plan).await {
+            let close = match self.proxy_request(&mut plan).await {
                 Ok(close) => close || plan.close || self.stop.is_cancelled(),
                 Err(Broken) => return Exit::Closed,
             };
@@ -187,7 +187,7 @@ impl Session<'_, '_> {
         let max_head = self.proxy.config.max_header_bytes;
         loop {
             if !self.input.is_empty() {
-                match parse_request(&self.input, self.proxy.config.retry_body_limit) {
+                match parse_request(&self.input, self.proxy.config.retry_body_limit, self.client) {
                     Parsed::Complete(plan) => {
                         let total = plan.head_len + plan.body_len;
                         while self.input.len() < total {
@@ -233,7 +233,7 @@ impl Session<'_, '_> {
     /// Proxies the request at the front of the input and removes it;
     /// returns whether the connection must close after it. `Err` when the
     /// client connection failed.
-    async fn proxy_request(&mut self, plan: &Plan) -> Result<bool, Broken> {
+    async fn proxy_request(&mut self, plan: &mut Plan) -> Result<bool, Broken> {
         let total = plan.head_len + plan.body_len;
         let host = std::str::from_utf8(&self.input[plan.host.clone()]).ok();
         let Some(service) = self.proxy.router.route(host).cloned() else {
@@ -243,7 +243,8 @@ impl Session<'_, '_> {
             self.input.advance(total);
             return self.send_error(&err, plan).await;
         };
-        let out = upstream_request(&self.input[..total], plan, self.client);
+        let mut out = std::mem::take(&mut plan.upstream);
+        out.extend_from_slice(&self.input[plan.head_len..total]);
         self.input.advance(total);
         if self.input.is_empty() {
             self.input = BytesMut::new();

@@ -24,6 +24,8 @@ pub(super) struct Plan {
     pub(super) head_method: bool,
     /// The client asked to close after this response.
     pub(super) close: bool,
+    /// The head the replica gets (the body follows it as it came).
+    pub(super) upstream: Vec<u8>,
 }
 
 /// How the body of a response ends.
@@ -63,9 +65,9 @@ pub(super) enum Parsed {
     NotFast,
 }
 
-/// Parses the request head at the front of `input` and decides whether the
-/// fast path handles it.
-pub(super) fn parse_request(input: &[u8], body_limit: usize) -> Parsed {
+/// Parses the request head at the front of `input`, decides whether the
+/// fast path handles it and, when it does, writes the head the replica gets.
+pub(super) fn parse_request(input: &[u8], body_limit: usize, client: &ClientInfo) -> Parsed {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(input, &mut headers) {
@@ -124,12 +126,14 @@ pub(super) fn parse_request(input: &[u8], body_limit: usize) -> Parsed {
     if body_len > body_limit {
         return Parsed::NotFast;
     }
+    let upstream = upstream_head(&req, &input[host.clone()], head_len, client);
     Parsed::Complete(Plan {
         host,
         head_len,
         body_len,
         head_method: method == "HEAD",
         close,
+        upstream,
     })
 }
 
@@ -160,15 +164,16 @@ fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
         .collect()
 }
 
-/// The request to send to the replica: the client's request line and
+/// The request head for the replica: the client's request line and
 /// headers without the hop-by-hop ones, `X-Forwarded-For` extended,
-/// `X-Forwarded-Proto` and `-Host` set, then the body.
-pub(super) fn upstream_request(request: &[u8], plan: &Plan, client: &ClientInfo) -> Vec<u8> {
-    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    // Parsed before: cannot fail.
-    let _ = req.parse_with_uninit_headers(request, &mut headers);
-    let mut out = Vec::with_capacity(request.len() + 128);
+/// `X-Forwarded-Proto` and `-Host` (`host`) set.
+fn upstream_head(
+    req: &httparse::Request<'_, '_>,
+    host: &[u8],
+    head_len: usize,
+    client: &ClientInfo,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head_len + 128);
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
@@ -203,9 +208,8 @@ pub(super) fn upstream_request(request: &[u8], plan: &Plan, client: &ClientInfo)
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(client.proto.as_bytes());
     out.extend_from_slice(b"\r\n");
-    push_header(&mut out, b"x-forwarded-host", &request[plan.host.clone()]);
+    push_header(&mut out, b"x-forwarded-host", host);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&request[plan.head_len..]);
     out
 }
 
@@ -319,7 +323,7 @@ mod tests {
     }
 
     fn plan(input: &[u8]) -> Plan {
-        match parse_request(input, 1024) {
+        match parse_request(input, 1024, &info()) {
             Parsed::Complete(plan) => plan,
             Parsed::Partial => panic!("partial"),
             Parsed::NotFast => panic!("not fast"),
@@ -335,7 +339,7 @@ mod tests {
         );
         assert_eq!((p.body_len, p.close), (3, true));
         assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024),
+            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024, &info()),
             Parsed::Partial
         ));
         for not_fast in [
@@ -353,7 +357,7 @@ mod tests {
             b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             assert!(
-                matches!(parse_request(not_fast, 1024), Parsed::NotFast),
+                matches!(parse_request(not_fast, 1024, &info()), Parsed::NotFast),
                 "{}",
                 String::from_utf8_lossy(not_fast)
             );
@@ -365,7 +369,8 @@ mod tests {
         let input = b"POST /p?q=1 HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, x-secret\r\n\
             x-secret: 1\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\
             Accept: */*\r\nContent-Length: 2\r\n\r\nhi";
-        let out = upstream_request(input, &plan(input), &info());
+        let p = plan(input);
+        let out = [&p.upstream[..], &input[p.head_len..]].concat();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\nContent-Length: 2\r\n\
