@@ -43,11 +43,6 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "nothing answers on $1" >&2; exit 1
-}
 # Starts demo version $1 on a free port; prints "PID PORT".
 start_backend() {
   local port; port=$(free_port)

@@ -1,7 +1,18 @@
-# What the benchmark scripts share: logging, installing the peers.
+# What the benchmark scripts share: logging, ports, waiting for a server,
+# installing the peers.
 # Source it after cd-ing to the repository root:  . bench/lib.sh
 
 log() { printf '==> %s\n' "$*" >&2; }
+
+# A free port on 127.0.0.1 (bound, then released).
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Waits up to 10 s (polling every 50 ms) until URL answers 2xx; exits the
+# script otherwise.
+wait_http() {
+  for _ in $(seq 200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "nothing answers on $1" >&2; exit 1
+}
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
