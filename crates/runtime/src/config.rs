@@ -54,6 +54,15 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 pub const DEFAULT_RETRY_BODY_LIMIT: usize = 64 * 1024;
 /// Default most attempts (first try and retries) for one request.
 pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
+/// Whether a written non-idempotent request carrying `Idempotency-Key` may
+/// be sent again: off, the replica's key handling is not assumed.
+pub const DEFAULT_RETRY_IDEMPOTENCY_KEY: bool = false;
+/// Longest pause between two reads of a streamed request body (nginx's
+/// `client_body_timeout`).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most request bodies streamed to one replica at once; more wait for a
+/// slot within the queue timeout.
+pub const DEFAULT_MAX_STREAMED_UPLOADS: usize = 64;
 /// Default time an idle pooled upstream connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a replica has to start its response (nginx's
@@ -104,6 +113,16 @@ pub struct ProxyConfig {
     pub retry_body_limit: usize,
     /// Most attempts for one request ([`DEFAULT_MAX_ATTEMPTS`]).
     pub max_attempts: usize,
+    /// Send a written non-idempotent request again when it carries
+    /// `Idempotency-Key` ([`DEFAULT_RETRY_IDEMPOTENCY_KEY`]).
+    pub retry_idempotency_key: bool,
+    /// Longest pause between two reads of a streamed request body; then the
+    /// client gets a 408 ([`DEFAULT_BODY_READ_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Most request bodies streamed to one replica at once
+    /// ([`DEFAULT_MAX_STREAMED_UPLOADS`]).
+    pub max_streamed_uploads: usize,
     /// Idle upstream connections kept this long ([`DEFAULT_POOL_IDLE_TIMEOUT`]).
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
@@ -289,6 +308,9 @@ impl Default for ProxyConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_idempotency_key: DEFAULT_RETRY_IDEMPOTENCY_KEY,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            max_streamed_uploads: DEFAULT_MAX_STREAMED_UPLOADS,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -390,8 +412,13 @@ impl Config {
         if self.proxy.tls_cert.is_some() != self.proxy.tls_key.is_some() {
             return bad("tls_cert and tls_key go together: give both or neither".into());
         }
-        if self.proxy.response_timeout.is_zero() {
-            return bad("proxy.response_timeout must be more than 0".into());
+        if self.proxy.response_timeout.is_zero() || self.proxy.body_read_timeout.is_zero() {
+            return bad(
+                "proxy.response_timeout and proxy.body_read_timeout must be more than 0".into(),
+            );
+        }
+        if self.proxy.max_streamed_uploads == 0 {
+            return bad("proxy.max_streamed_uploads must be at least 1".into());
         }
         if self.proxy.max_connections == 0 || self.proxy.max_attempts == 0 {
             return bad("proxy.max_connections and proxy.max_attempts must be at least 1".into());

@@ -24,7 +24,22 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The body of a request sent upstream: buffered (retryable) or streamed.
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+/// The error of a streamed request body (the client's, or the proxy's own
+/// read timeout).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request that got no response from the replica.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// What failed.
+    pub error: PoolError,
+    /// The request, when no byte of it was written: it may go elsewhere.
+    pub request: Option<http::Request<UpstreamBody>>,
+    /// It failed on a pooled connection that was reused.
+    pub reused: bool,
+}
 
 /// Timeout of a TCP connect to a replica.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -157,12 +172,13 @@ impl Pool {
 
     /// Sends `req` (its URI becomes origin-form; a missing Host header
     /// becomes the replica's address) on an idle connection or a new one, and
-    /// resolves with the response head. An error here means no response byte
-    /// was received.
+    /// resolves with the response head. A failure hands the request back
+    /// when none of it was written (the connect failed, or the pooled
+    /// connection closed before it was used).
     pub async fn send(
         &self,
         mut req: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<PooledBody>, PoolError> {
+    ) -> Result<http::Response<PooledBody>, SendFailure> {
         let addr = self.inner.addr;
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             let path = req
@@ -179,7 +195,16 @@ impl Pool {
         loop {
             let (mut sender, fresh) = match self.inner.checkout().await {
                 Some(sender) => (sender, false),
-                None => (self.connect().await?, true),
+                None => match self.connect().await {
+                    Ok(sender) => (sender, true),
+                    Err(error) => {
+                        return Err(SendFailure {
+                            error,
+                            request: Some(req),
+                            reused: false,
+                        });
+                    }
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -199,10 +224,14 @@ impl Pool {
                     // Another (or a new) connection gets it, as hyper-util's
                     // pool retries such requests.
                     Some(back) if !fresh => req = back,
-                    _ => {
-                        return Err(PoolError::Request {
-                            addr,
-                            source: e.into_error(),
+                    back => {
+                        return Err(SendFailure {
+                            error: PoolError::Request {
+                                addr,
+                                source: e.into_error(),
+                            },
+                            request: back,
+                            reused: !fresh,
                         });
                     }
                 },
@@ -221,6 +250,17 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Closes the idle connections this thread could reuse: one of them
+    /// failed as if the replica had closed it, so the others likely are
+    /// closed too, and the next request should connect afresh.
+    pub fn clear_idle(&self) {
+        self.inner.idle.lock().expect("pool lock").clear();
+        self.inner.idle_raw[raw_slot()]
+            .lock()
+            .expect("pool lock")
+            .clear();
     }
 
     /// Gives back a plain socket whose last response ended cleanly.

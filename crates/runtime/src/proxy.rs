@@ -6,9 +6,11 @@
 
 mod error;
 mod fast;
+mod forward;
 mod front;
 mod headers;
 mod threads;
+mod upload;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,14 +32,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ErrorSource, ProxyError, error_chain};
+pub use forward::Sent;
 
-use crate::balance;
+use crate::balance::Pick;
 use crate::config::ProxyConfig;
-use crate::pool::{PooledBody, UpstreamBody};
+use crate::pool::{PoolError, PooledBody, UpstreamBody};
 use crate::replica::InFlight;
 use crate::route::Router;
 use crate::signal::Shutdown;
 use crate::tls::TlsAcceptor;
+use forward::AttemptError;
 use front::{ActiveGuard, Activity, FrontStream};
 
 /// The body of a response to a client.
@@ -311,15 +315,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: &ClientInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        // The Host header, or the authority of an HTTP/2 request (a header
-        // value: a reference count, not a copy).
-        let host = match req.headers().get(http::header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => req
-                .uri()
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
-        };
+        let host = request_host(&req)?;
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = self
             .router
@@ -336,84 +332,180 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
         headers::set_forwarded(&mut parts.headers, &client.ip, client.proto, host.as_ref());
-        // HTTP/2 requests carry the host in the authority; HTTP/1.1 needs Host.
-        if let (false, Some(v)) = (parts.headers.contains_key(http::header::HOST), host) {
-            parts.headers.insert(http::header::HOST, v);
+        if let Some(host) = &host {
+            parts.headers.insert(http::header::HOST, host.clone());
         }
-        // A body small enough to buffer makes the request safe to retry.
+        // The framing the replica gets is hyper's, written from the body
+        // this proxy read: never the client's header.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        let replay = forward::Replay::of(
+            parts.method.as_str().as_bytes(),
+            parts.headers.contains_key(forward::IDEMPOTENCY_KEY),
+            &self.config,
+        );
+        let failure = upload::ClientFailure::default();
+        let upload = upload::Upload::new(body, self.config.body_read_timeout, Arc::clone(&failure));
+        // A body small enough to buffer makes the request safe to resend.
         let limit = self.config.retry_body_limit as u64;
-        let mut streamed = None;
-        let buffered = if body.is_end_stream() {
-            Some(Bytes::new())
-        } else if body.size_hint().upper().is_some_and(|n| n <= limit) {
-            let collected = Limited::new(body, self.config.retry_body_limit)
+        let body = if upload.is_end_stream() {
+            Body::Buffered(Bytes::new())
+        } else if upload.size_hint().upper().is_some_and(|n| n <= limit) {
+            match Limited::new(upload, self.config.retry_body_limit)
                 .collect()
                 .await
-                .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
-            Some(collected.to_bytes())
-        } else {
-            streamed = Some(body);
-            None
-        };
-        let deadline = Instant::now() + self.config.queue_timeout;
-        let mut tried = Vec::new();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let pick = balance::pick(&service, &tried, deadline)
-                .await
-                .ok_or_else(|| ProxyError::NoReplica {
-                    service: service.name().to_string(),
-                    waited: self.config.queue_timeout,
-                })?;
-            let body: UpstreamBody = match (&buffered, streamed.take()) {
-                // An empty body boxes a zero-sized value: no allocation.
-                (Some(b), _) if b.is_empty() => {
-                    Empty::new().map_err(|never| match never {}).boxed()
-                }
-                (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-                (None, Some(s)) => s.boxed(),
-                (None, None) => {
-                    unreachable!("a streamed body is sent once: no retry without a buffer")
-                }
-            };
-            let mut upstream = Request::builder()
-                .method(parts.method.clone())
-                .uri(parts.uri.clone())
-                .version(Version::HTTP_11)
-                .body(body)
-                .expect("parts of a valid request");
-            // The headers are kept only while a retry may still need them.
-            let may_retry = buffered.is_some() && attempt < self.config.max_attempts;
-            *upstream.headers_mut() = if may_retry {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            let sent =
-                tokio::time::timeout(self.config.response_timeout, pick.pool.send(upstream)).await;
-            let Ok(sent) = sent else {
-                return Err(ProxyError::Timeout {
-                    replica: pick.replica.name().to_string(),
-                    waited: self.config.response_timeout,
-                });
-            };
-            match sent {
-                Ok(resp) => return Ok(respond(resp, pick.guard, &pick.replica, client_upgrade)),
+            {
+                Ok(collected) => Body::Buffered(collected.to_bytes()),
                 Err(e) => {
-                    let err = ProxyError::Upstream {
-                        replica: pick.replica.name().to_string(),
-                        message: error_chain(&e),
-                        retry_safe: buffered.is_some(),
-                    };
-                    if !err.retry_safe() || attempt >= self.config.max_attempts {
-                        return Err(err);
-                    }
-                    tracing::info!("{err}; retrying on another replica");
-                    tried.push(pick.replica);
+                    return Err(failure
+                        .get()
+                        .cloned()
+                        .unwrap_or_else(|| ProxyError::ClientBody(e.to_string())));
                 }
             }
+        } else {
+            Body::Streamed(Some(upload))
+        };
+        let mut attempt = HyperAttempt {
+            parts,
+            body,
+            pending: None,
+            upload_limit: self.config.max_streamed_uploads,
+            queue_deadline: Instant::now() + self.config.queue_timeout,
+        };
+        let mut response_deadline = forward::LazyDeadline::new(Instant::now());
+        let forwarded = forward::forward(
+            &self.config,
+            &service,
+            replay,
+            &mut response_deadline,
+            &mut attempt,
+        )
+        .await;
+        match forwarded {
+            Ok((pick, resp)) => Ok(respond(resp, pick.guard, &pick.replica, client_upgrade)),
+            // The client's body failed: the client hears of it, not of the
+            // replica that was waiting for the rest.
+            Err(e) => Err(failure.get().cloned().unwrap_or(e)),
         }
+    }
+}
+
+/// The host a request is for: its absolute-form authority (HTTP/2's
+/// `:authority`), else its `Host`. An HTTP/1.1 request without `Host`, or
+/// with two, is refused (RFC 9112 §3.2).
+fn request_host<B>(req: &Request<B>) -> Result<Option<http::HeaderValue>, ProxyError> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("two Host headers"));
+    }
+    if req.version() == Version::HTTP_11 && header.is_none() {
+        return Err(ProxyError::BadRequest("an HTTP/1.1 request without Host"));
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+    Ok(authority.or_else(|| header.cloned()))
+}
+
+/// A request body the hyper path sends.
+enum Body {
+    /// Read whole: it can be sent any number of times.
+    Buffered(Bytes),
+    /// Streamed from the client: sent once (`None` once taken).
+    Streamed(Option<upload::Upload>),
+}
+
+/// The hyper path's attempt: a request built from the client's parts and
+/// body, sent through the replica's pool of hyper connections.
+struct HyperAttempt {
+    parts: http::request::Parts,
+    body: Body,
+    /// A request a failed attempt handed back unwritten.
+    pending: Option<Request<UpstreamBody>>,
+    upload_limit: usize,
+    /// How long a streamed body waits for an upload slot on a replica.
+    queue_deadline: Instant,
+}
+
+impl HyperAttempt {
+    /// The request for the next attempt, or why there cannot be one.
+    async fn request(&mut self, pick: &Pick) -> Result<Request<UpstreamBody>, AttemptError> {
+        if let Some(req) = self.pending.take() {
+            return Ok(req);
+        }
+        let body: UpstreamBody = match &mut self.body {
+            // An empty body boxes a zero-sized value: no allocation.
+            Body::Buffered(b) if b.is_empty() => {
+                Empty::new().map_err(|never| match never {}).boxed()
+            }
+            Body::Buffered(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            Body::Streamed(upload) => {
+                let slots = pick.replica.uploads(self.upload_limit);
+                let Ok(Ok(permit)) =
+                    tokio::time::timeout_at(self.queue_deadline, slots.acquire_owned()).await
+                else {
+                    return Err(AttemptError {
+                        sent: Sent::Nothing,
+                        message: format!(
+                            "{} request bodies are already streaming to it",
+                            self.upload_limit
+                        ),
+                        reused: false,
+                        body_gone: false,
+                    });
+                };
+                let Some(upload) = upload.take() else {
+                    return Err(AttemptError {
+                        sent: Sent::Request,
+                        message: "its streamed body was sent once already".into(),
+                        reused: false,
+                        body_gone: true,
+                    });
+                };
+                upload.with_permit(permit).boxed()
+            }
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.parts.headers.clone();
+        Ok(req)
+    }
+}
+
+impl forward::Attempt for HyperAttempt {
+    type Output = Response<PooledBody>;
+
+    async fn send(&mut self, pick: &Pick) -> Result<Response<PooledBody>, AttemptError> {
+        let req = self.request(pick).await?;
+        let failure = match pick.pool.send(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(failure) => failure,
+        };
+        let message = error_chain(&failure.error);
+        let gone = matches!(self.body, Body::Streamed(_));
+        if let Some(req) = failure.request {
+            self.pending = Some(req);
+            return Err(AttemptError {
+                sent: Sent::Nothing,
+                message,
+                reused: failure.reused,
+                body_gone: false,
+            });
+        }
+        let sent = match &failure.error {
+            PoolError::Request { source, .. } if source.is_parse() => Sent::Response,
+            _ => Sent::Request,
+        };
+        Err(AttemptError {
+            sent,
+            message,
+            reused: failure.reused,
+            body_gone: gone,
+        })
     }
 }
 

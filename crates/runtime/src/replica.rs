@@ -54,6 +54,9 @@ pub struct Replica {
     retiring: AtomicBool,
     drain_deadline: CancellationToken,
     detail: Mutex<Option<String>>,
+    /// Slots for request bodies streamed to it, sized by the proxy on first
+    /// use (`proxy.max_streamed_uploads`).
+    uploads: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Counts one request in flight on a replica until dropped.
@@ -140,9 +143,19 @@ impl Replica {
             retiring: AtomicBool::new(false),
             drain_deadline: CancellationToken::new(),
             detail: Mutex::new(None),
+            uploads: std::sync::OnceLock::new(),
         });
         replica.emit(ReplicaState::Starting, None);
         replica
+    }
+
+    /// Its slots for streamed request bodies: `limit` of them, the limit
+    /// given on first use.
+    pub fn uploads(&self, limit: usize) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(
+            self.uploads
+                .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(limit))),
+        )
     }
 
     /// Replica name, e.g. `web-3`.

@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
+use super::forward::Sent;
 
 /// The content type of the proxy's error responses.
 const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -27,7 +28,7 @@ pub enum ErrorSource {
 }
 
 /// A request that could not be proxied.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// No service routes this host.
     #[error("no service for host {host:?}")]
@@ -43,16 +44,15 @@ pub enum ProxyError {
         /// The queue timeout.
         waited: Duration,
     },
-    /// The upstream failed before sending any response byte.
-    #[error("replica {replica} failed before responding: {message}")]
+    /// The replica failed before a whole response head came.
+    #[error("replica {replica} failed: {message}")]
     Upstream {
         /// The replica.
         replica: String,
         /// What failed.
         message: String,
-        /// Whether the request can go to another replica (its body was
-        /// buffered, or it had none).
-        retry_safe: bool,
+        /// How far the request got before it failed.
+        sent: Sent,
     },
     /// The replica did not start its response within the response timeout.
     #[error("replica {replica} sent no response within {waited:?}")]
@@ -62,30 +62,31 @@ pub enum ProxyError {
         /// The response timeout.
         waited: Duration,
     },
-    /// The client's request body could not be read.
+    /// The client's request body could not be read: it broke off or its
+    /// framing is invalid.
     #[error("reading the request body failed: {0}")]
     ClientBody(String),
+    /// The client sent no byte of its request body for
+    /// `proxy.body_read_timeout`.
+    #[error("the request body stalled: no byte for {0:?}")]
+    BodyTimeout(Duration),
+    /// The request head is not one the proxy forwards (no `Host` on
+    /// HTTP/1.1, two of them).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
 }
 
 impl ProxyError {
     /// Who caused it.
     pub fn source_kind(&self) -> ErrorSource {
         match self {
-            Self::UnknownHost { .. } | Self::ClientBody(_) => ErrorSource::Client,
+            Self::UnknownHost { .. }
+            | Self::ClientBody(_)
+            | Self::BodyTimeout(_)
+            | Self::BadRequest(_) => ErrorSource::Client,
             Self::Upstream { .. } | Self::Timeout { .. } => ErrorSource::Upstream,
             Self::NoReplica { .. } => ErrorSource::Internal,
         }
-    }
-
-    /// Whether sending the request to another replica is safe.
-    pub fn retry_safe(&self) -> bool {
-        matches!(
-            self,
-            Self::Upstream {
-                retry_safe: true,
-                ..
-            }
-        )
     }
 
     /// The status code the client gets.
@@ -95,7 +96,8 @@ impl ProxyError {
             Self::NoReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

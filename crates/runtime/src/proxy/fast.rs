@@ -18,21 +18,18 @@ mod body;
 mod head;
 
 use std::future::poll_fn;
-use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use super::forward::{self, AttemptError, LazyDeadline, Sent};
 use super::{ClientInfo, Proxy, ProxyError, error_chain};
-use crate::balance::{self, Pick};
-use crate::pool::PoolError;
-use crate::replica::Replica;
+use crate::balance::Pick;
 use body::Body;
 use head::{Framing, Parsed, Plan, ResponseHead, parse_request, parse_response};
 
@@ -55,49 +52,6 @@ pub(super) enum Exit {
 /// The client connection cannot go on: writing to it failed, or a response
 /// broke off after its head was sent.
 struct Broken;
-
-/// Why an exchange with a replica failed.
-enum UpstreamFailure {
-    /// Before any response byte: the request may go elsewhere.
-    Before(PoolError),
-    /// After some bytes of a response head that never completed or parsed.
-    After(String),
-}
-
-/// A deadline that moves with every request and fires rarely: its timer is
-/// re-armed only when it fires before the deadline, so a busy connection's
-/// moving deadline costs no timer operation per request.
-struct LazyDeadline {
-    at: Instant,
-    sleep: Pin<Box<Sleep>>,
-}
-
-impl LazyDeadline {
-    fn new(at: Instant) -> Self {
-        Self {
-            at,
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-        }
-    }
-
-    fn set(&mut self, at: Instant) {
-        self.at = at;
-        if at < self.sleep.deadline() {
-            self.sleep.as_mut().reset(at);
-        }
-    }
-
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            std::task::ready!(self.sleep.as_mut().poll(cx));
-            if Instant::now() >= self.at {
-                return Poll::Ready(());
-            }
-            let at = self.at;
-            self.sleep.as_mut().reset(at);
-        }
-    }
-}
 
 /// One client connection on the fast path.
 struct Session<'a, 'c> {
@@ -187,7 +141,7 @@ impl Session<'_, '_> {
         let max_head = self.proxy.config.max_header_bytes;
         loop {
             if !self.input.is_empty() {
-                match parse_request(&self.input, self.proxy.config.retry_body_limit, self.client) {
+                match parse_request(&self.input, &self.proxy.config, self.client) {
                     Parsed::Complete(plan) => {
                         let total = plan.head_len + plan.body_len;
                         while self.input.len() < total {
@@ -249,64 +203,17 @@ impl Session<'_, '_> {
         if self.input.is_empty() {
             self.input = BytesMut::new();
         }
-        let proxy = self.proxy;
-        let config = &proxy.config;
-        let deadline = Instant::now() + config.queue_timeout;
-        let mut tried: Vec<Arc<Replica>> = Vec::new();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let Some(pick) = balance::pick(&service, &tried, deadline).await else {
-                let err = ProxyError::NoReplica {
-                    service: service.name().to_string(),
-                    waited: config.queue_timeout,
-                };
-                return self.send_error(&err, plan).await;
-            };
-            self.response_deadline
-                .set(Instant::now() + config.response_timeout);
-            let exchanged = {
-                let exchange = exchange(&pick, &out);
-                tokio::pin!(exchange);
-                let deadline = &mut self.response_deadline;
-                poll_fn(|cx| {
-                    if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
-                        return Poll::Ready(Some(result));
-                    }
-                    deadline.poll_expired(cx).map(|()| None)
-                })
-                .await
-            };
-            let Some(exchanged) = exchanged else {
-                let err = ProxyError::Timeout {
-                    replica: pick.replica.name().to_string(),
-                    waited: config.response_timeout,
-                };
-                drop(pick);
-                return self.send_error(&err, plan).await;
-            };
-            match exchanged {
-                Ok((upstream, buf, head)) => {
-                    return self.relay(pick, upstream, buf, head, plan).await;
-                }
-                Err(failure) => {
-                    let (message, retry_safe) = match failure {
-                        UpstreamFailure::Before(e) => (error_chain(&e), true),
-                        UpstreamFailure::After(m) => (m, false),
-                    };
-                    let err = ProxyError::Upstream {
-                        replica: pick.replica.name().to_string(),
-                        message,
-                        retry_safe,
-                    };
-                    if !err.retry_safe() || attempt >= config.max_attempts {
-                        drop(pick);
-                        return self.send_error(&err, plan).await;
-                    }
-                    tracing::info!("{err}; retrying on another replica");
-                    tried.push(Arc::clone(&pick.replica));
-                }
-            }
+        let forwarded = forward::forward(
+            &self.proxy.config,
+            &service,
+            plan.replay,
+            &mut self.response_deadline,
+            &mut Exchange(&out),
+        )
+        .await;
+        match forwarded {
+            Ok((pick, (upstream, buf, head))) => self.relay(pick, upstream, buf, head, plan).await,
+            Err(err) => self.send_error(&err, plan).await,
         }
     }
 
@@ -399,87 +306,117 @@ enum Next {
     Hyper,
 }
 
-/// Sends `request` to the picked replica on a pooled socket (or a new one)
-/// and reads the response head. A pooled socket the replica closed while it
-/// was idle fails before any response byte: the next one (or a new one)
-/// gets the request, without counting an attempt.
-async fn exchange(
-    pick: &Pick,
-    request: &[u8],
-) -> Result<(TcpStream, BytesMut, ResponseHead), UpstreamFailure> {
-    let addr = pick.pool.addr();
-    loop {
-        let (mut upstream, pooled) = match pick.pool.take_raw() {
-            Some(s) => (s, true),
-            None => (
-                pick.pool
-                    .connect_raw()
-                    .await
-                    .map_err(UpstreamFailure::Before)?,
-                false,
-            ),
-        };
-        let mut buf = BytesMut::with_capacity(BUFFER);
-        let result = match upstream.write_all(request).await {
-            Ok(()) => read_response_head(&mut upstream, addr, &mut buf).await,
-            Err(source) => Err(UpstreamFailure::Before(PoolError::Io { addr, source })),
-        };
-        match result {
-            Ok(head) => return Ok((upstream, buf, head)),
-            Err(UpstreamFailure::Before(_)) if pooled => continue,
-            Err(e) => return Err(e),
-        }
+/// The fast path's attempt: the request's bytes (head and body), written
+/// as they are.
+struct Exchange<'a>(&'a [u8]);
+
+impl forward::Attempt for Exchange<'_> {
+    type Output = (TcpStream, BytesMut, ResponseHead);
+
+    fn send(
+        &mut self,
+        pick: &Pick,
+    ) -> impl Future<Output = Result<Self::Output, AttemptError>> + Send {
+        exchange(pick, self.0)
     }
 }
 
-/// Reads a response head from the replica at `addr`. Interim (1xx)
-/// responses are skipped, as a client skips them: the fast path never sends
-/// `Expect`, and a 103 is only a hint.
+/// Sends `request` to the picked replica on a pooled socket (or a new one)
+/// and reads the response head: one attempt, whose failure says how far the
+/// request got (see [`forward`] for what follows from it).
+async fn exchange(
+    pick: &Pick,
+    request: &[u8],
+) -> Result<(TcpStream, BytesMut, ResponseHead), AttemptError> {
+    let addr = pick.pool.addr();
+    let (mut upstream, reused) = match pick.pool.take_raw() {
+        Some(s) => (s, true),
+        None => match pick.pool.connect_raw().await {
+            Ok(s) => (s, false),
+            Err(e) => return Err(failed(Sent::Nothing, error_chain(&e), false)),
+        },
+    };
+    let mut written = 0;
+    while written < request.len() {
+        match upstream.write(&request[written..]).await {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) => {
+                let sent = if written == 0 {
+                    Sent::Nothing
+                } else {
+                    Sent::Request
+                };
+                let message = format!("writing the request to {addr}: {e}");
+                return Err(failed(sent, message, reused));
+            }
+        }
+    }
+    if written < request.len() {
+        let message = format!("writing the request to {addr}: the connection closed");
+        return Err(failed(Sent::Request, message, reused));
+    }
+    let mut buf = BytesMut::with_capacity(BUFFER);
+    match read_response_head(&mut upstream, &mut buf).await {
+        Ok(head) => Ok((upstream, buf, head)),
+        Err((sent, message)) => Err(failed(sent, format!("{addr}: {message}"), reused)),
+    }
+}
+
+/// A failed fast-path attempt (its body is buffered: never gone).
+fn failed(sent: Sent, message: String, reused: bool) -> AttemptError {
+    AttemptError {
+        sent,
+        message,
+        reused,
+        body_gone: false,
+    }
+}
+
+/// Reads a response head from a replica. Interim (1xx) responses are
+/// skipped, as a client skips them: the fast path never sends `Expect`, and
+/// a 103 is only a hint. A failure says whether any response byte came.
 async fn read_response_head(
     upstream: &mut TcpStream,
-    addr: std::net::SocketAddr,
     buf: &mut BytesMut,
-) -> Result<ResponseHead, UpstreamFailure> {
+) -> Result<ResponseHead, (Sent, String)> {
+    let mut responded = false;
+    let sent = |responded: bool| {
+        if responded {
+            Sent::Response
+        } else {
+            Sent::Request
+        }
+    };
     loop {
         let n = match upstream.read_buf(buf).await {
             Ok(n) => n,
-            Err(source) if buf.is_empty() => {
-                return Err(UpstreamFailure::Before(PoolError::Io { addr, source }));
-            }
-            Err(e) => {
-                return Err(UpstreamFailure::After(format!(
-                    "reading the response head: {e}"
-                )));
-            }
+            Err(e) => return Err((sent(responded), format!("reading the response: {e}"))),
         };
         if n == 0 {
-            if buf.is_empty() {
-                let source = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before a response",
-                );
-                return Err(UpstreamFailure::Before(PoolError::Io { addr, source }));
-            }
-            return Err(UpstreamFailure::After(
-                "connection closed in the response head".into(),
-            ));
+            let message = if responded {
+                "the connection closed in the response head"
+            } else {
+                "the connection closed before a response"
+            };
+            return Err((sent(responded), message.into()));
         }
+        responded = true;
         loop {
             match parse_response(buf) {
                 Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
                     buf.advance(head.len);
                 }
                 Ok(Some(head)) if head.status == 101 => {
-                    return Err(UpstreamFailure::After(
-                        "the replica switched protocols without being asked".into(),
-                    ));
+                    let message = "the replica switched protocols without being asked";
+                    return Err((Sent::Response, message.into()));
                 }
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(UpstreamFailure::After("response head too large".into()));
+                    return Err((Sent::Response, "response head too large".into()));
                 }
                 Ok(None) => break,
-                Err(e) => return Err(UpstreamFailure::After(e)),
+                Err(e) => return Err((Sent::Response, e)),
             }
             if buf.is_empty() {
                 break;

@@ -24,9 +24,13 @@ pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(super) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes hop-by-hop headers and those named in `Connection`. When
-/// `upgrade` is given (a WebSocket handshake), `Upgrade` and
-/// `Connection: upgrade` are kept.
+/// Headers that `Connection` cannot make hop-by-hop: the message's framing
+/// and its host are the proxy's to write, whatever a peer names.
+const NEVER_NAMED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
+
+/// Removes hop-by-hop headers and those named in `Connection` (but never
+/// `Content-Length` or `Host`). When `upgrade` is given (a WebSocket
+/// handshake), `Upgrade` and `Connection: upgrade` are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -34,6 +38,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !NEVER_NAMED.contains(n))
         .collect();
     for name in named {
         headers.remove(name);
@@ -65,24 +70,27 @@ pub fn client_ip(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value")
 }
 
-/// Sets `X-Forwarded-For` (appending the client), `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`.
+/// Sets `X-Forwarded-For` (every value the client sent, in order, then the
+/// client), `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            let joined = format!("{prior}, {}", client.to_str().unwrap_or_default());
-            HeaderValue::from_str(&joined).ok()
-        }
-        None => Some(client.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
+    let mut joined = Vec::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        joined.extend_from_slice(prior.as_bytes());
+        joined.extend_from_slice(b", ");
     }
+    let xff = if joined.is_empty() {
+        client.clone()
+    } else {
+        joined.extend_from_slice(client.as_bytes());
+        // Made of header values and ", ": a header value too.
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
+    };
+    headers.insert(X_FORWARDED_FOR, xff);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(v) = host {
         headers.insert(X_FORWARDED_HOST, v.clone());
@@ -107,6 +115,16 @@ mod tests {
         strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("accept"));
+        // Framing and Host are never removed because Connection names them.
+        h.insert(
+            "connection",
+            HeaderValue::from_static("content-length, host, accept"),
+        );
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("host", HeaderValue::from_static("x"));
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("content-length") && h.contains_key("host"));
     }
 
     #[test]
@@ -117,6 +135,12 @@ mod tests {
         let host = HeaderValue::from_static("example.test");
         set_forwarded(&mut h, &client, "http", Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        set_forwarded(&mut h, &client, "http", Some(&host));
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["10.0.0.1, 127.0.0.1, 10.0.0.2, 127.0.0.1"]
+        );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.test");
     }

@@ -4,6 +4,8 @@
 
 use std::mem::MaybeUninit;
 
+use crate::config::ProxyConfig;
+use crate::proxy::forward::{IDEMPOTENCY_KEY, Replay};
 use crate::proxy::{ClientInfo, headers};
 
 /// Most headers parsed in a request or response head (hyper's default).
@@ -24,6 +26,8 @@ pub(super) struct Plan {
     pub(super) head_method: bool,
     /// The client asked to close after this response.
     pub(super) close: bool,
+    /// Whether the request may be sent again once written.
+    pub(super) replay: Replay,
     /// The head the replica gets (the body follows it as it came).
     pub(super) upstream: Vec<u8>,
 }
@@ -67,7 +71,11 @@ pub(super) enum Parsed {
 
 /// Parses the request head at the front of `input`, decides whether the
 /// fast path handles it and, when it does, writes the head the replica gets.
-pub(super) fn parse_request(input: &[u8], body_limit: usize, client: &ClientInfo) -> Parsed {
+///
+/// Only unambiguous requests are taken: one `Host`, at most one distinct
+/// `Content-Length` of plain digits, no `Transfer-Encoding`; anything else
+/// goes to hyper, which rejects what is malformed.
+pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientInfo) -> Parsed {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(input, &mut headers) {
@@ -84,6 +92,7 @@ pub(super) fn parse_request(input: &[u8], body_limit: usize, client: &ClientInfo
     let mut host = None;
     let mut body_len: Option<usize> = None;
     let mut close = false;
+    let mut has_key = false;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -118,21 +127,24 @@ pub(super) fn parse_request(input: &[u8], body_limit: usize, client: &ClientInfo
             || name.eq_ignore_ascii_case("expect")
         {
             return Parsed::NotFast;
+        } else if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY) {
+            has_key = true;
         }
     }
-    let (Some(host), body_len) = (host, body_len.unwrap_or(0)) else {
+    let Some(host) = host else {
         return Parsed::NotFast;
     };
-    if body_len > body_limit {
+    if body_len.unwrap_or(0) > config.retry_body_limit {
         return Parsed::NotFast;
     }
-    let upstream = upstream_head(&req, &input[host.clone()], head_len, client);
+    let upstream = upstream_head(&req, &input[host.clone()], body_len, head_len, client);
     Parsed::Complete(Plan {
         host,
         head_len,
-        body_len,
+        body_len: body_len.unwrap_or(0),
         head_method: method == "HEAD",
         close,
+        replay: Replay::of(method.as_bytes(), has_key, config),
         upstream,
     })
 }
@@ -165,11 +177,14 @@ fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
 }
 
 /// The request head for the replica: the client's request line and
-/// headers without the hop-by-hop ones, `X-Forwarded-For` extended,
-/// `X-Forwarded-Proto` and `-Host` (`host`) set.
+/// headers without the hop-by-hop ones; `Host` and `Content-Length` written
+/// from the proxy's own parse (whatever `Connection` names), every
+/// `X-Forwarded-For` value the client sent kept in order with the client
+/// appended, `X-Forwarded-Proto` and `-Host` (`host`) set.
 fn upstream_head(
     req: &httparse::Request<'_, '_>,
     host: &[u8],
+    body_len: Option<usize>,
     head_len: usize,
     client: &ClientInfo,
 ) -> Vec<u8> {
@@ -179,28 +194,30 @@ fn upstream_head(
     out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = connection_named(req.headers);
-    let mut prior_for = None;
+    let mut prior_for: Vec<&[u8]> = Vec::new();
+    let (mut host_done, mut length_done) = (false, false);
     for h in req.headers.iter() {
-        if is_hop_by_hop(h.name, &named) {
-            continue;
-        }
-        if h.name
-            .eq_ignore_ascii_case(headers::X_FORWARDED_FOR.as_str())
+        let name = h.name;
+        if name.eq_ignore_ascii_case(headers::X_FORWARDED_FOR.as_str()) {
+            prior_for.push(h.value);
+        } else if name.eq_ignore_ascii_case("host") {
+            // Where the client put it, as it spelled it; from the parse.
+            if !std::mem::replace(&mut host_done, true) {
+                push_header(&mut out, name.as_bytes(), host);
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if let (Some(n), false) = (body_len, std::mem::replace(&mut length_done, true)) {
+                push_header(&mut out, name.as_bytes(), n.to_string().as_bytes());
+            }
+        } else if !(name.eq_ignore_ascii_case(headers::X_FORWARDED_PROTO.as_str())
+            || name.eq_ignore_ascii_case(headers::X_FORWARDED_HOST.as_str())
+            || is_hop_by_hop(name, &named))
         {
-            prior_for.get_or_insert(h.value);
-            continue;
+            push_header(&mut out, name.as_bytes(), h.value);
         }
-        if h.name
-            .eq_ignore_ascii_case(headers::X_FORWARDED_PROTO.as_str())
-            || h.name
-                .eq_ignore_ascii_case(headers::X_FORWARDED_HOST.as_str())
-        {
-            continue;
-        }
-        push_header(&mut out, h.name.as_bytes(), h.value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = prior_for {
+    for prior in prior_for {
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
@@ -222,8 +239,12 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Parses a response head at the front of `buf` and writes the head the
 /// client gets: `HTTP/1.1`, the status and reason, the headers without the
-/// hop-by-hop ones (`Transfer-Encoding` stays: a chunked body passes
-/// through as it is).
+/// hop-by-hop ones, and the framing (`Content-Length`, or
+/// `Transfer-Encoding` ending in `chunked`: a chunked body passes through as
+/// it is) written from the proxy's own parse, whatever `Connection` names.
+/// Ambiguous framing (two lengths, a length and chunked, an encoding not
+/// ending in chunked) is an error: the client gets a 502, never a body whose
+/// end the proxy and the client would see in different places.
 pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -238,8 +259,10 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String>
     };
     let status = resp.code.unwrap_or_default();
     let mut keep = resp.version == Some(1);
-    let mut framing = Framing::UntilClose;
     let mut length = None;
+    let mut codings: Vec<&[u8]> = Vec::new();
+    // Where the framing header goes in the rewritten head, and its name.
+    let mut framing_at: Option<(usize, &str)> = None;
     let named = connection_named(resp.headers);
     let mut head = Vec::with_capacity(len + 32);
     head.extend_from_slice(b"HTTP/1.1 ");
@@ -252,18 +275,19 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String>
         if name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
             match (n, length) {
                 (Some(n), None) => length = Some(n),
-                (Some(n), Some(m)) if n == m => continue,
+                (Some(n), Some(m)) if n == m => {}
                 _ => return Err("invalid content-length in the response".into()),
             }
+            // Its place and spelling are kept, its value written below.
+            framing_at.get_or_insert((head.len(), name));
+            continue;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if !tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"chunked")) {
-                return Err("a transfer-encoding other than chunked".into());
-            }
-            framing = Framing::Chunked;
-            push_header(&mut head, name.as_bytes(), h.value);
+            codings.extend(tokens(h.value));
+            framing_at.get_or_insert((head.len(), name));
             continue;
         } else if name.eq_ignore_ascii_case("connection") {
             for t in tokens(h.value) {
@@ -279,14 +303,32 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String>
         }
         push_header(&mut head, name.as_bytes(), h.value);
     }
-    match (framing, length) {
-        (Framing::Chunked, Some(_)) => {
-            return Err("both content-length and chunked in the response".into());
+    let no_body = (100..200).contains(&status) || status == 204;
+    let (mut framing, header) = match (codings.split_last(), length) {
+        (None, None) => (Framing::UntilClose, None),
+        // A 304 (and the answer to a HEAD) may announce the length of the
+        // body it does not carry; a 1xx or 204 may not.
+        (None, Some(n)) => (
+            Framing::Length(n),
+            (!no_body).then(|| n.to_string().into_bytes()),
+        ),
+        (Some(_), Some(_)) => {
+            return Err("both content-length and transfer-encoding in the response".into());
         }
-        (_, Some(n)) => framing = Framing::Length(n),
-        _ => {}
+        (Some((last, rest)), None) => {
+            let chunked = |t: &&[u8]| t.eq_ignore_ascii_case(b"chunked");
+            if !chunked(last) || rest.iter().any(chunked) {
+                return Err("a transfer-encoding that does not end in chunked once".into());
+            }
+            (Framing::Chunked, Some(codings.join(&b", "[..])))
+        }
+    };
+    if let (Some((at, name)), Some(value)) = (framing_at, header) {
+        let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+        push_header(&mut line, name.as_bytes(), &value);
+        head.splice(at..at, line);
     }
-    if (100..200).contains(&status) || status == 204 || status == 304 {
+    if no_body || status == 304 {
         framing = Framing::Empty;
     }
     head.extend_from_slice(b"\r\n");
@@ -322,8 +364,15 @@ mod tests {
         }
     }
 
+    fn config() -> ProxyConfig {
+        ProxyConfig {
+            retry_body_limit: 1024,
+            ..ProxyConfig::default()
+        }
+    }
+
     fn plan(input: &[u8]) -> Plan {
-        match parse_request(input, 1024, &info()) {
+        match parse_request(input, &config(), &info()) {
             Parsed::Complete(plan) => plan,
             Parsed::Partial => panic!("partial"),
             Parsed::NotFast => panic!("not fast"),
@@ -339,7 +388,7 @@ mod tests {
         );
         assert_eq!((p.body_len, p.close), (3, true));
         assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024, &info()),
+            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", &config(), &info()),
             Parsed::Partial
         ));
         for not_fast in [
@@ -357,7 +406,7 @@ mod tests {
             b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             assert!(
-                matches!(parse_request(not_fast, 1024, &info()), Parsed::NotFast),
+                matches!(parse_request(not_fast, &config(), &info()), Parsed::NotFast),
                 "{}",
                 String::from_utf8_lossy(not_fast)
             );
