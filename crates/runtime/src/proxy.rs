@@ -315,6 +315,9 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: &ClientInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::BadRequest("CONNECT is not proxied"));
+        }
         let host = request_host(&req)?;
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = self
@@ -467,11 +470,20 @@ impl HyperAttempt {
                 upload.with_permit(permit).boxed()
             }
         };
+        let mut headers = self.parts.headers.clone();
+        // A body of unknown length goes chunked, whatever the method (hyper
+        // would send a GET's as empty).
+        if body.size_hint().exact().is_none() {
+            headers.insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            );
+        }
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = self.parts.headers.clone();
+        *req.headers_mut() = headers;
         Ok(req)
     }
 }

@@ -102,6 +102,14 @@ impl Session<'_, '_> {
                 Next::Request(plan) => plan,
                 Next::Closed => return Exit::Closed,
                 Next::Hyper => return Exit::Handoff(std::mem::take(&mut self.input).freeze()),
+                Next::Invalid(reason) => {
+                    let err = ProxyError::BadRequest(reason);
+                    tracing::debug!(peer = %self.client.peer, "{err}");
+                    // What follows the head cannot be told from a request.
+                    let _ = self.stream.write_all(&err.to_http1(true, false)).await;
+                    let _ = self.stream.shutdown().await;
+                    return Exit::Closed;
+                }
             };
             let close = match self.proxy_request(&mut plan).await {
                 Ok(close) => close || plan.close || self.stop.is_cancelled(),
@@ -156,6 +164,7 @@ impl Session<'_, '_> {
                     }
                     Parsed::Partial if self.input.len() <= max_head => {}
                     Parsed::Partial | Parsed::NotFast => return Next::Hyper,
+                    Parsed::Invalid(reason) => return Next::Invalid(reason),
                 }
             }
             if self.input.capacity() == self.input.len() {
@@ -240,7 +249,19 @@ impl Session<'_, '_> {
         }
         buf.advance(head.len);
         let mut body = Body::new(framing);
-        let taken = body.take(&buf).map_err(|e| self.body_failed(&pick, &e))?;
+        let taken = match body.take(&buf) {
+            Ok(taken) => taken,
+            // Nothing sent to the client yet: it can still get a 502.
+            Err(message) => {
+                let err = ProxyError::Upstream {
+                    replica: pick.replica.name().to_string(),
+                    message,
+                    sent: Sent::Response,
+                };
+                drop(pick);
+                return self.send_error(&err, plan).await;
+            }
+        };
         first.extend_from_slice(&buf[..taken]);
         let mut extra = buf.len() > taken;
         if self.stream.write_all(&first).await.is_err() {
@@ -304,6 +325,8 @@ enum Next {
     Closed,
     /// A request for hyper.
     Hyper,
+    /// A request refused with a 400; the connection closes after it.
+    Invalid(&'static str),
 }
 
 /// The fast path's attempt: the request's bytes (head and body), written

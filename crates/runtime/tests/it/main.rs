@@ -7,4 +7,5 @@ mod fixtures;
 mod limits;
 mod proxy;
 mod rollout;
+mod smuggling;
 mod supervisor;

@@ -67,6 +67,10 @@ pub(super) enum Parsed {
     Partial,
     /// A request for hyper (or not a valid request: hyper answers it).
     NotFast,
+    /// A request whose framing or host is ambiguous: refused with a 400
+    /// before any of it goes anywhere, whatever a lenient parser would make
+    /// of it.
+    Invalid(&'static str),
 }
 
 /// Parses the request head at the front of `input`, decides whether the
@@ -93,11 +97,12 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
     let mut body_len: Option<usize> = None;
     let mut close = false;
     let mut has_key = false;
+    let mut chunked = false;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
             if host.is_some() {
-                return Parsed::NotFast;
+                return Parsed::Invalid("two Host headers");
             }
             let start = h.value.as_ptr() as usize - input.as_ptr() as usize;
             host = Some(start..start + h.value.len());
@@ -109,7 +114,10 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
             match (n, body_len) {
                 (Some(n), None) => body_len = Some(n),
                 (Some(n), Some(m)) if n == m => {}
-                _ => return Parsed::NotFast,
+                (Some(_), Some(_)) => {
+                    return Parsed::Invalid("two different Content-Length values");
+                }
+                (None, _) => return Parsed::Invalid("a Content-Length that is not a number"),
             }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in tokens(h.value) {
@@ -122,18 +130,23 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
             if tokens(h.value).count() > MAX_CONNECTION_TOKENS {
                 return Parsed::NotFast;
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade")
-            || name.eq_ignore_ascii_case("expect")
-        {
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
             return Parsed::NotFast;
         } else if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY) {
             has_key = true;
         }
     }
     let Some(host) = host else {
-        return Parsed::NotFast;
+        return Parsed::Invalid("an HTTP/1.1 request without Host");
     };
+    if chunked {
+        if body_len.is_some() {
+            return Parsed::Invalid("both Content-Length and Transfer-Encoding");
+        }
+        return Parsed::NotFast;
+    }
     if body_len.unwrap_or(0) > config.retry_body_limit {
         return Parsed::NotFast;
     }
@@ -376,6 +389,7 @@ mod tests {
             Parsed::Complete(plan) => plan,
             Parsed::Partial => panic!("partial"),
             Parsed::NotFast => panic!("not fast"),
+            Parsed::Invalid(why) => panic!("invalid: {why}"),
         }
     }
 
@@ -393,15 +407,11 @@ mod tests {
         ));
         for not_fast in [
             &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\n\r\n",
             b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
             b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
@@ -410,6 +420,35 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(not_fast)
             );
+        }
+    }
+
+    #[test]
+    fn ambiguous_requests_are_refused_before_anything_is_sent() {
+        for (invalid, why) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], "an HTTP/1.1 request without Host"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "two Host headers"),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                "two different Content-Length values",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
+                "a Content-Length that is not a number",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: x\r\nContent-Length: 3\r\n\r\n",
+                "both Content-Length and Transfer-Encoding",
+            ),
+        ] {
+            match parse_request(invalid, &config(), &info()) {
+                Parsed::Invalid(reason) => assert_eq!(reason, why),
+                _ => panic!("not refused: {}", String::from_utf8_lossy(invalid)),
+            }
         }
     }
 
