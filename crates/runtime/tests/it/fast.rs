@@ -25,6 +25,11 @@ enum Reply {
     Close(Vec<u8>),
     /// Never answers; holds the connection until the peer closes it.
     Silent,
+    /// Reads the request (it is executed) and resets the connection.
+    Reset,
+    /// The first request to the path is executed and its connection
+    /// closed without a response; later ones get these bytes.
+    FailFirst(Vec<u8>),
 }
 
 /// A request as the backend received it.
@@ -170,6 +175,7 @@ async fn serve_backend_connection(
         let reply = script.get(&request.path).cloned().unwrap_or_else(|| {
             Reply::Keep(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec())
         });
+        let earlier = log.borrow().received.iter().any(|r| r.path == request.path);
         // Logged before answering: a client that has its response can look.
         log.send_modify(|l| l.received.push(request));
         let (bytes, close) = match reply {
@@ -179,6 +185,12 @@ async fn serve_backend_connection(
                 let _ = stream.read_to_end(&mut buf).await;
                 return;
             }
+            Reply::Reset => {
+                let _ = stream.set_zero_linger();
+                return;
+            }
+            Reply::FailFirst(_) if !earlier => (Vec::new(), true),
+            Reply::FailFirst(bytes) => (bytes, false),
         };
         if stream.write_all(&bytes).await.is_err() {
             return;
@@ -927,5 +939,125 @@ async fn a_replica_that_never_answers_gets_a_504_after_the_response_timeout_on_b
         .filter(|r| r.path == "/silent")
         .count();
     assert_eq!(silent, 2);
+    h.stop(Shutdown::Fast).await;
+}
+
+/// Executions of requests to `path` the backend received.
+fn executions(backend: &Backend, path: &str) -> usize {
+    backend.received().iter().filter(|r| r.path == path).count()
+}
+
+fn post(path: &str, extra: &str) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: app.test\r\n{extra}Content-Length: 2\r\n\r\nhi")
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_replica_read_and_then_dropped_is_executed_once_and_answered_502() {
+    let backend = Backend::start(vec![
+        ("/crash", Reply::Close(Vec::new())),
+        ("/reset", Reply::Reset),
+        ("/warm", Reply::Keep(ok("warm"))),
+        ("/stale", Reply::Close(Vec::new())),
+        ("/chunked-crash", Reply::Close(Vec::new())),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    // Read, then the connection closed without a byte of response.
+    client.send(&post("/crash", "")).await;
+    let r = client.response(false).await;
+    assert_eq!(
+        (r.status, r.header("x-dropless-error")),
+        (502, Some("upstream"))
+    );
+    // Read, then reset.
+    client.send(&post("/reset", "")).await;
+    assert_eq!(client.response(false).await.status, 502);
+    // A pooled connection that the replica closes after reading the request.
+    client.send(&get("/warm")).await;
+    assert_eq!(client.response(false).await.status, 200);
+    client.send(&post("/stale", "")).await;
+    assert_eq!(client.response(false).await.status, 502);
+    // The same on the hyper path (a chunked body).
+    client
+        .send(b"POST /chunked-crash HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+        .await;
+    assert_eq!(client.response(false).await.status, 502);
+    for path in ["/crash", "/reset", "/stale", "/chunked-crash"] {
+        assert_eq!(executions(&backend, path), 1, "{path} executed once");
+    }
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_the_replica_dropped_is_sent_again_and_succeeds() {
+    let backend = Backend::start(vec![
+        ("/flaky-get", Reply::FailFirst(ok("second try"))),
+        ("/flaky-post", Reply::FailFirst(ok("second try"))),
+        ("/flaky-put", Reply::FailFirst(ok("second try"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/flaky-get")).await;
+    let r = client.response(false).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"second try"[..]));
+    assert_eq!(executions(&backend, "/flaky-get"), 2);
+    client
+        .send(b"PUT /flaky-put HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    assert_eq!(client.response(false).await.status, 200);
+    assert_eq!(executions(&backend, "/flaky-put"), 2);
+    // Not idempotent: once, and the client is told.
+    client.send(&post("/flaky-post", "")).await;
+    assert_eq!(client.response(false).await.status, 502);
+    assert_eq!(executions(&backend, "/flaky-post"), 1);
+    // An idempotency key does not change that unless configured.
+    client
+        .send(&post("/flaky-post", "Idempotency-Key: k1\r\n"))
+        .await;
+    assert_eq!(client.response(false).await.status, 200);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_with_an_idempotency_key_is_sent_again_only_when_configured() {
+    let backend = Backend::start(vec![
+        ("/keyed", Reply::FailFirst(ok("second try"))),
+        ("/unkeyed", Reply::FailFirst(ok("second try"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    // Default: off.
+    let mut client = Client::connect(h.addr).await;
+    client
+        .send(&post("/keyed", "Idempotency-Key: k1\r\n"))
+        .await;
+    assert_eq!(client.response(false).await.status, 502);
+    assert_eq!(executions(&backend, "/keyed"), 1);
+    h.stop(Shutdown::Fast).await;
+
+    let backend = Backend::start(vec![
+        ("/keyed", Reply::FailFirst(ok("second try"))),
+        ("/unkeyed", Reply::FailFirst(ok("second try"))),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = fixtures::service("web", Version::target(backend.addr), 1);
+    service.probe.path = String::new();
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.proxy.retry_idempotency_key = true;
+    let h = Harness::start(config).await;
+    h.wait_routable(1).await;
+    let mut client = Client::connect(h.addr).await;
+    client
+        .send(&post("/keyed", "Idempotency-Key: k1\r\n"))
+        .await;
+    assert_eq!(client.response(false).await.status, 200);
+    assert_eq!(executions(&backend, "/keyed"), 2);
+    client.send(&post("/unkeyed", "")).await;
+    assert_eq!(client.response(false).await.status, 502);
+    assert_eq!(executions(&backend, "/unkeyed"), 1);
     h.stop(Shutdown::Fast).await;
 }
