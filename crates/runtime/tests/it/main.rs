@@ -5,6 +5,7 @@ mod control;
 mod fast;
 mod fixtures;
 mod limits;
+mod once;
 mod proxy;
 mod rollout;
 mod smuggling;
