@@ -152,3 +152,92 @@ async fn https_with_alpn_h2_and_forwarded_proto() {
     }
     h.stop(Shutdown::Fast).await;
 }
+
+/// A chunked upload that sends `chunks` one-byte chunks `every` apart, then
+/// ends; returns the status the proxy answered with (0: none).
+async fn slow_upload(addr: std::net::SocketAddr, chunks: usize, every: Duration) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return 0;
+    }
+    for _ in 0..chunks {
+        // The client's own pace: what is under test.
+        tokio::time::sleep(every).await;
+        if s.write_all(b"1\r\na\r\n").await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let answer = read_to_close(&mut s).await;
+    answer
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_hold_at_most_their_limit_of_a_replica_and_a_load_goes_on() {
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let run = UnderLoad::start_with(service, Client::KeepAlive, |c| {
+        c.proxy.max_streamed_uploads = 4;
+    })
+    .await;
+    let addr = run.h.addr;
+    let active_url = run.h.url("/active");
+    // Twelve uploaders, each 5 bytes 100 ms apart: three rounds of four.
+    let uploads: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(slow_upload(addr, 5, Duration::from_millis(100))))
+        .collect();
+    let mut most = 0;
+    let watch = async {
+        loop {
+            let (status, _, body) = fixtures::get(&active_url).await;
+            assert_eq!(status, 200);
+            most = most.max(body.trim().parse::<usize>().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let all = futures_util::future::join_all(uploads);
+    let statuses = tokio::select! {
+        statuses = all => statuses,
+        () = watch => unreachable!(),
+    };
+    let statuses: Vec<u16> = statuses.into_iter().map(|s| s.unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Four uploads and the `/active` request itself (and at most one of the
+    // load's, which is quick).
+    assert!(most >= 5, "the uploads never ran four at a time: {most}");
+    assert!(
+        most <= 6,
+        "{most} requests at once on the replica: the limit is 4 uploads"
+    );
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_gets_a_408_blaming_the_client() {
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let run = UnderLoad::start_with(service, Client::KeepAlive, |c| {
+        c.proxy.body_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut s = TcpStream::connect(run.h.addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("x-dropless-error: client"), "{answer:?}");
+    // A malformed chunk is the client's fault too: 400, not a 502.
+    let mut s = TcpStream::connect(run.h.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\na\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(answer.contains("x-dropless-error: client"), "{answer:?}");
+    run.finish().await;
+}
