@@ -63,6 +63,12 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_PROXY_THREADS: usize = 0;
 /// Default time `serve` gives client connections to finish when it stops.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default most open connections on each control listener (the socket, the
+/// TCP address); more are closed at once.
+pub const DEFAULT_CONTROL_MAX_CONNECTIONS: usize = 64;
+/// Default time a control connection has to send a request (head and body,
+/// from the moment it opens or its previous answer ends).
+pub const DEFAULT_CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default name of a service described by flags.
 pub const DEFAULT_SERVICE_NAME: &str = "web";
 
@@ -77,6 +83,13 @@ pub struct Config {
     /// A TCP address for the control API as well (none by default); its
     /// requests must carry the token from `DROPLESS_CONTROL_TOKEN`.
     pub control_tcp: Option<SocketAddr>,
+    /// Most open connections on each control listener; more are closed at
+    /// once ([`DEFAULT_CONTROL_MAX_CONNECTIONS`]).
+    pub control_max_connections: usize,
+    /// Time a control connection has to send a request, head and body
+    /// ([`DEFAULT_CONTROL_READ_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub control_read_timeout: Duration,
     /// Directory of the persisted state and the replica logs (default `.dropless`).
     pub state_dir: PathBuf,
     /// The services; a request goes to the service whose `hosts` has its Host.
@@ -271,6 +284,8 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             control: None,
             control_tcp: None,
+            control_max_connections: DEFAULT_CONTROL_MAX_CONNECTIONS,
+            control_read_timeout: DEFAULT_CONTROL_READ_TIMEOUT,
             state_dir: PathBuf::from(".dropless"),
             services: Vec::new(),
         }
@@ -395,6 +410,9 @@ impl Config {
         }
         if self.proxy.max_connections == 0 || self.proxy.max_attempts == 0 {
             return bad("proxy.max_connections and proxy.max_attempts must be at least 1".into());
+        }
+        if self.control_max_connections == 0 || self.control_read_timeout.is_zero() {
+            return bad("control_max_connections and control_read_timeout must be above 0".into());
         }
         let mut names = std::collections::BTreeSet::new();
         let mut hosts = std::collections::BTreeSet::new();

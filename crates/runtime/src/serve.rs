@@ -7,8 +7,9 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ProxyConfig;
 use crate::config::{Config, ConfigError};
-use crate::control::{self, ControlListener, TcpControl};
+use crate::control::{self, ControlLimits, ControlListener, TcpControl};
 use crate::event::Event;
 use crate::process::SpawnError;
 use crate::proxy::Proxy;
@@ -158,6 +159,8 @@ impl Runtime {
             tls,
             tcp_control,
         } = self;
+        let limits = ControlLimits::of(&config);
+        let proxy_config = within_fd_limit(config.proxy.clone(), limits);
         let mut first_release = Vec::new();
         for s in router.services() {
             match s.start() {
@@ -197,6 +200,7 @@ impl Runtime {
                 tcp_control,
                 router.clone(),
                 events.clone(),
+                limits,
                 stop_background.clone(),
             ))
         });
@@ -218,7 +222,7 @@ impl Runtime {
             *recorded.lock().expect("mode lock") = m;
             m
         };
-        let mut proxy = Proxy::new(router.clone(), config.proxy.clone());
+        let mut proxy = Proxy::new(router.clone(), proxy_config);
         if let Some(tls) = tls {
             proxy = proxy.with_tls(tls);
         }
@@ -238,6 +242,26 @@ impl Runtime {
             None => Ok(()),
         }
     }
+}
+
+/// `proxy` with `max_connections` lowered, if need be, so that client and
+/// control connections at their limits leave [`crate::fds::RESERVE`]
+/// descriptors for probes and replica starts; the soft open-file limit is
+/// raised to the hard one first.
+fn within_fd_limit(mut proxy: ProxyConfig, control: ControlLimits) -> ProxyConfig {
+    let Some(limit) = crate::fds::raise_limit() else {
+        return proxy;
+    };
+    let budget = crate::fds::connection_budget(limit, 2 * control.max_connections);
+    if proxy.max_connections > budget {
+        tracing::info!(
+            "proxy.max_connections {} lowered to {budget}: the open-file limit is {limit} and {} descriptors are kept for probes and replica starts (raise the limit with `ulimit -n`)",
+            proxy.max_connections,
+            crate::fds::RESERVE
+        );
+        proxy.max_connections = budget;
+    }
+    proxy
 }
 
 fn snapshot(router: &Router) -> State {

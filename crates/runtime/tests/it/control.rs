@@ -1,6 +1,7 @@
 //! The control socket, persisted state, and the runtime's own shutdown.
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
 use dropless_runtime::control::{ControlClient, ControlError, ControlListener, TcpControl};
 use dropless_runtime::event::EventKind;
@@ -269,5 +270,60 @@ async fn the_tcp_control_api_answers_only_requests_with_the_token() {
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert_eq!(h.client().status().await.unwrap()[0].desired.replicas, 2);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_connections_are_limited_per_listener_and_cut_when_silent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOKEN: &str = "a-token-of-some-length";
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.control_max_connections = 2;
+    config.control_read_timeout = Duration::from_secs(1);
+    let tcp = TcpControl::bind("127.0.0.1:0".parse().unwrap(), TOKEN)
+        .await
+        .unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let h = Harness::start_with_tcp_control(config, Some(tcp)).await;
+    h.wait_routable(1).await;
+
+    // Two silent connections hold both slots of the TCP address.
+    let began = Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /v1/status HTTP/1.1\r\nHost")
+        .await
+        .unwrap();
+    // A third is closed unanswered, token or not...
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let _ = third.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(fixtures::WAIT, third.read_to_end(&mut answer))
+        .await
+        .expect("the third connection is closed");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // ... while the control socket, a listener of its own, still answers.
+    assert_eq!(h.client().status().await.unwrap()[0].name, "web");
+
+    // The silent ones are cut at the read timeout.
+    for silent in [&mut idle, &mut half] {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(fixtures::WAIT, silent.read_to_end(&mut rest))
+            .await
+            .expect("a silent control connection is closed");
+    }
+    let cut_after = began.elapsed();
+    assert!(
+        cut_after >= Duration::from_secs(1) && cut_after < Duration::from_secs(5),
+        "cut after {cut_after:?}"
+    );
+    // Their slots are free again.
+    let client = ControlClient::tcp(addr.to_string(), TOKEN);
+    assert_eq!(client.status().await.unwrap()[0].name, "web");
     h.stop(Shutdown::Fast).await;
 }
