@@ -34,6 +34,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of replicas of a service.
 pub const DEFAULT_REPLICAS: usize = 1;
+/// Default largest replica count of a service (`replicas`, `dropless scale`).
+pub const DEFAULT_MAX_REPLICAS: usize = 64;
 /// Default number of replicas a rollout may start above the desired count.
 pub const DEFAULT_MAX_SURGE: usize = 1;
 /// Default number of replicas a rollout may take below the desired count.
@@ -146,6 +148,9 @@ pub struct ServiceConfig {
     pub hosts: Vec<String>,
     /// Desired replica count ([`DEFAULT_REPLICAS`]).
     pub replicas: usize,
+    /// Largest replica count `replicas` and `dropless scale` may ask for
+    /// ([`DEFAULT_MAX_REPLICAS`]).
+    pub max_replicas: usize,
     /// What a replica runs (a command) or where it is (a target address).
     pub version: Version,
     /// Health probes.
@@ -320,6 +325,7 @@ impl Default for ServiceConfig {
             name: DEFAULT_SERVICE_NAME.to_string(),
             hosts: Vec::new(),
             replicas: DEFAULT_REPLICAS,
+            max_replicas: DEFAULT_MAX_REPLICAS,
             version: Version::default(),
             probe: ProbeConfig::default(),
             retire: RetireConfig::default(),
@@ -459,6 +465,15 @@ impl ServiceConfig {
             return bad("name must be letters, digits, '-' or '_'".into());
         }
         self.version.validate().or_else(bad)?;
+        if self.max_replicas == 0 {
+            return bad("max_replicas must be at least 1".into());
+        }
+        if self.replicas > self.max_replicas {
+            return bad(format!(
+                "replicas {} is above max_replicas {}: lower replicas or raise max_replicas",
+                self.replicas, self.max_replicas
+            ));
+        }
         if self.rollout.max_surge == 0 && self.rollout.max_unavailable == 0 {
             return bad("max_surge and max_unavailable are both 0: the rollout could never progress; set max_surge to 1".into());
         }
@@ -624,6 +639,17 @@ mod tests {
         config.services.push(s);
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("max_surge"), "{err}");
+        let mut config = Config::default();
+        config.services.push(ServiceConfig {
+            version: Version::command(["x"]),
+            replicas: DEFAULT_MAX_REPLICAS + 1,
+            ..ServiceConfig::default()
+        });
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("replicas 65 is above max_replicas 64"),
+            "{err}"
+        );
         let err = toml::from_str::<Config>("[proxy]\nqueue_timeout = \"soon\"").unwrap_err();
         assert!(err.to_string().contains("soon"), "{err}");
     }

@@ -362,10 +362,7 @@ impl Proxy {
             attempt += 1;
             let pick = balance::pick(&service, &tried, deadline)
                 .await
-                .ok_or_else(|| ProxyError::NoReplica {
-                    service: service.name().to_string(),
-                    waited: self.config.queue_timeout,
-                })?;
+                .map_err(|no| ProxyError::no_pick(no, service.name(), self.config.queue_timeout))?;
             let body: UpstreamBody = match (&buffered, streamed.take()) {
                 // An empty body boxes a zero-sized value: no allocation.
                 (Some(b), _) if b.is_empty() => {

@@ -81,6 +81,20 @@ impl Runtime {
         })?;
         let state_path = config.state_dir.join("state.json");
         let persisted = State::load(&state_path)?.unwrap_or_default();
+        for s in &config.services {
+            if let Some(d) = persisted.services.get(&s.name)
+                && d.replicas > s.max_replicas
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{} asks for {} replicas of service {:?}, above its max_replicas {}: raise max_replicas (or move the state file away)",
+                    state_path.display(),
+                    d.replicas,
+                    s.name,
+                    s.max_replicas
+                ))
+                .into());
+            }
+        }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let supervisors = config
             .services

@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
+use crate::balance::NoPick;
 
 /// The content type of the proxy's error responses.
 const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -43,6 +44,14 @@ pub enum ProxyError {
         /// The queue timeout.
         waited: Duration,
     },
+    /// The service is scaled to zero on purpose: no replica will come.
+    #[error(
+        "service {service} is scaled to zero: no replica serves it until it is scaled up (dropless scale N)"
+    )]
+    ScaledToZero {
+        /// The service.
+        service: String,
+    },
     /// The upstream failed before sending any response byte.
     #[error("replica {replica} failed before responding: {message}")]
     Upstream {
@@ -68,12 +77,22 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The error for a request of `service` that got no replica, having
+    /// waited up to `waited`.
+    pub fn no_pick(no: NoPick, service: &str, waited: Duration) -> Self {
+        let service = service.to_string();
+        match no {
+            NoPick::Deadline => Self::NoReplica { service, waited },
+            NoPick::ScaledToZero => Self::ScaledToZero { service },
+        }
+    }
+
     /// Who caused it.
     pub fn source_kind(&self) -> ErrorSource {
         match self {
             Self::UnknownHost { .. } | Self::ClientBody(_) => ErrorSource::Client,
             Self::Upstream { .. } | Self::Timeout { .. } => ErrorSource::Upstream,
-            Self::NoReplica { .. } => ErrorSource::Internal,
+            Self::NoReplica { .. } | Self::ScaledToZero { .. } => ErrorSource::Internal,
         }
     }
 
@@ -92,7 +111,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownHost { .. } => StatusCode::MISDIRECTED_REQUEST,
-            Self::NoReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoReplica { .. } | Self::ScaledToZero { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,

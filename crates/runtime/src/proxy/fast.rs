@@ -256,12 +256,12 @@ impl Session<'_, '_> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(pick) = balance::pick(&service, &tried, deadline).await else {
-                let err = ProxyError::NoReplica {
-                    service: service.name().to_string(),
-                    waited: config.queue_timeout,
-                };
-                return self.send_error(&err, plan).await;
+            let pick = match balance::pick(&service, &tried, deadline).await {
+                Ok(pick) => pick,
+                Err(no) => {
+                    let err = ProxyError::no_pick(no, service.name(), config.queue_timeout);
+                    return self.send_error(&err, plan).await;
+                }
             };
             self.response_deadline
                 .set(Instant::now() + config.response_timeout);
