@@ -357,6 +357,7 @@ impl Api {
     /// out of descriptors. Errors and refusals are logged once a second.
     async fn accept(&self, listening: Listening<'_>) {
         let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let at = listening.to_string();
         loop {
             let accepted = tokio::select! {
                 accepted = listening.accept() => accepted,
@@ -365,7 +366,7 @@ impl Api {
             let accepted = match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    warn_throttled!("control API on {listening}: accept failed: {e}");
+                    warn_throttled!("control API on {at}: accept failed: {e}");
                     if crate::fds::is_exhausted(&e) {
                         tokio::select! {
                             () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
@@ -377,7 +378,7 @@ impl Api {
             };
             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                 warn_throttled!(
-                    "control API on {listening}: {} connections open, the limit (control_max_connections); closing new ones",
+                    "control API on {at}: {} connections open, the limit (control_max_connections); closing new ones",
                     self.limits.max_connections
                 );
                 continue;
