@@ -83,8 +83,13 @@ pub struct RestartArgs {
 pub struct ScaleArgs {
     #[command(flatten)]
     target: Target,
-    /// The new replica count.
+    /// The new replica count, at most the service's max_replicas (64 by
+    /// default).
     replicas: usize,
+    /// Allow a count of 0: every replica stops and requests get a 503 at
+    /// once until the service is scaled up again.
+    #[arg(long)]
+    allow_zero: bool,
 }
 
 /// `dropless rollback`.
@@ -151,6 +156,7 @@ pub fn scale(args: ScaleArgs) -> ExitCode {
         args.target,
         RolloutRequest::Scale {
             replicas: args.replicas,
+            allow_zero: args.allow_zero,
         },
     )
 }

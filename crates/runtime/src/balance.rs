@@ -27,16 +27,31 @@ pub struct Pick {
     pub guard: InFlight,
 }
 
+/// Why no replica was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPick {
+    /// None was ready by the queue deadline.
+    Deadline,
+    /// None is ready and the service is scaled to zero: none will come.
+    ScaledToZero,
+}
+
 /// Picks a ready member of `service` not in `tried` (or one in `tried` when
-/// no other shows up soon), waiting until `deadline`; `None` at the deadline.
-pub async fn pick(service: &Supervisor, tried: &[Arc<Replica>], deadline: Instant) -> Option<Pick> {
+/// no other shows up soon), waiting until `deadline`; at once
+/// [`NoPick::ScaledToZero`] when none is ready and the service is scaled to
+/// zero.
+pub async fn pick(
+    service: &Supervisor,
+    tried: &[Arc<Replica>],
+    deadline: Instant,
+) -> Result<Pick, NoPick> {
     // The common case, a ready replica at once, without subscribing to
     // topology changes; the loop below looks again after subscribing.
     if tried.is_empty()
         && let Some(replica) = choose(&service.routable())
         && let Some((guard, pool)) = replica.try_begin()
     {
-        return Some(Pick {
+        return Ok(Pick {
             replica,
             pool,
             guard,
@@ -47,6 +62,9 @@ pub async fn pick(service: &Supervisor, tried: &[Arc<Replica>], deadline: Instan
     loop {
         topology.borrow_and_update();
         let ready = service.routable();
+        if ready.is_empty() && service.is_scaled_to_zero() {
+            return Err(NoPick::ScaledToZero);
+        }
         let candidates = if tried.is_empty() {
             ready
         } else {
@@ -63,7 +81,7 @@ pub async fn pick(service: &Supervisor, tried: &[Arc<Replica>], deadline: Instan
         };
         if let Some(replica) = choose(&candidates) {
             if let Some((guard, pool)) = replica.try_begin() {
-                return Some(Pick {
+                return Ok(Pick {
                     replica,
                     pool,
                     guard,
@@ -78,7 +96,7 @@ pub async fn pick(service: &Supervisor, tried: &[Arc<Replica>], deadline: Instan
             deadline.min(allow_tried_at.max(Instant::now()))
         };
         if Instant::now() >= deadline {
-            return None;
+            return Err(NoPick::Deadline);
         }
         let _ = tokio::time::timeout_at(wake, topology.changed()).await;
     }

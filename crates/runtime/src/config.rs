@@ -34,6 +34,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of replicas of a service.
 pub const DEFAULT_REPLICAS: usize = 1;
+/// Default largest replica count of a service (`replicas`, `dropless scale`).
+pub const DEFAULT_MAX_REPLICAS: usize = 64;
 /// Default number of replicas a rollout may start above the desired count.
 pub const DEFAULT_MAX_SURGE: usize = 1;
 /// Default number of replicas a rollout may take below the desired count.
@@ -72,6 +74,12 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_PROXY_THREADS: usize = 0;
 /// Default time `serve` gives client connections to finish when it stops.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default most open connections on each control listener (the socket, the
+/// TCP address); more are closed at once.
+pub const DEFAULT_CONTROL_MAX_CONNECTIONS: usize = 64;
+/// Default time a control connection has to send a request (head and body,
+/// from the moment it opens or its previous answer ends).
+pub const DEFAULT_CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default name of a service described by flags.
 pub const DEFAULT_SERVICE_NAME: &str = "web";
 
@@ -86,6 +94,13 @@ pub struct Config {
     /// A TCP address for the control API as well (none by default); its
     /// requests must carry the token from `DROPLESS_CONTROL_TOKEN`.
     pub control_tcp: Option<SocketAddr>,
+    /// Most open connections on each control listener; more are closed at
+    /// once ([`DEFAULT_CONTROL_MAX_CONNECTIONS`]).
+    pub control_max_connections: usize,
+    /// Time a control connection has to send a request, head and body
+    /// ([`DEFAULT_CONTROL_READ_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub control_read_timeout: Duration,
     /// Directory of the persisted state and the replica logs (default `.dropless`).
     pub state_dir: PathBuf,
     /// The services; a request goes to the service whose `hosts` has its Host.
@@ -152,6 +167,9 @@ pub struct ServiceConfig {
     pub hosts: Vec<String>,
     /// Desired replica count ([`DEFAULT_REPLICAS`]).
     pub replicas: usize,
+    /// Largest replica count `replicas` and `dropless scale` may ask for
+    /// ([`DEFAULT_MAX_REPLICAS`]).
+    pub max_replicas: usize,
     /// What a replica runs (a command) or where it is (a target address).
     pub version: Version,
     /// Health probes.
@@ -290,6 +308,8 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             control: None,
             control_tcp: None,
+            control_max_connections: DEFAULT_CONTROL_MAX_CONNECTIONS,
+            control_read_timeout: DEFAULT_CONTROL_READ_TIMEOUT,
             state_dir: PathBuf::from(".dropless"),
             services: Vec::new(),
         }
@@ -327,6 +347,7 @@ impl Default for ServiceConfig {
             name: DEFAULT_SERVICE_NAME.to_string(),
             hosts: Vec::new(),
             replicas: DEFAULT_REPLICAS,
+            max_replicas: DEFAULT_MAX_REPLICAS,
             version: Version::default(),
             probe: ProbeConfig::default(),
             retire: RetireConfig::default(),
@@ -423,6 +444,9 @@ impl Config {
         if self.proxy.max_connections == 0 || self.proxy.max_attempts == 0 {
             return bad("proxy.max_connections and proxy.max_attempts must be at least 1".into());
         }
+        if self.control_max_connections == 0 || self.control_read_timeout.is_zero() {
+            return bad("control_max_connections and control_read_timeout must be above 0".into());
+        }
         let mut names = std::collections::BTreeSet::new();
         let mut hosts = std::collections::BTreeSet::new();
         let mut defaults = 0;
@@ -468,6 +492,15 @@ impl ServiceConfig {
             return bad("name must be letters, digits, '-' or '_'".into());
         }
         self.version.validate().or_else(bad)?;
+        if self.max_replicas == 0 {
+            return bad("max_replicas must be at least 1".into());
+        }
+        if self.replicas > self.max_replicas {
+            return bad(format!(
+                "replicas {} is above max_replicas {}: lower replicas or raise max_replicas",
+                self.replicas, self.max_replicas
+            ));
+        }
         if self.rollout.max_surge == 0 && self.rollout.max_unavailable == 0 {
             return bad("max_surge and max_unavailable are both 0: the rollout could never progress; set max_surge to 1".into());
         }
@@ -633,6 +666,17 @@ mod tests {
         config.services.push(s);
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("max_surge"), "{err}");
+        let mut config = Config::default();
+        config.services.push(ServiceConfig {
+            version: Version::command(["x"]),
+            replicas: DEFAULT_MAX_REPLICAS + 1,
+            ..ServiceConfig::default()
+        });
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("replicas 65 is above max_replicas 64"),
+            "{err}"
+        );
         let err = toml::from_str::<Config>("[proxy]\nqueue_timeout = \"soon\"").unwrap_err();
         assert!(err.to_string().contains("soon"), "{err}");
     }

@@ -16,25 +16,28 @@ mod client;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use client::{ControlClient, EventStream};
 
+use crate::config::Config;
 use crate::event::Event;
 use crate::rollout::{self, RolloutError, RolloutRequest};
 use crate::route::Router;
+use crate::throttle::warn_throttled;
 
 /// Environment variable naming the control socket for the CLI clients.
 pub const CONTROL_ENV: &str = "DROPLESS_CONTROL";
@@ -47,7 +50,11 @@ pub const TOKEN_ENV: &str = "DROPLESS_CONTROL_TOKEN";
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Time open control connections get to finish when the runtime stops.
-pub const CONTROL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+pub const CONTROL_GRACE: Duration = Duration::from_secs(1);
+
+/// How long an accept loop pauses when the process is out of file
+/// descriptors (or memory): accepting again at once would fail again.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Largest request body the control API reads.
 const MAX_BODY: usize = 1024 * 1024;
@@ -225,37 +232,67 @@ impl Drop for ControlListener {
     }
 }
 
+/// Limits of the control API's connections, so that a flood of them (the
+/// TCP address takes connections before any token is checked) cannot hold
+/// the runtime's file descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// Most open connections per listener (the socket, the TCP address); a
+    /// connection above it is closed at once, so a flood of the TCP address
+    /// leaves the socket usable.
+    pub max_connections: usize,
+    /// Time a connection has to send a request, head and body, counted from
+    /// its opening or the end of its previous answer; then it is closed.
+    pub read_timeout: Duration,
+}
+
+impl ControlLimits {
+    /// The limits `config` sets.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            max_connections: config.control_max_connections,
+            read_timeout: config.control_read_timeout,
+        }
+    }
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        Self::of(&Config::default())
+    }
+}
+
 /// Serves the control API on the Unix socket `listener` and on `tcp`, each
-/// when given, until `shutdown` is cancelled. Rollouts run as their own
-/// tasks, so a client that goes away does not cut one short. At shutdown,
-/// event streams send what is buffered and end; open connections get
-/// [`CONTROL_GRACE`] to finish.
+/// when given, within `limits`, until `shutdown` is cancelled. Rollouts run
+/// as their own tasks, so a client that goes away does not cut one short.
+/// At shutdown, event streams send what is buffered and end; open
+/// connections get [`CONTROL_GRACE`] to finish.
 pub async fn serve(
     listener: Option<ControlListener>,
     tcp: Option<TcpControl>,
     router: Router,
     events: broadcast::Sender<Event>,
+    limits: ControlLimits,
     shutdown: CancellationToken,
 ) {
     let api = Api {
         router,
         events,
         shutdown,
+        limits,
         connections: TaskTracker::new(),
     };
-    loop {
-        tokio::select! {
-            accepted = accept_unix(listener.as_ref()) => match accepted {
-                Ok(stream) => api.spawn(stream, None),
-                Err(e) => tracing::warn!("control accept failed: {e}"),
-            },
-            accepted = accept_tcp(tcp.as_ref()) => match accepted {
-                Ok((stream, token)) => api.spawn(stream, Some(token)),
-                Err(e) => tracing::warn!("control accept failed: {e}"),
-            },
-            () = api.shutdown.cancelled() => break,
+    let on_socket = async {
+        if let Some(l) = &listener {
+            api.accept(Listening::Unix(l)).await;
         }
-    }
+    };
+    let on_tcp = async {
+        if let Some(t) = &tcp {
+            api.accept(Listening::Tcp(t)).await;
+        }
+    };
+    tokio::join!(on_socket, on_tcp);
     drop(listener);
     drop(tcp);
     api.connections.close();
@@ -267,27 +304,41 @@ pub async fn serve(
     }
 }
 
-/// The next connection on the control socket; never, without one.
-async fn accept_unix(
-    listener: Option<&ControlListener>,
-) -> std::io::Result<tokio::net::UnixStream> {
-    match listener {
-        Some(l) => Ok(l.listener.accept().await?.0),
-        None => std::future::pending().await,
+/// One listener of the control API.
+#[derive(Clone, Copy)]
+enum Listening<'a> {
+    Unix(&'a ControlListener),
+    Tcp(&'a TcpControl),
+}
+
+/// A connection one of them accepted.
+enum Accepted {
+    Unix(tokio::net::UnixStream),
+    /// With the token its requests must carry.
+    Tcp(tokio::net::TcpStream, Arc<str>),
+}
+
+impl Listening<'_> {
+    async fn accept(self) -> std::io::Result<Accepted> {
+        match self {
+            Self::Unix(l) => Ok(Accepted::Unix(l.listener.accept().await?.0)),
+            Self::Tcp(t) => {
+                let (stream, _) = t.listener.accept().await?;
+                Ok(Accepted::Tcp(stream, Arc::clone(&t.token)))
+            }
+        }
     }
 }
 
-/// The next TCP control connection, with the token its requests need;
-/// never, without a TCP listener.
-async fn accept_tcp(
-    tcp: Option<&TcpControl>,
-) -> std::io::Result<(tokio::net::TcpStream, Arc<str>)> {
-    match tcp {
-        Some(t) => {
-            let (stream, _) = t.listener.accept().await?;
-            Ok((stream, Arc::clone(&t.token)))
+impl std::fmt::Display for Listening<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(l) => write!(f, "socket {}", l.path.display()),
+            Self::Tcp(t) => match t.listener.local_addr() {
+                Ok(addr) => write!(f, "http://{addr}"),
+                Err(_) => f.write_str("the TCP address"),
+            },
         }
-        None => std::future::pending().await,
     }
 }
 
@@ -296,12 +347,52 @@ struct Api {
     router: Router,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
+    limits: ControlLimits,
     connections: TaskTracker,
 }
 
 impl Api {
-    /// Serves one connection; with `token`, every request must carry it.
-    fn spawn<S>(&self, stream: S, token: Option<Arc<str>>)
+    /// Accepts from `listening` until shutdown, at most
+    /// `limits.max_connections` open at once; pauses [`ACCEPT_BACKOFF`] when
+    /// out of descriptors. Errors and refusals are logged once a second.
+    async fn accept(&self, listening: Listening<'_>) {
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let at = listening.to_string();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listening.accept() => accepted,
+                () = self.shutdown.cancelled() => return,
+            };
+            let accepted = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn_throttled!("control API on {at}: accept failed: {e}");
+                    if crate::fds::is_exhausted(&e) {
+                        tokio::select! {
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                            () = self.shutdown.cancelled() => return,
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                warn_throttled!(
+                    "control API on {at}: {} connections open, the limit (control_max_connections); closing new ones",
+                    self.limits.max_connections
+                );
+                continue;
+            };
+            match accepted {
+                Accepted::Unix(stream) => self.spawn(stream, None, slot),
+                Accepted::Tcp(stream, token) => self.spawn(stream, Some(token), slot),
+            }
+        }
+    }
+
+    /// Serves one connection, holding `slot` until it ends; with `token`,
+    /// every request must carry it.
+    fn spawn<S>(&self, stream: S, token: Option<Arc<str>>, slot: OwnedSemaphorePermit)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -310,6 +401,7 @@ impl Api {
             self.events.clone(),
             self.shutdown.clone(),
         );
+        let read_timeout = self.limits.read_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
             let authorized = token.as_deref().is_none_or(|t| carries_token(&req, t));
@@ -323,15 +415,20 @@ impl Api {
                         None,
                     ));
                 }
-                Ok(answer(req, router, events, shutdown).await)
+                Ok(answer(req, router, events, read_timeout, shutdown).await)
             }
         });
         self.connections.spawn(async move {
+            // The header read timeout runs from the connection's opening and
+            // from the end of each answer: idle and half-sent heads are cut.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!("control connection: {e}");
             }
+            drop(slot);
         });
     }
 }
@@ -359,6 +456,7 @@ async fn answer(
     req: Request<Incoming>,
     router: Router,
     events: broadcast::Sender<Event>,
+    read_timeout: Duration,
     shutdown: CancellationToken,
 ) -> Response<ControlBody> {
     match (req.method().clone(), req.uri().path()) {
@@ -368,15 +466,20 @@ async fn answer(
         }
         (Method::GET, "/v1/events") => event_stream(events.subscribe(), shutdown),
         (Method::POST, "/v1/rollout") => {
-            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
+            let body = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
+            let body = match tokio::time::timeout(read_timeout, body).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => {
                     return error(
                         StatusCode::BAD_REQUEST,
                         format!("cannot read request: {e}"),
+                        None,
+                    );
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("request body not received within {read_timeout:?}"),
                         None,
                     );
                 }

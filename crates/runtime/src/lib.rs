@@ -13,6 +13,8 @@
 //! - [`control`] serves the HTTP+JSON control API on a Unix socket and has its
 //!   client; [`state`] persists the desired state; [`config`] holds every
 //!   default. [`serve::Runtime`] wires them together.
+//! - [`fds`] keeps file descriptors for probes and replica starts under a
+//!   flood of connections; [`throttle`] logs a repeating error once a second.
 // Not `forbid`: `process` needs one unsafe block (a `pre_exec` hook).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -21,6 +23,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod fds;
 pub mod pool;
 pub mod probe;
 pub mod process;
@@ -33,4 +36,5 @@ pub mod serve;
 pub mod signal;
 pub mod state;
 pub mod supervisor;
+pub mod throttle;
 pub mod tls;

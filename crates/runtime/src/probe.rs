@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::config::ProbeConfig;
 use crate::replica::{Replica, ReplicaState};
+use crate::throttle::warn_throttled;
 
 /// One probe of one address, named in errors (`GET /healthz on 127.0.0.1:4100`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,16 @@ pub struct Probe {
 /// Why a probe failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProbeError {
+    /// The probe could not run: this process is out of file descriptors,
+    /// memory or ports. It says nothing about the replica, so it counts
+    /// neither as a success nor as a failure.
+    #[error("probe {probe} could not run here: {reason}; not counted against the replica")]
+    Local {
+        /// The probe.
+        probe: String,
+        /// What the OS said.
+        reason: String,
+    },
     /// No connection could be made.
     #[error("probe {probe}: connect failed: {reason}")]
     Connect {
@@ -108,12 +119,14 @@ impl Probe {
     }
 
     async fn exchange(&self) -> Result<(), ProbeError> {
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| ProbeError::Connect {
-                probe: self.to_string(),
-                reason: e.to_string(),
-            })?;
+        let stream = TcpStream::connect(self.addr).await.map_err(|e| {
+            let (probe, reason) = (self.to_string(), e.to_string());
+            if crate::fds::is_exhausted(&e) {
+                ProbeError::Local { probe, reason }
+            } else {
+                ProbeError::Connect { probe, reason }
+            }
+        })?;
         if self.path.is_empty() {
             return Ok(());
         }
@@ -211,6 +224,12 @@ pub async fn wait_ready(replica: &Replica, config: &ProbeConfig) -> Result<(), N
                     continue;
                 }
             }
+            // A probe that could not run leaves the count as it was; the
+            // ready timeout still bounds the wait.
+            Err(e @ ProbeError::Local { .. }) => {
+                warn_throttled!("replica {}: {e}", replica.name());
+                last = e.to_string();
+            }
             Err(e) => {
                 successes = 0;
                 last = e.to_string();
@@ -246,6 +265,9 @@ pub async fn watch_ready(replica: &Replica, config: &ProbeConfig) -> Option<Prob
         }
         match probe.check().await {
             Ok(()) => failures = 0,
+            Err(e @ ProbeError::Local { .. }) => {
+                warn_throttled!("replica {}: {e}", replica.name());
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(replica = replica.name(), "{e}");

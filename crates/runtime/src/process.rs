@@ -84,9 +84,11 @@ impl Process {
             .process_group(0)
             .kill_on_drop(false);
         let parent = nix::unistd::getpid();
-        // SAFETY: between fork and exec the closure makes two system calls
-        // (prctl, getppid), both async-signal-safe, and allocates nothing
-        // (its errors are raw errnos).
+        // The open-file limit `serve` found, not the one it raised for itself.
+        let nofile = crate::fds::child_limit();
+        // SAFETY: between fork and exec the closure makes at most three
+        // system calls (prctl, getppid, setrlimit), all async-signal-safe,
+        // and allocates nothing (its errors are raw errnos).
         // The crate's only unsafe code.
         #[allow(unsafe_code)]
         unsafe {
@@ -99,7 +101,7 @@ impl Process {
                         nix::errno::Errno::ESRCH as i32,
                     ));
                 }
-                Ok(())
+                crate::fds::restore_limit(nofile)
             });
         }
         let mut child = spawn_on_spawner(command).map_err(|source| SpawnError::Exec {

@@ -55,10 +55,14 @@ pub enum RolloutRequest {
         #[serde(default)]
         plan: Plan,
     },
-    /// Change the replica count.
+    /// Change the replica count, at most the service's `max_replicas`.
     Scale {
         /// The new count.
         replicas: usize,
+        /// Must be set for a count of 0: every replica stops and requests
+        /// get a 503 at once until the service is scaled up again.
+        #[serde(default)]
+        allow_zero: bool,
     },
     /// Roll back to the previous release.
     Rollback {
@@ -139,6 +143,13 @@ pub async fn run(
     supervisor: &Supervisor,
     request: RolloutRequest,
 ) -> Result<RolloutReport, RolloutError> {
+    if let RolloutRequest::Scale {
+        replicas,
+        allow_zero,
+    } = request
+    {
+        check_count(supervisor, replicas, allow_zero)?;
+    }
     let id = supervisor.next_rollout();
     let service = supervisor.name().to_string();
     supervisor.set_phase(id, RolloutPhase::Pending, Some(describe(&request)));
@@ -191,7 +202,7 @@ pub async fn run(
             };
             (desired, plan)
         }
-        RolloutRequest::Scale { replicas } => {
+        RolloutRequest::Scale { replicas, .. } => {
             let desired = Desired {
                 replicas,
                 ..old.clone()
@@ -214,6 +225,9 @@ pub async fn run(
             "max_surge and max_unavailable are both 0: the rollout could never progress; set max_surge to 1".into(),
         ));
     }
+    // Scaled to zero from now: once its replicas stop routing, requests get
+    // a 503 at once instead of waiting for a replica that will not come.
+    supervisor.set_scaled_to_zero(target.replicas == 0);
     let outcome = match strategy {
         Strategy::BlueGreen if target.current != old.current => rollout.blue_green(&target).await,
         _ => rollout.converge(&target, surge, unavailable).await,
@@ -234,6 +248,7 @@ pub async fn run(
         }
         Err(reason) => {
             supervisor.set_phase(id, RolloutPhase::Aborted, Some(reason.clone()));
+            supervisor.set_scaled_to_zero(old.replicas == 0);
             // Back to the old release; its replicas that are still members stay.
             let restored = rollout.converge(&old, surge.max(1), 0).await;
             rollout.finish_retirements().await;
@@ -418,6 +433,27 @@ impl Rollout<'_> {
     }
 }
 
+/// Refuses a count above the service's `max_replicas`, and 0 unless
+/// `allow_zero`.
+fn check_count(
+    supervisor: &Supervisor,
+    replicas: usize,
+    allow_zero: bool,
+) -> Result<(), RolloutError> {
+    let (service, max) = (supervisor.name(), supervisor.config().max_replicas);
+    if replicas > max {
+        return Err(RolloutError::Invalid(format!(
+            "cannot scale {service} to {replicas}: max_replicas is {max}; scale to at most {max}, or raise max_replicas in the service's config and restart serve"
+        )));
+    }
+    if replicas == 0 && !allow_zero {
+        return Err(RolloutError::Invalid(format!(
+            "scaling {service} to 0 stops every replica and answers its requests with 503 until it is scaled up again: pass --allow-zero (allow_zero in the API) to do it"
+        )));
+    }
+    Ok(())
+}
+
 fn describe(request: &RolloutRequest) -> String {
     match request {
         RolloutRequest::Deploy { version, .. } => match version.target {
@@ -425,7 +461,7 @@ fn describe(request: &RolloutRequest) -> String {
             None => format!("deploy {}", version.command.join(" ")),
         },
         RolloutRequest::Restart { .. } => "restart".into(),
-        RolloutRequest::Scale { replicas } => format!("scale to {replicas}"),
+        RolloutRequest::Scale { replicas, .. } => format!("scale to {replicas}"),
         RolloutRequest::Rollback { .. } => "rollback".into(),
     }
 }

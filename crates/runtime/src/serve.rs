@@ -7,8 +7,9 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ProxyConfig;
 use crate::config::{Config, ConfigError};
-use crate::control::{self, ControlListener, TcpControl};
+use crate::control::{self, ControlLimits, ControlListener, TcpControl};
 use crate::event::Event;
 use crate::process::SpawnError;
 use crate::proxy::Proxy;
@@ -80,6 +81,20 @@ impl Runtime {
         })?;
         let state_path = config.state_dir.join("state.json");
         let persisted = State::load(&state_path)?.unwrap_or_default();
+        for s in &config.services {
+            if let Some(d) = persisted.services.get(&s.name)
+                && d.replicas > s.max_replicas
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{} asks for {} replicas of service {:?}, above its max_replicas {}: raise max_replicas (or move the state file away)",
+                    state_path.display(),
+                    d.replicas,
+                    s.name,
+                    s.max_replicas
+                ))
+                .into());
+            }
+        }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let supervisors = config
             .services
@@ -158,6 +173,8 @@ impl Runtime {
             tls,
             tcp_control,
         } = self;
+        let limits = ControlLimits::of(&config);
+        let proxy_config = within_fd_limit(config.proxy.clone(), limits);
         let mut first_release = Vec::new();
         for s in router.services() {
             match s.start() {
@@ -197,6 +214,7 @@ impl Runtime {
                 tcp_control,
                 router.clone(),
                 events.clone(),
+                limits,
                 stop_background.clone(),
             ))
         });
@@ -218,7 +236,7 @@ impl Runtime {
             *recorded.lock().expect("mode lock") = m;
             m
         };
-        let mut proxy = Proxy::new(router.clone(), config.proxy.clone());
+        let mut proxy = Proxy::new(router.clone(), proxy_config);
         if let Some(tls) = tls {
             proxy = proxy.with_tls(tls);
         }
@@ -238,6 +256,26 @@ impl Runtime {
             None => Ok(()),
         }
     }
+}
+
+/// `proxy` with `max_connections` lowered, if need be, so that client and
+/// control connections at their limits leave [`crate::fds::RESERVE`]
+/// descriptors for probes and replica starts; the soft open-file limit is
+/// raised to the hard one first.
+fn within_fd_limit(mut proxy: ProxyConfig, control: ControlLimits) -> ProxyConfig {
+    let Some(limit) = crate::fds::raise_limit() else {
+        return proxy;
+    };
+    let budget = crate::fds::connection_budget(limit, 2 * control.max_connections);
+    if proxy.max_connections > budget {
+        tracing::info!(
+            "proxy.max_connections {} lowered to {budget}: the open-file limit is {limit} and {} descriptors are kept for probes and replica starts (raise the limit with `ulimit -n`)",
+            proxy.max_connections,
+            crate::fds::RESERVE
+        );
+        proxy.max_connections = budget;
+    }
+    proxy
 }
 
 fn snapshot(router: &Router) -> State {

@@ -4,7 +4,7 @@
 //! replicas to the proxy.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,6 +81,7 @@ struct Inner {
     replicas: Mutex<Vec<Arc<Replica>>>,
     topology: watch::Sender<u64>,
     desired: watch::Sender<Desired>,
+    scaled_to_zero: AtomicBool,
     next_replica: AtomicU64,
     restarts: AtomicU32,
     rollout_lock: tokio::sync::Mutex<()>,
@@ -100,6 +101,7 @@ impl Supervisor {
                 options,
                 replicas: Mutex::new(Vec::new()),
                 topology: watch::Sender::new(0),
+                scaled_to_zero: AtomicBool::new(desired.replicas == 0),
                 desired: watch::Sender::new(desired),
                 next_replica: AtomicU64::new(1),
                 restarts: AtomicU32::new(0),
@@ -146,6 +148,21 @@ impl Supervisor {
     /// Replaces the desired state.
     pub fn set_desired(&self, desired: Desired) {
         self.inner.desired.send_replace(desired);
+    }
+
+    /// Whether the service is scaled to zero on purpose (`scale 0
+    /// --allow-zero`): a request that finds no ready replica gets a 503 at
+    /// once rather than waiting for one.
+    pub fn is_scaled_to_zero(&self) -> bool {
+        self.inner.scaled_to_zero.load(Ordering::SeqCst)
+    }
+
+    /// Marks the service scaled to zero (or not) and wakes the requests
+    /// waiting for a replica, so they see it.
+    pub(crate) fn set_scaled_to_zero(&self, zero: bool) {
+        if self.inner.scaled_to_zero.swap(zero, Ordering::SeqCst) != zero {
+            self.inner.topology.send_modify(|n| *n += 1);
+        }
     }
 
     /// A receiver that changes whenever a replica changes state or membership.

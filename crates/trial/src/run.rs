@@ -504,6 +504,7 @@ async fn run_events(
             },
             Action::Scale { replicas } => RolloutRequest::Scale {
                 replicas: *replicas,
+                allow_zero: false,
             },
             Action::Deploy {
                 version: label,

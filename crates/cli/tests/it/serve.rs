@@ -191,3 +191,68 @@ fn the_tcp_control_api_works_with_the_token_and_refuses_without_it() {
     }
     assert_eq!(serve.stop().code(), Some(0));
 }
+
+#[test]
+fn scale_refuses_zero_unless_asked_and_counts_above_the_limit() {
+    // A queue timeout far longer than the test: a 503 that waited for it
+    // would not come in time.
+    let serve = Serve::start_with("v4", &["--queue-timeout", "120s"]);
+    let scale = |args: &[&str]| {
+        let mut all = vec!["scale", "--control", &serve.control];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    // Zero first: the old runtime would start a million replicas below.
+    let text = refused_in_one_line(&scale(&["0"]));
+    assert!(text.contains("--allow-zero"), "{text}");
+
+    let text = refused_in_one_line(&scale(&["1000000"]));
+    assert!(
+        text.contains("max_replicas is 64") && text.contains("raise max_replicas"),
+        "{text}"
+    );
+
+    let zero = scale(&["0", "--allow-zero"]);
+    assert!(zero.status.success(), "{}", stderr(&zero));
+    let began = std::time::Instant::now();
+    let answer = get(serve.port, "/sum?a=1&b=2");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("web is scaled to zero"), "{answer}");
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(5),
+        "503 after {:?}",
+        began.elapsed()
+    );
+
+    let up = scale(&["2"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let answer = get(serve.port, "/sum?a=1&b=2");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(serve.stop().code(), Some(0));
+}
+
+/// The one line of a run that exited 2.
+fn refused_in_one_line(output: &std::process::Output) -> String {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+    text
+}
+
+/// One GET of `path` on the proxy at `port` with `Connection: close`: the
+/// raw answer.
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}

@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
 use super::forward::Sent;
+use crate::balance::NoPick;
 
 /// The content type of the proxy's error responses.
 const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -44,6 +45,14 @@ pub enum ProxyError {
         /// The queue timeout.
         waited: Duration,
     },
+    /// The service is scaled to zero on purpose: no replica will come.
+    #[error(
+        "service {service} is scaled to zero: no replica serves it until it is scaled up (dropless scale N)"
+    )]
+    ScaledToZero {
+        /// The service.
+        service: String,
+    },
     /// The replica failed before a whole response head came.
     #[error("replica {replica} failed: {message}")]
     Upstream {
@@ -77,6 +86,16 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The error for a request of `service` that got no replica, having
+    /// waited up to `waited`.
+    pub fn no_pick(no: NoPick, service: &str, waited: Duration) -> Self {
+        let service = service.to_string();
+        match no {
+            NoPick::Deadline => Self::NoReplica { service, waited },
+            NoPick::ScaledToZero => Self::ScaledToZero { service },
+        }
+    }
+
     /// Who caused it.
     pub fn source_kind(&self) -> ErrorSource {
         match self {
@@ -85,7 +104,7 @@ impl ProxyError {
             | Self::BodyTimeout(_)
             | Self::BadRequest(_) => ErrorSource::Client,
             Self::Upstream { .. } | Self::Timeout { .. } => ErrorSource::Upstream,
-            Self::NoReplica { .. } => ErrorSource::Internal,
+            Self::NoReplica { .. } | Self::ScaledToZero { .. } => ErrorSource::Internal,
         }
     }
 
@@ -93,7 +112,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownHost { .. } => StatusCode::MISDIRECTED_REQUEST,
-            Self::NoReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoReplica { .. } | Self::ScaledToZero { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,

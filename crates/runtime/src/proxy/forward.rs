@@ -125,12 +125,9 @@ pub(super) async fn forward<A: Attempt>(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let Some(pick) = balance::pick(service, &tried, deadline).await else {
-            return Err(ProxyError::NoReplica {
-                service: service.name().to_string(),
-                waited: config.queue_timeout,
-            });
-        };
+        let pick = balance::pick(service, &tried, deadline)
+            .await
+            .map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?;
         response_deadline.set(Instant::now() + config.response_timeout);
         let result = {
             let run = attempt.send(&pick);

@@ -184,7 +184,7 @@ impl Shared {
                     Ok((stream, peer)) => self.accepted(index, stream, peer, &connections, &stop),
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!("accept failed: {e}");
+                        crate::throttle::warn_throttled!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },

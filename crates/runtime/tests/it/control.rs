@@ -1,6 +1,7 @@
 //! The control socket, persisted state, and the runtime's own shutdown.
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
 use dropless_runtime::control::{ControlClient, ControlError, ControlListener, TcpControl};
 use dropless_runtime::event::EventKind;
@@ -35,7 +36,13 @@ async fn control_socket_is_private_single_and_streams_events() {
 
     let mut stream = h.client().subscribe().await.unwrap();
     h.client()
-        .rollout(None, RolloutRequest::Scale { replicas: 2 })
+        .rollout(
+            None,
+            RolloutRequest::Scale {
+                replicas: 2,
+                allow_zero: false,
+            },
+        )
         .await
         .unwrap();
     let completed = tokio::time::timeout(fixtures::WAIT, async {
@@ -71,7 +78,13 @@ async fn restarted_runtime_resumes_the_persisted_version_and_count() {
     };
     client.rollout(None, v2).await.unwrap();
     client
-        .rollout(None, RolloutRequest::Scale { replicas: 3 })
+        .rollout(
+            None,
+            RolloutRequest::Scale {
+                replicas: 3,
+                allow_zero: false,
+            },
+        )
         .await
         .unwrap();
     h.stop(Shutdown::Graceful).await;
@@ -242,7 +255,13 @@ async fn the_tcp_control_api_answers_only_requests_with_the_token() {
     let client = ControlClient::tcp(addr.to_string(), TOKEN);
     assert_eq!(client.status().await.unwrap()[0].name, "web");
     client
-        .rollout(None, RolloutRequest::Scale { replicas: 2 })
+        .rollout(
+            None,
+            RolloutRequest::Scale {
+                replicas: 2,
+                allow_zero: false,
+            },
+        )
         .await
         .unwrap();
     h.wait_routable(2).await;
@@ -250,7 +269,13 @@ async fn the_tcp_control_api_answers_only_requests_with_the_token() {
     // A wrong token, and none at all: 401, nothing done.
     let wrong = ControlClient::tcp(addr.to_string(), "a-wrong-token-of-some-length");
     let err = wrong
-        .rollout(None, RolloutRequest::Scale { replicas: 1 })
+        .rollout(
+            None,
+            RolloutRequest::Scale {
+                replicas: 1,
+                allow_zero: false,
+            },
+        )
         .await
         .unwrap_err();
     assert!(
@@ -270,4 +295,138 @@ async fn the_tcp_control_api_answers_only_requests_with_the_token() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert_eq!(h.client().status().await.unwrap()[0].desired.replicas, 2);
     h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_connections_are_limited_per_listener_and_cut_when_silent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOKEN: &str = "a-token-of-some-length";
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.control_max_connections = 2;
+    config.control_read_timeout = Duration::from_secs(1);
+    let tcp = TcpControl::bind("127.0.0.1:0".parse().unwrap(), TOKEN)
+        .await
+        .unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let h = Harness::start_with_tcp_control(config, Some(tcp)).await;
+    h.wait_routable(1).await;
+
+    // Two silent connections hold both slots of the TCP address.
+    let began = Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /v1/status HTTP/1.1\r\nHost")
+        .await
+        .unwrap();
+    // A third is closed unanswered, token or not...
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let _ = third.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(fixtures::WAIT, third.read_to_end(&mut answer))
+        .await
+        .expect("the third connection is closed");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // ... while the control socket, a listener of its own, still answers.
+    assert_eq!(h.client().status().await.unwrap()[0].name, "web");
+
+    // The silent ones are cut at the read timeout.
+    for silent in [&mut idle, &mut half] {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(fixtures::WAIT, silent.read_to_end(&mut rest))
+            .await
+            .expect("a silent control connection is closed");
+    }
+    let cut_after = began.elapsed();
+    assert!(
+        cut_after >= Duration::from_secs(1) && cut_after < Duration::from_secs(5),
+        "cut after {cut_after:?}"
+    );
+    // Their slots are free again.
+    let client = ControlClient::tcp(addr.to_string(), TOKEN);
+    assert_eq!(client.status().await.unwrap()[0].name, "web");
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_is_bounded_and_a_service_scaled_to_zero_answers_503_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    service.max_replicas = 3;
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    // Far longer than the test: a 503 that waited for it would time out.
+    config.proxy.queue_timeout = Duration::from_secs(120);
+    let h = Harness::start(config).await;
+    h.wait_routable(1).await;
+    let client = h.client();
+    let scale = |replicas, allow_zero| {
+        client.rollout(
+            None,
+            RolloutRequest::Scale {
+                replicas,
+                allow_zero,
+            },
+        )
+    };
+
+    let err = scale(4, false).await.unwrap_err();
+    assert!(
+        matches!(&err, ControlError::Rejected(m) if m.contains("max_replicas is 3")),
+        "{err}"
+    );
+    let err = scale(0, false).await.unwrap_err();
+    assert!(
+        matches!(&err, ControlError::Rejected(m) if m.contains("--allow-zero")),
+        "{err}"
+    );
+    assert_eq!(h.router.service(None).unwrap().routable().len(), 1);
+
+    scale(0, true).await.unwrap();
+    let url = h.url("/sum?a=1&b=2");
+    let began = Instant::now();
+    // HTTP/1.1 (the fast path) and h2c (the general path).
+    let (status, _, body) = fixtures::get(&url).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("web is scaled to zero"), "{body}");
+    let (status, body) = h2_get(&url).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("web is scaled to zero"), "{body}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "503s after {:?}",
+        began.elapsed()
+    );
+
+    scale(2, false).await.unwrap();
+    h.wait_routable(2).await;
+    assert_eq!(fixtures::get(&url).await.0, 200);
+    assert_eq!(h2_get(&url).await.0, 200);
+    h.stop(Shutdown::Fast).await;
+}
+
+/// One h2c GET over its own connection: status and body.
+async fn h2_get(url: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url.parse().unwrap();
+    let stream = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(url)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -1,9 +1,11 @@
 //! Shared fixtures: the misbehaving test backend, a bounded load client, and
-//! a runtime started in-process on 127.0.0.1 port 0 with its control socket
-//! and state in a temporary directory.
+//! a runtime started in-process (or in its own process, [`serve`]) on
+//! 127.0.0.1 port 0 with its control socket and state in a temporary
+//! directory.
 
 pub mod backend;
 pub mod load;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

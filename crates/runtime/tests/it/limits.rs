@@ -1,5 +1,5 @@
 //! Bad clients (malformed requests, slowloris, huge heads, too many
-//! connections) and TLS on the front.
+//! connections, a flood of the control API) and TLS on the front.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::fixtures::load::{self, Client};
+use crate::fixtures::serve::ServeProcess;
 use crate::fixtures::{self, Harness, Mode, UnderLoad};
 
 /// Reads what the server sends until it closes (at most `WAIT`).
@@ -240,4 +241,105 @@ async fn a_request_body_that_stalls_gets_a_408_blaming_the_client() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
     assert!(answer.contains("x-dropless-error: client"), "{answer:?}");
     run.finish().await;
+}
+
+/// Open-file limit of the runtime under the control flood.
+const FLOOD_NOFILE: u64 = 1024;
+/// Control connections opened, at [`FLOOD_RATE`] per second: four times
+/// the runtime's open-file limit.
+const FLOOD: usize = 4096;
+/// Connections opened per second.
+const FLOOD_RATE: u64 = 1000;
+/// Longest a flood connection is held.
+const FLOOD_HOLD: Duration = Duration::from_secs(3);
+/// Most log lines the runtime may write in the whole test.
+const MAX_LOG_LINES: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_control_connections_leaves_the_load_and_the_replicas_alone() {
+    use dropless_runtime::event::EventKind;
+    use dropless_runtime::replica::ReplicaState;
+
+    // The flood is held from this process too: it needs the descriptors.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    assert!(hard > FLOOD as u64 + 1024, "open-file limit {hard} too low");
+
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 2);
+    let config = fixtures::config(dir.path(), vec![service]);
+    let serve = ServeProcess::start(config, FLOOD_NOFILE).await;
+    let client = serve.client();
+    let replicas = |services: Vec<dropless_runtime::supervisor::ServiceStatus>| {
+        let mut r: Vec<_> = services[0]
+            .replicas
+            .iter()
+            .map(|r| (r.name.clone(), r.pid, r.state))
+            .collect();
+        r.sort_by(|a, b| a.0.cmp(&b.0));
+        r
+    };
+    let before = replicas(client.status().await.unwrap());
+    let mut events = client.subscribe().await.unwrap();
+    let url = format!("http://{}/sum?a=1&b=2", serve.addr);
+    let mut load = load::Load::start(
+        &url,
+        fixtures::RATE,
+        Duration::from_secs(60),
+        Client::KeepAlive,
+    )
+    .await;
+    load.wait_ok(50).await;
+
+    // Idle connections and half-sent requests, opened at a bounded rate and
+    // each held until the runtime closes it or FLOOD_HOLD passes.
+    let target = serve.control_tcp;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FLOOD_RATE));
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..FLOOD {
+        tick.tick().await;
+        flood.spawn(async move {
+            let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target));
+            let Ok(Ok(mut s)) = connect.await else {
+                return;
+            };
+            if i % 2 == 1 {
+                let _ = s
+                    .write_all(b"POST /v1/rollout HTTP/1.1\r\nHost: x\r\nContent-Le")
+                    .await;
+            }
+            let mut buf = [0u8; 256];
+            let _ = tokio::time::timeout(FLOOD_HOLD, s.read(&mut buf)).await;
+        });
+    }
+    while flood.join_next().await.is_some() {}
+
+    let ok = load.ok();
+    load.wait_ok(ok + 20).await;
+    let report = load.finish().await;
+    load::assert_clean(&report, ok + 20);
+    // The control socket still answers, and no replica was replaced.
+    assert_eq!(replicas(client.status().await.unwrap()), before);
+    let log = serve.stop().await;
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = events.next().await {
+        if let EventKind::Replica { replica, state, .. } = e.kind {
+            seen.push((replica, state));
+        }
+    }
+    assert!(
+        seen.iter()
+            .all(|(r, s)| *s != ReplicaState::Failed && before.iter().any(|b| b.0 == *r)),
+        "replicas failed or were replaced: {seen:?}"
+    );
+    assert!(
+        log.lines <= MAX_LOG_LINES,
+        "{} log lines ({} bytes), the first: {:#?}",
+        log.lines,
+        log.bytes,
+        log.head
+    );
 }

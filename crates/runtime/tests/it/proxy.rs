@@ -147,7 +147,10 @@ async fn toml_services_are_routed_by_host() {
         .client()
         .rollout(
             None,
-            dropless_runtime::rollout::RolloutRequest::Scale { replicas: 1 },
+            dropless_runtime::rollout::RolloutRequest::Scale {
+                replicas: 1,
+                allow_zero: false,
+            },
         )
         .await
         .expect_err("ambiguous service");

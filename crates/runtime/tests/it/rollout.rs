@@ -69,7 +69,13 @@ async fn scale_two_five_one_under_load(profile: &str, client: Client) {
     let web = run.h.router.service(None).unwrap().clone();
     for n in [5, 1] {
         control
-            .rollout(None, RolloutRequest::Scale { replicas: n })
+            .rollout(
+                None,
+                RolloutRequest::Scale {
+                    replicas: n,
+                    allow_zero: false,
+                },
+            )
             .await
             .expect("scale");
         assert_eq!(web.routable().len(), n);
