@@ -59,9 +59,11 @@ impl Process {
         log: &Path,
     ) -> Result<Self, SpawnError> {
         let open = || {
+            use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(crate::state::FILE_MODE)
                 .open(log)
                 .map_err(|source| SpawnError::Log {
                     path: log.to_path_buf(),

@@ -1,8 +1,8 @@
 //! The runtime as a whole: supervisors for the configured services (resumed
 //! from the persisted state when there is one), the proxy, the control API,
-//! the persister, and the ordered shutdown.
+//! and the ordered shutdown.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ use crate::process::SpawnError;
 use crate::proxy::Proxy;
 use crate::route::Router;
 use crate::signal::Shutdown;
-use crate::state::{Desired, Release, State, StateError};
+use crate::state::{self, Desired, Release, State, StateError, StateFile};
 use crate::supervisor::{Supervisor, SupervisorOptions};
 
 /// Events kept for a slow subscriber before it misses some.
@@ -26,7 +26,7 @@ pub struct Runtime {
     config: Config,
     router: Router,
     events: broadcast::Sender<Event>,
-    state_path: PathBuf,
+    state_file: Arc<StateFile>,
     tls: Option<crate::tls::TlsAcceptor>,
     tcp_control: Option<TcpControl>,
 }
@@ -37,7 +37,8 @@ pub enum ServeError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The state file is unreadable.
+    /// The state directory or file is unusable: unreadable, unwritable, or
+    /// not private to the user running `serve`.
     #[error(transparent)]
     State(#[from] StateError),
     /// A replica could not be started.
@@ -55,41 +56,31 @@ pub enum ServeError {
         /// The replica, its probe and what it answered last.
         reason: String,
     },
-    /// The state directory could not be created.
-    #[error("cannot create state directory {path}: {source}")]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
 }
 
 impl Runtime {
-    /// Validates `config`, loads the persisted state from its state dir and
-    /// builds the supervisors; nothing runs yet.
+    /// Validates `config`, checks that its state dir is private (creating it
+    /// 0700), loads the persisted state from it, writes it back (so that a
+    /// state dir that cannot be written stops `serve` now, not at the first
+    /// deploy) and builds the supervisors; nothing runs yet.
     pub fn new(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::StateDir {
-            path: config.state_dir.clone(),
-            source,
-        })?;
+        state::create_private_dir(&config.state_dir)?;
         let state_path = config.state_dir.join("state.json");
+        state::check_private(&state_path)?;
         let persisted = State::load(&state_path)?.unwrap_or_default();
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let supervisors = config
-            .services
-            .iter()
-            .map(|s| {
-                let desired = persisted
-                    .services
-                    .get(&s.name)
-                    .cloned()
-                    .unwrap_or_else(|| Desired {
+        // The persisted state of each configured service, or the config's.
+        let initial = State {
+            services: config
+                .services
+                .iter()
+                .map(|s| {
+                    let desired = persisted.services.get(&s.name).cloned();
+                    let desired = desired.unwrap_or_else(|| Desired {
                         current: Release {
                             generation: 1,
                             version: s.version.clone(),
@@ -97,13 +88,24 @@ impl Runtime {
                         previous: None,
                         replicas: s.replicas,
                     });
+                    (s.name.clone(), desired)
+                })
+                .collect(),
+        };
+        let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let supervisors = config
+            .services
+            .iter()
+            .map(|s| {
                 Supervisor::new(
                     s.clone(),
-                    desired,
+                    initial.services[&s.name].clone(),
                     SupervisorOptions {
                         log_dir: config.state_dir.join("logs"),
                         pool_idle_timeout: config.proxy.pool_idle_timeout,
                         events: events.clone(),
+                        state_file: Arc::clone(&state_file),
                     },
                 )
             })
@@ -112,7 +114,7 @@ impl Runtime {
             router: Router::new(supervisors),
             config,
             events,
-            state_path,
+            state_file,
             tls,
             tcp_control: None,
         })
@@ -137,7 +139,7 @@ impl Runtime {
 
     /// Path of the persisted state.
     pub fn state_path(&self) -> &std::path::Path {
-        &self.state_path
+        self.state_file.path()
     }
 
     /// Starts the replicas, serves clients on `listener` and the control API
@@ -154,7 +156,7 @@ impl Runtime {
             config,
             router,
             events,
-            state_path,
+            state_file: _,
             tls,
             tcp_control,
         } = self;
@@ -184,13 +186,7 @@ impl Runtime {
             }
             std::future::pending().await
         };
-        save(&router, &state_path);
         let stop_background = CancellationToken::new();
-        let persister = tokio::spawn(persist(
-            router.clone(),
-            state_path.clone(),
-            stop_background.clone(),
-        ));
         let control = (control.is_some() || tcp_control.is_some()).then(|| {
             tokio::spawn(control::serve(
                 control,
@@ -227,49 +223,13 @@ impl Runtime {
         let retirements = router.services().iter().map(|s| s.shutdown(fast));
         futures_util::future::join_all(retirements).await;
         stop_background.cancel();
-        let _ = persister.await;
         if let Some(c) = control {
             let _ = c.await;
         }
-        save(&router, &state_path);
         tracing::info!("stopped");
         match failed.lock().expect("failure lock").take() {
             Some(error) => Err(error),
             None => Ok(()),
         }
-    }
-}
-
-fn snapshot(router: &Router) -> State {
-    State {
-        services: router
-            .services()
-            .iter()
-            .map(|s| (s.name().to_string(), s.desired()))
-            .collect(),
-    }
-}
-
-fn save(router: &Router, path: &std::path::Path) {
-    if let Err(e) = snapshot(router).save(path) {
-        tracing::error!("{e}");
-    }
-}
-
-/// Writes the state file whenever a service's desired state changes.
-async fn persist(router: Router, path: PathBuf, stop: CancellationToken) {
-    let mut watches: Vec<_> = router
-        .services()
-        .iter()
-        .map(Supervisor::watch_desired)
-        .collect();
-    loop {
-        let changed =
-            futures_util::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
-        tokio::select! {
-            (result, _, _) = changed => if result.is_err() { return },
-            () = stop.cancelled() => return,
-        }
-        save(&router, &path);
     }
 }

@@ -19,7 +19,7 @@ use crate::process::{self, Process, SpawnError};
 use crate::replica::{Replica, ReplicaParts, ReplicaState};
 use crate::retire::{self, Retired};
 use crate::rollout::RolloutPhase;
-use crate::state::{Desired, Release};
+use crate::state::{Desired, Release, StateError, StateFile};
 
 /// Supervises the replicas of one service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct SupervisorOptions {
     pub pool_idle_timeout: Duration,
     /// Where events go.
     pub events: broadcast::Sender<Event>,
+    /// The state file, written before a rollout completes.
+    pub state_file: Arc<StateFile>,
 }
 
 /// A snapshot of one service for `status`.
@@ -143,9 +145,17 @@ impl Supervisor {
         self.inner.desired.subscribe()
     }
 
-    /// Replaces the desired state.
-    pub fn set_desired(&self, desired: Desired) {
+    /// Saves `desired` in the state file, then makes it the desired state.
+    /// When the save fails, nothing changes: the file and the desired state
+    /// stay the old ones.
+    pub async fn commit_desired(&self, desired: Desired) -> Result<(), StateError> {
+        let file = Arc::clone(&self.inner.options.state_file);
+        let (name, saved) = (self.name().to_string(), desired.clone());
+        tokio::task::spawn_blocking(move || file.commit(&name, saved))
+            .await
+            .expect("the state file write does not panic")?;
         self.inner.desired.send_replace(desired);
+        Ok(())
     }
 
     /// A receiver that changes whenever a replica changes state or membership.
@@ -198,12 +208,15 @@ impl Supervisor {
                     program: version.command.first().cloned().unwrap_or_default(),
                     source,
                 })?;
-                std::fs::create_dir_all(&self.inner.options.log_dir).map_err(|source| {
-                    SpawnError::Log {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(crate::state::DIR_MODE)
+                    .create(&self.inner.options.log_dir)
+                    .map_err(|source| SpawnError::Log {
                         path: self.inner.options.log_dir.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 let log = self.inner.options.log_dir.join(format!("{name}.log"));
                 let process = Process::spawn(&version.command, &version.env, addr, &name, &log)?;
                 (addr, Some(process), Some(log))

@@ -26,6 +26,25 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Runs `dropless serve FLAGS -- COMMAND` with its state (and control
+/// socket) in `dir` until it exits.
+pub fn serve_until_exit_in(dir: &std::path::Path, flags: &[&str], command: &[&str]) -> Output {
+    let control = dir.join("c.sock");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control.to_str().unwrap(),
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(command);
+    run(&args)
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -40,7 +59,7 @@ pub struct Serve {
     pub child: Child,
     pub port: u16,
     pub control: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Serve {
@@ -57,7 +76,20 @@ impl Serve {
     /// The same, with `env` added to serve's environment.
     pub fn start_with_env(profile: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        let control = dir.path().join("control.sock").display().to_string();
+        let mut serve = Self::start_in(dir.path(), profile, serve_args, env);
+        serve._dir = Some(dir);
+        serve
+    }
+
+    /// The same, with the state (and control socket) in `dir`, which the
+    /// caller keeps.
+    pub fn start_in(
+        dir: &std::path::Path,
+        profile: &str,
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Serve {
+        let control = dir.join("control.sock").display().to_string();
         let port = free_port();
         let child = dropless()
             .args([
@@ -67,12 +99,7 @@ impl Serve {
                 "--control",
                 &control,
             ])
-            .args([
-                "--state-dir",
-                dir.path().to_str().unwrap(),
-                "--replicas",
-                "2",
-            ])
+            .args(["--state-dir", dir.to_str().unwrap(), "--replicas", "2"])
             .args(serve_args)
             .envs(env.iter().copied())
             .arg("--")
@@ -92,7 +119,7 @@ impl Serve {
             child,
             port,
             control,
-            _dir: dir,
+            _dir: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

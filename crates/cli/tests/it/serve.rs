@@ -3,26 +3,13 @@
 
 use std::process::Stdio;
 
-use crate::fixtures::{Serve, dropless, run, stderr};
+use crate::fixtures::{Serve, dropless, run, serve_until_exit_in, stderr};
 
 /// Runs `dropless serve FLAGS -- COMMAND` in a fresh state directory until
 /// it exits.
 fn serve_until_exit(flags: &[&str], command: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    let control = dir.path().join("c.sock");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--control",
-        control.to_str().unwrap(),
-        "--state-dir",
-        dir.path().to_str().unwrap(),
-    ];
-    args.extend_from_slice(flags);
-    args.push("--");
-    args.extend_from_slice(command);
-    run(&args)
+    serve_until_exit_in(dir.path(), flags, command)
 }
 
 #[test]
