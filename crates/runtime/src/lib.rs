@@ -11,7 +11,8 @@
 //! - [`retire`] stops a replica in the one safe order; [`rollout`] runs
 //!   rolling, blue-green, scale, restart and rollback.
 //! - [`control`] serves the HTTP+JSON control API on a Unix socket and has its
-//!   client; [`state`] persists the desired state; [`config`] holds every
+//!   client; [`state`] persists the desired state; [`logs`] copies each
+//!   replica's output to its rotated log file; [`config`] holds every
 //!   default. [`serve::Runtime`] wires them together.
 // Not `forbid`: `process` needs one unsafe block (a `pre_exec` hook).
 #![deny(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod logs;
 pub mod pool;
 pub mod probe;
 pub mod process;

@@ -94,6 +94,7 @@ impl Runtime {
         };
         let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let log_run = crate::logs::run_id();
         let supervisors = config
             .services
             .iter()
@@ -103,6 +104,8 @@ impl Runtime {
                     initial.services[&s.name].clone(),
                     SupervisorOptions {
                         log_dir: config.state_dir.join("logs"),
+                        log_run: log_run.clone(),
+                        logs: config.logs.clone(),
                         pool_idle_timeout: config.proxy.pool_idle_timeout,
                         events: events.clone(),
                         state_file: Arc::clone(&state_file),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, ServiceConfig};
 use crate::event::{Event, EventKind};
+use crate::logs::LogFile;
 use crate::probe::{self, Probe};
 use crate::process::{self, Process, SpawnError};
 use crate::replica::{Replica, ReplicaParts, ReplicaState};
@@ -32,6 +33,10 @@ pub struct Supervisor {
 pub struct SupervisorOptions {
     /// Directory of the per-replica log files.
     pub log_dir: PathBuf,
+    /// This run's part of the log file names ([`crate::logs::run_id`]).
+    pub log_run: String,
+    /// Rotation of the log files.
+    pub logs: crate::config::LogsConfig,
     /// Idle timeout of each replica's connection pool.
     pub pool_idle_timeout: Duration,
     /// Where events go.
@@ -208,18 +213,10 @@ impl Supervisor {
                     program: version.command.first().cloned().unwrap_or_default(),
                     source,
                 })?;
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(crate::state::DIR_MODE)
-                    .create(&self.inner.options.log_dir)
-                    .map_err(|source| SpawnError::Log {
-                        path: self.inner.options.log_dir.clone(),
-                        source,
-                    })?;
-                let log = self.inner.options.log_dir.join(format!("{name}.log"));
+                let options = &self.inner.options;
+                let log = LogFile::new(&options.log_dir, &name, &options.log_run, &options.logs);
                 let process = Process::spawn(&version.command, &version.env, addr, &name, &log)?;
-                (addr, Some(process), Some(log))
+                (addr, Some(process), Some(log.path().to_path_buf()))
             }
         };
         let replica = Replica::new(ReplicaParts {
