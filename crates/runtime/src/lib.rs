@@ -11,7 +11,9 @@
 //! - [`retire`] stops a replica in the one safe order; [`rollout`] runs
 //!   rolling, blue-green, scale, restart and rollback.
 //! - [`control`] serves the HTTP+JSON control API on a Unix socket and has its
-//!   client; [`state`] persists the desired state; [`logs`] copies each
+//!   client; [`state`] persists the desired state; [`leftovers`] records
+//!   the replica processes and retires those a killed `serve` left;
+//!   [`logs`] copies each
 //!   replica's output to its rotated log file; [`config`] holds every
 //!   default. [`serve::Runtime`] wires them together.
 // Not `forbid`: `process` needs one unsafe block (a `pre_exec` hook).
@@ -22,6 +24,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod leftovers;
 pub mod logs;
 pub mod pool;
 pub mod probe;

@@ -22,6 +22,7 @@ use crate::logs::LogFile;
 #[derive(Debug)]
 pub struct Process {
     pid: u32,
+    start_time: Option<u64>,
     exit: watch::Receiver<Option<ExitStatus>>,
 }
 
@@ -106,6 +107,8 @@ impl Process {
             source,
         })?;
         let pid = child.id().unwrap_or_default();
+        // Read before the child is waited for: the pid is surely still its.
+        let start_time = crate::leftovers::start_time(pid);
         let (tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -116,12 +119,22 @@ impl Process {
             });
             tx.send_replace(Some(status));
         });
-        Ok(Self { pid, exit })
+        Ok(Self {
+            pid,
+            start_time,
+            exit,
+        })
     }
 
     /// The process id, also the process group id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its start time in clock ticks after boot, which tells it from a later
+    /// process given the same pid.
+    pub fn start_time(&self) -> Option<u64> {
+        self.start_time
     }
 
     /// The exit status, once the process has exited.

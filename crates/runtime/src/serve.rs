@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlListener, TcpControl};
 use crate::event::Event;
+use crate::leftovers::{InUse, Registry};
 use crate::process::SpawnError;
 use crate::proxy::Proxy;
 use crate::route::Router;
@@ -27,6 +28,7 @@ pub struct Runtime {
     router: Router,
     events: broadcast::Sender<Event>,
     state_file: Arc<StateFile>,
+    registry: Arc<Registry>,
     tls: Option<crate::tls::TlsAcceptor>,
     tcp_control: Option<TcpControl>,
 }
@@ -41,6 +43,9 @@ pub enum ServeError {
     /// not private to the user running `serve`.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Another `serve` runs on the state directory.
+    #[error(transparent)]
+    InUse(#[from] InUse),
     /// A replica could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
@@ -92,6 +97,7 @@ impl Runtime {
                 })
                 .collect(),
         };
+        let registry = Arc::new(Registry::new(config.state_dir.join("replicas.json"))?);
         let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let log_run = crate::logs::run_id();
@@ -109,6 +115,7 @@ impl Runtime {
                         pool_idle_timeout: config.proxy.pool_idle_timeout,
                         events: events.clone(),
                         state_file: Arc::clone(&state_file),
+                        registry: Arc::clone(&registry),
                     },
                 )
             })
@@ -118,6 +125,7 @@ impl Runtime {
             config,
             events,
             state_file,
+            registry,
             tls,
             tcp_control: None,
         })
@@ -160,9 +168,19 @@ impl Runtime {
             router,
             events,
             state_file: _,
+            registry,
             tls,
             tcp_control,
         } = self;
+        // Replicas a killed `serve` left go before any new one starts.
+        let grace = |service: &str| {
+            config
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .map_or(crate::config::DEFAULT_GRACE, |s| s.retire.grace)
+        };
+        registry.retire_leftovers(grace).await;
         let mut first_release = Vec::new();
         for s in router.services() {
             match s.start() {
@@ -229,6 +247,7 @@ impl Runtime {
         if let Some(c) = control {
             let _ = c.await;
         }
+        registry.close();
         tracing::info!("stopped");
         match failed.lock().expect("failure lock").take() {
             Some(error) => Err(error),

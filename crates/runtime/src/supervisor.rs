@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, ServiceConfig};
 use crate::event::{Event, EventKind};
+use crate::leftovers::{ProcessId, RecordedReplica, Registry};
 use crate::logs::LogFile;
 use crate::probe::{self, Probe};
 use crate::process::{self, Process, SpawnError};
@@ -43,6 +44,8 @@ pub struct SupervisorOptions {
     pub events: broadcast::Sender<Event>,
     /// The state file, written before a rollout completes.
     pub state_file: Arc<StateFile>,
+    /// The record of the running replica processes.
+    pub registry: Arc<Registry>,
 }
 
 /// A snapshot of one service for `status`.
@@ -216,6 +219,16 @@ impl Supervisor {
                 let options = &self.inner.options;
                 let log = LogFile::new(&options.log_dir, &name, &options.log_run, &options.logs);
                 let process = Process::spawn(&version.command, &version.env, addr, &name, &log)?;
+                if let Some(start_time) = process.start_time() {
+                    options.registry.add(RecordedReplica {
+                        service: self.name().to_string(),
+                        replica: name.clone(),
+                        process: ProcessId {
+                            pid: process.pid(),
+                            start_time,
+                        },
+                    });
+                }
                 (addr, Some(process), Some(log.path().to_path_buf()))
             }
         };
@@ -381,10 +394,12 @@ impl Supervisor {
         if replica.process().is_some() {
             let replica = Arc::clone(&replica);
             let probe = Probe::new(replica.addr(), &probe_config).to_string();
+            let registry = Arc::clone(&self.inner.options.registry);
             // The exit watcher owns nothing but the replica; it ends with it.
             let exited = async move {
                 let process = replica.process().expect("managed replica");
                 let status = process.exited().await;
+                registry.remove(process.pid());
                 let state = replica.state();
                 // A retiring replica's exit is reported by its retirement.
                 if !replica.is_retiring() && !state.is_terminal() {

@@ -4,9 +4,9 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::fixtures::{Serve, run, serve_until_exit_in, stderr};
+use crate::fixtures::{Serve, is_gone, run, serve_until_exit_in, stderr};
 
 /// `serve --state-dir DIR` of a command that would leave a marker file;
 /// returns its output and whether the command ran.
@@ -188,5 +188,80 @@ fn a_deploy_whose_state_cannot_be_saved_fails_and_serve_restarts_on_the_saved_on
     std::fs::remove_file(filler).unwrap();
     let serve = Serve::start_in(&state, "v4", &[], &[]);
     assert_eq!(version_served(serve.port), "b");
+    assert_eq!(serve.stop().code(), Some(0));
+}
+
+/// Process groups SIGKILLed when dropped, so that a failed test leaves no
+/// process behind.
+struct KillGroups(Vec<i32>);
+
+impl Drop for KillGroups {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if !is_gone(pid) {
+                let group = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The parent pid of `pid` (`/proc/PID/stat`, field 4).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn replicas_that_ignore_sigterm_left_by_a_killed_serve_are_retired_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    // The group leader ignores SIGTERM, as do its `sleep`s; the demo it runs
+    // exits on SIGTERM. Nothing in it writes once started, so none dies of
+    // its broken output pipe when serve is gone.
+    let script = format!(
+        "trap '' TERM; {} demo-service --profile v4 --work-ms 10 & while :; do sleep 1; done",
+        env!("CARGO_BIN_EXE_dropless")
+    );
+    let command = ["sh", "-c", &script];
+    let flags = ["--grace", "1s"];
+    let mut serve = Serve::start_command(dir.path(), &command, &flags, &[]);
+    let pids = serve.replica_pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let _cleanup = KillGroups(pids.clone());
+    let killed = i32::try_from(serve.child.id()).unwrap();
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    // Once a replica is reparented, the kernel has sent it its SIGTERM
+    // (PR_SET_PDEATHSIG); it ignored it and runs on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| parent_of(p) == Some(killed)) {
+        assert!(Instant::now() < deadline, "replicas never reparented");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        pids.iter().all(|&p| !is_gone(p)),
+        "the replicas ignored SIGTERM: {pids:?}"
+    );
+
+    // The next serve on the state dir retires them (SIGTERM, grace 1s,
+    // SIGKILL) before it starts its own.
+    let began = Instant::now();
+    let serve = Serve::start_command(dir.path(), &command, &flags, &[]);
+    let gone: Vec<_> = pids.iter().map(|&p| is_gone(p)).collect();
+    assert_eq!(
+        gone,
+        [true, true],
+        "leftovers {pids:?} outlived the next serve"
+    );
+    assert!(began.elapsed() >= Duration::from_secs(1), "after the grace");
+    let new = serve.replica_pids();
+    assert_eq!(new.len(), 2);
+    assert!(new.iter().all(|p| !pids.contains(p)), "{new:?} vs {pids:?}");
+    assert_eq!(version_served(serve.port), "v1");
     assert_eq!(serve.stop().code(), Some(0));
 }

@@ -45,6 +45,17 @@ pub fn serve_until_exit_in(dir: &std::path::Path, flags: &[&str], command: &[&st
     run(&args)
 }
 
+/// True when process `pid` no longer runs; a zombie nobody reaps yet counts
+/// as gone.
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -89,6 +100,25 @@ impl Serve {
         serve_args: &[&str],
         env: &[(&str, &str)],
     ) -> Serve {
+        let demo = [
+            env!("CARGO_BIN_EXE_dropless"),
+            "demo-service",
+            "--profile",
+            profile,
+            "--work-ms",
+            "10",
+        ];
+        Self::start_command(dir, &demo, serve_args, env)
+    }
+
+    /// Two replicas of `command`, with the state (and control socket) in
+    /// `dir`; returns once both are ready.
+    pub fn start_command(
+        dir: &std::path::Path,
+        command: &[&str],
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Serve {
         let control = dir.join("control.sock").display().to_string();
         let port = free_port();
         let child = dropless()
@@ -103,14 +133,7 @@ impl Serve {
             .args(serve_args)
             .envs(env.iter().copied())
             .arg("--")
-            .args([
-                env!("CARGO_BIN_EXE_dropless"),
-                "demo-service",
-                "--profile",
-                profile,
-                "--work-ms",
-                "10",
-            ])
+            .args(command)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -141,6 +164,19 @@ impl Serve {
 }
 
 impl Serve {
+    /// The pids of its replicas, from `status`.
+    pub fn replica_pids(&self) -> Vec<i32> {
+        let status = run(&["status", "--control", &self.control, "--json"]);
+        let services: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        services[0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["pid"].as_i64())
+            .map(|p| i32::try_from(p).unwrap())
+            .collect()
+    }
+
     /// SIGTERM; waits for the exit.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate().expect("serve did not stop within 20 s")
