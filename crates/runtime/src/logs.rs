@@ -130,9 +130,15 @@ impl Rotating {
     /// last line end that fits when there is one.
     fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
+            if self.file.is_none() {
+                // After a rotation, or a failure: the file as it is now.
+                let file = open(&self.log.path, false)?;
+                self.size = file.metadata()?.len();
+                self.file = Some(file);
+            }
             let room =
                 usize::try_from(self.log.max_bytes.saturating_sub(self.size)).unwrap_or(usize::MAX);
-            if room == 0 || self.file.is_none() {
+            if room == 0 {
                 self.rotate()?;
                 continue;
             }
@@ -144,8 +150,11 @@ impl Rotating {
                     .rposition(|&b| b == b'\n')
                     .map_or(room, |i| i + 1)
             };
-            let file = self.file.as_mut().expect("checked above");
-            file.write_all(&data[..len])?;
+            let file = self.file.as_mut().expect("opened above");
+            if let Err(e) = file.write_all(&data[..len]) {
+                self.file = None;
+                return Err(e);
+            }
             self.size += len as u64;
             data = &data[len..];
             if !data.is_empty() {
@@ -155,8 +164,8 @@ impl Rotating {
         Ok(())
     }
 
-    /// `FILE.<keep-1>` → `FILE.<keep>`, …, `FILE` → `FILE.1`, then a new
-    /// empty `FILE`.
+    /// `FILE.<keep-1>` → `FILE.<keep>`, …, `FILE` → `FILE.1` (with `keep`
+    /// 0, `FILE` is removed); the next write creates a new `FILE`.
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file = None;
         let path = &self.log.path;
@@ -165,30 +174,33 @@ impl Rotating {
             p.push(format!(".{i}"));
             PathBuf::from(p)
         };
+        // A file missing (a rotation that failed half-way) is no error.
+        let missing_is_fine = |result: std::io::Result<()>| match result {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
         for i in (1..self.log.keep).rev() {
-            match std::fs::rename(numbered(i), numbered(i + 1)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            missing_is_fine(std::fs::rename(numbered(i), numbered(i + 1)))?;
         }
         if self.log.keep > 0 {
-            std::fs::rename(path, numbered(1))?;
+            missing_is_fine(std::fs::rename(path, numbered(1)))?;
+        } else {
+            missing_is_fine(std::fs::remove_file(path))?;
         }
-        self.file = Some(open(path, false)?);
         self.size = 0;
         Ok(())
     }
 }
 
 /// Opens `path` for writing, mode 0600: a new file with `new`, else
-/// truncated.
+/// appended to (created if missing).
 fn open(path: &Path, new: bool) -> std::io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).mode(FILE_MODE);
     if new {
         options.create_new(true);
     } else {
-        options.create(true).truncate(true);
+        options.create(true).append(true);
     }
     options.open(path)
 }
@@ -232,6 +244,18 @@ mod tests {
             names,
             ["web-1.run.log", "web-1.run.log.1", "web-1.run.log.2"]
         );
+    }
+
+    #[test]
+    fn with_keep_0_the_full_file_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::new(dir.path(), "web-1", "run", &config(10, 0));
+        let (mut writer, copier) = log.start().unwrap();
+        writer.write_all(b"aaaa\nbbbb\ncccc\n").unwrap();
+        drop(writer);
+        copier.join().unwrap();
+        assert_eq!(std::fs::read_to_string(log.path()).unwrap(), "cccc\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
