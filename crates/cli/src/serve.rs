@@ -110,16 +110,19 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let control = ControlListener::bind(&config.control_path())?;
-    let tcp_control = match config.control_tcp {
+    let (control_path, control_tcp) = (config.control_path(), config.control_tcp);
+    let listen = config.proxy.listen;
+    // First the config and the state dir (private, readable, writable):
+    // nothing is created in a state dir that is refused.
+    let mut runtime = Runtime::new(config)?;
+    let control = ControlListener::bind(&control_path)?;
+    let tcp_control = match control_tcp {
         Some(addr) => {
             let token = std::env::var(dropless_runtime::control::TOKEN_ENV).unwrap_or_default();
             Some(TcpControl::bind(addr, &token).await?)
         }
         None => None,
     };
-    let listen = config.proxy.listen;
-    let mut runtime = Runtime::new(config)?;
     if let Some(tcp) = tcp_control {
         tracing::info!(
             "control API also on http://{} (token required)",

@@ -80,6 +80,11 @@ pub const DEFAULT_CONTROL_MAX_CONNECTIONS: usize = 64;
 /// Default time a control connection has to send a request (head and body,
 /// from the moment it opens or its previous answer ends).
 pub const DEFAULT_CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default size at which a replica's log file is rotated, in bytes (10 MiB).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Default number of rotated log files kept per replica, besides the
+/// current one.
+pub const DEFAULT_LOG_KEEP: usize = 3;
 /// Default name of a service described by flags.
 pub const DEFAULT_SERVICE_NAME: &str = "web";
 
@@ -103,6 +108,8 @@ pub struct Config {
     pub control_read_timeout: Duration,
     /// Directory of the persisted state and the replica logs (default `.dropless`).
     pub state_dir: PathBuf,
+    /// The replicas' log files.
+    pub logs: LogsConfig,
     /// The services; a request goes to the service whose `hosts` has its Host.
     #[serde(rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -155,6 +162,18 @@ pub struct ProxyConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
+}
+
+/// The replicas' log files (`STATE_DIR/logs/<replica>.<run>.log`), rotated
+/// at `max_bytes`: `FILE` → `FILE.1` → … → `FILE.<keep>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Size at which a log file is rotated ([`DEFAULT_LOG_MAX_BYTES`]).
+    pub max_bytes: u64,
+    /// Rotated files kept besides the current one; 0 = the current file is
+    /// emptied when full ([`DEFAULT_LOG_KEEP`]).
+    pub keep: usize,
 }
 
 /// One service: what to run, how many, how to probe, retire and roll out.
@@ -311,7 +330,17 @@ impl Default for Config {
             control_max_connections: DEFAULT_CONTROL_MAX_CONNECTIONS,
             control_read_timeout: DEFAULT_CONTROL_READ_TIMEOUT,
             state_dir: PathBuf::from(".dropless"),
+            logs: LogsConfig::default(),
             services: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_LOG_MAX_BYTES,
+            keep: DEFAULT_LOG_KEEP,
         }
     }
 }
@@ -440,6 +469,11 @@ impl Config {
         }
         if self.proxy.max_streamed_uploads == 0 {
             return bad("proxy.max_streamed_uploads must be at least 1".into());
+        }
+        if self.logs.max_bytes == 0 {
+            return bad(
+                "logs.max_bytes must be at least 1 (10485760 = 10 MiB is the default)".into(),
+            );
         }
         if self.proxy.max_connections == 0 || self.proxy.max_attempts == 0 {
             return bad("proxy.max_connections and proxy.max_attempts must be at least 1".into());

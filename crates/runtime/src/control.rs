@@ -175,7 +175,13 @@ impl ControlListener {
             Some(dir) => dir,
             None => Path::new("."),
         };
-        std::fs::create_dir_all(dir).map_err(bind_err)?;
+        // A directory it creates (the state dir, by default) is private.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(crate::state::DIR_MODE)
+            .create(dir)
+            .map_err(bind_err)?;
         // Nobody else may connect, not even for an instant: the socket is
         // bound inside a fresh private (0700) directory, made 0600, then
         // renamed into place (the listener follows the inode). A process-wide

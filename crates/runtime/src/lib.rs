@@ -11,7 +11,10 @@
 //! - [`retire`] stops a replica in the one safe order; [`rollout`] runs
 //!   rolling, blue-green, scale, restart and rollback.
 //! - [`control`] serves the HTTP+JSON control API on a Unix socket and has its
-//!   client; [`state`] persists the desired state; [`config`] holds every
+//!   client; [`state`] persists the desired state; [`leftovers`] records
+//!   the replica processes and retires those a killed `serve` left;
+//!   [`logs`] copies each
+//!   replica's output to its rotated log file; [`config`] holds every
 //!   default. [`serve::Runtime`] wires them together.
 //! - [`fds`] keeps file descriptors for probes and replica starts under a
 //!   flood of connections; [`throttle`] logs a repeating error once a second.
@@ -24,6 +27,8 @@ pub mod config;
 pub mod control;
 pub mod event;
 pub mod fds;
+pub mod leftovers;
+pub mod logs;
 pub mod pool;
 pub mod probe;
 pub mod process;

@@ -1,6 +1,6 @@
 //! A replica's child process: its own process group, `PORT` and
-//! `DROPLESS_REPLICA` in its environment, output appended to a log file, and
-//! its exit status published on a watch channel.
+//! `DROPLESS_REPLICA` in its environment, output through a pipe to its log
+//! file ([`crate::logs`]), and its exit status published on a watch channel.
 //!
 //! A replica must not outlive the runtime, even one killed with SIGKILL: it
 //! asks the kernel for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`).
@@ -9,24 +9,27 @@
 //! never by a runtime worker that might end first.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
+use crate::logs::LogFile;
+
 /// A running (or finished) child process, leader of its own process group.
 #[derive(Debug)]
 pub struct Process {
     pid: u32,
+    start_time: Option<u64>,
     exit: watch::Receiver<Option<ExitStatus>>,
 }
 
 /// A child process that could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    /// The log file could not be opened.
+    /// The log file could not be created.
     #[error("cannot open log file {path}: {source}")]
     Log {
         /// The log file.
@@ -50,24 +53,21 @@ pub enum SpawnError {
 impl Process {
     /// Starts `command` with `env`, `PORT` set to `addr`'s port and
     /// `DROPLESS_REPLICA` to `replica`, in a new process group, its stdout and
-    /// stderr appended to `log`.
+    /// stderr copied to `log`.
     pub fn spawn(
         command: &[String],
         env: &std::collections::BTreeMap<String, String>,
         addr: SocketAddr,
         replica: &str,
-        log: &Path,
+        log: &LogFile,
     ) -> Result<Self, SpawnError> {
-        let open = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .map_err(|source| SpawnError::Log {
-                    path: log.to_path_buf(),
-                    source,
-                })
+        let log_err = |source| SpawnError::Log {
+            path: log.path().to_path_buf(),
+            source,
         };
+        // The copier thread ends by itself when the replica's pipe closes.
+        let (output, _copier) = log.start().map_err(log_err)?;
+        let errors = output.try_clone().map_err(log_err)?;
         let (program, args) = command.split_first().ok_or_else(|| SpawnError::Exec {
             program: String::new(),
             source: std::io::Error::other("empty command"),
@@ -79,8 +79,8 @@ impl Process {
             .env("PORT", addr.port().to_string())
             .env("DROPLESS_REPLICA", replica)
             .stdin(Stdio::null())
-            .stdout(open()?)
-            .stderr(open()?)
+            .stdout(output)
+            .stderr(errors)
             .process_group(0)
             .kill_on_drop(false);
         let parent = nix::unistd::getpid();
@@ -109,6 +109,8 @@ impl Process {
             source,
         })?;
         let pid = child.id().unwrap_or_default();
+        // Read before the child is waited for: the pid is surely still its.
+        let start_time = crate::leftovers::start_time(pid);
         let (tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -119,12 +121,22 @@ impl Process {
             });
             tx.send_replace(Some(status));
         });
-        Ok(Self { pid, exit })
+        Ok(Self {
+            pid,
+            start_time,
+            exit,
+        })
     }
 
     /// The process id, also the process group id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its start time in clock ticks after boot, which tells it from a later
+    /// process given the same pid.
+    pub fn start_time(&self) -> Option<u64> {
+        self.start_time
     }
 
     /// The exit status, once the process has exited.

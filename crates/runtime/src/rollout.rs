@@ -31,7 +31,8 @@ pub enum RolloutPhase {
     Draining,
     /// Done: the desired state is the new one.
     Completed,
-    /// A new replica failed; the old release is being restored.
+    /// A new replica failed, or the new desired state could not be saved;
+    /// the old release is being restored.
     Aborted,
     /// The old release serves again after an abort.
     RolledBack,
@@ -105,7 +106,8 @@ pub struct RolloutReport {
 /// A rollout that did not complete.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RolloutError {
-    /// A new replica failed; the old release keeps serving.
+    /// A new replica failed, or the new desired state could not be saved;
+    /// the old release keeps serving.
     #[error("rollout {id} of {service} aborted: {reason}; the old version keeps serving")]
     Aborted {
         /// Rollout number.
@@ -232,10 +234,19 @@ pub async fn run(
         Strategy::BlueGreen if target.current != old.current => rollout.blue_green(&target).await,
         _ => rollout.converge(&target, surge, unavailable).await,
     };
+    // Completed only once saved: a state that cannot be written (a full
+    // disk) aborts the rollout, so what runs stays what the file says and
+    // what a restarted `serve` runs.
+    let outcome = match outcome {
+        Ok(()) => supervisor
+            .commit_desired(target.clone())
+            .await
+            .map_err(|e| format!("cannot save the desired state: {e}")),
+        Err(reason) => Err(reason),
+    };
     match outcome {
         Ok(()) => {
             rollout.finish_retirements().await;
-            supervisor.set_desired(target.clone());
             supervisor.set_phase(id, RolloutPhase::Completed, None);
             Ok(RolloutReport {
                 id,

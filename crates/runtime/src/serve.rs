@@ -1,8 +1,8 @@
 //! The runtime as a whole: supervisors for the configured services (resumed
 //! from the persisted state when there is one), the proxy, the control API,
-//! the persister, and the ordered shutdown.
+//! and the ordered shutdown.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -11,11 +11,12 @@ use crate::config::ProxyConfig;
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlLimits, ControlListener, TcpControl};
 use crate::event::Event;
+use crate::leftovers::{InUse, Registry};
 use crate::process::SpawnError;
 use crate::proxy::Proxy;
 use crate::route::Router;
 use crate::signal::Shutdown;
-use crate::state::{Desired, Release, State, StateError};
+use crate::state::{self, Desired, Release, State, StateError, StateFile};
 use crate::supervisor::{Supervisor, SupervisorOptions};
 
 /// Events kept for a slow subscriber before it misses some.
@@ -27,7 +28,8 @@ pub struct Runtime {
     config: Config,
     router: Router,
     events: broadcast::Sender<Event>,
-    state_path: PathBuf,
+    state_file: Arc<StateFile>,
+    registry: Arc<Registry>,
     tls: Option<crate::tls::TlsAcceptor>,
     tcp_control: Option<TcpControl>,
 }
@@ -38,9 +40,13 @@ pub enum ServeError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The state file is unreadable.
+    /// The state directory or file is unusable: unreadable, unwritable, or
+    /// not private to the user running `serve`.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Another `serve` runs on the state directory.
+    #[error(transparent)]
+    InUse(#[from] InUse),
     /// A replica could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
@@ -56,30 +62,22 @@ pub enum ServeError {
         /// The replica, its probe and what it answered last.
         reason: String,
     },
-    /// The state directory could not be created.
-    #[error("cannot create state directory {path}: {source}")]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
 }
 
 impl Runtime {
-    /// Validates `config`, loads the persisted state from its state dir and
-    /// builds the supervisors; nothing runs yet.
+    /// Validates `config`, checks that its state dir is private (creating it
+    /// 0700), loads the persisted state from it, writes it back (so that a
+    /// state dir that cannot be written stops `serve` now, not at the first
+    /// deploy) and builds the supervisors; nothing runs yet.
     pub fn new(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::StateDir {
-            path: config.state_dir.clone(),
-            source,
-        })?;
+        state::create_private_dir(&config.state_dir)?;
         let state_path = config.state_dir.join("state.json");
+        state::check_private(&state_path)?;
         let persisted = State::load(&state_path)?.unwrap_or_default();
         for s in &config.services {
             if let Some(d) = persisted.services.get(&s.name)
@@ -95,16 +93,14 @@ impl Runtime {
                 .into());
             }
         }
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let supervisors = config
-            .services
-            .iter()
-            .map(|s| {
-                let desired = persisted
-                    .services
-                    .get(&s.name)
-                    .cloned()
-                    .unwrap_or_else(|| Desired {
+        // The persisted state of each configured service, or the config's.
+        let initial = State {
+            services: config
+                .services
+                .iter()
+                .map(|s| {
+                    let desired = persisted.services.get(&s.name).cloned();
+                    let desired = desired.unwrap_or_else(|| Desired {
                         current: Release {
                             generation: 1,
                             version: s.version.clone(),
@@ -112,13 +108,29 @@ impl Runtime {
                         previous: None,
                         replicas: s.replicas,
                     });
+                    (s.name.clone(), desired)
+                })
+                .collect(),
+        };
+        let registry = Arc::new(Registry::new(config.state_dir.join("replicas.json"))?);
+        let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let log_run = crate::logs::run_id();
+        let supervisors = config
+            .services
+            .iter()
+            .map(|s| {
                 Supervisor::new(
                     s.clone(),
-                    desired,
+                    initial.services[&s.name].clone(),
                     SupervisorOptions {
                         log_dir: config.state_dir.join("logs"),
+                        log_run: log_run.clone(),
+                        logs: config.logs.clone(),
                         pool_idle_timeout: config.proxy.pool_idle_timeout,
                         events: events.clone(),
+                        state_file: Arc::clone(&state_file),
+                        registry: Arc::clone(&registry),
                     },
                 )
             })
@@ -127,7 +139,8 @@ impl Runtime {
             router: Router::new(supervisors),
             config,
             events,
-            state_path,
+            state_file,
+            registry,
             tls,
             tcp_control: None,
         })
@@ -152,7 +165,7 @@ impl Runtime {
 
     /// Path of the persisted state.
     pub fn state_path(&self) -> &std::path::Path {
-        &self.state_path
+        self.state_file.path()
     }
 
     /// Starts the replicas, serves clients on `listener` and the control API
@@ -169,12 +182,22 @@ impl Runtime {
             config,
             router,
             events,
-            state_path,
+            state_file: _,
+            registry,
             tls,
             tcp_control,
         } = self;
         let limits = ControlLimits::of(&config);
         let proxy_config = within_fd_limit(config.proxy.clone(), limits);
+        // Replicas a killed `serve` left go before any new one starts.
+        let grace = |service: &str| {
+            config
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .map_or(crate::config::DEFAULT_GRACE, |s| s.retire.grace)
+        };
+        registry.retire_leftovers(grace).await;
         let mut first_release = Vec::new();
         for s in router.services() {
             match s.start() {
@@ -201,13 +224,7 @@ impl Runtime {
             }
             std::future::pending().await
         };
-        save(&router, &state_path);
         let stop_background = CancellationToken::new();
-        let persister = tokio::spawn(persist(
-            router.clone(),
-            state_path.clone(),
-            stop_background.clone(),
-        ));
         let control = (control.is_some() || tcp_control.is_some()).then(|| {
             tokio::spawn(control::serve(
                 control,
@@ -245,11 +262,10 @@ impl Runtime {
         let retirements = router.services().iter().map(|s| s.shutdown(fast));
         futures_util::future::join_all(retirements).await;
         stop_background.cancel();
-        let _ = persister.await;
         if let Some(c) = control {
             let _ = c.await;
         }
-        save(&router, &state_path);
+        registry.close();
         tracing::info!("stopped");
         match failed.lock().expect("failure lock").take() {
             Some(error) => Err(error),
@@ -276,38 +292,4 @@ fn within_fd_limit(mut proxy: ProxyConfig, control: ControlLimits) -> ProxyConfi
         proxy.max_connections = budget;
     }
     proxy
-}
-
-fn snapshot(router: &Router) -> State {
-    State {
-        services: router
-            .services()
-            .iter()
-            .map(|s| (s.name().to_string(), s.desired()))
-            .collect(),
-    }
-}
-
-fn save(router: &Router, path: &std::path::Path) {
-    if let Err(e) = snapshot(router).save(path) {
-        tracing::error!("{e}");
-    }
-}
-
-/// Writes the state file whenever a service's desired state changes.
-async fn persist(router: Router, path: PathBuf, stop: CancellationToken) {
-    let mut watches: Vec<_> = router
-        .services()
-        .iter()
-        .map(Supervisor::watch_desired)
-        .collect();
-    loop {
-        let changed =
-            futures_util::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
-        tokio::select! {
-            (result, _, _) = changed => if result.is_err() { return },
-            () = stop.cancelled() => return,
-        }
-        save(&router, &path);
-    }
 }

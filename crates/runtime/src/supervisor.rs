@@ -14,12 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, ServiceConfig};
 use crate::event::{Event, EventKind};
+use crate::leftovers::{ProcessId, RecordedReplica, Registry};
+use crate::logs::LogFile;
 use crate::probe::{self, Probe};
 use crate::process::{self, Process, SpawnError};
 use crate::replica::{Replica, ReplicaParts, ReplicaState};
 use crate::retire::{self, Retired};
 use crate::rollout::RolloutPhase;
-use crate::state::{Desired, Release};
+use crate::state::{Desired, Release, StateError, StateFile};
 
 /// Supervises the replicas of one service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -32,10 +34,18 @@ pub struct Supervisor {
 pub struct SupervisorOptions {
     /// Directory of the per-replica log files.
     pub log_dir: PathBuf,
+    /// This run's part of the log file names ([`crate::logs::run_id`]).
+    pub log_run: String,
+    /// Rotation of the log files.
+    pub logs: crate::config::LogsConfig,
     /// Idle timeout of each replica's connection pool.
     pub pool_idle_timeout: Duration,
     /// Where events go.
     pub events: broadcast::Sender<Event>,
+    /// The state file, written before a rollout completes.
+    pub state_file: Arc<StateFile>,
+    /// The record of the running replica processes.
+    pub registry: Arc<Registry>,
 }
 
 /// A snapshot of one service for `status`.
@@ -145,9 +155,17 @@ impl Supervisor {
         self.inner.desired.subscribe()
     }
 
-    /// Replaces the desired state.
-    pub fn set_desired(&self, desired: Desired) {
+    /// Saves `desired` in the state file, then makes it the desired state.
+    /// When the save fails, nothing changes: the file and the desired state
+    /// stay the old ones.
+    pub async fn commit_desired(&self, desired: Desired) -> Result<(), StateError> {
+        let file = Arc::clone(&self.inner.options.state_file);
+        let (name, saved) = (self.name().to_string(), desired.clone());
+        tokio::task::spawn_blocking(move || file.commit(&name, saved))
+            .await
+            .expect("the state file write does not panic")?;
         self.inner.desired.send_replace(desired);
+        Ok(())
     }
 
     /// Whether the service is scaled to zero on purpose (`scale 0
@@ -215,15 +233,20 @@ impl Supervisor {
                     program: version.command.first().cloned().unwrap_or_default(),
                     source,
                 })?;
-                std::fs::create_dir_all(&self.inner.options.log_dir).map_err(|source| {
-                    SpawnError::Log {
-                        path: self.inner.options.log_dir.clone(),
-                        source,
-                    }
-                })?;
-                let log = self.inner.options.log_dir.join(format!("{name}.log"));
+                let options = &self.inner.options;
+                let log = LogFile::new(&options.log_dir, &name, &options.log_run, &options.logs);
                 let process = Process::spawn(&version.command, &version.env, addr, &name, &log)?;
-                (addr, Some(process), Some(log))
+                if let Some(start_time) = process.start_time() {
+                    options.registry.add(RecordedReplica {
+                        service: self.name().to_string(),
+                        replica: name.clone(),
+                        process: ProcessId {
+                            pid: process.pid(),
+                            start_time,
+                        },
+                    });
+                }
+                (addr, Some(process), Some(log.path().to_path_buf()))
             }
         };
         let replica = Replica::new(ReplicaParts {
@@ -388,10 +411,12 @@ impl Supervisor {
         if replica.process().is_some() {
             let replica = Arc::clone(&replica);
             let probe = Probe::new(replica.addr(), &probe_config).to_string();
+            let registry = Arc::clone(&self.inner.options.registry);
             // The exit watcher owns nothing but the replica; it ends with it.
             let exited = async move {
                 let process = replica.process().expect("managed replica");
                 let status = process.exited().await;
+                registry.remove(process.pid());
                 let state = replica.state();
                 // A retiring replica's exit is reported by its retirement.
                 if !replica.is_retiring() && !state.is_terminal() {

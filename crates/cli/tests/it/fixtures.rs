@@ -26,6 +26,36 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Runs `dropless serve FLAGS -- COMMAND` with its state (and control
+/// socket) in `dir` until it exits.
+pub fn serve_until_exit_in(dir: &std::path::Path, flags: &[&str], command: &[&str]) -> Output {
+    let control = dir.join("c.sock");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control.to_str().unwrap(),
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(command);
+    run(&args)
+}
+
+/// True when process `pid` no longer runs; a zombie nobody reaps yet counts
+/// as gone.
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -40,7 +70,7 @@ pub struct Serve {
     pub child: Child,
     pub port: u16,
     pub control: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Serve {
@@ -57,7 +87,39 @@ impl Serve {
     /// The same, with `env` added to serve's environment.
     pub fn start_with_env(profile: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        let control = dir.path().join("control.sock").display().to_string();
+        let mut serve = Self::start_in(dir.path(), profile, serve_args, env);
+        serve._dir = Some(dir);
+        serve
+    }
+
+    /// The same, with the state (and control socket) in `dir`, which the
+    /// caller keeps.
+    pub fn start_in(
+        dir: &std::path::Path,
+        profile: &str,
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Serve {
+        let demo = [
+            env!("CARGO_BIN_EXE_dropless"),
+            "demo-service",
+            "--profile",
+            profile,
+            "--work-ms",
+            "10",
+        ];
+        Self::start_command(dir, &demo, serve_args, env)
+    }
+
+    /// Two replicas of `command`, with the state (and control socket) in
+    /// `dir`; returns once both are ready.
+    pub fn start_command(
+        dir: &std::path::Path,
+        command: &[&str],
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Serve {
+        let control = dir.join("control.sock").display().to_string();
         let port = free_port();
         let child = dropless()
             .args([
@@ -67,23 +129,11 @@ impl Serve {
                 "--control",
                 &control,
             ])
-            .args([
-                "--state-dir",
-                dir.path().to_str().unwrap(),
-                "--replicas",
-                "2",
-            ])
+            .args(["--state-dir", dir.to_str().unwrap(), "--replicas", "2"])
             .args(serve_args)
             .envs(env.iter().copied())
             .arg("--")
-            .args([
-                env!("CARGO_BIN_EXE_dropless"),
-                "demo-service",
-                "--profile",
-                profile,
-                "--work-ms",
-                "10",
-            ])
+            .args(command)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -92,7 +142,7 @@ impl Serve {
             child,
             port,
             control,
-            _dir: dir,
+            _dir: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -114,6 +164,19 @@ impl Serve {
 }
 
 impl Serve {
+    /// The pids of its replicas, from `status`.
+    pub fn replica_pids(&self) -> Vec<i32> {
+        let status = run(&["status", "--control", &self.control, "--json"]);
+        let services: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        services[0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["pid"].as_i64())
+            .map(|p| i32::try_from(p).unwrap())
+            .collect()
+    }
+
     /// SIGTERM; waits for the exit.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate().expect("serve did not stop within 20 s")

@@ -3,26 +3,13 @@
 
 use std::process::Stdio;
 
-use crate::fixtures::{Serve, dropless, run, stderr};
+use crate::fixtures::{Serve, dropless, is_gone, run, serve_until_exit_in, stderr};
 
 /// Runs `dropless serve FLAGS -- COMMAND` in a fresh state directory until
 /// it exits.
 fn serve_until_exit(flags: &[&str], command: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    let control = dir.path().join("c.sock");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--control",
-        control.to_str().unwrap(),
-        "--state-dir",
-        dir.path().to_str().unwrap(),
-    ];
-    args.extend_from_slice(flags);
-    args.push("--");
-    args.extend_from_slice(command);
-    run(&args)
+    serve_until_exit_in(dir.path(), flags, command)
 }
 
 #[test]
@@ -115,28 +102,14 @@ fn control_commands_without_a_runtime_exit_2_saying_what_to_do() {
 #[test]
 fn replicas_are_terminated_when_serve_is_killed_with_sigkill() {
     let mut serve = Serve::start("v4");
-    let status = run(&["status", "--control", &serve.control, "--json"]);
-    let services: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let pids: Vec<i32> = services[0]["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["pid"].as_i64())
-        .map(|p| i32::try_from(p).unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2, "{services}");
+    let pids = serve.replica_pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();
     // Each replica gets SIGTERM from the kernel (its parent died) and, demo
-    // v4, exits at once; a zombie nobody reaps yet counts as gone.
-    let gone = |pid: i32| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-    };
+    // v4, exits at once.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !pids.iter().all(|&p| gone(p)) {
+    while !pids.iter().all(|&p| is_gone(p)) {
         assert!(
             std::time::Instant::now() < deadline,
             "replicas {pids:?} outlived a killed serve"
