@@ -35,8 +35,8 @@ pub use client::{ControlClient, EventStream};
 
 use crate::config::Config;
 use crate::event::Event;
+use crate::proxy::route::Router;
 use crate::rollout::{self, RolloutError, RolloutRequest};
-use crate::route::Router;
 use crate::throttle::warn_throttled;
 
 /// Environment variable naming the control socket for the CLI clients.
@@ -179,7 +179,7 @@ impl ControlListener {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(crate::state::DIR_MODE)
+            .mode(crate::desired::DIR_MODE)
             .create(dir)
             .map_err(bind_err)?;
         // Nobody else may connect, not even for an instant: the socket is

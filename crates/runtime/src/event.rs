@@ -1,14 +1,13 @@
 //! Events: every change of a replica's state or a rollout's phase, broadcast
-//! to the log, `dropless events` and the trial timeline.
+//! to the log, `dropless events` and the trial timeline; and the two state
+//! machines they report ([`ReplicaState`], [`RolloutPhase`]). A leaf: every
+//! other module may use it, it uses none of them.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-
-use crate::replica::ReplicaState;
-use crate::rollout::RolloutPhase;
 
 /// One event, stamped with the wall-clock time in milliseconds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,5 +84,93 @@ impl fmt::Display for Event {
             }
         }
         Ok(())
+    }
+}
+
+/// Where a replica is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Started, not yet passing its probe; gets no traffic.
+    Starting,
+    /// Passing its probe; gets traffic.
+    Ready,
+    /// Gets no new traffic; its in-flight requests finish.
+    Draining,
+    /// Signalled (SIGTERM, then SIGKILL after the grace period).
+    Stopping,
+    /// Gone after being stopped.
+    Exited,
+    /// Crashed, failed its probe, or never became ready.
+    Failed,
+}
+
+impl ReplicaState {
+    /// True once the replica is gone for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Exited | Self::Failed)
+    }
+
+    /// The state's name as written in events and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Stopping => "stopping",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub(crate) fn rank(self) -> u8 {
+        match self {
+            Self::Starting => 0,
+            Self::Ready => 1,
+            Self::Draining => 2,
+            Self::Stopping => 3,
+            Self::Exited | Self::Failed => 4,
+        }
+    }
+}
+
+impl fmt::Display for ReplicaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    /// Accepted, waiting for a previous rollout of the service to end.
+    Pending,
+    /// New replicas are starting and being probed.
+    Starting,
+    /// Traffic moves to the new replicas (blue-green).
+    Switching,
+    /// Old replicas are being retired.
+    Draining,
+    /// Done: the desired state is the new one.
+    Completed,
+    /// A new replica failed, or the new desired state could not be saved;
+    /// the old release is being restored.
+    Aborted,
+    /// The old release serves again after an abort.
+    RolledBack,
+}
+
+impl fmt::Display for RolloutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Starting => "starting",
+            Self::Switching => "switching",
+            Self::Draining => "draining",
+            Self::Completed => "completed",
+            Self::Aborted => "aborted",
+            Self::RolledBack => "rolled_back",
+        })
     }
 }

@@ -1,45 +1,45 @@
 //! dropless-runtime: the reverse proxy and process supervisor behind
-//! `dropless serve`.
+//! `dropless serve`. Its folders are its two planes and what drives them:
 //!
-//! - [`supervisor::Supervisor`] runs the replicas of one service (child
-//!   processes in their own process group, or an unmanaged target address),
-//!   probes them ([`probe`]) and replaces those that die on their own.
-//!   Each [`replica::Replica`] moves through [`replica::ReplicaState`]; every
-//!   change is an [`event::Event`].
-//! - [`proxy::Proxy`] is the data plane: HTTP/1.1 and h2c on one port, least
-//!   in-flight routing ([`balance`]), safe retries, queueing.
-//! - [`retire`] stops a replica in the one safe order; [`rollout`] runs
-//!   rolling, blue-green, scale, restart and rollback.
-//! - [`control`] serves the HTTP+JSON control API on a Unix socket and has its
-//!   client; [`state`] persists the desired state; [`leftovers`] records
-//!   the replica processes and retires those a killed `serve` left;
-//!   [`logs`] copies each
-//!   replica's output to its rotated log file; [`config`] holds every
-//!   default. [`serve::Runtime`] wires them together.
-//! - [`fds`] keeps file descriptors for probes and replica starts under a
-//!   flood of connections; [`throttle`] logs a repeating error once a second.
-// Not `forbid`: `process` needs one unsafe block (a `pre_exec` hook).
+//! - [`proxy`], the data plane: [`proxy::Proxy`] serves HTTP/1.1 and h2c
+//!   (or HTTPS, [`proxy::tls`]) on one port; each request is routed by host
+//!   ([`proxy::route`]) to a ready replica ([`proxy::balance`], least
+//!   in-flight of two), sent through the forwarding core's one retry rule,
+//!   over the replica's connection pools ([`proxy::pool`]), queued while no
+//!   replica is ready.
+//! - [`supervisor`], the supervision of processes: a
+//!   [`supervisor::Supervisor`] runs the replicas of one service (child
+//!   processes, [`supervisor::process`], or an unmanaged target address),
+//!   probes them ([`supervisor::probe`]), replaces those that die on their
+//!   own and stops them in the one safe order ([`supervisor::retire`]); each
+//!   [`supervisor::replica::Replica`] moves through
+//!   [`event::ReplicaState`]. Their output goes to rotated log files
+//!   ([`supervisor::logs`]); [`supervisor::leftovers`] records the replica
+//!   processes and retires those a killed `serve` left.
+//! - [`rollout`] runs rolling, blue-green, scale, restart and rollback,
+//!   through [`event::RolloutPhase`]; [`control`] serves the HTTP+JSON
+//!   control API on a Unix socket (or TCP with a token) and has its client.
+//! - [`event`] is the shared vocabulary (events and both state machines),
+//!   [`desired`] the persisted desired state, [`config`] every default;
+//!   [`serve::Runtime`] wires them together. [`fds`] keeps file descriptors
+//!   for probes and replica starts under a flood of connections;
+//!   [`throttle`] logs a repeating error once a second.
+//!
+//! Dependencies go one way: event ← replica ← probe/retire ← supervisor ←
+//! rollout ← control ← serve; the proxy reads supervisors and replicas.
+// Not `forbid`: `supervisor::process` needs one unsafe block (a `pre_exec`
+// hook).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod balance;
 pub mod config;
 pub mod control;
+pub mod desired;
 pub mod event;
 pub mod fds;
-pub mod leftovers;
-pub mod logs;
-pub mod pool;
-pub mod probe;
-pub mod process;
 pub mod proxy;
-pub mod replica;
-pub mod retire;
 pub mod rollout;
-pub mod route;
 pub mod serve;
 pub mod signal;
-pub mod state;
 pub mod supervisor;
 pub mod throttle;
-pub mod tls;

@@ -4,12 +4,16 @@
 //! connections finish (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2)
 //! within a grace period.
 
+pub mod balance;
 mod error;
 mod fast;
 mod forward;
 mod front;
 mod headers;
+pub mod pool;
+pub mod route;
 mod threads;
+pub mod tls;
 mod upload;
 
 use std::convert::Infallible;
@@ -34,13 +38,13 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ErrorSource, ProxyError, error_chain};
 pub use forward::Sent;
 
-use crate::balance::Pick;
 use crate::config::ProxyConfig;
-use crate::pool::{PoolError, PooledBody, UpstreamBody};
-use crate::replica::InFlight;
-use crate::route::Router;
+use crate::proxy::balance::Pick;
+use crate::proxy::pool::{PoolError, PooledBody, UpstreamBody};
+use crate::proxy::route::Router;
+use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
-use crate::tls::TlsAcceptor;
+use crate::supervisor::replica::InFlight;
 use forward::AttemptError;
 use front::{ActiveGuard, Activity, FrontStream};
 
@@ -582,7 +586,7 @@ impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
 fn respond(
     mut resp: Response<PooledBody>,
     guard: InFlight,
-    replica: &crate::replica::Replica,
+    replica: &crate::supervisor::replica::Replica,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;

@@ -4,7 +4,6 @@
 //! or is not ready within its deadline aborts the rollout, and the old
 //! release is restored so the old replicas keep serving.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,31 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::config::{Strategy, Version};
-use crate::replica::Replica;
-use crate::retire::Retired;
-use crate::state::{Desired, Release};
+use crate::desired::{Desired, Release};
+use crate::event::RolloutPhase;
 use crate::supervisor::Supervisor;
-
-/// Where a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutPhase {
-    /// Accepted, waiting for a previous rollout of the service to end.
-    Pending,
-    /// New replicas are starting and being probed.
-    Starting,
-    /// Traffic moves to the new replicas (blue-green).
-    Switching,
-    /// Old replicas are being retired.
-    Draining,
-    /// Done: the desired state is the new one.
-    Completed,
-    /// A new replica failed, or the new desired state could not be saved;
-    /// the old release is being restored.
-    Aborted,
-    /// The old release serves again after an abort.
-    RolledBack,
-}
+use crate::supervisor::replica::Replica;
+use crate::supervisor::retire::Retired;
 
 /// What a rollout should do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,20 +102,6 @@ pub enum RolloutError {
     /// The runtime is stopping.
     #[error("service {0} is shutting down")]
     ShuttingDown(String),
-}
-
-impl fmt::Display for RolloutPhase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Pending => "pending",
-            Self::Starting => "starting",
-            Self::Switching => "switching",
-            Self::Draining => "draining",
-            Self::Completed => "completed",
-            Self::Aborted => "aborted",
-            Self::RolledBack => "rolled_back",
-        })
-    }
 }
 
 /// Runs `request` on `supervisor`'s service and waits until it completed or

@@ -10,13 +10,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ProxyConfig;
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlLimits, ControlListener, TcpControl};
+use crate::desired::{self, Desired, Release, State, StateError, StateFile};
 use crate::event::Event;
-use crate::leftovers::{InUse, Registry};
-use crate::process::SpawnError;
 use crate::proxy::Proxy;
-use crate::route::Router;
+use crate::proxy::route::Router;
 use crate::signal::Shutdown;
-use crate::state::{self, Desired, Release, State, StateError, StateFile};
+use crate::supervisor::leftovers::{InUse, Registry};
+use crate::supervisor::process::SpawnError;
 use crate::supervisor::{Supervisor, SupervisorOptions};
 
 /// Events kept for a slow subscriber before it misses some.
@@ -30,7 +30,7 @@ pub struct Runtime {
     events: broadcast::Sender<Event>,
     state_file: Arc<StateFile>,
     registry: Arc<Registry>,
-    tls: Option<crate::tls::TlsAcceptor>,
+    tls: Option<crate::proxy::tls::TlsAcceptor>,
     tcp_control: Option<TcpControl>,
 }
 
@@ -52,7 +52,7 @@ pub enum ServeError {
     Spawn(#[from] SpawnError),
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::proxy::tls::TlsError),
     /// A replica of the first release exited or was not ready in time, so
     /// the service never came up: the command or its probe is wrong.
     #[error("service {service} did not start: {reason}")]
@@ -72,12 +72,12 @@ impl Runtime {
     pub fn new(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::proxy::tls::acceptor(cert, key)?),
             _ => None,
         };
-        state::create_private_dir(&config.state_dir)?;
+        desired::create_private_dir(&config.state_dir)?;
         let state_path = config.state_dir.join("state.json");
-        state::check_private(&state_path)?;
+        desired::check_private(&state_path)?;
         let persisted = State::load(&state_path)?.unwrap_or_default();
         for s in &config.services {
             if let Some(d) = persisted.services.get(&s.name)
@@ -115,7 +115,7 @@ impl Runtime {
         let registry = Arc::new(Registry::new(config.state_dir.join("replicas.json"))?);
         let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let log_run = crate::logs::run_id();
+        let log_run = crate::supervisor::logs::run_id();
         let supervisors = config
             .services
             .iter()

@@ -3,6 +3,13 @@
 //! own (with backoff), retires them, and publishes the set of routable
 //! replicas to the proxy.
 
+pub mod leftovers;
+pub mod logs;
+pub mod probe;
+pub mod process;
+pub mod replica;
+pub mod retire;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,15 +20,16 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, ServiceConfig};
+use crate::desired::{Desired, Release, StateError, StateFile};
+use crate::event::ReplicaState;
+use crate::event::RolloutPhase;
 use crate::event::{Event, EventKind};
-use crate::leftovers::{ProcessId, RecordedReplica, Registry};
-use crate::logs::LogFile;
-use crate::probe::{self, Probe};
-use crate::process::{self, Process, SpawnError};
-use crate::replica::{Replica, ReplicaParts, ReplicaState};
-use crate::retire::{self, Retired};
-use crate::rollout::RolloutPhase;
-use crate::state::{Desired, Release, StateError, StateFile};
+use leftovers::{ProcessId, RecordedReplica, Registry};
+use logs::LogFile;
+use probe::Probe;
+use process::{Process, SpawnError};
+use replica::{Replica, ReplicaParts};
+use retire::Retired;
 
 /// Supervises the replicas of one service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -34,7 +42,7 @@ pub struct Supervisor {
 pub struct SupervisorOptions {
     /// Directory of the per-replica log files.
     pub log_dir: PathBuf,
-    /// This run's part of the log file names ([`crate::logs::run_id`]).
+    /// This run's part of the log file names ([`crate::supervisor::logs::run_id`]).
     pub log_run: String,
     /// Rotation of the log files.
     pub logs: crate::config::LogsConfig,

@@ -12,7 +12,7 @@ use dropless_load::{Model, Snapshot};
 use dropless_runtime::{
     config::{Config as RuntimeConfig, ServiceConfig, Strategy as RolloutStrategy, Version},
     control::ControlClient,
-    replica::ReplicaState,
+    event::ReplicaState,
     rollout::{Plan, RolloutRequest},
 };
 use tokio::{

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
 use super::forward::Sent;
-use crate::balance::NoPick;
+use crate::proxy::balance::NoPick;
 
 /// The content type of the proxy's error responses.
 const CONTENT_TYPE: &str = "text/plain; charset=utf-8";

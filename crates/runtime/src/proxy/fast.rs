@@ -29,7 +29,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::forward::{self, AttemptError, LazyDeadline, Sent};
 use super::{ClientInfo, Proxy, ProxyError, error_chain};
-use crate::balance::Pick;
+use crate::proxy::balance::Pick;
 use body::Body;
 use head::{Framing, Parsed, Plan, ResponseHead, parse_request, parse_response};
 

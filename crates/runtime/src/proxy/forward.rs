@@ -20,10 +20,10 @@ use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
-use crate::balance::{self, Pick};
 use crate::config::ProxyConfig;
-use crate::replica::Replica;
+use crate::proxy::balance::{self, Pick};
 use crate::supervisor::Supervisor;
+use crate::supervisor::replica::Replica;
 
 /// The header that makes a non-idempotent request safe to send twice, when
 /// `proxy.retry_idempotency_key` is on.

@@ -139,7 +139,7 @@ impl Shared {
         std::thread::Builder::new()
             .name(format!("dropless-proxy-{index}"))
             .spawn(move || {
-                crate::pool::use_slot(index);
+                crate::proxy::pool::use_slot(index);
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => self.accept(index, listener, inbox).await,

@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
-use crate::pool::BoxError;
+use crate::proxy::pool::BoxError;
 
 /// Why a client's body failed, once it did; shared with the request's
 /// handler, which answers with it instead of blaming the replica.

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use dropless_runtime::control::{ControlClient, ControlError, ControlListener, TcpControl};
 use dropless_runtime::event::EventKind;
-use dropless_runtime::rollout::{Plan, RolloutPhase, RolloutRequest};
+use dropless_runtime::event::RolloutPhase;
+use dropless_runtime::rollout::{Plan, RolloutRequest};
 use dropless_runtime::signal::Shutdown;
 
 use crate::fixtures::{self, Harness, Mode};
@@ -134,9 +135,9 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_retires() {
         );
     }
     // Both replicas were retired, in order, after the clients were served.
-    use dropless_runtime::replica::ReplicaState::*;
+    use dropless_runtime::event::ReplicaState::*;
     let mut seen =
-        std::collections::BTreeMap::<String, Vec<dropless_runtime::replica::ReplicaState>>::new();
+        std::collections::BTreeMap::<String, Vec<dropless_runtime::event::ReplicaState>>::new();
     while seen
         .values()
         .filter(|s| s.last().is_some_and(|l| l.is_terminal()))
@@ -177,7 +178,7 @@ async fn event_stream_ends_after_the_retirements_when_serve_stops() {
     })
     .await;
     assert!(ended.is_ok(), "the stream ended");
-    use dropless_runtime::replica::ReplicaState::*;
+    use dropless_runtime::event::ReplicaState::*;
     assert_eq!(states, vec![Draining, Stopping, Exited]);
 }
 

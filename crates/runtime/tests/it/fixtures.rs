@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use dropless_runtime::config::{Config, ServiceConfig, Version};
 use dropless_runtime::control::{ControlClient, ControlListener};
+use dropless_runtime::event::ReplicaState;
 use dropless_runtime::event::{Event, EventKind};
-use dropless_runtime::replica::ReplicaState;
-use dropless_runtime::route::Router;
+use dropless_runtime::proxy::route::Router;
 use dropless_runtime::serve::Runtime;
 use dropless_runtime::signal::Shutdown;
 use tokio::sync::{broadcast, oneshot};

@@ -258,7 +258,7 @@ const MAX_LOG_LINES: usize = 100;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_control_connections_leaves_the_load_and_the_replicas_alone() {
     use dropless_runtime::event::EventKind;
-    use dropless_runtime::replica::ReplicaState;
+    use dropless_runtime::event::ReplicaState;
 
     // The flood is held from this process too: it needs the descriptors.
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

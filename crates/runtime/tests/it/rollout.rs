@@ -260,8 +260,8 @@ async fn rolling_restart_with_max_unavailable_instead_of_surge() {
     while let Ok(e) = events.try_recv() {
         if let dropless_runtime::event::EventKind::Replica { state, .. } = e.kind {
             match state {
-                dropless_runtime::replica::ReplicaState::Starting => alive += 1,
-                dropless_runtime::replica::ReplicaState::Draining => alive -= 1,
+                dropless_runtime::event::ReplicaState::Starting => alive += 1,
+                dropless_runtime::event::ReplicaState::Draining => alive -= 1,
                 _ => {}
             }
             most = most.max(alive);

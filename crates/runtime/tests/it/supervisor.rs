@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dropless_runtime::config::Version;
 use dropless_runtime::event::EventKind;
-use dropless_runtime::replica::ReplicaState::*;
+use dropless_runtime::event::ReplicaState::*;
 use dropless_runtime::rollout::{Plan, RolloutRequest};
 use dropless_runtime::signal::Shutdown;
 

@@ -2,38 +2,18 @@
 //! (`Starting → Ready → Draining → Stopping → Exited | Failed`), its in-flight
 //! request count and its connection pool.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Event, EventKind};
-use crate::pool::Pool;
-use crate::process::Process;
-
-/// Where a replica is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplicaState {
-    /// Started, not yet passing its probe; gets no traffic.
-    Starting,
-    /// Passing its probe; gets traffic.
-    Ready,
-    /// Gets no new traffic; its in-flight requests finish.
-    Draining,
-    /// Signalled (SIGTERM, then SIGKILL after the grace period).
-    Stopping,
-    /// Gone after being stopped.
-    Exited,
-    /// Crashed, failed its probe, or never became ready.
-    Failed,
-}
+use crate::event::{Event, EventKind, ReplicaState};
+use crate::proxy::pool::Pool;
+use crate::supervisor::process::Process;
 
 /// One instance of a service.
 #[derive(Debug)]
@@ -86,41 +66,6 @@ pub struct ReplicaParts {
     pub topology: watch::Sender<u64>,
     /// Idle timeout of its connection pool.
     pub pool_idle_timeout: Duration,
-}
-
-impl ReplicaState {
-    /// True once the replica is gone for good.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Exited | Self::Failed)
-    }
-
-    /// The state's name as written in events and status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Ready => "ready",
-            Self::Draining => "draining",
-            Self::Stopping => "stopping",
-            Self::Exited => "exited",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn rank(self) -> u8 {
-        match self {
-            Self::Starting => 0,
-            Self::Ready => 1,
-            Self::Draining => 2,
-            Self::Stopping => 3,
-            Self::Exited | Self::Failed => 4,
-        }
-    }
-}
-
-impl fmt::Display for ReplicaState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl Replica {

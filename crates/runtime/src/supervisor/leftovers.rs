@@ -1,5 +1,5 @@
 //! Replicas a previous `serve` left behind. The kernel sends a replica
-//! SIGTERM when `serve` dies (see [`crate::process`]), but one that ignores
+//! SIGTERM when `serve` dies (see [`crate::supervisor::process`]), but one that ignores
 //! it survives a `serve` killed with SIGKILL. So each replica's process
 //! group and start time are recorded in `STATE_DIR/replicas.json` (0600,
 //! replaced atomically whenever a replica starts or exits), and a starting
@@ -151,7 +151,7 @@ impl Registry {
     /// not after the machine does (then every replica is gone too).
     fn write(&self, record: &Record) {
         let json = serde_json::to_vec_pretty(record).expect("the record serializes");
-        if let Err(e) = crate::state::write_private(&self.path, &json, false) {
+        if let Err(e) = crate::desired::write_private(&self.path, &json, false) {
             tracing::error!("cannot record the replicas in {}: {e}", self.path.display());
         }
     }

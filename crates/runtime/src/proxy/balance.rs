@@ -8,9 +8,9 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::pool::Pool;
-use crate::replica::{InFlight, Replica};
+use crate::proxy::pool::Pool;
 use crate::supervisor::Supervisor;
+use crate::supervisor::replica::{InFlight, Replica};
 
 /// How long a retry waits for another replica before trying again one that
 /// already failed this request.

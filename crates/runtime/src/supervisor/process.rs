@@ -1,6 +1,6 @@
 //! A replica's child process: its own process group, `PORT` and
 //! `DROPLESS_REPLICA` in its environment, output through a pipe to its log
-//! file ([`crate::logs`]), and its exit status published on a watch channel.
+//! file ([`crate::supervisor::logs`]), and its exit status published on a watch channel.
 //!
 //! A replica must not outlive the runtime, even one killed with SIGKILL: it
 //! asks the kernel for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`).
@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
-use crate::logs::LogFile;
+use crate::supervisor::logs::LogFile;
 
 /// A running (or finished) child process, leader of its own process group.
 #[derive(Debug)]
@@ -110,7 +110,7 @@ impl Process {
         })?;
         let pid = child.id().unwrap_or_default();
         // Read before the child is waited for: the pid is surely still its.
-        let start_time = crate::leftovers::start_time(pid);
+        let start_time = crate::supervisor::leftovers::start_time(pid);
         let (tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             let status = child.wait().await;

@@ -7,7 +7,8 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RetireConfig;
-use crate::replica::{Replica, ReplicaState};
+use crate::event::ReplicaState;
+use crate::supervisor::replica::Replica;
 
 /// How a retirement went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

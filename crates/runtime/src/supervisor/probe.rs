@@ -12,7 +12,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::ProbeConfig;
-use crate::replica::{Replica, ReplicaState};
+use crate::event::ReplicaState;
+use crate::supervisor::replica::Replica;
 use crate::throttle::warn_throttled;
 
 /// One probe of one address, named in errors (`GET /healthz on 127.0.0.1:4100`).

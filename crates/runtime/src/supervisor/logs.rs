@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::LogsConfig;
-use crate::state::{DIR_MODE, FILE_MODE};
+use crate::desired::{DIR_MODE, FILE_MODE};
 
 /// Bytes read from a replica's pipe at a time.
 const CHUNK: usize = 64 * 1024;
