@@ -15,20 +15,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, ServiceConfig};
 use crate::desired::{Desired, Release, StateError, StateFile};
-use crate::event::ReplicaState;
-use crate::event::RolloutPhase;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, ReplicaState, RolloutPhase};
 use leftovers::{ProcessId, RecordedReplica, Registry};
 use logs::LogFile;
 use probe::Probe;
 use process::{Process, SpawnError};
-use replica::{Replica, ReplicaParts};
+use replica::{OnChange, Replica, ReplicaParts};
 use retire::Retired;
 
 /// Supervises the replicas of one service. Cheap to clone.
@@ -97,6 +96,10 @@ struct Inner {
     config: ServiceConfig,
     options: SupervisorOptions,
     replicas: Mutex<Vec<Arc<Replica>>>,
+    /// The ready members, published on every change: what each request
+    /// reads, without a lock.
+    routable: ArcSwap<Vec<Arc<Replica>>>,
+    /// Bumped after each publication, so that waiting requests look again.
     topology: watch::Sender<u64>,
     desired: watch::Sender<Desired>,
     scaled_to_zero: AtomicBool,
@@ -106,6 +109,23 @@ struct Inner {
     phase: Mutex<Option<(u64, RolloutPhase)>>,
     next_rollout: AtomicU64,
     shutdown: CancellationToken,
+}
+
+impl Inner {
+    /// Publishes the ready members (taking the list's lock: on a change,
+    /// not per request) and wakes the requests waiting for one.
+    fn publish(&self) {
+        let routable: Vec<_> = self
+            .replicas
+            .lock()
+            .expect("replicas lock")
+            .iter()
+            .filter(|r| r.is_member() && r.state() == ReplicaState::Ready)
+            .cloned()
+            .collect();
+        self.routable.store(Arc::new(routable));
+        self.topology.send_modify(|n| *n += 1);
+    }
 }
 
 impl Supervisor {
@@ -118,6 +138,7 @@ impl Supervisor {
                 config,
                 options,
                 replicas: Mutex::new(Vec::new()),
+                routable: ArcSwap::from_pointee(Vec::new()),
                 topology: watch::Sender::new(0),
                 scaled_to_zero: AtomicBool::new(desired.replicas == 0),
                 desired: watch::Sender::new(desired),
@@ -187,7 +208,7 @@ impl Supervisor {
     /// waiting for a replica, so they see it.
     pub(crate) fn set_scaled_to_zero(&self, zero: bool) {
         if self.inner.scaled_to_zero.swap(zero, Ordering::SeqCst) != zero {
-            self.inner.topology.send_modify(|n| *n += 1);
+            self.inner.publish();
         }
     }
 
@@ -218,14 +239,11 @@ impl Supervisor {
             .collect()
     }
 
-    /// Members that are ready: where requests go.
-    pub fn routable(&self) -> Vec<Arc<Replica>> {
-        let replicas = self.inner.replicas.lock().expect("replicas lock");
-        replicas
-            .iter()
-            .filter(|r| r.is_member() && r.state() == ReplicaState::Ready)
-            .cloned()
-            .collect()
+    /// Members that are ready: where requests go. A snapshot published on
+    /// every change of a replica's state or membership; reading it takes no
+    /// lock.
+    pub fn routable(&self) -> Arc<Vec<Arc<Replica>>> {
+        self.inner.routable.load_full()
     }
 
     /// Starts one replica of `release` (not a member yet) and its probe and
@@ -265,7 +283,14 @@ impl Supervisor {
             process,
             log,
             events: self.inner.options.events.clone(),
-            topology: self.inner.topology.clone(),
+            on_change: OnChange(Arc::new({
+                let inner = Arc::downgrade(&self.inner);
+                move || {
+                    if let Some(inner) = inner.upgrade() {
+                        inner.publish();
+                    }
+                }
+            })),
             pool_idle_timeout: self.inner.options.pool_idle_timeout,
         });
         {
@@ -307,7 +332,7 @@ impl Supervisor {
     /// Makes `replica` a member: it counts and gets traffic once ready.
     pub fn promote(&self, replica: &Replica) {
         replica.set_member(true);
-        self.inner.topology.send_modify(|n| *n += 1);
+        self.inner.publish();
     }
 
     /// Takes `replica` out of routing now and returns its retirement to run.
@@ -409,7 +434,7 @@ impl Supervisor {
             .lock()
             .expect("replicas lock")
             .retain(|r| !std::ptr::eq(Arc::as_ptr(r), replica));
-        self.inner.topology.send_modify(|n| *n += 1);
+        self.inner.publish();
     }
 
     /// The life of one replica after its start: exit watcher, probes, and

@@ -76,7 +76,7 @@ pub async fn pick(
             if untried.is_empty() && Instant::now() >= allow_tried_at {
                 ready
             } else {
-                untried
+                Arc::new(untried)
             }
         };
         if let Some(replica) = choose(&candidates) {

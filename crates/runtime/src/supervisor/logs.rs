@@ -100,19 +100,35 @@ impl Rotating {
     /// Copies `reader` to the log until every write end is closed.
     fn copy_from(&mut self, mut reader: PipeReader) {
         let mut buf = vec![0; CHUNK];
+        // A read ends where the pipe had data, often mid-line: the partial
+        // last line waits for its end (up to a chunk), so that a rotation
+        // never cuts a line in two.
+        let mut pending: Vec<u8> = Vec::new();
         let mut failing = false;
         loop {
             let n = match reader.read(&mut buf) {
-                Ok(0) => return,
+                Ok(0) => {
+                    let _ = self.write(&pending);
+                    return;
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(log = %self.log.path.display(), "replica output: {e}");
+                    let _ = self.write(&pending);
                     return;
                 }
             };
+            pending.extend_from_slice(&buf[..n]);
+            let whole = match pending.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None if pending.len() >= CHUNK => pending.len(),
+                None => continue,
+            };
+            let written = self.write(&pending[..whole]);
+            pending.drain(..whole);
             // Output the disk does not take is dropped, said once per failure.
-            match self.write(&buf[..n]) {
+            match written {
                 Ok(()) => failing = false,
                 Err(e) if !failing => {
                     failing = true;
@@ -145,10 +161,15 @@ impl Rotating {
             let len = if data.len() <= room {
                 data.len()
             } else {
-                data[..room]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(room, |i| i + 1)
+                match data[..room].iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    // A line that does not fit here starts the next file.
+                    None if self.size > 0 => {
+                        self.rotate()?;
+                        continue;
+                    }
+                    None => room,
+                }
             };
             let file = self.file.as_mut().expect("opened above");
             if let Err(e) = file.write_all(&data[..len]) {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -26,10 +27,12 @@ pub struct Replica {
     log: Option<PathBuf>,
     state: watch::Sender<ReplicaState>,
     events: broadcast::Sender<Event>,
-    topology: watch::Sender<u64>,
+    changed: OnChange,
     in_flight: AtomicUsize,
     idle: Notify,
-    pool: Mutex<Option<Pool>>,
+    /// Its pools while it takes requests; read without a lock by every
+    /// request, emptied when it stops being `Ready`.
+    pool: ArcSwapOption<Pool>,
     member: AtomicBool,
     retiring: AtomicBool,
     drain_deadline: CancellationToken,
@@ -43,6 +46,16 @@ pub struct Replica {
 #[derive(Debug)]
 pub struct InFlight {
     replica: Arc<Replica>,
+}
+
+/// What a replica calls after each change of its state or membership.
+#[derive(Clone)]
+pub struct OnChange(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnChange")
+    }
 }
 
 /// What a new replica is made of.
@@ -62,8 +75,9 @@ pub struct ReplicaParts {
     pub log: Option<PathBuf>,
     /// Where its events go.
     pub events: broadcast::Sender<Event>,
-    /// Bumped on every state change so waiting requests look again.
-    pub topology: watch::Sender<u64>,
+    /// Called after every change of its state or membership, so that its
+    /// service publishes what is routable and waiting requests look again.
+    pub on_change: OnChange,
     /// Idle timeout of its connection pool.
     pub pool_idle_timeout: Duration,
 }
@@ -72,7 +86,7 @@ impl Replica {
     /// A replica in state `Starting`.
     pub fn new(parts: ReplicaParts) -> Arc<Self> {
         let replica = Arc::new(Self {
-            pool: Mutex::new(Some(Pool::new(parts.addr, parts.pool_idle_timeout))),
+            pool: ArcSwapOption::from_pointee(Pool::new(parts.addr, parts.pool_idle_timeout)),
             name: parts.name,
             service: parts.service,
             generation: parts.generation,
@@ -81,7 +95,7 @@ impl Replica {
             log: parts.log,
             state: watch::Sender::new(ReplicaState::Starting),
             events: parts.events,
-            topology: parts.topology,
+            changed: parts.on_change,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             member: AtomicBool::new(false),
@@ -155,7 +169,9 @@ impl Replica {
 
     /// Makes it count (or not) toward the desired replicas.
     pub fn set_member(&self, member: bool) {
-        self.member.store(member, Ordering::SeqCst);
+        if self.member.swap(member, Ordering::SeqCst) != member {
+            (self.changed.0)();
+        }
     }
 
     /// True once its retirement began: it no longer counts, and its exit
@@ -187,13 +203,13 @@ impl Replica {
         if moved {
             if next != ReplicaState::Ready {
                 // Draining closes the idle keep-alive connections at once.
-                self.pool.lock().expect("pool lock").take();
+                self.pool.store(None);
             }
             if next.is_terminal() {
                 self.drain_deadline.cancel();
             }
             self.emit(next, detail);
-            self.topology.send_modify(|n| *n += 1);
+            (self.changed.0)();
         }
         moved
     }
@@ -208,7 +224,7 @@ impl Replica {
         if self.state() != ReplicaState::Ready {
             return None;
         }
-        let pool = self.pool.lock().expect("pool lock").clone()?;
+        let pool = Pool::clone(self.pool.load().as_deref()?);
         Some((guard, pool))
     }
 
