@@ -497,7 +497,7 @@ impl forward::Attempt for HyperAttempt {
 
     async fn send(&mut self, pick: &Pick) -> Result<Response<PooledBody>, AttemptError> {
         let req = self.request(pick).await?;
-        let failure = match pick.pool.send(req).await {
+        let failure = match pick.pool.conns().send(req).await {
             Ok(resp) => return Ok(resp),
             Err(failure) => failure,
         };

@@ -289,7 +289,7 @@ impl Session<'_, '_> {
         }
         // Bytes beyond the response: the connection is out of step.
         if head.keep && !extra && framing != Framing::UntilClose {
-            pick.pool.put_raw(upstream);
+            pick.pool.sockets().put(upstream);
         }
         Ok(close)
     }
@@ -352,9 +352,9 @@ async fn exchange(
     request: &[u8],
 ) -> Result<(TcpStream, BytesMut, ResponseHead), AttemptError> {
     let addr = pick.pool.addr();
-    let (mut upstream, reused) = match pick.pool.take_raw() {
+    let (mut upstream, reused) = match pick.pool.sockets().take() {
         Some(s) => (s, true),
-        None => match pick.pool.connect_raw().await {
+        None => match pick.pool.sockets().connect().await {
             Ok(s) => (s, false),
             Err(e) => return Err(failed(Sent::Nothing, error_chain(&e), false)),
         },
