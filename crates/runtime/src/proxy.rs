@@ -12,22 +12,18 @@ mod front;
 mod headers;
 pub mod pool;
 pub mod route;
+mod session;
 mod threads;
 pub mod tls;
 mod upload;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use http::{Request, Response, Version};
-use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -39,14 +35,11 @@ pub use error::{ErrorSource, ProxyError, error_chain};
 pub use forward::Sent;
 
 use crate::config::ProxyConfig;
-use crate::proxy::balance::Pick;
-use crate::proxy::pool::{PoolError, PooledBody, UpstreamBody};
 use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
-use crate::supervisor::replica::InFlight;
-use forward::AttemptError;
-use front::{ActiveGuard, Activity, FrontStream};
+use front::{Activity, FrontStream};
+use session::until_done;
 
 /// The body of a response to a client.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -162,39 +155,6 @@ impl Proxy {
         .await;
     }
 
-    /// The hyper service for the requests of one client connection.
-    fn service(
-        proxy: Arc<Self>,
-        peer: SocketAddr,
-        proto: &'static str,
-        activity: Option<Arc<Activity>>,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = Response<Tracked<ProxyBody>>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<Response<Tracked<ProxyBody>>, Infallible>> + Send,
-    > + Clone
-    + Send
-    + 'static {
-        let client = Arc::new(ClientInfo {
-            peer,
-            ip: headers::client_ip(peer.ip()),
-            proto,
-            activity,
-        });
-        hyper::service::service_fn(move |req| {
-            let (proxy, client) = (Arc::clone(&proxy), Arc::clone(&client));
-            let active = client.activity.as_ref().map(Activity::begin);
-            async move {
-                let resp = proxy.handle(req, &client).await;
-                Ok::<_, Infallible>(resp.map(|body| Tracked {
-                    inner: body,
-                    _active: active,
-                }))
-            }
-        })
-    }
-
     /// Serves one plain-TCP client connection: h2c for its whole life, or
     /// HTTP/1.1 on the fast path (see [`fast`]) until a request needs hyper,
     /// then in hyper sessions that free their buffers while the connection
@@ -302,358 +262,5 @@ impl Proxy {
             }
             stream.restart(ahead);
         }
-    }
-
-    async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
-        match self.forward(req, client).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                tracing::warn!(peer = %client.peer, "{e}");
-                e.response()
-            }
-        }
-    }
-
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        client: &ClientInfo,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        if req.method() == http::Method::CONNECT {
-            return Err(ProxyError::BadRequest("CONNECT is not proxied"));
-        }
-        let host = request_host(&req)?;
-        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-        let service = self
-            .router
-            .route(host_str)
-            .ok_or_else(|| ProxyError::UnknownHost {
-                host: host_str.unwrap_or_default().to_string(),
-            })?
-            .clone();
-        let upgrade = headers::upgrade_of(req.headers());
-        if let (Some(_), Some(activity)) = (&upgrade, &client.activity) {
-            activity.upgrading();
-        }
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        headers::set_forwarded(&mut parts.headers, &client.ip, client.proto, host.as_ref());
-        if let Some(host) = &host {
-            parts.headers.insert(http::header::HOST, host.clone());
-        }
-        // The framing the replica gets is hyper's, written from the body
-        // this proxy read: never the client's header.
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-        let replay = forward::Replay::of(
-            parts.method.as_str().as_bytes(),
-            parts.headers.contains_key(forward::IDEMPOTENCY_KEY),
-            &self.config,
-        );
-        let failure = upload::ClientFailure::default();
-        let upload = upload::Upload::new(body, self.config.body_read_timeout, Arc::clone(&failure));
-        // A body small enough to buffer makes the request safe to resend.
-        let limit = self.config.retry_body_limit as u64;
-        let body = if upload.is_end_stream() {
-            Body::Buffered(Bytes::new())
-        } else if upload.size_hint().upper().is_some_and(|n| n <= limit) {
-            match Limited::new(upload, self.config.retry_body_limit)
-                .collect()
-                .await
-            {
-                Ok(collected) => Body::Buffered(collected.to_bytes()),
-                Err(e) => {
-                    return Err(failure
-                        .get()
-                        .cloned()
-                        .unwrap_or_else(|| ProxyError::ClientBody(e.to_string())));
-                }
-            }
-        } else {
-            Body::Streamed(Some(upload))
-        };
-        let mut attempt = HyperAttempt {
-            parts,
-            body,
-            pending: None,
-            upload_limit: self.config.max_streamed_uploads,
-            queue_deadline: Instant::now() + self.config.queue_timeout,
-        };
-        let mut response_deadline = forward::LazyDeadline::new(Instant::now());
-        let forwarded = forward::forward(
-            &self.config,
-            &service,
-            replay,
-            &mut response_deadline,
-            &mut attempt,
-        )
-        .await;
-        match forwarded {
-            Ok((pick, resp)) => Ok(respond(resp, pick.guard, &pick.replica, client_upgrade)),
-            // The client's body failed: the client hears of it, not of the
-            // replica that was waiting for the rest.
-            Err(e) => Err(failure.get().cloned().unwrap_or(e)),
-        }
-    }
-}
-
-/// The host a request is for: its absolute-form authority (HTTP/2's
-/// `:authority`), else its `Host`. An HTTP/1.1 request without `Host`, or
-/// with two, is refused (RFC 9112 §3.2).
-fn request_host<B>(req: &Request<B>) -> Result<Option<http::HeaderValue>, ProxyError> {
-    let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    let header = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("two Host headers"));
-    }
-    if req.version() == Version::HTTP_11 && header.is_none() {
-        return Err(ProxyError::BadRequest("an HTTP/1.1 request without Host"));
-    }
-    let authority = req
-        .uri()
-        .authority()
-        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
-    Ok(authority.or_else(|| header.cloned()))
-}
-
-/// A request body the hyper path sends.
-enum Body {
-    /// Read whole: it can be sent any number of times.
-    Buffered(Bytes),
-    /// Streamed from the client: sent once (`None` once taken).
-    Streamed(Option<upload::Upload>),
-}
-
-/// The hyper path's attempt: a request built from the client's parts and
-/// body, sent through the replica's pool of hyper connections.
-struct HyperAttempt {
-    parts: http::request::Parts,
-    body: Body,
-    /// A request a failed attempt handed back unwritten.
-    pending: Option<Request<UpstreamBody>>,
-    upload_limit: usize,
-    /// How long a streamed body waits for an upload slot on a replica.
-    queue_deadline: Instant,
-}
-
-impl HyperAttempt {
-    /// The request for the next attempt, or why there cannot be one.
-    async fn request(&mut self, pick: &Pick) -> Result<Request<UpstreamBody>, AttemptError> {
-        if let Some(req) = self.pending.take() {
-            return Ok(req);
-        }
-        let body: UpstreamBody = match &mut self.body {
-            // An empty body boxes a zero-sized value: no allocation.
-            Body::Buffered(b) if b.is_empty() => {
-                Empty::new().map_err(|never| match never {}).boxed()
-            }
-            Body::Buffered(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-            Body::Streamed(upload) => {
-                let slots = pick.replica.uploads(self.upload_limit);
-                let Ok(Ok(permit)) =
-                    tokio::time::timeout_at(self.queue_deadline, slots.acquire_owned()).await
-                else {
-                    return Err(AttemptError {
-                        sent: Sent::Nothing,
-                        message: format!(
-                            "{} request bodies are already streaming to it",
-                            self.upload_limit
-                        ),
-                        reused: false,
-                        body_gone: false,
-                    });
-                };
-                let Some(upload) = upload.take() else {
-                    return Err(AttemptError {
-                        sent: Sent::Request,
-                        message: "its streamed body was sent once already".into(),
-                        reused: false,
-                        body_gone: true,
-                    });
-                };
-                upload.with_permit(permit).boxed()
-            }
-        };
-        let mut headers = self.parts.headers.clone();
-        // A body of unknown length goes chunked, whatever the method (hyper
-        // would send a GET's as empty).
-        if body.size_hint().exact().is_none() {
-            headers.insert(
-                http::header::TRANSFER_ENCODING,
-                http::HeaderValue::from_static("chunked"),
-            );
-        }
-        let mut req = Request::new(body);
-        *req.method_mut() = self.parts.method.clone();
-        *req.uri_mut() = self.parts.uri.clone();
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
-        Ok(req)
-    }
-}
-
-impl forward::Attempt for HyperAttempt {
-    type Output = Response<PooledBody>;
-
-    async fn send(&mut self, pick: &Pick) -> Result<Response<PooledBody>, AttemptError> {
-        let req = self.request(pick).await?;
-        let failure = match pick.pool.conns().send(req).await {
-            Ok(resp) => return Ok(resp),
-            Err(failure) => failure,
-        };
-        let message = error_chain(&failure.error);
-        let gone = matches!(self.body, Body::Streamed(_));
-        if let Some(req) = failure.request {
-            self.pending = Some(req);
-            return Err(AttemptError {
-                sent: Sent::Nothing,
-                message,
-                reused: failure.reused,
-                body_gone: false,
-            });
-        }
-        let sent = match &failure.error {
-            PoolError::Request { source, .. } if source.is_parse() => Sent::Response,
-            _ => Sent::Request,
-        };
-        Err(AttemptError {
-            sent,
-            message,
-            reused: failure.reused,
-            body_gone: gone,
-        })
-    }
-}
-
-/// Drives an HTTP/1.1-or-HTTP/2 connection to its end; on shutdown, asks it
-/// to finish gracefully (`Connection: close`, GOAWAY) and keeps driving it.
-async fn until_done<I, S>(
-    conn: auto::UpgradeableConnection<'_, I, S, TokioExecutor>,
-    stop: &CancellationToken,
-    peer: SocketAddr,
-) where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<Tracked<ProxyBody>>,
-            Error = Infallible,
-        >,
-    S::Future: Send + 'static,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, "client connection: {e}");
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that counts its request as active on the client
-    /// connection until it is dropped.
-    struct Tracked<B> {
-        #[pin]
-        inner: B,
-        _active: Option<ActiveGuard>,
-    }
-}
-
-impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-fn respond(
-    mut resp: Response<PooledBody>,
-    guard: InFlight,
-    replica: &crate::supervisor::replica::Replica,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<ProxyBody> {
-    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client)) = (switching, client_upgrade) {
-        let upstream = hyper::upgrade::on(&mut resp);
-        let upgrade = resp.headers().get(http::header::UPGRADE).cloned();
-        let deadline = replica.drain_deadline();
-        tokio::spawn(async move {
-            let _guard = guard;
-            let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
-                return;
-            };
-            let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                () = deadline.cancelled() => tracing::info!("upgraded connection closed at the drain deadline"),
-            }
-        });
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        return Response::from_parts(parts, body.boxed());
-    }
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, None);
-    Response::from_parts(parts, Guarded::new(body, guard).boxed())
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted on the replica until
-    /// the last byte is sent (or the client goes away).
-    struct Guarded<B> {
-        #[pin]
-        inner: B,
-        guard: Option<InFlight>,
-    }
-}
-
-impl<B> Guarded<B> {
-    fn new(inner: B, guard: InFlight) -> Self {
-        Self {
-            inner,
-            guard: Some(guard),
-        }
-    }
-}
-
-impl<B: hyper::body::Body> hyper::body::Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled {
-            this.guard.take();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }

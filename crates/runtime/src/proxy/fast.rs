@@ -31,7 +31,7 @@ use super::forward::{self, AttemptError, LazyDeadline, Sent};
 use super::{ClientInfo, Proxy, ProxyError, error_chain};
 use crate::proxy::balance::Pick;
 use body::Body;
-use head::{Framing, Parsed, Plan, ResponseHead, parse_request, parse_response};
+use head::{Framing, Parsed, RequestPlan, ResponseHead, parse_request, parse_response};
 
 /// Largest response head accepted from a replica.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -196,7 +196,7 @@ impl Session<'_, '_> {
     /// Proxies the request at the front of the input and removes it;
     /// returns whether the connection must close after it. `Err` when the
     /// client connection failed.
-    async fn proxy_request(&mut self, plan: &mut Plan) -> Result<bool, Broken> {
+    async fn proxy_request(&mut self, plan: &mut RequestPlan) -> Result<bool, Broken> {
         let total = plan.head_len + plan.body_len;
         let host = std::str::from_utf8(&self.input[plan.host.clone()]).ok();
         let Some(service) = self.proxy.router.route(host).cloned() else {
@@ -235,7 +235,7 @@ impl Session<'_, '_> {
         mut upstream: TcpStream,
         mut buf: BytesMut,
         head: ResponseHead,
-        plan: &Plan,
+        plan: &RequestPlan,
     ) -> Result<bool, Broken> {
         let framing = match head.framing {
             _ if plan.head_method || head.status == 204 || head.status == 304 => Framing::Empty,
@@ -306,7 +306,7 @@ impl Session<'_, '_> {
     }
 
     /// Answers with the proxy's own error response.
-    async fn send_error(&mut self, err: &ProxyError, plan: &Plan) -> Result<bool, Broken> {
+    async fn send_error(&mut self, err: &ProxyError, plan: &RequestPlan) -> Result<bool, Broken> {
         tracing::warn!(peer = %self.client.peer, "{err}");
         let close = plan.close || self.stop.is_cancelled();
         let bytes = err.to_http1(close, plan.head_method);
@@ -320,7 +320,7 @@ impl Session<'_, '_> {
 /// What comes next on a client connection.
 enum Next {
     /// A request for the fast path, head and body read.
-    Request(Plan),
+    Request(RequestPlan),
     /// Nothing: the connection ends.
     Closed,
     /// A request for hyper.

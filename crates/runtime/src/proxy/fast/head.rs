@@ -15,7 +15,7 @@ const MAX_HEADERS: usize = 100;
 const MAX_CONNECTION_TOKENS: usize = 8;
 
 /// What the fast path keeps of a request head once it decided to handle it.
-pub(super) struct Plan {
+pub(super) struct RequestPlan {
     /// Index of the service's host value in the head buffer, for routing.
     pub(super) host: std::ops::Range<usize>,
     /// Length of the head in the client's buffer.
@@ -62,7 +62,7 @@ pub(super) struct ResponseHead {
 /// What parsing the front of a client's input found.
 pub(super) enum Parsed {
     /// A request the fast path handles (its body may not be read yet).
-    Complete(Plan),
+    Complete(RequestPlan),
     /// More bytes are needed.
     Partial,
     /// A request for hyper (or not a valid request: hyper answers it).
@@ -151,7 +151,7 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
         return Parsed::NotFast;
     }
     let upstream = upstream_head(&req, &input[host.clone()], body_len, head_len, client);
-    Parsed::Complete(Plan {
+    Parsed::Complete(RequestPlan {
         host,
         head_len,
         body_len: body_len.unwrap_or(0),
@@ -384,7 +384,7 @@ mod tests {
         }
     }
 
-    fn plan(input: &[u8]) -> Plan {
+    fn plan(input: &[u8]) -> RequestPlan {
         match parse_request(input, &config(), &info()) {
             Parsed::Complete(plan) => plan,
             Parsed::Partial => panic!("partial"),
