@@ -11,7 +11,6 @@ use dropless_lifecycle::{
     BatchConfig, Config, Lifecycle,
     signal::{Signal, Signals},
 };
-use tokio::net::TcpListener;
 
 use crate::{
     Args, CalcLogMode, Error, OnSigterm, Profile,
@@ -76,7 +75,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         tokio::time::sleep(args.startup_delay).await;
     }
     let addr = SocketAddr::new(args.host, args.port);
-    let listener = TcpListener::bind(addr)
+    // The socket `dropless serve` passed (socket activation), else `addr`.
+    let listener = dropless_lifecycle::listen::bind(addr)
         .await
         .map_err(|source| Error::Bind {
             addr: addr.to_string(),

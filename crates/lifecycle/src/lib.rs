@@ -27,6 +27,8 @@
 //! - [`Batcher`]: collects items and flushes them in batches, and flushes
 //!   the rest at shutdown.
 //! - [`signal::Signals`]: SIGTERM and SIGINT mapped to [`signal::Signal`].
+//! - [`listen::bind`]: the listening socket a supervisor passed (socket
+//!   activation), or one bound on an address.
 //!
 //! Shutdown runs in this order, all of it bounded by the grace period: the
 //! readiness probe turns 503; the optional pre-stop delay passes while
@@ -45,6 +47,7 @@ mod error;
 mod health;
 mod hooks;
 mod lifecycle;
+pub mod listen;
 mod phase;
 mod serve;
 pub mod signal;

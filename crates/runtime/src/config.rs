@@ -212,6 +212,12 @@ pub struct Version {
     pub env: BTreeMap<String, String>,
     /// An address to route to instead of a command (probed, drained, not signalled).
     pub target: Option<SocketAddr>,
+    /// The command takes its listening socket from dropless, the systemd
+    /// way (fd 3, `LISTEN_FDS=1`, `LISTEN_PID`), instead of binding `PORT`
+    /// itself (default false): no other process can take the port between
+    /// its choice and the bind. `dropless-lifecycle`'s `listen::bind` and
+    /// the demo service accept it.
+    pub socket_activation: bool,
 }
 
 /// Health probes: HTTP GET `path`, or a TCP connect when `path` is empty.
@@ -572,6 +578,13 @@ impl Version {
             target: Some(target),
             ..Self::default()
         }
+    }
+
+    /// The same version, given its listening socket by dropless (see
+    /// [`Version::socket_activation`]).
+    pub fn with_socket_activation(mut self) -> Self {
+        self.socket_activation = true;
+        self
     }
 
     /// Adds one environment variable.

@@ -26,7 +26,7 @@ use crate::event::{Event, EventKind, ReplicaState, RolloutPhase};
 use leftovers::{ProcessId, RecordedReplica, Registry};
 use logs::LogFile;
 use probe::Probe;
-use process::{Process, SpawnError};
+use process::{Listen, Process, SpawnError};
 use replica::{OnChange, Replica, ReplicaParts};
 use retire::Retired;
 
@@ -255,13 +255,23 @@ impl Supervisor {
         let (addr, process, log) = match version.target {
             Some(addr) => (addr, None, None),
             None => {
-                let addr = process::free_port().map_err(|source| SpawnError::Exec {
+                let exec_error = |source| SpawnError::Exec {
                     program: version.command.first().cloned().unwrap_or_default(),
                     source,
-                })?;
+                };
+                // The socket itself when the command takes it; else a port
+                // that is free now, which the command binds.
+                let listen = if version.socket_activation {
+                    let listener =
+                        std::net::TcpListener::bind("127.0.0.1:0").map_err(exec_error)?;
+                    Listen::Socket(listener)
+                } else {
+                    Listen::Port(process::free_port().map_err(exec_error)?)
+                };
+                let addr = listen.addr().map_err(exec_error)?;
                 let options = &self.inner.options;
                 let log = LogFile::new(&options.log_dir, &name, &options.log_run, &options.logs);
-                let process = Process::spawn(&version.command, &version.env, addr, &name, &log)?;
+                let process = Process::spawn(&version.command, &version.env, listen, &name, &log)?;
                 if let Some(start_time) = process.start_time() {
                     options.registry.add(RecordedReplica {
                         service: self.name().to_string(),

@@ -18,6 +18,10 @@ use tokio::sync::watch;
 
 use crate::supervisor::logs::LogFile;
 
+/// The descriptor a passed listening socket has in the replica (systemd's
+/// `SD_LISTEN_FDS_START`).
+const LISTEN_FD: i32 = 3;
+
 /// A running (or finished) child process, leader of its own process group.
 #[derive(Debug)]
 pub struct Process {
@@ -50,14 +54,35 @@ pub enum SpawnError {
     ShuttingDown,
 }
 
+/// How a replica gets the address it serves on.
+#[derive(Debug)]
+pub enum Listen {
+    /// It binds this port itself (`PORT`); the port was free when chosen.
+    Port(SocketAddr),
+    /// It is given this listening socket the systemd way: fd 3,
+    /// `LISTEN_FDS=1`, `LISTEN_PID` its own pid (and `PORT` as well).
+    Socket(std::net::TcpListener),
+}
+
+impl Listen {
+    /// The address the replica serves on.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Self::Port(addr) => Ok(*addr),
+            Self::Socket(listener) => listener.local_addr(),
+        }
+    }
+}
+
 impl Process {
-    /// Starts `command` with `env`, `PORT` set to `addr`'s port and
-    /// `DROPLESS_REPLICA` to `replica`, in a new process group, its stdout and
-    /// stderr copied to `log`.
+    /// Starts `command` with `env`, `PORT` set to the port it serves on (and
+    /// its socket passed, with [`Listen::Socket`]) and `DROPLESS_REPLICA` to
+    /// `replica`, in a new process group, its stdout and stderr copied to
+    /// `log`.
     pub fn spawn(
         command: &[String],
         env: &std::collections::BTreeMap<String, String>,
-        addr: SocketAddr,
+        listen: Listen,
         replica: &str,
         log: &LogFile,
     ) -> Result<Self, SpawnError> {
@@ -72,9 +97,35 @@ impl Process {
             program: String::new(),
             source: std::io::Error::other("empty command"),
         })?;
-        let mut command = tokio::process::Command::new(program);
+        let addr = listen.addr().map_err(|source| SpawnError::Exec {
+            program: program.clone(),
+            source,
+        })?;
+        let mut command = match &listen {
+            Listen::Port(_) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(args);
+                command
+            }
+            // `LISTEN_PID` must be the replica's own pid, known only after the
+            // fork, when nothing may allocate: a shell sets it and execs the
+            // command, which keeps the pid.
+            Listen::Socket(_) => {
+                let mut command = tokio::process::Command::new("/bin/sh");
+                command
+                    .arg("-c")
+                    .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"")
+                    .arg(program)
+                    .args(args)
+                    .env("LISTEN_FDS", "1");
+                command
+            }
+        };
+        let listen_fd = match &listen {
+            Listen::Socket(listener) => Some(std::os::fd::AsRawFd::as_raw_fd(listener)),
+            Listen::Port(_) => None,
+        };
         command
-            .args(args)
             .envs(env)
             .env("PORT", addr.port().to_string())
             .env("DROPLESS_REPLICA", replica)
@@ -86,9 +137,11 @@ impl Process {
         let parent = nix::unistd::getpid();
         // The open-file limit `serve` found, not the one it raised for itself.
         let nofile = crate::fds::child_limit();
-        // SAFETY: between fork and exec the closure makes at most three
-        // system calls (prctl, getppid, setrlimit), all async-signal-safe,
-        // and allocates nothing (its errors are raw errnos).
+        // SAFETY: between fork and exec the closure makes at most four
+        // system calls (prctl, getppid, dup2 or fcntl, setrlimit), all
+        // async-signal-safe, and allocates nothing (its errors are raw
+        // errnos). The socket's fd stays open in the parent until the spawn
+        // returns (`listen` is dropped after it).
         // The crate's only unsafe code.
         #[allow(unsafe_code)]
         unsafe {
@@ -101,6 +154,17 @@ impl Process {
                         nix::errno::Errno::ESRCH as i32,
                     ));
                 }
+                // The listening socket becomes fd 3, open across exec.
+                if let Some(fd) = listen_fd {
+                    let moved = if fd == LISTEN_FD {
+                        nix::libc::fcntl(LISTEN_FD, nix::libc::F_SETFD, 0)
+                    } else {
+                        nix::libc::dup2(fd, LISTEN_FD)
+                    };
+                    if moved == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 crate::fds::restore_limit(nofile)
             });
         }
@@ -108,6 +172,8 @@ impl Process {
             program: program.clone(),
             source,
         })?;
+        // The replica has its own copy of the socket now.
+        drop(listen);
         let pid = child.id().unwrap_or_default();
         // Read before the child is waited for: the pid is surely still its.
         let start_time = crate::supervisor::leftovers::start_time(pid);

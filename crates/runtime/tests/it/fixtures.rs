@@ -60,6 +60,7 @@ pub fn backend(mode: Mode, label: &str) -> Version {
     .with_env("DROPLESS_TEST_BACKEND", "1")
     .with_env("BACKEND_MODE", mode)
     .with_env("VERSION", label)
+    .with_socket_activation()
 }
 
 /// A version that runs the demo service (`dropless-demo`) in `profile`,
@@ -73,7 +74,7 @@ pub fn demo(profile: &str, label: &str, extra: &[&str]) -> Version {
         label.into(),
     ];
     command.extend(extra.iter().map(|s| s.to_string()));
-    Version::command(command)
+    Version::command(command).with_socket_activation()
 }
 
 /// The demo binary in the target dir this test binary lives in.

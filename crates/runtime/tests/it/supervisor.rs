@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dropless_runtime::config::Version;
+use dropless_runtime::config::{ServiceConfig, Version};
 use dropless_runtime::event::EventKind;
 use dropless_runtime::event::ReplicaState::*;
 use dropless_runtime::rollout::{Plan, RolloutRequest};
@@ -146,4 +146,31 @@ async fn target_is_probed_routed_drained_and_never_signalled() {
         first.try_wait().unwrap().is_none(),
         "stopping serve leaves targets alone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_given_its_listening_socket_when_its_version_takes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bound = fixtures::backend(Mode::Graceful, "v1");
+    bound.socket_activation = false;
+    let config = fixtures::config(
+        dir.path(),
+        vec![
+            fixtures::service("passed", fixtures::backend(Mode::Graceful, "v1"), 2),
+            ServiceConfig {
+                hosts: vec!["bound.test".into()],
+                ..fixtures::service("bound", bound, 1)
+            },
+        ],
+    );
+    let h = Harness::start(config).await;
+    h.wait_routable_in(Some("passed"), 2).await;
+    h.wait_routable_in(Some("bound"), 1).await;
+    for _ in 0..4 {
+        let (status, _, body) = fixtures::get(&h.url("/activation")).await;
+        assert_eq!((status, body.as_str()), (200, "passed"));
+    }
+    let (status, _, body) = fixtures::get_with_host(&h.url("/activation"), "bound.test").await;
+    assert_eq!((status, body.as_str()), (200, "bound"));
+    h.stop(Shutdown::Fast).await;
 }
