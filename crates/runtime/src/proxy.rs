@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{ErrorSource, ProxyError, error_chain};
 pub use forward::Sent;
+pub use front::IDLE_LINGER;
 
 use crate::config::ProxyConfig;
 use crate::proxy::route::Router;

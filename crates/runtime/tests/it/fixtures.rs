@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod load;
+pub mod raw;
 pub mod serve;
 
 use std::net::SocketAddr;

@@ -247,18 +247,23 @@ async fn keep_alive_connections_survive_idle_release_and_pipelining() {
         }
         String::from_utf8(out).unwrap()
     }
-    // One request, then idle long enough for the session to be taken apart.
-    s.write_all(get.as_bytes()).await.unwrap();
+    // One request that the fast path hands to hyper (a chunked body): the
+    // rest of the connection is a hyper session. Then the client idles
+    // longer than the session's linger, so it is taken apart, and the
+    // pipelined requests below must find the connection whole.
+    s.write_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+        .await
+        .unwrap();
     let first = responses(&mut s, 1).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    tokio::time::sleep(4 * dropless_runtime::proxy::IDLE_LINGER).await;
     // Two pipelined requests and half of a third in one write, the rest later.
     let third = "GET /datetime HTTP/1.1\r\nHost: app.test\r\n\r\n";
     let (a, b) = third.split_at(10);
     s.write_all(format!("{get}{get}{a}").as_bytes())
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    tokio::time::sleep(4 * dropless_runtime::proxy::IDLE_LINGER).await;
     s.write_all(b.as_bytes()).await.unwrap();
     let rest = responses(&mut s, 3).await;
     assert_eq!(rest.matches("HTTP/1.1 200").count(), 3, "{rest}");

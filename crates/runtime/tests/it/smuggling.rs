@@ -25,6 +25,7 @@ use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::fixtures::raw::lossy;
 use crate::fixtures::{self, Harness, WAIT};
 
 /// Sent after every case: a plain request that closes the connection, so
@@ -806,9 +807,4 @@ fn generated_pipelines_are_never_smuggled_or_desynchronised() {
         })
         .unwrap();
     runtime.block_on(async { backend.check_clean() });
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    let shown = &bytes[..bytes.len().min(1024)];
-    String::from_utf8_lossy(shown).into_owned()
 }
