@@ -137,7 +137,7 @@ fn bad_input_is_one_line_and_exit_code_2() {
         ),
         (
             &["http://127.0.0.1:9/", "--expect-status", "2xx"],
-            "error: invalid status set '2xx': expected codes and ranges like 200-399 or 200,204",
+            "error: invalid status set '2xx': expected codes from 100 to 599 and ranges, like 200-399 or 200,204",
         ),
     ];
     for (args, message) in cases {
