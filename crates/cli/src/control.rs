@@ -64,8 +64,8 @@ pub struct DeployArgs {
     /// An environment variable for the new version (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// Route to this address instead of a command.
-    #[arg(long = "target", id = "address")]
+    /// Route to this address (IP:PORT or NAME:PORT) instead of a command.
+    #[arg(long = "target", id = "address", value_parser = crate::value::socket_addr)]
     address: Option<SocketAddr>,
 }
 

@@ -5,6 +5,7 @@ mod control;
 mod load;
 mod serve;
 mod trial;
+mod value;
 
 use std::process::ExitCode;
 

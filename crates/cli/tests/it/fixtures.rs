@@ -56,6 +56,11 @@ impl Serve {
 
     /// The same, with `env` added to serve's environment.
     pub fn start_with_env(profile: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Serve {
+        Self::start_on("127.0.0.1", profile, serve_args, env)
+    }
+
+    /// The same, listening on `host` (an IP or a name) and a free port.
+    pub fn start_on(host: &str, profile: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let control = dir.path().join("control.sock").display().to_string();
         let port = free_port();
@@ -63,7 +68,7 @@ impl Serve {
             .args([
                 "serve",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &format!("{host}:{port}"),
                 "--control",
                 &control,
             ])

@@ -1,6 +1,7 @@
 //! `dropless serve` and its control commands, run as a user would: exit
 //! codes and one-line errors.
 
+use std::io::{Read, Write};
 use std::process::Stdio;
 
 use crate::fixtures::{Serve, dropless, run, stderr};
@@ -190,4 +191,55 @@ fn the_tcp_control_api_works_with_the_token_and_refuses_without_it() {
         assert!(message.contains(says), "{message}");
     }
     assert_eq!(serve.stop().code(), Some(0));
+}
+
+#[test]
+fn serve_listens_on_a_host_name() {
+    let serve = Serve::start_on("localhost", "v4", &[], &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(serve.stop().code(), Some(0));
+}
+
+#[test]
+fn bad_flag_values_exit_2_naming_the_flag_and_an_example() {
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["serve", "--ready-timeout", "abc", "--", "true"],
+            &[
+                "--ready-timeout",
+                "expected a duration like 30s, 500ms or 2m",
+            ],
+        ),
+        (
+            &["serve", "--listen", "nosuchhost.invalid:8080", "--", "true"],
+            &["--listen", "localhost:8080"],
+        ),
+        (
+            &["load", "http://127.0.0.1:9/", "--expect-status", "200-600"],
+            &["200-600", "100 to 599"],
+        ),
+        (
+            &["load", "http://127.0.0.1:9/", "--expect-status", "99"],
+            &["'99'", "100 to 599"],
+        ),
+        (
+            &["trial", "--matrix", "--jobs", "0"],
+            &["--jobs", "at least 1"],
+        ),
+    ];
+    for (args, says) in cases {
+        let output = run(args);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        let first = text.lines().next().unwrap_or_default();
+        for word in says {
+            assert!(first.contains(word), "{args:?}: {word:?} not in {first:?}");
+        }
+    }
 }
