@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use crate::fixtures::{Serve, dropless, run, stderr};
 
@@ -242,4 +243,73 @@ fn bad_flag_values_exit_2_naming_the_flag_and_an_example() {
             assert!(first.contains(word), "{args:?}: {word:?} not in {first:?}");
         }
     }
+}
+
+#[test]
+fn status_and_events_of_an_unknown_service_exit_2_listing_the_services() {
+    let serve = Serve::start("v4");
+    for command in ["status", "events"] {
+        let mut child = dropless()
+            .args([command, "--control", &serve.control, "--service", "nope"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `events` follows the stream: today it would never end.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output().unwrap();
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command}: {text}");
+        assert_eq!(
+            text.trim(),
+            "dropless: no service named 'nope': the runtime has web; pass one of them to --service",
+            "{command}"
+        );
+        assert!(output.stdout.is_empty(), "{command}");
+    }
+    let known = run(&["status", "--control", &serve.control, "--service", "web"]);
+    assert!(known.status.success(), "{}", stderr(&known));
+    assert!(String::from_utf8_lossy(&known.stdout).contains("service web"));
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_escape_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let control = dir.path().join("c.sock");
+    let mut child = dropless()
+        .args(["serve", "--listen", "127.0.0.1:0", "--control"])
+        .arg(&control)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["--target", "127.0.0.1:9", "--health-path", ""])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("proxy on") {
+            break text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited {status}: {text}");
+        }
+        assert!(Instant::now() < deadline, "no 'proxy on' line: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.wait().unwrap();
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(!text.contains("\x1b["), "escape codes in {text:?}");
 }
