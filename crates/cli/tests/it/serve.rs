@@ -313,3 +313,36 @@ fn logs_written_to_a_file_carry_no_escape_codes() {
     assert!(text.contains(" INFO "), "{text}");
     assert!(!text.contains("\x1b["), "escape codes in {text:?}");
 }
+
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    // `script` gives serve a terminal; serve logs, then exits 2 by itself
+    // (its target never answers its probe).
+    for (no_color, coloured) in [(None, true), (Some("1"), false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = format!(
+            "{} serve --listen 127.0.0.1:0 --control {} --state-dir {} --target 127.0.0.1:9 --health-path '' --ready-timeout 1s",
+            env!("CARGO_BIN_EXE_dropless"),
+            dir.path().join("c.sock").display(),
+            dir.path().display()
+        );
+        let mut command = std::process::Command::new("script");
+        command
+            .args(["-qec", &serve, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .env_remove("DROPLESS_CONTROL")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let output = command.output().expect("script (util-linux) runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("proxy on"), "{no_color:?}: {text}");
+        assert_eq!(
+            text.contains("\x1b["),
+            coloured,
+            "NO_COLOR={no_color:?}: {text:?}"
+        );
+    }
+}
