@@ -261,7 +261,7 @@ fn known_service(services: &[ServiceStatus], name: &str) -> Result<(), ControlEr
     }
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     Err(ControlError::Rejected(format!(
-        "no service named '{name}': the runtime has {}; pass one of them to --service",
+        "no service \"{name}\": the services are {}; pass one of them to --service",
         list(&names)
     )))
 }

@@ -268,7 +268,7 @@ fn status_and_events_of_an_unknown_service_exit_2_listing_the_services() {
         assert_eq!(output.status.code(), Some(2), "{command}: {text}");
         assert_eq!(
             text.trim(),
-            "dropless: no service named 'nope': the runtime has web; pass one of them to --service",
+            "dropless: no service \"nope\": the services are web; pass one of them to --service",
             "{command}"
         );
         assert!(output.stdout.is_empty(), "{command}");
