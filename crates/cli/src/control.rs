@@ -2,6 +2,7 @@
 //! `rollback`, `status` and `events`. Rollouts wait for their end: exit 0 when
 //! completed, 1 when aborted (the message names the replica and the probe).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use clap::{Args, ValueEnum};
 use dropless_runtime::config::{Strategy, Version};
 use dropless_runtime::control::{ControlClient, ControlError};
 use dropless_runtime::rollout::{Plan, RolloutRequest};
+use dropless_runtime::supervisor::ServiceStatus;
 
 /// Where the runtime is and which service.
 #[derive(Debug, Args)]
@@ -64,8 +66,8 @@ pub struct DeployArgs {
     /// An environment variable for the new version (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// Route to this address instead of a command.
-    #[arg(long = "target", id = "address")]
+    /// Route to this address (IP:PORT or NAME:PORT) instead of a command.
+    #[arg(long = "target", id = "address", value_parser = crate::value::socket_addr)]
     address: Option<SocketAddr>,
 }
 
@@ -177,6 +179,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
         let services = ControlClient::for_target(&args.target.control)?
             .status()
             .await?;
+        if let Some(name) = &args.target.service {
+            known_service(&services, name)?;
+        }
         let services: Vec<_> = services
             .into_iter()
             .filter(|s| args.target.service.as_ref().is_none_or(|n| *n == s.name))
@@ -220,7 +225,11 @@ pub fn status(args: StatusArgs) -> ExitCode {
 pub fn events(args: EventsArgs) -> ExitCode {
     block_on(async move {
         let service = args.target.service;
-        ControlClient::for_target(&args.target.control)?
+        let client = ControlClient::for_target(&args.target.control)?;
+        if let Some(name) = &service {
+            known_service(&client.status().await?, name)?;
+        }
+        client
             .events(|e| {
                 if service.as_ref().is_none_or(|s| *s == e.service) {
                     if args.json {
@@ -237,13 +246,30 @@ pub fn events(args: EventsArgs) -> ExitCode {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the level (info by default).
+/// Colours only on a terminal and without `NO_COLOR`: a log file or a CI
+/// log must not fill with escape codes.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .try_init();
+}
+
+/// `Ok` when the runtime has a service `name`; else the usage error that
+/// lists the services it has.
+fn known_service(services: &[ServiceStatus], name: &str) -> Result<(), ControlError> {
+    if services.iter().any(|s| s.name == name) {
+        return Ok(());
+    }
+    let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    Err(ControlError::Rejected(format!(
+        "no service \"{name}\": the services are {}; pass one of them to --service",
+        list(&names)
+    )))
 }
 
 fn run_rollout(target: Target, request: RolloutRequest) -> ExitCode {

@@ -2,7 +2,7 @@
 //! and exit codes.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,12 +17,15 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  the run completed and every threshold held
   1  runtime error (the host does not resolve, the report cannot be written, ...)
-  2  usage error: a bad URL, duration, header, status set or number (one line on stderr)
-  3  a threshold (--max-failures, --max-p99) was breached
+  2  usage error: a bad URL, duration, header, status set, number or --json path (one line
+     on stderr, nothing sent)
+  3  a threshold (--max-failures, --max-p99) was breached, or no request succeeded and
+     --max-failures was not given
+  130  interrupted by Ctrl-C or SIGTERM (the partial report is still printed and written)
 
 Failure classes: http_<code> (unexpected status), refused, reset, eof (closed before a complete
-response), timeout, tls, other. Ctrl-C stops scheduling and prints the partial report (marked
-interrupted); a second Ctrl-C stops waiting for requests in flight.";
+response), timeout, tls, other. Ctrl-C (or SIGTERM) stops scheduling and prints the partial
+report (marked interrupted); a second one stops waiting for requests in flight.";
 
 /// Send HTTP load at a constant rate and classify every outcome, second by second.
 ///
@@ -114,6 +117,10 @@ pub struct LoadArgs {
     max_p99: Option<String>,
 }
 
+/// The exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a
+/// shell reports it).
+const INTERRUPTED: u8 = 130;
+
 /// A usage error: one line on stderr, exit code 2.
 struct Usage(String);
 
@@ -139,6 +146,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
         }
     };
     match runtime.block_on(execute(&args, &config, &workers)) {
+        Ok(report) if report.interrupted => ExitCode::from(INTERRUPTED),
         Ok(report) => match thresholds.breaches(&report).as_slice() {
             [] => ExitCode::SUCCESS,
             breaches => {
@@ -175,16 +183,7 @@ async fn execute(
             dropless_load::Error::Config(e) => Failed::Usage(e.to_string()),
             e => Failed::Runtime(e.into()),
         })?;
-    let stopper = run.stopper();
-    tokio::spawn(async move {
-        // First Ctrl-C: stop scheduling, keep the grace; second: give up.
-        if tokio::signal::ctrl_c().await.is_ok() {
-            stopper.stop();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stopper.abandon();
-            }
-        }
-    });
+    tokio::spawn(stop_on_signals(run.stopper()));
     let show = !args.quiet && std::io::stdout().is_terminal();
     let progress = tokio::spawn(progress(run.subscribe(), config.duration, show));
     let report = run.report().await.map_err(|e| Failed::Runtime(e.into()))?;
@@ -202,6 +201,28 @@ async fn execute(
             .map_err(Failed::Runtime)?;
     }
     Ok(report)
+}
+
+/// First Ctrl-C or SIGTERM: stop scheduling, keep the grace; second: give up
+/// on the requests in flight.
+async fn stop_on_signals(stopper: dropless_load::Stopper) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let mut signal = async || {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    };
+    signal().await;
+    stopper.stop();
+    signal().await;
+    stopper.abandon();
 }
 
 /// Live progress from the run's snapshots: elapsed/total, rate, ok, failed.
@@ -300,6 +321,9 @@ impl LoadArgs {
                 .map(|d| duration("--max-p99", d))
                 .transpose()?,
         };
+        if let Some(path) = &self.json {
+            writable(path)?;
+        }
         let threads = match &self.threads {
             Some(n) => number("--threads", n)?,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -311,12 +335,47 @@ impl LoadArgs {
     }
 }
 
+/// Whether the report can be written to `path` ('-' is stdout), checked
+/// before anything is sent so that a long run does not end in a lost report.
+/// An existing file is left as it is; a new one is created and removed.
+fn writable(path: &Path) -> Result<(), Usage> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    let shown = path.display();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(Usage(format!(
+            "cannot write --json {shown}: the directory {} does not exist; create it or pick another path",
+            dir.display()
+        )));
+    }
+    if path.is_dir() {
+        return Err(Usage(format!(
+            "cannot write --json {shown}: it is a directory; give a file name"
+        )));
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| {
+            Usage(format!(
+                "cannot write --json {shown}: {e}; pick a writable path"
+            ))
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 fn duration(flag: &str, value: &str) -> Result<Duration, Usage> {
-    humantime::parse_duration(value).map_err(|_| {
-        Usage(format!(
-            "invalid {flag} '{value}': expected a duration like 30s, 2m or 500ms"
-        ))
-    })
+    crate::value::duration(value).map_err(|e| Usage(format!("invalid {flag} '{value}': {e}")))
 }
 
 fn number<N: std::str::FromStr>(flag: &str, value: &str) -> Result<N, Usage> {

@@ -5,6 +5,7 @@ mod control;
 mod load;
 mod serve;
 mod trial;
+mod value;
 
 use std::process::ExitCode;
 
@@ -52,8 +53,8 @@ enum Command {
     /// Kubernetes helpers.
     #[command(subcommand)]
     K8s(trial::K8sCommand),
-    /// Run the built-in demo service (replicas of trials run this).
-    #[command(hide = true)]
+    /// Run the built-in demo service: the app `dropless demo` and trials
+    /// deploy, with behaviour profiles v1..v9 (see docs/demo.md).
     DemoService(Box<dropless_demo::Args>),
 }
 

@@ -18,8 +18,9 @@ pub struct ServeArgs {
     /// TOML config (see docs/config.md); flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address the proxy listens on [default: 127.0.0.1:8080].
-    #[arg(long)]
+    /// Address the proxy listens on, IP:PORT or NAME:PORT (resolved at
+    /// start) [default: 127.0.0.1:8080].
+    #[arg(long, value_parser = crate::value::socket_addr)]
     listen: Option<SocketAddr>,
     /// Replicas of the service [default: 1].
     #[arg(long)]
@@ -36,39 +37,39 @@ pub struct ServeArgs {
     state_dir: Option<PathBuf>,
     /// Route to this address instead of starting a command (probed, drained,
     /// never signalled).
-    #[arg(long, conflicts_with = "command")]
+    #[arg(long, conflicts_with = "command", value_parser = crate::value::socket_addr)]
     target: Option<SocketAddr>,
     /// Time a new replica has to pass its probe, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::duration)]
     ready_timeout: Option<Duration>,
     /// Interval between probes of a ready replica, e.g. 1s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::duration)]
     probe_interval: Option<Duration>,
     /// Longest wait for a retiring replica's in-flight requests, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::duration)]
     drain_timeout: Option<Duration>,
     /// Delay between the end of draining and SIGTERM, e.g. 5s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::duration)]
     pre_stop: Option<Duration>,
     /// Time between SIGTERM and SIGKILL, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::duration)]
     grace: Option<Duration>,
     /// Emulate Kubernetes: routing to a retiring replica stops only this long
     /// after its retirement starts, while pre-stop, SIGTERM and grace run from
     /// the start, with no drain (see docs/config.md).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::duration)]
     kubernetes_endpoint_delay: Option<Duration>,
     /// How long a request waits for a ready replica before a 503, e.g. 10s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::duration)]
     queue_timeout: Option<Duration>,
     /// How long a replica has to start its response before the client gets a
     /// 504, e.g. 60s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::value::duration)]
     response_timeout: Option<Duration>,
     /// Also answer the control API on this TCP address; requires a token of
     /// at least 16 characters in DROPLESS_CONTROL_TOKEN, which clients send
     /// (`--control http://ADDR`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::value::socket_addr)]
     control_tcp: Option<SocketAddr>,
     /// Threads serving client connections, each with its own event loop
     /// (default: one per CPU).

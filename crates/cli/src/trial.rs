@@ -50,12 +50,13 @@ pub struct TrialArgs {
     rate: f64,
     /// With --target: a fixed load length (e.g. `2m`); default: until the
     /// command ended and 5 s more.
-    #[arg(long, value_parser = humantime::parse_duration, requires = "target")]
+    #[arg(long, value_parser = crate::value::duration, requires = "target")]
     duration: Option<Duration>,
     /// With --target: the client mode, keepalive, no-keepalive or h2.
     #[arg(long, value_enum, default_value = "keepalive", requires = "target")]
     client: Client,
-    /// Seed 000's table: profiles v1..v9 × strategies kubernetes,
+    /// The v1..v9 table of the Elixir graceful-shutdown talk, reproduced
+    /// locally: demo profiles v1..v9 × strategies kubernetes,
     /// kubernetes-prestop and dropless, each a short trial.
     #[arg(long, conflicts_with = "scenario")]
     matrix: bool,
@@ -66,8 +67,13 @@ pub struct TrialArgs {
     /// dropless).
     #[arg(long, value_delimiter = ',', value_enum, requires = "matrix")]
     strategies: Vec<StrategyArg>,
-    /// With --matrix: trials run at once.
-    #[arg(long, default_value_t = dropless_trial::matrix::DEFAULT_JOBS, requires = "matrix")]
+    /// With --matrix: trials run at once (at least 1).
+    #[arg(
+        long,
+        default_value_t = dropless_trial::matrix::DEFAULT_JOBS,
+        requires = "matrix",
+        value_parser = crate::value::at_least_one
+    )]
     jobs: usize,
 }
 

@@ -103,7 +103,9 @@ pub enum ConfigError {
     #[error("invalid header '{0}': expected 'Name: value'")]
     Header(String),
     /// The status set does not parse.
-    #[error("invalid status set '{0}': expected codes and ranges like 200-399 or 200,204")]
+    #[error(
+        "invalid status set '{0}': expected codes from 100 to 599 and ranges, like 200-399 or 200,204"
+    )]
     StatusSet(String),
     /// A numeric setting is out of range.
     #[error("{name} must be {expected}, got {got}")]
@@ -256,7 +258,7 @@ impl FromStr for StatusSet {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ConfigError::StatusSet(s.to_owned());
         let code = |c: &str| match c.trim().parse::<u16>() {
-            Ok(n) if (100..=999).contains(&n) => Ok(n),
+            Ok(n) if (100..=599).contains(&n) => Ok(n),
             _ => Err(bad()),
         };
         let mut ranges = Vec::new();
@@ -323,7 +325,23 @@ fn parse_url(url: &str) -> Result<(Uri, String, u16, bool), ConfigError> {
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    // `Uri` accepts any digits as a port and `port()` is `None` for one that
+    // does not fit in 16 bits: read it from the text, so that 99999 is an
+    // error rather than the default port.
+    let text = authority.as_str();
+    let port = match text.rfind(':').filter(|&i| !text[i..].contains(']')) {
+        None => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
+        Some(i) => match text[i + 1..].parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(bad("the port must be a number from 1 to 65535")),
+        },
+    };
     Ok((uri.clone(), host.to_owned(), port, tls))
 }
 
@@ -337,7 +355,7 @@ mod tests {
         assert!(set.contains(200) && set.contains(299) && set.contains(304));
         assert!(!set.contains(300) && !set.contains(503));
         assert_eq!(set.to_string(), "200-299,304");
-        for bad in ["", "2xx", "399-200", "99", "200-", "1000"] {
+        for bad in ["", "2xx", "399-200", "99", "200-", "1000", "600", "200-600"] {
             assert!(
                 bad.parse::<StatusSet>().is_err(),
                 "{bad:?} should not parse"
@@ -359,6 +377,10 @@ mod tests {
             "http://",
             "http://a b/",
             "http://u:p@h/",
+            "http://127.0.0.1:99999/",
+            "http://127.0.0.1:0/",
+            "http://:8080/",
+            "http:///path",
         ] {
             let err = Config::new(bad).plan().unwrap_err();
             assert!(matches!(err, ConfigError::Url { .. }), "{bad}: {err}");

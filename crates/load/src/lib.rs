@@ -31,7 +31,7 @@
 //! ```
 //!
 //! Main types: [`Config`] (validated before any socket opens), [`Run`] and
-//! [`Stopper`], [`Snapshot`], [`Report`] (DESIGN.md's JSON),
+//! [`Stopper`], [`Snapshot`], [`Report`] (the JSON of `dropless load --json`),
 //! [`Thresholds`], and [`Workers`] (dedicated sending threads, for
 //! [`start_on`]).
 #![forbid(unsafe_code)]

@@ -1,4 +1,4 @@
-//! How a request ended: ok, or exactly one failure class of DESIGN.md.
+//! How a request ended: ok, or exactly one failure class.
 
 use std::error::Error as StdError;
 use std::fmt;

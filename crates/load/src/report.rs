@@ -1,11 +1,12 @@
-//! The load report (DESIGN.md's JSON schema, plus `retries`,
+//! The load report (the JSON of `dropless load --json`, with `retries`,
 //! `service_time_ms` and `interrupted`) and the live per-second snapshot.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The result of a run. Serializes to the JSON of DESIGN.md, "Load report".
+/// The result of a run. Serializes to the JSON of `dropless load --json`
+/// (docs/load.md, "Output").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The target URL.

@@ -102,12 +102,16 @@ impl Report {
     }
 }
 
-/// `min=… med=… p(80)=… p(99)=… max=… count=…`
+/// `min=… med=… p(80)=… p(99)=… max=… count=…`, or `-` without a sample:
+/// zeros would read as an instant answer from a server that never answered.
 struct Dist<'a>(&'a Percentiles);
 
 impl fmt::Display for Dist<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = self.0;
+        if p.count == 0 {
+            return f.write_str("-");
+        }
         write!(
             f,
             "min={} med={} p(80)={} p(99)={} max={} count={}",

@@ -7,7 +7,9 @@ use crate::report::Report;
 /// Limits a run must stay within. Unset limits always hold.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Thresholds {
-    /// Most failed requests allowed.
+    /// Most failed requests allowed. Unset, a run in which no request
+    /// succeeded breaches it all the same: a target that never answered is
+    /// not a pass.
     pub max_failures: Option<u64>,
     /// Largest p99 time to last byte (from the schedule) allowed.
     pub max_p99: Option<Duration>,
@@ -17,13 +19,16 @@ impl Thresholds {
     /// One line per breached limit; empty when every limit holds.
     pub fn breaches(&self, report: &Report) -> Vec<String> {
         let mut breaches = Vec::new();
-        if let Some(max) = self.max_failures
-            && report.requests.failed > max
-        {
-            breaches.push(format!(
-                "{} failed requests > max-failures {max}",
-                report.requests.failed
-            ));
+        let r = &report.requests;
+        match self.max_failures {
+            Some(max) if r.failed > max => {
+                breaches.push(format!("{} failed requests > max-failures {max}", r.failed));
+            }
+            None if r.ok == 0 => breaches.push(format!(
+                "no request succeeded ({} of {} failed); --max-failures {} accepts that",
+                r.failed, r.total, r.failed
+            )),
+            _ => {}
         }
         if let Some(max) = self.max_p99 {
             let p99 = report.latency_ms.ttlb.p99;

@@ -73,6 +73,18 @@ pub struct Serve {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The demo service with `profile`, as a replica command.
+fn demo_command(profile: &str) -> [&str; 6] {
+    [
+        env!("CARGO_BIN_EXE_dropless"),
+        "demo-service",
+        "--profile",
+        profile,
+        "--work-ms",
+        "10",
+    ]
+}
+
 impl Serve {
     pub fn start(profile: &str) -> Serve {
         Self::start_with(profile, &[])
@@ -86,8 +98,14 @@ impl Serve {
 
     /// The same, with `env` added to serve's environment.
     pub fn start_with_env(profile: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Serve {
+        Self::start_on("127.0.0.1", profile, serve_args, env)
+    }
+
+    /// The same, listening on `host` (an IP or a name) and a free port.
+    pub fn start_on(host: &str, profile: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        let mut serve = Self::start_in(dir.path(), profile, serve_args, env);
+        let demo = demo_command(profile);
+        let mut serve = Self::start_command_on(host, dir.path(), &demo, serve_args, env);
         serve._dir = Some(dir);
         serve
     }
@@ -100,20 +118,23 @@ impl Serve {
         serve_args: &[&str],
         env: &[(&str, &str)],
     ) -> Serve {
-        let demo = [
-            env!("CARGO_BIN_EXE_dropless"),
-            "demo-service",
-            "--profile",
-            profile,
-            "--work-ms",
-            "10",
-        ];
-        Self::start_command(dir, &demo, serve_args, env)
+        Self::start_command(dir, &demo_command(profile), serve_args, env)
     }
 
     /// Two replicas of `command`, with the state (and control socket) in
     /// `dir`; returns once both are ready.
     pub fn start_command(
+        dir: &std::path::Path,
+        command: &[&str],
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Serve {
+        Self::start_command_on("127.0.0.1", dir, command, serve_args, env)
+    }
+
+    /// The same, listening on `host` (an IP or a name).
+    pub fn start_command_on(
+        host: &str,
         dir: &std::path::Path,
         command: &[&str],
         serve_args: &[&str],
@@ -125,7 +146,7 @@ impl Serve {
             .args([
                 "serve",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &format!("{host}:{port}"),
                 "--control",
                 &control,
             ])

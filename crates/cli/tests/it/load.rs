@@ -121,7 +121,7 @@ fn bad_input_is_one_line_and_exit_code_2() {
         ),
         (
             &["http://127.0.0.1:9/", "-d", "5x"],
-            "error: invalid --duration '5x': expected a duration like 30s, 2m or 500ms",
+            "error: invalid --duration '5x': expected a duration like 30s, 500ms or 2m",
         ),
         (
             &["http://127.0.0.1:9/", "--rate", "fast"],
@@ -137,7 +137,7 @@ fn bad_input_is_one_line_and_exit_code_2() {
         ),
         (
             &["http://127.0.0.1:9/", "--expect-status", "2xx"],
-            "error: invalid status set '2xx': expected codes and ranges like 200-399 or 200,204",
+            "error: invalid status set '2xx': expected codes from 100 to 599 and ranges, like 200-399 or 200,204",
         ),
     ];
     for (args, message) in cases {
@@ -221,7 +221,100 @@ fn a_breached_threshold_exits_3() {
 }
 
 #[test]
-fn ctrl_c_writes_a_partial_report() {
+fn a_url_that_cannot_be_valid_or_a_json_path_that_cannot_be_written_exit_2_before_sending() {
+    let server = server(200);
+    let port = server.url.rsplit(':').next().unwrap().trim_end_matches('/');
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir/report.json");
+    let cases: [(Vec<String>, String); 4] = [
+        (
+            vec!["http://127.0.0.1:99999/".into()],
+            "error: invalid URL 'http://127.0.0.1:99999/': the port must be a number from 1 to 65535".into(),
+        ),
+        (
+            vec![format!("http://:{port}/")],
+            format!("error: invalid URL 'http://:{port}/': no host"),
+        ),
+        (
+            vec![
+                server.url.clone(),
+                "--json".into(),
+                missing.display().to_string(),
+            ],
+            format!(
+                "error: cannot write --json {}: the directory {} does not exist; create it or pick another path",
+                missing.display(),
+                missing.parent().unwrap().display()
+            ),
+        ),
+        (
+            vec![
+                server.url.clone(),
+                "--json".into(),
+                dir.path().display().to_string(),
+            ],
+            format!(
+                "error: cannot write --json {}: it is a directory; give a file name",
+                dir.path().display()
+            ),
+        ),
+    ];
+    for (args, message) in cases {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--rate", "20", "-d", "500ms"]);
+        let output = dropless(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr_lines(&output), [message], "{args:?}");
+    }
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        0,
+        "nothing was sent"
+    );
+}
+
+#[test]
+fn a_run_in_which_no_request_succeeded_exits_3_and_shows_no_latency() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{closed}/");
+    let output = dropless(&[&url, "--rate", "20", "-d", "500ms"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        stderr_lines(&output),
+        [
+            "threshold breached: no request succeeded (10 of 10 failed); --max-failures 10 accepts that"
+        ]
+    );
+    let summary = String::from_utf8(output.stdout).unwrap();
+    assert!(summary.contains(": refused=10\n"), "{summary}");
+    for row in ["ttfb", "ttlb", "service_time"] {
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.trim_start().starts_with(row) && l.ends_with(": -")),
+            "{row} should read '-': {summary}"
+        );
+    }
+    let accepted = dropless(&[&url, "--rate", "20", "-d", "500ms", "--max-failures", "10"]);
+    assert_eq!(
+        accepted.status.code(),
+        Some(0),
+        "{:?}",
+        stderr_lines(&accepted)
+    );
+}
+
+#[test]
+fn ctrl_c_and_sigterm_write_a_partial_report_and_exit_130() {
+    for signal in ["-INT", "-TERM"] {
+        interrupted_run_writes_a_partial_report(signal);
+    }
+}
+
+fn interrupted_run_writes_a_partial_report(signal: &str) {
     let server = server(200);
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
@@ -248,11 +341,11 @@ fn ctrl_c_writes_a_partial_report() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{signal}");
     let report = read_json(&json);
     assert_eq!(report["interrupted"], true);
     assert!(

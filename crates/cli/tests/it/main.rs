@@ -2,6 +2,7 @@
 
 mod disk;
 mod fixtures;
+mod help;
 mod load;
 mod serve;
 mod trial;

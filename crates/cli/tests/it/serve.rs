@@ -1,7 +1,9 @@
 //! `dropless serve` and its control commands, run as a user would: exit
 //! codes and one-line errors.
 
+use std::io::{Read, Write};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use crate::fixtures::{Serve, dropless, is_gone, run, serve_until_exit_in, stderr};
 
@@ -228,4 +230,157 @@ fn get(port: u16, path: &str) -> String {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     answer
+}
+
+#[test]
+fn serve_listens_on_a_host_name() {
+    let serve = Serve::start_on("localhost", "v4", &[], &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(serve.stop().code(), Some(0));
+}
+
+#[test]
+fn bad_flag_values_exit_2_naming_the_flag_and_an_example() {
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["serve", "--ready-timeout", "abc", "--", "true"],
+            &[
+                "--ready-timeout",
+                "expected a duration like 30s, 500ms or 2m",
+            ],
+        ),
+        (
+            &["serve", "--listen", "nosuchhost.invalid:8080", "--", "true"],
+            &["--listen", "localhost:8080"],
+        ),
+        (
+            &["load", "http://127.0.0.1:9/", "--expect-status", "200-600"],
+            &["200-600", "100 to 599"],
+        ),
+        (
+            &["load", "http://127.0.0.1:9/", "--expect-status", "99"],
+            &["'99'", "100 to 599"],
+        ),
+        (
+            &["trial", "--matrix", "--jobs", "0"],
+            &["--jobs", "at least 1"],
+        ),
+    ];
+    for (args, says) in cases {
+        let output = run(args);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        let first = text.lines().next().unwrap_or_default();
+        for word in says {
+            assert!(first.contains(word), "{args:?}: {word:?} not in {first:?}");
+        }
+    }
+}
+
+#[test]
+fn status_and_events_of_an_unknown_service_exit_2_listing_the_services() {
+    let serve = Serve::start("v4");
+    for command in ["status", "events"] {
+        let mut child = dropless()
+            .args([command, "--control", &serve.control, "--service", "nope"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `events` follows the stream: today it would never end.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output().unwrap();
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command}: {text}");
+        assert_eq!(
+            text.trim(),
+            "dropless: no service \"nope\": the services are web; pass one of them to --service",
+            "{command}"
+        );
+        assert!(output.stdout.is_empty(), "{command}");
+    }
+    let known = run(&["status", "--control", &serve.control, "--service", "web"]);
+    assert!(known.status.success(), "{}", stderr(&known));
+    assert!(String::from_utf8_lossy(&known.stdout).contains("service web"));
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_escape_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let control = dir.path().join("c.sock");
+    let mut child = dropless()
+        .args(["serve", "--listen", "127.0.0.1:0", "--control"])
+        .arg(&control)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["--target", "127.0.0.1:9", "--health-path", ""])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("proxy on") {
+            break text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited {status}: {text}");
+        }
+        assert!(Instant::now() < deadline, "no 'proxy on' line: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.wait().unwrap();
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(!text.contains("\x1b["), "escape codes in {text:?}");
+}
+
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    // `script` gives serve a terminal; serve logs, then exits 2 by itself
+    // (its target never answers its probe).
+    for (no_color, coloured) in [(None, true), (Some("1"), false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = format!(
+            "{} serve --listen 127.0.0.1:0 --control {} --state-dir {} --target 127.0.0.1:9 --health-path '' --ready-timeout 1s",
+            env!("CARGO_BIN_EXE_dropless"),
+            dir.path().join("c.sock").display(),
+            dir.path().display()
+        );
+        let mut command = std::process::Command::new("script");
+        command
+            .args(["-qec", &serve, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .env_remove("DROPLESS_CONTROL")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let output = command.output().expect("script (util-linux) runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("proxy on"), "{no_color:?}: {text}");
+        assert_eq!(
+            text.contains("\x1b["),
+            coloured,
+            "NO_COLOR={no_color:?}: {text:?}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dropless_load::{Config, ConfigError, Error, Model};
+use dropless_load::{Config, ConfigError, Error, Model, Thresholds};
 
 use crate::support;
 use crate::{assert_consistent, open};
@@ -60,12 +60,21 @@ async fn bad_configs_fail_before_any_socket() {
         matches!(err, Error::Config(ConfigError::Url { .. })),
         "{err}"
     );
+    // A port that does not fit in 16 bits is not the default port.
+    let err = dropless_load::start(&Config::new("http://127.0.0.1:99999/"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "invalid URL 'http://127.0.0.1:99999/': the port must be a number from 1 to 65535"
+    );
     let mut config = Config::new("http://127.0.0.1:1/");
     config.expect_status = "2xx".into();
     let err = dropless_load::start(&config).await.err().unwrap();
     assert_eq!(
         err.to_string(),
-        "invalid status set '2xx': expected codes and ranges like 200-399 or 200,204"
+        "invalid status set '2xx': expected codes from 100 to 599 and ranges, like 200-399 or 200,204"
     );
 }
 
@@ -102,4 +111,29 @@ async fn the_json_report_has_the_design_field_names() {
     }
     let back: dropless_load::Report = serde_json::from_value(json).unwrap();
     assert_eq!(back, report);
+}
+
+#[tokio::test]
+async fn a_run_without_a_response_breaches_and_shows_no_latency() {
+    let closed = support::closed_port().await;
+    let url = format!("http://{closed}/");
+    let report = crate::run(&open(&url, 20.0, Duration::from_millis(500))).await;
+    assert_eq!((report.requests.total, report.requests.ok), (10, 0));
+    let summary = report.summary();
+    for row in ["ttfb", "ttlb", "service_time"] {
+        let line = summary
+            .lines()
+            .find(|l| l.trim_start().starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} row: {summary}"));
+        assert!(line.ends_with(": -"), "{line}");
+    }
+    assert_eq!(
+        Thresholds::default().breaches(&report),
+        ["no request succeeded (10 of 10 failed); --max-failures 10 accepts that"]
+    );
+    let accepted = Thresholds {
+        max_failures: Some(10),
+        ..Thresholds::default()
+    };
+    assert!(accepted.breaches(&report).is_empty());
 }
