@@ -40,7 +40,14 @@ pub const DEFAULT_HELLO_DELAY_S: f64 = 1.0;
 /// grace period or another runtime error, 2 bad flags or an unreachable
 /// InfluxDB at start.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "dropless-demo", version, verbatim_doc_comment)]
+// A flag given twice takes its last value: the trial passes `--grace` and a
+// scenario's `demo_args` may override it.
+#[command(
+    name = "dropless-demo",
+    version,
+    verbatim_doc_comment,
+    args_override_self = true
+)]
 pub struct Args {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
 
 use crate::{
     report::{TrialReport, Verdict},
-    scenario::{Action, Audit, ClientMode, Event, Load, Scenario, Service, Strategy},
+    scenario::{Action, Audit, ClientMode, Event, Expect, Load, Scenario, Service, Strategy},
 };
 
 /// Requests per second of the demo's load.
@@ -27,6 +27,7 @@ fn scenario(name: &str, profile: &str, strategy: Strategy) -> Scenario {
     let at = |s: u64, action: Action| Event {
         at: Duration::from_secs(s),
         action,
+        expect: Expect::Completed,
     };
     Scenario {
         name: name.to_owned(),
@@ -105,7 +106,10 @@ pub fn comparison(reports: &[TrialReport]) -> String {
         format!("{:.1} ms", r.load.latency_ms.ttlb.max)
     });
     row("operations lost", &|r| match &r.audit {
-        Some(audit) => format!("{} of {}", audit.lost, audit.acknowledged),
+        Some(audit) => match audit.lost {
+            Some(lost) => format!("{lost} of {}", audit.acknowledged),
+            None => "audit failed".into(),
+        },
         None => "-".into(),
     });
     row("verdict", &|r| match r.verdict {
