@@ -28,8 +28,9 @@ pub struct During {
     pub command: String,
     /// Requests per second.
     pub rate: f64,
-    /// Fixed length of the load; default: until the command has ended and
-    /// `tail` has passed.
+    /// Fixed length of the load (a command that has not ended by then
+    /// fails the verdict: the load did not cover it); default: until the
+    /// command has ended and `tail` has passed.
     pub duration: Option<Duration>,
     /// Load before the command starts. Default [`DEFAULT_LEAD_IN`].
     pub lead_in: Duration,
