@@ -23,7 +23,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// Arguments of `dropless trial`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit codes: 0 pass, 3 fail (a request failed or an operation was lost), \
+    after_help = "Exit codes: 0 pass, 3 fail (a request failed, an operation was lost, an event \
+did not end as asked, the audit could not run, or the load ended before the --during command), \
 2 bad scenario or flags, 1 the trial could not run."
 )]
 pub struct TrialArgs {
@@ -48,8 +49,9 @@ pub struct TrialArgs {
     /// With --target: requests per second.
     #[arg(long, default_value_t = 100.0, requires = "target")]
     rate: f64,
-    /// With --target: a fixed load length (e.g. `2m`); default: until the
-    /// command ended and 5 s more.
+    /// With --target: a fixed load length (e.g. `2m`); the verdict fails if
+    /// the command has not ended by then. Default: until the command ended
+    /// and 5 s more.
     #[arg(long, value_parser = crate::value::duration, requires = "target")]
     duration: Option<Duration>,
     /// With --target: the client mode, keepalive, no-keepalive or h2.
@@ -262,14 +264,15 @@ impl Progress for Bar {
     }
 
     fn event(&self, record: &EventRecord) {
-        let outcome = match record.outcome {
-            Outcome::Ok => "ok".to_owned(),
-            Outcome::Failed => format!("FAILED: {}", record.detail.as_deref().unwrap_or("")),
+        let detail = match (record.outcome, &record.detail) {
+            (Outcome::Aborted | Outcome::Failed, Some(detail)) => format!(": {detail}"),
+            _ => String::new(),
         };
         self.bar.println(format!(
-            "  {:>5.1}s {} {outcome} ({:.1}s)",
+            "  {:>5.1}s {} {}{detail} ({:.1}s)",
             record.started_s,
             record.action,
+            record.outcome_text(),
             record.ended_s - record.started_s
         ));
     }

@@ -37,10 +37,17 @@ pub const DEFAULT_HELLO_DELAY_S: f64 = 1.0;
 /// The calculation log goes to InfluxDB 1.x (--influx-url) or, without it,
 /// to a JSON-lines file (--log-file). SIGINT (Ctrl-C) always stops the
 /// service quickly. Exit codes: 0 stopped cleanly, 1 shutdown exceeded the
-/// grace period or another runtime error, 2 bad flags or an unreachable
-/// InfluxDB at start.
+/// grace period, v7/v9 could not write every calculation within it, or
+/// another runtime error, 2 bad flags or an unreachable InfluxDB at start.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "dropless-demo", version, verbatim_doc_comment)]
+// A flag given twice takes its last value: the trial passes `--grace` and a
+// scenario's `demo_args` may override it.
+#[command(
+    name = "dropless-demo",
+    version,
+    verbatim_doc_comment,
+    args_override_self = true
+)]
 pub struct Args {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
@@ -77,7 +84,8 @@ pub struct Args {
     pub pre_stop: Duration,
 
     /// Budget for the whole graceful shutdown; what is still running then is
-    /// logged and the process exits 1.
+    /// logged and the process exits 1. The final flush of the calculation
+    /// log retries a failing database until 0.5 s before it ends.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub grace: Duration,
 

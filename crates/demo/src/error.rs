@@ -35,6 +35,17 @@ pub enum Error {
     /// The graceful shutdown did not finish in time.
     #[error(transparent)]
     Shutdown(#[from] dropless_lifecycle::Error),
+    /// v7/v9: calculations acknowledged to clients could not be written
+    /// within the grace period. Exit code 1.
+    #[error(
+        "calculation log: {unwritten} of {acknowledged} acknowledged calculation(s) NOT written within the grace period (lost at exit)"
+    )]
+    NotWritten {
+        /// Calculations not written.
+        unwritten: u64,
+        /// Calculations acknowledged.
+        acknowledged: u64,
+    },
     /// Another I/O error.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -48,7 +59,7 @@ impl Error {
             Error::Usage(_) | Error::Influx { .. } | Error::LogFile { .. } | Error::Bind { .. } => {
                 2
             }
-            Error::Shutdown(_) | Error::Io(_) => 1,
+            Error::Shutdown(_) | Error::NotWritten { .. } | Error::Io(_) => 1,
         }
     }
 }

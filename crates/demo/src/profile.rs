@@ -90,6 +90,18 @@ impl Profile {
         }
     }
 
+    /// Whether the profile means to write every calculation before it
+    /// exits (v7: its tasks are awaited, v9: its last batch is flushed).
+    pub fn keeps_calculations(self) -> bool {
+        matches!(
+            self.calc_log(),
+            CalcLogMode::Tasks { tracked: true }
+                | CalcLogMode::Batches {
+                    flush_on_shutdown: true
+                }
+        )
+    }
+
     /// How calculations are logged.
     pub fn calc_log(self) -> CalcLogMode {
         match self {
@@ -137,16 +149,10 @@ mod tests {
 
     #[test]
     fn only_v7_and_v9_keep_every_calculation() {
-        let keeps = |p: Profile| {
-            matches!(
-                p.calc_log(),
-                CalcLogMode::Tasks { tracked: true }
-                    | CalcLogMode::Batches {
-                        flush_on_shutdown: true
-                    }
-            )
-        };
-        let kept: Vec<Profile> = Profile::ALL.into_iter().filter(|p| keeps(*p)).collect();
+        let kept: Vec<Profile> = Profile::ALL
+            .into_iter()
+            .filter(|p| p.keeps_calculations())
+            .collect();
         assert_eq!(kept, vec![Profile::V7, Profile::V9]);
     }
 }

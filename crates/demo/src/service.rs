@@ -106,7 +106,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         AppState {
             work: Duration::from_millis(args.work_ms),
             hello_delay: args.hello_delay(),
-            calc_log,
+            calc_log: calc_log.clone(),
         },
         version,
     );
@@ -134,6 +134,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
     };
     lifecycle.serve(listener, app, shutdown).await?;
+    // v7 and v9 mean to write every calculation: one they could not write
+    // within the grace period is a failed shutdown, which the exit code
+    // tells the supervisor. v6 and v8 lose theirs as the apps they
+    // reproduce do, unaware: they log it and exit 0.
+    let unwritten = calc_log.unwritten();
+    if profile.keeps_calculations() && unwritten > 0 {
+        return Err(Error::NotWritten {
+            unwritten,
+            acknowledged: calc_log.acknowledged(),
+        });
+    }
     Ok(())
 }
 

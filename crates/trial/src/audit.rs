@@ -34,7 +34,8 @@ impl std::fmt::Display for AuditSource {
     }
 }
 
-/// What the audit found.
+/// What the audit found. When it could not run, `error` says why and the
+/// counts are absent (`null`): nothing was counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReport {
     /// Where it looked.
@@ -42,11 +43,27 @@ pub struct AuditReport {
     /// Operations the clients were told succeeded.
     pub acknowledged: u64,
     /// Distinct operations found.
-    pub stored: u64,
+    pub stored: Option<u64>,
     /// Acknowledged operations not found (`acknowledged - stored`, at least 0).
-    pub lost: u64,
+    pub lost: Option<u64>,
     /// Operations found more than once (extra copies).
-    pub duplicated: u64,
+    pub duplicated: Option<u64>,
+    /// Why the audit could not run (the database could not be reached, the
+    /// log file could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AuditReport {
+    /// The report of an audit that could not run.
+    pub fn failed(source: &AuditSource, acknowledged: u64, error: &AuditError) -> Self {
+        Self {
+            source: source.to_string(),
+            acknowledged,
+            error: Some(error.reason.clone()),
+            ..Self::default()
+        }
+    }
 }
 
 /// Why the audit could not be done.
@@ -73,9 +90,10 @@ impl AuditSource {
         Ok(AuditReport {
             source: self.to_string(),
             acknowledged,
-            stored,
-            lost: acknowledged.saturating_sub(stored),
-            duplicated,
+            stored: Some(stored),
+            lost: Some(acknowledged.saturating_sub(stored)),
+            duplicated: Some(duplicated),
+            error: None,
         })
     }
 }
@@ -182,12 +200,36 @@ mod tests {
                 report.lost,
                 report.duplicated
             ),
-            (4, 2, 2, 1)
+            (4, Some(2), Some(2), Some(1))
         );
         let missing = AuditSource::LogFile(dir.path().join("none"))
             .audit(1)
             .await
             .unwrap();
-        assert_eq!(missing.lost, 1);
+        assert_eq!(missing.lost, Some(1));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_an_error_naming_it() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let source = AuditSource::Influx {
+            url: format!("http://127.0.0.1:{port}"),
+            db: "calc".into(),
+        };
+        let error = source.audit(5).await.unwrap_err();
+        let report = AuditReport::failed(&source, 5, &error);
+        assert_eq!((report.acknowledged, report.lost), (5, None));
+        assert!(
+            report
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("cannot query")),
+            "{report:?}"
+        );
+        assert!(error.to_string().contains(&port.to_string()), "{error}");
     }
 }

@@ -1,12 +1,12 @@
 //! `dropless demo`: the built-in pair of trials (the demo service behind
-//! dropless, then the same events under the Kubernetes emulation) and their
-//! side-by-side comparison.
+//! dropless, then the same service and events under the Kubernetes
+//! emulation) and their side-by-side comparison.
 
 use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
 
 use crate::{
     report::{TrialReport, Verdict},
-    scenario::{Action, Audit, ClientMode, Event, Load, Scenario, Service, Strategy},
+    scenario::{Action, Audit, ClientMode, Event, Expect, Load, Scenario, Service, Strategy},
 };
 
 /// Requests per second of the demo's load.
@@ -14,24 +14,34 @@ pub const RATE: f64 = 300.0;
 /// Length of each of the demo's trials.
 pub const DURATION: Duration = Duration::from_secs(30);
 
-/// The two scenarios: demo v9 ×3 behind dropless, and demo v3 ×3 under the
-/// Kubernetes emulation without a pre-stop delay; the same load and events.
+/// The application on both sides: the demo's v9 (graceful, its last batch
+/// of calculations flushed at shutdown) without its own pre-stop delay, so
+/// that only the deployer decides whether requests reach a replica that is
+/// stopping.
+pub const PROFILE: &str = "v9";
+/// Flags of the demo on both sides.
+pub const DEMO_ARGS: [&str; 2] = ["--pre-stop", "0s"];
+
+/// The two scenarios: the same application (demo v9 ×3 with `--pre-stop
+/// 0s`), load and events, deployed by dropless and by the Kubernetes
+/// emulation without a pre-stop delay: the deployer is the only difference.
 pub fn scenarios() -> [Scenario; 2] {
     [
-        scenario("dropless", "v9", Strategy::Dropless),
-        scenario("kubernetes", "v3", Strategy::Kubernetes),
+        scenario("dropless", Strategy::Dropless),
+        scenario("kubernetes", Strategy::Kubernetes),
     ]
 }
 
-fn scenario(name: &str, profile: &str, strategy: Strategy) -> Scenario {
+fn scenario(name: &str, strategy: Strategy) -> Scenario {
     let at = |s: u64, action: Action| Event {
         at: Duration::from_secs(s),
         action,
+        expect: Expect::Completed,
     };
     Scenario {
         name: name.to_owned(),
         service: Service {
-            demo: Some(profile.to_owned()),
+            demo: Some(PROFILE.to_owned()),
             command: Vec::new(),
             env: Default::default(),
             version: "v1".into(),
@@ -43,7 +53,7 @@ fn scenario(name: &str, profile: &str, strategy: Strategy) -> Scenario {
             grace: Some(Duration::from_secs(10)),
             work_ms: crate::scenario::DEFAULT_WORK_MS,
             startup_delay: Some(Duration::from_millis(300)),
-            demo_args: Vec::new(),
+            demo_args: DEMO_ARGS.map(String::from).to_vec(),
         },
         load: Load {
             path: crate::scenario::DEFAULT_PATH.into(),
@@ -105,7 +115,10 @@ pub fn comparison(reports: &[TrialReport]) -> String {
         format!("{:.1} ms", r.load.latency_ms.ttlb.max)
     });
     row("operations lost", &|r| match &r.audit {
-        Some(audit) => format!("{} of {}", audit.lost, audit.acknowledged),
+        Some(audit) => match audit.lost {
+            Some(lost) => format!("{lost} of {}", audit.acknowledged),
+            None => "audit failed".into(),
+        },
         None => "-".into(),
     });
     row("verdict", &|r| match r.verdict {
@@ -141,13 +154,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pair_differs_only_in_profile_and_strategy() {
+    fn the_pair_differs_only_in_the_deployer() {
         let [a, b] = scenarios();
         a.validate().unwrap();
         assert_eq!(a.events, b.events);
         assert_eq!(a.load, b.load);
-        assert_eq!(a.service.replicas, b.service.replicas);
+        assert_eq!(a.audit, b.audit);
         assert_ne!(a.service.strategy, b.service.strategy);
+        let same_service = Service {
+            strategy: a.service.strategy,
+            ..b.service.clone()
+        };
+        assert_eq!(a.service, same_service);
+        assert_eq!(a.service.demo.as_deref(), Some("v9"));
+        assert_eq!(a.service.demo_args, ["--pre-stop", "0s"]);
         assert!(a.events.iter().all(|e| e.at < a.load.duration));
     }
 }

@@ -9,7 +9,7 @@ use tokio::{process::Command, time::Instant};
 use crate::{
     report::{EventRecord, Outcome, TrialReport},
     run::{Progress, TrialError, write_reports},
-    scenario::ClientMode,
+    scenario::{ClientMode, Expect},
 };
 
 /// Default load before the command starts, so the report shows a baseline.
@@ -28,8 +28,9 @@ pub struct During {
     pub command: String,
     /// Requests per second.
     pub rate: f64,
-    /// Fixed length of the load; default: until the command has ended and
-    /// `tail` has passed.
+    /// Fixed length of the load (a command that has not ended by then
+    /// fails the verdict: the load did not cover it); default: until the
+    /// command has ended and `tail` has passed.
     pub duration: Option<Duration>,
     /// Load before the command starts. Default [`DEFAULT_LEAD_IN`].
     pub lead_in: Duration,
@@ -83,9 +84,12 @@ pub async fn run(
             .await;
         let ended = started.elapsed();
         let (outcome, detail) = match status {
-            Ok(status) if status.success() => (Outcome::Ok, None),
-            Ok(status) => (Outcome::Failed, Some(format!("exited with {status}"))),
-            Err(error) => (Outcome::Failed, Some(format!("cannot run sh -c: {error}"))),
+            Ok(status) if status.success() => (Outcome::Ok, format!("`{command}`")),
+            Ok(status) => (Outcome::Failed, format!("`{command}` exited with {status}")),
+            Err(error) => (
+                Outcome::Failed,
+                format!("`{command}`: cannot run sh -c: {error}"),
+            ),
         };
         if !fixed {
             tokio::time::sleep(tail).await;
@@ -93,11 +97,13 @@ pub async fn run(
         }
         EventRecord {
             action: "command".into(),
+            index: None,
             at_s: lead_in.as_secs_f64(),
             started_s: began.as_secs_f64(),
             ended_s: ended.as_secs_f64(),
             outcome,
-            detail: Some(detail.unwrap_or_else(|| command.clone())),
+            expect: Expect::Completed,
+            detail: Some(detail),
         }
     });
     let report = run.report();
@@ -108,19 +114,26 @@ pub async fn run(
             Ok(()) = snapshots.changed() => progress.second(&snapshots.borrow_and_update()),
         }
     };
+    let load_ended = started.elapsed();
+    if !script.is_finished() {
+        progress.phase("the load ended: waiting for the command to end");
+    }
     let record = match script.await {
         Ok(record) => record,
         Err(error) => EventRecord {
             action: "command".into(),
+            index: None,
             at_s: during.lead_in.as_secs_f64(),
             started_s: during.lead_in.as_secs_f64(),
             ended_s: started.elapsed().as_secs_f64(),
             outcome: Outcome::Failed,
+            expect: Expect::Completed,
             detail: Some(format!("the command task failed: {error}")),
         },
     };
     progress.event(&record);
-    let report = TrialReport::new(
+    let uncovered = record.ended_s > load_ended.as_secs_f64();
+    let mut report = TrialReport::new(
         format!("{} during `{}`", during.url, during.command),
         during.url.clone(),
         "external".into(),
@@ -128,6 +141,15 @@ pub async fn run(
         vec![record],
         None,
     );
+    // A deploy the load did not cover to its end was not proven.
+    if uncovered {
+        report.fail(format!(
+            "the load ended before the command: the load ran {:.1} s, the command ended at {:.1} s; give a longer --duration or leave it out (the load then lasts until {} s after the command)",
+            load_ended.as_secs_f64(),
+            report.events[0].ended_s,
+            during.tail.as_secs()
+        ));
+    }
     write_reports(&report, out)?;
     Ok(report)
 }

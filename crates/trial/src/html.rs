@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{EventRecord, Outcome, TrialReport, Verdict};
+use crate::report::{EventRecord, TrialReport, Verdict};
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 260.0;
@@ -191,9 +191,10 @@ fn events(svg: &mut String, axis: &Axis, events: &[EventRecord]) {
     for (i, event) in events.iter().enumerate() {
         let x0 = axis.x(event.started_s);
         let x1 = axis.x(event.ended_s).max(x0 + 1.0);
-        let colour = match event.outcome {
-            Outcome::Ok => "#1565c0",
-            Outcome::Failed => "#c62828",
+        let colour = if event.as_expected() {
+            "#1565c0"
+        } else {
+            "#c62828"
         };
         let label_y = TOP - 20.0 + (i % 2) as f64 * 11.0;
         let _ = write!(
@@ -201,7 +202,7 @@ fn events(svg: &mut String, axis: &Axis, events: &[EventRecord]) {
             "<g class=\"event\"><rect x=\"{x0:.1}\" y=\"{TOP}\" width=\"{w:.1}\" height=\"{h:.1}\" fill=\"{colour}\" fill-opacity=\"0.08\"/>\
              <line x1=\"{x0:.1}\" y1=\"{TOP}\" x2=\"{x0:.1}\" y2=\"{yb:.1}\" stroke=\"{colour}\" stroke-dasharray=\"4 3\"/>\
              <text x=\"{tx:.1}\" y=\"{label_y:.1}\" font-size=\"11\" fill=\"{colour}\">{label}</text>\
-             <title>{label}: {start:.1}s → {end:.1}s ({outcome:?})</title></g>",
+             <title>{label}: {start:.1}s → {end:.1}s ({outcome})</title></g>",
             w = x1 - x0,
             h = HEIGHT - TOP - BOTTOM,
             yb = HEIGHT - BOTTOM,
@@ -209,7 +210,7 @@ fn events(svg: &mut String, axis: &Axis, events: &[EventRecord]) {
             label = escape(&event.action),
             start = event.started_s,
             end = event.ended_s,
-            outcome = event.outcome,
+            outcome = event.outcome_text(),
         );
     }
 }
@@ -389,12 +390,12 @@ fn tables(report: &TrialReport) -> String {
         for e in &report.events {
             let _ = write!(
                 t,
-                "<tr><td>{}</td><td>{:.1} s</td><td>{:.1} s</td><td>{:.1} s</td><td>{:?}</td><td>{}</td></tr>",
-                escape(&e.action),
+                "<tr><td>{}</td><td>{:.1} s</td><td>{:.1} s</td><td>{:.1} s</td><td>{}</td><td>{}</td></tr>",
+                escape(&e.name()),
                 e.at_s,
                 e.started_s,
                 e.ended_s,
-                e.outcome,
+                e.outcome_text(),
                 escape(e.detail.as_deref().unwrap_or(""))
             );
         }
@@ -404,16 +405,26 @@ fn tables(report: &TrialReport) -> String {
     t.push_str("<h2>Audit of asynchronous work</h2>");
     match &report.audit {
         None => t.push_str("<p>no audit</p>"),
+        Some(a) if a.error.is_some() => {
+            let _ = write!(
+                t,
+                "<p class=\"reasons\">The audit of {} could not run: {}. {} operation(s) were acknowledged; none could be counted.</p>",
+                escape(&a.source),
+                escape(a.error.as_deref().unwrap_or("")),
+                a.acknowledged
+            );
+        }
         Some(a) => {
+            let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
             let _ = write!(
                 t,
                 "<table><tr><th>source</th><th>acknowledged</th><th>stored</th><th>lost</th><th>duplicated</th></tr>\
                  <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
                 escape(&a.source),
                 a.acknowledged,
-                a.stored,
-                a.lost,
-                a.duplicated
+                count(a.stored),
+                count(a.lost),
+                count(a.duplicated)
             );
         }
     }

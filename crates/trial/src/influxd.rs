@@ -18,8 +18,10 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct Influxd {
     url: String,
+    http_port: u16,
+    rpc_port: u16,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Why `influxd` could not be started.
@@ -70,46 +72,44 @@ impl Influxd {
             .tempdir()?;
         let http_port = unique_free_port()?;
         let rpc_port = unique_free_port()?;
-        let sub = |name: &str| dir.path().join(name);
-        let log = std::fs::File::create(dir.path().join("influxd.log"))?;
-        let mut child = Command::new("influxd")
-            .args(["run", "-config", "/dev/null"])
-            .env(
-                "INFLUXDB_HTTP_BIND_ADDRESS",
-                format!("127.0.0.1:{http_port}"),
-            )
-            .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc_port}"))
-            .env("INFLUXDB_META_DIR", sub("meta"))
-            .env("INFLUXDB_DATA_DIR", sub("data"))
-            .env("INFLUXDB_DATA_WAL_DIR", sub("wal"))
-            .env("INFLUXDB_REPORTING_DISABLED", "true")
-            .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
-            .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let url = format!("http://127.0.0.1:{http_port}");
+        let child = spawn(dir.path(), http_port, rpc_port)?;
+        let mut influxd = Influxd {
+            url: format!("http://127.0.0.1:{http_port}"),
+            http_port,
+            rpc_port,
+            child,
+            dir,
+        };
+        let answered = influxd.answers()?;
+        Ok(answered.map(|()| influxd))
+    }
+
+    /// Waits until it answers `/ping`; kills it and says why if it does
+    /// not within [`START_TIMEOUT`].
+    fn answers(&mut self) -> Result<Result<(), String>, InfluxdError> {
+        let log = self.dir.path().join("influxd.log");
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(Err(format!(
-                    "influxd exited with {status}: {}",
-                    tail(&dir.path().join("influxd.log"))
-                )));
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Err(format!("influxd exited with {status}: {}", tail(&log))));
             }
-            if ping(http_port) {
-                return Ok(Ok(Influxd {
-                    url,
-                    child,
-                    _dir: dir,
-                }));
+            if ping(self.http_port) {
+                return Ok(Ok(()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        Ok(Err(tail(&dir.path().join("influxd.log"))))
+        self.kill();
+        Ok(Err(tail(&log)))
+    }
+
+    /// Starts it again after [`Influxd::kill`], on the same port with the
+    /// same data (as a database back from an outage), and waits until it
+    /// answers `/ping`.
+    pub fn restart(&mut self) -> Result<(), InfluxdError> {
+        self.kill();
+        self.child = spawn(self.dir.path(), self.http_port, self.rpc_port)?;
+        self.answers()?
+            .map_err(|why| InfluxdError::NoAnswer(START_TIMEOUT, why))
     }
 
     /// Its base URL, `http://127.0.0.1:PORT`.
@@ -128,6 +128,32 @@ impl Drop for Influxd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `influxd run` on loopback with its data and log in `dir`.
+fn spawn(dir: &Path, http_port: u16, rpc_port: u16) -> std::io::Result<Child> {
+    let sub = |name: &str| dir.join(name);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(sub("influxd.log"))?;
+    Command::new("influxd")
+        .args(["run", "-config", "/dev/null"])
+        .env(
+            "INFLUXDB_HTTP_BIND_ADDRESS",
+            format!("127.0.0.1:{http_port}"),
+        )
+        .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc_port}"))
+        .env("INFLUXDB_META_DIR", sub("meta"))
+        .env("INFLUXDB_DATA_DIR", sub("data"))
+        .env("INFLUXDB_DATA_WAL_DIR", sub("wal"))
+        .env("INFLUXDB_REPORTING_DISABLED", "true")
+        .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
+        .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
 }
 
 /// A free loopback port, never the same one twice in this process: two

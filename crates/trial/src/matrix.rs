@@ -12,7 +12,7 @@ use crate::{
     influxd::Influxd,
     report::TrialReport,
     run::{Env, Quiet, TrialError},
-    scenario::{Action, Audit, ClientMode, Event, Load, Scenario, Service, Strategy},
+    scenario::{Action, Audit, ClientMode, Event, Expect, Load, Scenario, Service, Strategy},
 };
 
 /// Every profile of the demo.
@@ -56,7 +56,7 @@ impl Cell {
                 .filter(|(_, n)| **n > 0)
                 .map(|(c, n)| (c.clone(), *n))
                 .collect(),
-            ops_lost: report.audit.as_ref().map(|a| a.lost),
+            ops_lost: report.audit.as_ref().and_then(|a| a.lost),
         }
     }
 
@@ -122,10 +122,12 @@ pub fn scenario(profile: &str, strategy: Strategy) -> Scenario {
             Event {
                 at: Duration::from_secs(1),
                 action: Action::Scale { replicas: 3 },
+                expect: Expect::Completed,
             },
             Event {
                 at: Duration::from_millis(2500),
                 action: Action::Restart,
+                expect: Expect::Completed,
             },
         ],
         audit: Audit::default(),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditReport;
+use crate::{audit::AuditReport, scenario::Expect};
 
 /// Everything a trial found; `report.json` is this, serialized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,14 +33,21 @@ pub struct TrialReport {
 pub struct EventRecord {
     /// What it was: `restart`, `deploy v2`, `scale 5`, `command`.
     pub action: String,
+    /// Its position in the scenario file (`event[N]`); absent for the
+    /// command of `--during` and for what the trial itself records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
     /// When the scenario asked for it.
     pub at_s: f64,
     /// When it started.
     pub started_s: f64,
     /// When it ended.
     pub ended_s: f64,
-    /// `ok` or `failed`.
+    /// `ok`, `aborted` or `failed`.
     pub outcome: Outcome,
+    /// How the scenario asked it to end: `completed` or `aborted`.
+    #[serde(default)]
+    pub expect: Expect,
     /// Why it failed, or what it reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -52,18 +59,71 @@ pub struct EventRecord {
 pub enum Outcome {
     /// It completed.
     Ok,
-    /// It failed (a rollout aborted and rolled back, a command exited
-    /// non-zero).
+    /// The rollout was aborted and rolled back: the old version serves.
+    Aborted,
+    /// It failed otherwise (a command exited non-zero, the runtime refused
+    /// the request or could not be reached, it never ended).
     Failed,
+}
+
+impl EventRecord {
+    /// `event[2] deploy v2`, or the action alone when the event is not
+    /// from a scenario file.
+    pub fn name(&self) -> String {
+        match self.index {
+            Some(index) => format!("event[{index}] {}", self.action),
+            None => self.action.clone(),
+        }
+    }
+
+    /// Whether it ended as the scenario asked.
+    pub fn as_expected(&self) -> bool {
+        matches!(
+            (self.expect, self.outcome),
+            (Expect::Completed, Outcome::Ok) | (Expect::Aborted, Outcome::Aborted)
+        )
+    }
+
+    /// How it ended, in words: `ok`, `aborted as expected`, or in capitals
+    /// when it fails the trial (`ABORTED`, `FAILED`, `COMPLETED, an abort
+    /// was expected`).
+    pub fn outcome_text(&self) -> &'static str {
+        match (self.expect, self.outcome) {
+            (Expect::Completed, Outcome::Ok) => "ok",
+            (Expect::Aborted, Outcome::Aborted) => "aborted as expected",
+            (Expect::Completed, Outcome::Aborted) => "ABORTED",
+            (Expect::Aborted, Outcome::Ok) => "COMPLETED, an abort was expected",
+            (_, Outcome::Failed) => "FAILED",
+        }
+    }
+
+    /// Why this event fails the trial, or `None` when it ended as asked.
+    pub fn failure(&self) -> Option<String> {
+        if self.as_expected() {
+            return None;
+        }
+        let name = self.name();
+        let detail = match &self.detail {
+            Some(detail) if self.outcome != Outcome::Ok => format!(": {detail}"),
+            _ => String::new(),
+        };
+        Some(match self.outcome {
+            Outcome::Ok => format!("{name} completed, but the scenario expects it to be aborted"),
+            Outcome::Aborted => format!("{name} was aborted{detail}"),
+            Outcome::Failed => format!("{name} failed{detail}"),
+        })
+    }
 }
 
 /// The verdict of a trial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// No failed request, no dropped iteration, no lost operation.
+    /// No failed request, no dropped iteration, no lost operation, every
+    /// event ended as asked, the audit ran.
     Pass,
-    /// Something was dropped.
+    /// Something was dropped, an event did not do what it was asked, or
+    /// the audit could not run.
     Fail,
 }
 
@@ -97,32 +157,41 @@ impl TrialReport {
                 load.dropped_iterations
             ));
         }
+        reasons.extend(events.iter().filter_map(EventRecord::failure));
         if let Some(audit) = &audit {
-            if audit.lost > 0 {
+            if let Some(error) = &audit.error {
+                reasons.push(format!("audit could not run: {error}"));
+            }
+            if let Some(lost) = audit.lost.filter(|n| *n > 0) {
                 reasons.push(format!(
-                    "{} of {} acknowledged operation(s) lost",
-                    audit.lost, audit.acknowledged
+                    "{lost} of {} acknowledged operation(s) lost",
+                    audit.acknowledged
                 ));
             }
-            if audit.duplicated > 0 {
-                reasons.push(format!("{} operation(s) stored twice", audit.duplicated));
+            if let Some(duplicated) = audit.duplicated.filter(|n| *n > 0) {
+                reasons.push(format!("{duplicated} operation(s) stored twice"));
             }
         }
-        let verdict = if reasons.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
-        };
-        Self {
+        let mut report = Self {
             name,
             service,
             strategy,
             load,
             events,
             audit,
-            verdict,
-            reasons,
+            verdict: Verdict::Pass,
+            reasons: Vec::new(),
+        };
+        for reason in reasons {
+            report.fail(reason);
         }
+        report
+    }
+
+    /// Adds a reason why the trial failed; the verdict becomes `fail`.
+    pub fn fail(&mut self, reason: String) {
+        self.reasons.push(reason);
+        self.verdict = Verdict::Fail;
     }
 
     /// Whether the verdict is pass.
@@ -133,5 +202,54 @@ impl TrialReport {
     /// Pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a trial report always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(outcome: Outcome, expect: Expect) -> EventRecord {
+        EventRecord {
+            action: "deploy v2".into(),
+            index: Some(2),
+            at_s: 1.0,
+            started_s: 1.0,
+            ended_s: 2.0,
+            outcome,
+            expect,
+            detail: Some("rollout 3 of trial aborted: r7 exited".into()),
+        }
+    }
+
+    #[test]
+    fn an_event_fails_the_trial_unless_it_ended_as_asked() {
+        for (outcome, expect, failure) in [
+            (Outcome::Ok, Expect::Completed, None),
+            (Outcome::Aborted, Expect::Aborted, None),
+            (
+                Outcome::Aborted,
+                Expect::Completed,
+                Some("event[2] deploy v2 was aborted: rollout 3 of trial aborted: r7 exited"),
+            ),
+            (
+                Outcome::Ok,
+                Expect::Aborted,
+                Some("event[2] deploy v2 completed, but the scenario expects it to be aborted"),
+            ),
+            (
+                Outcome::Failed,
+                Expect::Aborted,
+                Some("event[2] deploy v2 failed: rollout 3 of trial aborted: r7 exited"),
+            ),
+        ] {
+            let event = record(outcome, expect);
+            assert_eq!(
+                event.failure().as_deref(),
+                failure,
+                "{outcome:?} {expect:?}"
+            );
+            assert_eq!(event.as_expected(), failure.is_none());
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use dropless_load::{Model, Snapshot};
 use dropless_runtime::{
     config::{Config as RuntimeConfig, ServiceConfig, Strategy as RolloutStrategy, Version},
-    control::ControlClient,
+    control::{ControlClient, ControlError},
     event::ReplicaState,
     rollout::{Plan, RolloutRequest},
 };
@@ -26,7 +26,7 @@ use crate::{
     html,
     influxd::Influxd,
     report::{EventRecord, Outcome, TrialReport},
-    scenario::{Action, AuditSink, ClientMode, Scenario},
+    scenario::{Action, AuditSink, ClientMode, Expect, Scenario},
 };
 
 /// Time the replicas have to be ready before the load starts.
@@ -83,9 +83,6 @@ pub enum TrialError {
     /// The load could not run.
     #[error("load: {0}")]
     Load(#[from] dropless_load::Error),
-    /// The audit could not be done.
-    #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
     /// The private InfluxDB could not start.
     #[error(transparent)]
     Influxd(#[from] crate::influxd::InfluxdError),
@@ -261,10 +258,20 @@ pub async fn run(
         .unwrap_or(crate::scenario::DEFAULT_GRACE);
     stop_serve(&mut serve, grace + SERVE_STOP_MARGIN).await;
 
+    // An audit that cannot run still gets its reports written: the error
+    // is recorded and the verdict fails.
     let audit: Option<AuditReport> = match &sink {
         Some(sink) => {
             progress.phase("audit");
-            Some(sink.source.audit(report.requests.ok).await?)
+            let acknowledged = report.requests.ok;
+            Some(
+                sink.source
+                    .audit(acknowledged)
+                    .await
+                    .unwrap_or_else(|error| {
+                        AuditReport::failed(&sink.source, acknowledged, &error)
+                    }),
+            )
         }
         None => None,
     };
@@ -361,6 +368,10 @@ impl Release {
         let version = match profile {
             Some(profile) => {
                 let mut argv = self.env.demo.clone();
+                // The demo's shutdown budget is the time the runtime gives
+                // it between SIGTERM and SIGKILL: it gives up on its last
+                // writes (and says so) before it would be killed.
+                let grace = service.grace.unwrap_or(crate::scenario::DEFAULT_GRACE);
                 argv.extend([
                     "--profile".into(),
                     profile.to_ascii_lowercase(),
@@ -368,6 +379,8 @@ impl Release {
                     label.to_owned(),
                     "--work-ms".into(),
                     service.work_ms.to_string(),
+                    "--grace".into(),
+                    humantime::format_duration(grace).to_string(),
                 ]);
                 if let Some(delay) = service.startup_delay {
                     argv.extend([
@@ -495,7 +508,7 @@ async fn run_events(
     records: mpsc::UnboundedSender<EventRecord>,
 ) {
     let scenario = &release.scenario;
-    for event in scenario.timeline() {
+    for (index, event) in scenario.timeline() {
         tokio::time::sleep_until(started + event.at).await;
         let began = started.elapsed();
         let request = match &event.action {
@@ -542,14 +555,17 @@ async fn run_events(
                     report.retired.join(" ")
                 )),
             ),
+            Err(error @ ControlError::Aborted(_)) => (Outcome::Aborted, Some(error.to_string())),
             Err(error) => (Outcome::Failed, Some(error.to_string())),
         };
         let record = EventRecord {
             action: event.action.label(),
+            index: Some(index),
             at_s: event.at.as_secs_f64(),
             started_s: began.as_secs_f64(),
             ended_s: ended.as_secs_f64(),
             outcome,
+            expect: event.expect,
             detail,
         };
         if records.send(record).is_err() {
@@ -562,10 +578,12 @@ fn failed_record(action: &str, started: Instant, detail: String) -> EventRecord 
     let now = started.elapsed().as_secs_f64();
     EventRecord {
         action: action.to_owned(),
+        index: None,
         at_s: now,
         started_s: now,
         ended_s: now,
         outcome: Outcome::Failed,
+        expect: Expect::Completed,
         detail: Some(detail),
     }
 }

@@ -182,6 +182,32 @@ pub struct Event {
     pub at: Duration,
     /// What happens.
     pub action: Action,
+    /// How it must end for the trial to pass. Default
+    /// [`Expect::Completed`].
+    pub expect: Expect,
+}
+
+/// How an event must end for the trial to pass (`expect = "aborted"` in
+/// the file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    /// The rollout (or command) completes.
+    #[default]
+    Completed,
+    /// The rollout is aborted and rolled back: a scenario that proves a
+    /// broken version is refused without a failed request.
+    Aborted,
+}
+
+impl Expect {
+    /// The value as written in a scenario file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Expect::Completed => "completed",
+            Expect::Aborted => "aborted",
+        }
+    }
 }
 
 /// What an event does.
@@ -225,6 +251,8 @@ struct RawEvent {
     rollout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     replicas: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expect: Option<String>,
 }
 
 impl TryFrom<RawEvent> for Event {
@@ -281,7 +309,20 @@ impl TryFrom<RawEvent> for Event {
                 ));
             }
         };
-        Ok(Event { at: raw.at, action })
+        let expect = match raw.expect.as_deref() {
+            None | Some("completed") => Expect::Completed,
+            Some("aborted") => Expect::Aborted,
+            Some(other) => {
+                return Err(format!(
+                    "`expect = {other:?}`: expected \"completed\" (the default) or \"aborted\""
+                ));
+            }
+        };
+        Ok(Event {
+            at: raw.at,
+            action,
+            expect,
+        })
     }
 }
 
@@ -289,6 +330,7 @@ impl From<Event> for RawEvent {
     fn from(event: Event) -> Self {
         let mut raw = RawEvent {
             at: event.at,
+            expect: (event.expect != Expect::Completed).then(|| event.expect.name().to_owned()),
             ..RawEvent::default()
         };
         match event.action {
@@ -559,10 +601,11 @@ impl Scenario {
         Ok(())
     }
 
-    /// The events sorted by their offset.
-    pub fn timeline(&self) -> Vec<Event> {
-        let mut events = self.events.clone();
-        events.sort_by_key(|event| event.at);
+    /// The events sorted by their offset, each with its position in the
+    /// file (`event[N]`).
+    pub fn timeline(&self) -> Vec<(usize, Event)> {
+        let mut events: Vec<(usize, Event)> = self.events.iter().cloned().enumerate().collect();
+        events.sort_by_key(|(_, event)| event.at);
         events
     }
 }
@@ -738,5 +781,30 @@ mod tests {
         let message =
             error(&GOOD.replace("action = \"restart\"", "action = \"restart\"\nflavour = 1"));
         assert!(message.contains("flavour"), "{message}");
+    }
+
+    #[test]
+    fn expect_is_completed_by_default_aborted_on_request_and_checked() {
+        let scenario = Scenario::parse(
+            &GOOD.replace("version = \"v2\"", "version = \"v2\"\nexpect = \"aborted\""),
+        )
+        .unwrap();
+        let expects: Vec<Expect> = scenario.events.iter().map(|e| e.expect).collect();
+        assert_eq!(
+            expects,
+            [Expect::Completed, Expect::Aborted, Expect::Completed]
+        );
+        let text = toml::to_string(&scenario).unwrap();
+        assert_eq!(Scenario::parse(&text).unwrap(), scenario, "{text}");
+        let message = error(&GOOD.replace(
+            "version = \"v2\"",
+            "version = \"v2\"\nexpect = \"rolled-back\"",
+        ));
+        assert!(
+            message.contains("expect")
+                && message.contains("rolled-back")
+                && message.contains("\"aborted\""),
+            "{message}"
+        );
     }
 }

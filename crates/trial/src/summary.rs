@@ -54,29 +54,39 @@ pub fn render(report: &TrialReport) -> String {
         t.min, t.p50, t.p80, t.p99, t.max
     );
     for event in &report.events {
-        let mark = match event.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "FAILED",
-        };
         let _ = writeln!(
             s,
-            "  event      {:>5.1}s {:<12} {mark} ({:.1}s → {:.1}s){}",
+            "  event      {:>5.1}s {:<12} {} ({:.1}s → {:.1}s){}",
             event.at_s,
             event.action,
+            event.outcome_text(),
             event.started_s,
             event.ended_s,
             match (&event.outcome, &event.detail) {
-                (Outcome::Failed, Some(detail)) => format!(": {detail}"),
+                (Outcome::Aborted | Outcome::Failed, Some(detail)) => format!(": {detail}"),
                 _ => String::new(),
             }
         );
     }
     if let Some(audit) = &report.audit {
-        let _ = writeln!(
-            s,
-            "  audit      {}: {} acknowledged, {} stored, {} lost, {} duplicated",
-            audit.source, audit.acknowledged, audit.stored, audit.lost, audit.duplicated
-        );
+        match (&audit.error, audit.stored, audit.lost, audit.duplicated) {
+            (None, Some(stored), Some(lost), Some(duplicated)) => {
+                let _ = writeln!(
+                    s,
+                    "  audit      {}: {} acknowledged, {stored} stored, {lost} lost, {duplicated} duplicated",
+                    audit.source, audit.acknowledged
+                );
+            }
+            (error, ..) => {
+                let _ = writeln!(
+                    s,
+                    "  audit      {}: COULD NOT RUN ({}), {} acknowledged, none counted",
+                    audit.source,
+                    error.as_deref().unwrap_or("no counts"),
+                    audit.acknowledged
+                );
+            }
+        }
     }
     let bad: Vec<String> = load
         .timeline

@@ -4,11 +4,54 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::fixtures::{Serve, run, stderr};
+use std::{
+    io::{Read, Write},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use crate::fixtures::{Serve, dropless, run, stderr};
 
 fn report(out: &Path) -> Value {
     let text = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
     serde_json::from_str(&text).expect("report.json is JSON")
+}
+
+/// `dropless trial --target SERVE/sum --during COMMAND ARGS`; asserts the
+/// exit code, returns the report and stdout.
+fn trial_during(serve: &Serve, command: &str, args: &[&str], code: i32) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("http://127.0.0.1:{}/sum?a=1&b=2", serve.port);
+    let mut all = vec!["--target", &target, "--during", command];
+    all.extend_from_slice(args);
+    trial(&all, &dir.path().join("out"), code)
+}
+
+/// `dropless trial` of the scenario `text`; asserts the exit code, returns
+/// the report, stdout and the directory (the reports are in `DIR/out`).
+fn trial_scenario(text: &str, code: i32) -> (Value, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("scenario.toml");
+    std::fs::write(&scenario, text).unwrap();
+    let (report, stdout) = trial(&[scenario.to_str().unwrap()], &dir.path().join("out"), code);
+    (report, stdout, dir)
+}
+
+/// `dropless trial ARGS --out OUT --quiet`; asserts the exit code, returns
+/// the report and stdout.
+fn trial(args: &[&str], out: &Path, code: i32) -> (Value, String) {
+    let mut all = vec!["trial"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--out", out.to_str().unwrap(), "--quiet"]);
+    let output = run(&all);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        stderr(&output)
+    );
+    (report(out), stdout)
 }
 
 #[test]
@@ -26,6 +69,10 @@ fn scenario_errors_are_one_line_naming_the_field_and_exit_2() {
             "bad duration \"soon\"",
         ),
         ("at = \"2s\"\naction = \"scale\"", "needs `replicas = N`"),
+        (
+            "at = \"2s\"\naction = \"restart\"\nexpect = \"finished\"",
+            "`expect = \"finished\"`: expected \"completed\"",
+        ),
     ] {
         let path = dir.path().join("scenario.toml");
         std::fs::write(&path, format!("{base}[[event]]\n{event}\n")).unwrap();
@@ -45,10 +92,7 @@ fn scenario_errors_are_one_line_naming_the_field_and_exit_2() {
 
 #[test]
 fn a_short_trial_writes_a_passing_report_with_chart_and_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let scenario = dir.path().join("short.toml");
-    std::fs::write(
-        &scenario,
+    let (report, stdout, dir) = trial_scenario(
         r#"
 name = "short"
 [service]
@@ -70,26 +114,9 @@ at = "5s"
 action = "scale"
 replicas = 3
 "#,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let output = run(&[
-        "trial",
-        scenario.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        stderr(&output)
+        0,
     );
     assert!(stdout.contains("PASS"), "{stdout}");
-
-    let report = report(&out);
     assert_eq!(report["verdict"], "pass");
     assert_eq!(report["strategy"], "dropless");
     let total = report["requests"]["total"].as_u64().unwrap();
@@ -114,7 +141,7 @@ replicas = 3
     assert_eq!(audit["lost"], 0);
     assert_eq!(audit["duplicated"], 0);
 
-    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
     assert!(
         html.contains("<svg") && html.contains("class=\"bar\"") && html.contains("class=\"p99\"")
     );
@@ -133,33 +160,12 @@ replicas = 3
 #[test]
 fn during_a_command_that_restarts_the_local_server_nothing_drops() {
     let serve = Serve::start("v3");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     let command = format!(
         "{} restart --control {}",
         env!("CARGO_BIN_EXE_dropless"),
         serve.control
     );
-    let output = run(&[
-        "trial",
-        "--target",
-        &format!("http://127.0.0.1:{}/sum?a=1&b=2", serve.port),
-        "--during",
-        &command,
-        "--rate",
-        "50",
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        stderr(&output)
-    );
-    let report = report(&out);
+    let (report, _) = trial_during(&serve, &command, &["--rate", "50"], 0);
     assert_eq!(report["verdict"], "pass");
     assert_eq!(report["interrupted"], false);
     let event = &report["events"][0];
@@ -178,30 +184,15 @@ fn during_a_command_that_restarts_the_local_server_nothing_drops() {
 #[test]
 fn during_a_command_that_kills_the_server_the_drops_are_caught() {
     let serve = Serve::start("v4");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let pid = serve.child.id();
-    let output = run(&[
-        "trial",
-        "--target",
-        &format!("http://127.0.0.1:{}/sum?a=1&b=2", serve.port),
-        "--during",
-        &format!("kill -TERM {pid}"),
-        "--rate",
-        "50",
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    let report = report(&out);
+    let command = format!("kill -TERM {}", serve.child.id());
+    let (report, stdout) = trial_during(&serve, &command, &["--rate", "50"], 3);
     assert_eq!(report["verdict"], "fail");
     assert!(
         report["failures"]["refused"].as_u64().unwrap_or(0) > 0,
         "{}",
         report["failures"]
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("FAIL"));
+    assert!(stdout.contains("FAIL"), "{stdout}");
 }
 
 #[test]
@@ -271,4 +262,234 @@ fn matrix_subset_the_emulation_fails_without_pre_stop_and_not_with_it() {
     let html = std::fs::read_to_string(out.join("matrix.html")).unwrap();
     assert!(html.contains("v3-kubernetes/report.html"));
     assert!(out.join("v3-kubernetes-prestop/report.json").exists());
+}
+
+/// The reasons of a report, joined for messages.
+fn reasons(report: &Value) -> String {
+    report["reasons"]
+        .as_array()
+        .expect("reasons is a list")
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn during_a_command_that_fails_the_verdict_fails() {
+    let serve = Serve::start("v3");
+    let (report, stdout) = trial_during(&serve, "nosuchcommand", &["--rate", "20"], 3);
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert_eq!(report["verdict"], "fail");
+    assert_eq!(report["requests"]["failed"], 0, "only the command failed");
+    let reasons = reasons(&report);
+    assert!(
+        reasons.contains("command failed: `nosuchcommand` exited with") && reasons.contains("127"),
+        "{reasons}"
+    );
+    assert_eq!(report["events"][0]["outcome"], "failed");
+}
+
+#[test]
+fn a_fixed_load_that_ends_before_the_command_fails_the_verdict() {
+    let serve = Serve::start("v3");
+    let (report, stdout) = trial_during(&serve, "true", &["--duration", "1s", "--rate", "20"], 3);
+    assert_eq!(report["verdict"], "fail");
+    assert_eq!(
+        report["events"][0]["outcome"], "ok",
+        "the command itself succeeded"
+    );
+    let reasons = reasons(&report);
+    assert!(
+        reasons.contains("the load ended before the command"),
+        "{reasons}"
+    );
+    assert!(
+        stdout.contains("the load ended before the command"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_aborted_deploy_fails_the_verdict_unless_the_scenario_expects_it() {
+    let demo = env!("CARGO_BIN_EXE_dropless");
+    let (report, stdout, _dir) = trial_scenario(
+        &format!(
+            r#"
+name = "aborts"
+[service]
+command = ["{demo}", "demo-service", "--profile", "v3", "--work-ms", "10"]
+replicas = 1
+grace = "5s"
+[load]
+rate = 20
+duration = "6s"
+[[event]]
+at = "1s"
+action = "deploy"
+version = "broken-expected"
+command = ["sh", "-c", "exit 2"]
+expect = "aborted"
+[[event]]
+at = "2s"
+action = "deploy"
+version = "broken"
+command = ["sh", "-c", "exit 2"]
+[[event]]
+at = "3s"
+action = "restart"
+expect = "aborted"
+"#
+        ),
+        3,
+    );
+    assert_eq!(report["verdict"], "fail");
+    assert_eq!(
+        report["requests"]["failed"], 0,
+        "the old version kept serving"
+    );
+    let outcomes: Vec<(&str, &str)> = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap(),
+                e["expect"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("aborted", "aborted"),
+            ("aborted", "completed"),
+            ("ok", "aborted")
+        ]
+    );
+    let reasons = reasons(&report);
+    assert!(
+        !reasons.contains("event[0]"),
+        "an expected abort passes: {reasons}"
+    );
+    assert!(
+        reasons.contains("event[1] deploy broken was aborted: rollout"),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("event[2] restart completed, but the scenario expects it to be aborted"),
+        "{reasons}"
+    );
+    assert!(stdout.contains("aborted as expected"), "{stdout}");
+}
+
+/// The pid of a child of `parent` named `name` (from /proc).
+fn child_named(parent: u32, name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent && comm == name).then_some(pid)
+        })
+}
+
+/// `GET path` on `addr` answered 200.
+fn answers_200(addr: &str, path: &str) -> bool {
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: trial\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 12];
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_exact(&mut head).is_ok()
+        && &head[9..12] == b"200"
+}
+
+#[test]
+fn an_audit_that_cannot_reach_the_database_still_writes_the_reports_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("audit.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "audit-gone"
+[service]
+demo = "v9"
+replicas = 1
+work_ms = 10
+grace = "2s"
+demo_args = ["--pre-stop", "0s"]
+[load]
+rate = 20
+duration = "4s"
+[audit]
+sink = "influx"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let mut trial = dropless()
+        .args(["trial", scenario.to_str().unwrap(), "--quiet", "--out"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the replica answers through the proxy it has created its
+    // database: stop the trial's private influxd, as an outage would.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let influxd = loop {
+        let listen = std::fs::read_to_string(out.join("serve.toml"))
+            .ok()
+            .and_then(|text| {
+                let start = text.find("listen = \"")? + "listen = \"".len();
+                let end = start + text[start..].find('"')?;
+                Some(text[start..end].to_owned())
+            });
+        if let Some(listen) = listen
+            && answers_200(&listen, "/healthz")
+        {
+            break child_named(trial.id(), "influxd").expect("the trial's influxd is its child");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trial's service never answered"
+        );
+        assert!(trial.try_wait().unwrap().is_none(), "the trial ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(influxd),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let output = trial.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        stderr(&output)
+    );
+    let report = report(&out);
+    assert_eq!(report["verdict"], "fail");
+    let reasons = reasons(&report);
+    assert!(
+        reasons.contains("audit could not run: cannot query"),
+        "{reasons}"
+    );
+    let audit = &report["audit"];
+    assert!(audit["error"].is_string(), "{audit}");
+    assert!(audit["lost"].is_null(), "nothing could be counted: {audit}");
+    assert_eq!(audit["acknowledged"], report["requests"]["ok"]);
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html written");
+    assert!(html.contains("could not run"), "the page says so");
+    assert!(stdout.contains("COULD NOT RUN"), "{stdout}");
 }

@@ -99,6 +99,17 @@ impl Demo {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
+
+    /// Waits until the process has logged `text`.
+    pub async fn logged(&self, text: &str) {
+        tokio::time::timeout(PATIENCE, async {
+            while !self.log().contains(text) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never logged {text:?}: {}", self.log()));
+    }
 }
 
 /// The outcome of one request, as a client sees it.
@@ -275,6 +286,13 @@ impl Influxd {
     /// Stops influxd, as an outage would.
     pub async fn kill(&mut self) {
         self.server.kill();
+    }
+
+    /// Starts it again on the same port with the same data, and waits until
+    /// it answers. (Blocks the test's thread for that time: the demo under
+    /// test is another process.)
+    pub async fn restart(&mut self) {
+        self.server.restart().expect("influxd restarts");
     }
 
     /// The `id` tags of every point of measurement `operation` in `db`.
