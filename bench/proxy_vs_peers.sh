@@ -9,8 +9,12 @@
 # order that rotates every round, ROUNDS rounds; the script
 # prints the median requests/s, p99 and CPU time per request (user + system
 # of the proxy's processes) of each, and the ratios.
-# Then it opens IDLE (10 000) keep-alive client connections to dropless, each
-# after one request, and prints the RSS of `dropless serve`.
+# Then it opens IDLE (10 000, or fewer when the open-file limit does not
+# allow them) keep-alive client connections to dropless, each after one
+# request, and prints the RSS of `dropless serve`. dropless keeps
+# `proxy.max_connections` to half of the descriptors left after its reserve
+# for probes and replica starts (each client may hold an upstream socket
+# too): with this machine's hard limit of 20 000, that is 9 808.
 #
 # Usage: bench/proxy_vs_peers.sh            (ROUNDS=3 DURATION=10 IDLE=10000)
 # Installs what it needs: wrk, nginx, haproxy (apt).
@@ -20,7 +24,6 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=50
-IDLE=${IDLE:-10000}
 
 . bench/lib.sh
 need wrk nginx haproxy
@@ -32,6 +35,10 @@ DROPLESS=${CARGO_TARGET_DIR:-target}/release/dropless
 nice=""
 [ "$(id -u)" = 0 ] && nice="nice -n -10"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# What dropless accepts under this limit (256 kept, 2 x 64 control slots,
+# half of the rest), less a margin; at most 10 000.
+fits=$(( ($(ulimit -n) - 256 - 128) / 2 - 100 ))
+IDLE=${IDLE:-$(( fits < 10000 ? fits : 10000 ))}
 
 work=$(mktemp -d)
 pids=()
