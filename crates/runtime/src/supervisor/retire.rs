@@ -125,3 +125,141 @@ async fn retire_in_order(replica: &Replica, config: &RetireConfig) -> Retired {
     replica.set_state(ReplicaState::Exited, Some(detail));
     Retired { drained, killed }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::event::{Event, EventKind};
+    use crate::supervisor::replica::{OnChange, ReplicaParts};
+
+    /// A `Ready` replica that routes to an address dropless does not own
+    /// (no process: retirement drains it and does not signal).
+    fn ready_target() -> (Arc<Replica>, tokio::sync::broadcast::Receiver<Event>) {
+        let (events, receiver) = tokio::sync::broadcast::channel(64);
+        let replica = Replica::new(ReplicaParts {
+            name: "web-1".into(),
+            service: "web".into(),
+            generation: 1,
+            addr: "127.0.0.1:9".parse().unwrap(),
+            process: None,
+            log: None,
+            events,
+            on_change: OnChange(Arc::new(|| {})),
+            pool_idle_timeout: Duration::from_secs(30),
+        });
+        replica.set_member(true);
+        replica.set_state(ReplicaState::Ready, None);
+        (replica, receiver)
+    }
+
+    fn config(drain_timeout: u64, pre_stop: u64) -> RetireConfig {
+        RetireConfig {
+            drain_timeout: Duration::from_secs(drain_timeout),
+            pre_stop: Duration::from_secs(pre_stop),
+            grace: Duration::from_secs(30),
+            kubernetes_endpoint_delay: None,
+        }
+    }
+
+    /// Each state the replica entered (its events), and when, from the
+    /// start of the retirement, until it is gone.
+    async fn timeline(
+        mut events: tokio::sync::broadcast::Receiver<Event>,
+        start: Instant,
+    ) -> Vec<(ReplicaState, Duration)> {
+        let mut seen = Vec::new();
+        loop {
+            let event = events.recv().await.unwrap();
+            if let EventKind::Replica { state, .. } = event.kind {
+                seen.push((state, start.elapsed()));
+                if state.is_terminal() {
+                    return seen;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routing_stops_first_then_in_flight_requests_end_then_pre_stop_then_the_stop() {
+        let (replica, events) = ready_target();
+        let (request, _pool) = replica.try_begin().expect("ready");
+        let start = Instant::now();
+        // From now: the events of the retirement, not of the start.
+        let watch = tokio::spawn(timeline(events.resubscribe(), start));
+        let retire = tokio::spawn({
+            let replica = Arc::clone(&replica);
+            async move { retire(&replica, &config(30, 5)).await }
+        });
+        // The request in flight ends 2 s into the drain.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(replica.state(), ReplicaState::Draining);
+        assert!(
+            replica.try_begin().is_none(),
+            "no new request once draining"
+        );
+        drop(request);
+        let retired = retire.await.unwrap();
+        assert_eq!(
+            retired,
+            Retired {
+                drained: true,
+                killed: false
+            }
+        );
+        let seen = watch.await.unwrap();
+        let states: Vec<_> = seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            states,
+            [
+                ReplicaState::Draining,
+                ReplicaState::Stopping,
+                ReplicaState::Exited
+            ]
+        );
+        // Draining at once; stopping after the request (2 s) and the
+        // pre-stop delay (5 s).
+        assert_eq!(seen[0].1, Duration::ZERO);
+        assert_eq!(seen[1].1, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_ends_is_given_up_on_at_the_drain_timeout() {
+        let (replica, _events) = ready_target();
+        let (_request, _pool) = replica.try_begin().expect("ready");
+        let start = Instant::now();
+        let retired = retire(&replica, &config(10, 1)).await;
+        assert_eq!(
+            retired,
+            Retired {
+                drained: false,
+                killed: false
+            }
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(11));
+        assert_eq!(replica.state(), ReplicaState::Exited);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kubernetes_routes_to_a_replica_until_its_endpoint_delay_whatever_the_pre_stop() {
+        let (replica, events) = ready_target();
+        let start = Instant::now();
+        let watch = tokio::spawn(timeline(events.resubscribe(), start));
+        let mut k8s = config(30, 0);
+        k8s.kubernetes_endpoint_delay = Some(Duration::from_secs(10));
+        let retired = retire(&replica, &k8s).await;
+        assert!(!retired.killed);
+        let seen = watch.await.unwrap();
+        // Still routable (Ready) until the endpoint delay, jittered ±20 %.
+        let (draining, at) = seen[0];
+        assert_eq!(draining, ReplicaState::Draining);
+        assert!(
+            (Duration::from_secs(8)..=Duration::from_secs(12)).contains(&at),
+            "{at:?}"
+        );
+    }
+}
