@@ -162,6 +162,8 @@ pub async fn get_once(addr: SocketAddr, path: &str) -> Outcome {
 pub struct Load {
     stop: Arc<AtomicBool>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
+    /// Requests started (connect and send), ended or not.
+    started: Arc<std::sync::atomic::AtomicUsize>,
     loops: Vec<JoinHandle<()>>,
 }
 
@@ -169,12 +171,15 @@ impl Load {
     pub fn start(addr: SocketAddr, path: &'static str, loops: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let loops = (0..loops)
             .map(|_| {
                 let stop = Arc::clone(&stop);
                 let outcomes = Arc::clone(&outcomes);
+                let started = Arc::clone(&started);
                 tokio::spawn(async move {
                     while !stop.load(Ordering::SeqCst) {
+                        started.fetch_add(1, Ordering::SeqCst);
                         let outcome = get_once(addr, path).await;
                         let refused = outcome == Outcome::Refused;
                         outcomes.lock().unwrap().push(outcome);
@@ -189,8 +194,24 @@ impl Load {
         Load {
             stop,
             outcomes,
+            started,
             loops,
         }
+    }
+
+    /// Waits until `n` requests are under way (started, not yet ended).
+    pub async fn until_in_flight(&self, n: usize) {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let ended = self.outcomes.lock().unwrap().len();
+                if self.started.load(Ordering::SeqCst) - ended >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("requests under way in time");
     }
 
     /// Waits until at least `n` requests got a 200.
