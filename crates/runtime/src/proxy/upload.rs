@@ -29,6 +29,9 @@ pin_project_lite::pin_project! {
         #[pin]
         sleep: Sleep,
         timeout: Duration,
+        // The timer starts at the first read: until a replica takes the
+        // body, hyper does not read it, and the client is not late.
+        reading: bool,
         failure: ClientFailure,
         permit: Option<OwnedSemaphorePermit>,
     }
@@ -42,6 +45,7 @@ impl Upload {
             inner,
             sleep: tokio::time::sleep(timeout),
             timeout,
+            reading: false,
             failure,
             permit: None,
         }
@@ -63,6 +67,11 @@ impl Body for Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if !*this.reading {
+            *this.reading = true;
+            let first = Instant::now() + *this.timeout;
+            this.sleep.as_mut().reset(first);
+        }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let next = Instant::now() + *this.timeout;
