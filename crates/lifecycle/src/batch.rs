@@ -143,3 +143,68 @@ async fn run<T, F, Fut>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::Config;
+
+    /// A batcher of `max_items` every `interval`, and what it flushed, with
+    /// the time of each flush from now.
+    fn batcher(
+        max_items: usize,
+        interval: Duration,
+    ) -> (Batcher<u32>, Arc<Mutex<Vec<(Duration, Vec<u32>)>>>) {
+        let lifecycle = Lifecycle::new(Config::default());
+        let flushed: Arc<Mutex<Vec<(Duration, Vec<u32>)>>> = Arc::default();
+        let start = tokio::time::Instant::now();
+        let batcher = Batcher::new(
+            &lifecycle,
+            "test",
+            BatchConfig {
+                max_items,
+                interval,
+                flush_on_shutdown: true,
+            },
+            {
+                let flushed = Arc::clone(&flushed);
+                move |batch: Vec<u32>| {
+                    let flushed = Arc::clone(&flushed);
+                    async move { flushed.lock().unwrap().push((start.elapsed(), batch)) }
+                }
+            },
+        );
+        (batcher, flushed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_is_flushed_at_the_interval_and_a_full_one_at_once() {
+        let (batcher, flushed) = batcher(3, Duration::from_secs(5));
+        batcher.push(1);
+        batcher.push(2);
+        tokio::time::sleep(Duration::from_millis(4_999)).await;
+        assert!(
+            flushed.lock().unwrap().is_empty(),
+            "not before the interval"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(
+            *flushed.lock().unwrap(),
+            [(Duration::from_secs(5), vec![1, 2])]
+        );
+        // Three items: flushed at once, not at the next tick.
+        for item in 3..=5 {
+            batcher.push(item);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            flushed.lock().unwrap().last(),
+            Some(&(Duration::from_millis(5_001), vec![3, 4, 5]))
+        );
+        // An empty batch is not flushed at the next ticks.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(flushed.lock().unwrap().len(), 2);
+    }
+}
