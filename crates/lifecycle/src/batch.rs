@@ -151,14 +151,13 @@ mod tests {
     use super::*;
     use crate::Config;
 
-    /// A batcher of `max_items` every `interval`, and what it flushed, with
-    /// the time of each flush from now.
-    fn batcher(
-        max_items: usize,
-        interval: Duration,
-    ) -> (Batcher<u32>, Arc<Mutex<Vec<(Duration, Vec<u32>)>>>) {
+    /// Each flush: when (from the start), and what.
+    type Flushed = Arc<Mutex<Vec<(Duration, Vec<u32>)>>>;
+
+    /// A batcher of `max_items` every `interval`, and what it flushed.
+    fn batcher(max_items: usize, interval: Duration) -> (Batcher<u32>, Flushed) {
         let lifecycle = Lifecycle::new(Config::default());
-        let flushed: Arc<Mutex<Vec<(Duration, Vec<u32>)>>> = Arc::default();
+        let flushed: Flushed = Arc::default();
         let start = tokio::time::Instant::now();
         let batcher = Batcher::new(
             &lifecycle,
