@@ -10,6 +10,7 @@ use std::{
 };
 
 use clap::{Args, Subcommand};
+use dropless_demo::Profile;
 use dropless_load::Snapshot;
 use dropless_trial::{
     Scenario,
@@ -331,22 +332,21 @@ pub fn demo_service(args: dropless_demo::Args) -> ExitCode {
 
 /// `dropless trial --matrix`.
 fn matrix(args: &TrialArgs) -> ExitCode {
-    let profiles: Vec<String> = if args.profiles.is_empty() {
-        dropless_trial::matrix::PROFILES.map(String::from).to_vec()
-    } else {
-        args.profiles
-            .iter()
-            .map(|p| p.to_ascii_lowercase())
-            .collect()
-    };
-    if let Some(bad) = profiles
-        .iter()
-        .find(|p| !dropless_trial::matrix::PROFILES.contains(&p.as_str()))
-    {
-        eprintln!(
-            "dropless trial: --profiles {bad:?}: expected profiles v1..v9, e.g. --profiles v3,v4"
-        );
-        return ExitCode::from(2);
+    let mut profiles: Vec<Profile> = Vec::new();
+    for name in &args.profiles {
+        match name.parse() {
+            Ok(profile) => profiles.push(profile),
+            Err(_) => {
+                eprintln!(
+                    "dropless trial: --profiles {:?}: expected profiles v1..v9, e.g. --profiles v3,v4",
+                    name.to_ascii_lowercase()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if profiles.is_empty() {
+        profiles = Profile::ALL.to_vec();
     }
     let strategies: Vec<Strategy> = if args.strategies.is_empty() {
         Strategy::ALL.to_vec()

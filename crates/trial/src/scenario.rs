@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
+use dropless_demo::Profile;
 use serde::{Deserialize, Serialize};
 
 /// Default replica count of the service under trial.
@@ -93,6 +94,24 @@ pub struct Service {
     /// `["--log-delay", "1s"]` (see `dropless demo-service --help`).
     #[serde(default)]
     pub demo_args: Vec<String>,
+}
+
+impl Service {
+    /// The demo's profile; `None` for a command (or a profile that
+    /// [`Scenario::validate`] refuses).
+    pub fn profile(&self) -> Option<Profile> {
+        self.demo.as_deref().and_then(|p| p.parse().ok())
+    }
+
+    /// Whether the service has no readiness endpoint: `health_path = ""`,
+    /// or no `health_path` and a demo profile without health endpoints
+    /// (v1).
+    pub fn without_readiness(&self) -> bool {
+        match self.health_path.as_deref() {
+            Some(path) => path.is_empty(),
+            None => self.profile().is_some_and(|p| !p.health_endpoints()),
+        }
+    }
 }
 
 /// How the runtime retires replicas during the trial.
@@ -611,15 +630,13 @@ impl Scenario {
 }
 
 fn check_profile(field: &str, profile: &str) -> Result<(), ScenarioError> {
-    let known = (1..=9).any(|n| profile.eq_ignore_ascii_case(&format!("v{n}")));
-    if known {
-        Ok(())
-    } else {
-        Err(ScenarioError::Invalid {
+    profile
+        .parse::<Profile>()
+        .map(drop)
+        .map_err(|fix| ScenarioError::Invalid {
             field: field.to_owned(),
-            fix: format!("unknown profile {profile:?}: expected one of v1..v9"),
+            fix,
         })
-    }
 }
 
 /// " (line N)" for a parse error's position.
