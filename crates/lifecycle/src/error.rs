@@ -2,6 +2,19 @@
 
 use std::{fmt, time::Duration};
 
+/// An error and its sources on one line, `outer: inner: root`: what the
+/// workspace's logs and failure messages print for a chained error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Why [`crate::Lifecycle::serve`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use dropless_demo::{OnSigterm, Profile};
+use dropless_load::{failure_list, nonzero_failures};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -48,12 +49,8 @@ impl Cell {
             strategy: report.strategy.clone(),
             requests_total: report.load.requests.total,
             requests_failed: report.load.requests.failed,
-            failures: report
-                .load
-                .failures
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(c, n)| (c.clone(), *n))
+            failures: nonzero_failures(&report.load.failures)
+                .map(|(class, n)| (class.to_owned(), n))
                 .collect(),
             ops_lost: report.audit.as_ref().and_then(|a| a.lost),
         }
@@ -63,12 +60,7 @@ impl Cell {
     pub fn label(&self) -> String {
         let mut text = self.requests_failed.to_string();
         if !self.failures.is_empty() {
-            let classes: Vec<String> = self
-                .failures
-                .iter()
-                .map(|(c, n)| format!("{c} {n}"))
-                .collect();
-            let _ = write!(text, " ({})", classes.join(", "));
+            let _ = write!(text, " ({})", failure_list(&self.failures, " ", ", "));
         }
         if let Some(lost) = self.ops_lost.filter(|n| *n > 0) {
             let _ = write!(text, ", {lost} lost");

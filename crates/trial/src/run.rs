@@ -101,7 +101,15 @@ pub async fn run(
     let port = dropless_runtime::supervisor::process::free_port()
         .map_err(io("cannot find a free port"))?
         .port();
-    let config = runtime_config(scenario, env, sink.as_ref(), state.path(), port);
+    let release = Release {
+        scenario: scenario.clone(),
+        env: env.clone(),
+        sink_flags: sink
+            .as_ref()
+            .map(|s| s.demo_flags.clone())
+            .unwrap_or_default(),
+    };
+    let config = runtime_config(scenario, &release, state.path(), port);
     let config_path = out.join("serve.toml");
     let text =
         toml::to_string_pretty(&config).map_err(|e| TrialError::Serve(format!("config: {e}")))?;
@@ -135,14 +143,6 @@ pub async fn run(
     let started = Instant::now();
     let mut snapshots = run.subscribe();
     let (records_tx, mut records_rx) = mpsc::unbounded_channel();
-    let release = Release {
-        scenario: scenario.clone(),
-        env: env.clone(),
-        sink_flags: sink
-            .as_ref()
-            .map(|s| s.demo_flags.clone())
-            .unwrap_or_default(),
-    };
     let script = tokio::spawn(run_events(release, control.clone(), started, records_tx));
     let mut records = Vec::new();
     let report = run.report();

@@ -5,13 +5,12 @@ use std::path::Path;
 
 use dropless_runtime::config::{Config as RuntimeConfig, ServiceConfig, Version};
 
-use crate::{run::Env, scenario::Scenario, sink::Sink};
+use crate::{run::Env, scenario::Scenario};
 
 /// The runtime configuration of a trial: one service on `port`.
 pub(crate) fn runtime_config(
     scenario: &Scenario,
-    env: &Env,
-    sink: Option<&Sink>,
+    release: &Release,
     state: &Path,
     port: u16,
 ) -> RuntimeConfig {
@@ -23,12 +22,7 @@ pub(crate) fn runtime_config(
     let mut runtime_service = ServiceConfig {
         name: "trial".into(),
         replicas: service.replicas,
-        version: Release {
-            scenario: scenario.clone(),
-            env: env.clone(),
-            sink_flags: sink.map(|s| s.demo_flags.clone()).unwrap_or_default(),
-        }
-        .version(&service.version, service.demo.as_deref(), &service.command),
+        version: release.version(&service.version, service.demo.as_deref(), &service.command),
         ..ServiceConfig::default()
     };
     runtime_service.probe.path = match &service.health_path {

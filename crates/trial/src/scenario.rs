@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use dropless_demo::Profile;
+use dropless_runtime::config::{duration, optional_duration};
 use serde::{Deserialize, Serialize};
 
 /// Default replica count of the service under trial.
@@ -75,20 +76,20 @@ pub struct Service {
     pub health_path: Option<String>,
     /// Kubernetes emulation: how long routing keeps sending to a replica
     /// after its SIGTERM. Default [`DEFAULT_ENDPOINT_LAG`].
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "optional_duration")]
     pub endpoint_lag: Option<Duration>,
     /// Delay before SIGTERM. Default 0, or [`DEFAULT_K8S_PRE_STOP`] under
     /// `kubernetes-prestop`.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "optional_duration")]
     pub pre_stop: Option<Duration>,
     /// Time between SIGTERM and SIGKILL. Default [`DEFAULT_GRACE`].
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "optional_duration")]
     pub grace: Option<Duration>,
     /// Demo only: how long `/sum` works. Default [`DEFAULT_WORK_MS`].
     #[serde(default = "default_work_ms")]
     pub work_ms: u64,
     /// Demo only: how long a replica takes to boot.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "optional_duration")]
     pub startup_delay: Option<Duration>,
     /// Demo only: more flags for the demo service, e.g.
     /// `["--log-delay", "1s"]` (see `dropless demo-service --help`).
@@ -665,46 +666,6 @@ fn default_rate() -> f64 {
 }
 fn default_duration() -> Duration {
     DEFAULT_DURATION
-}
-
-/// Durations as humantime strings (`"10s"`, `"500ms"`).
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            D::Error::custom(format!(
-                "bad duration {text:?} ({e}): write e.g. \"10s\", \"500ms\", \"2m\""
-            ))
-        })
-    }
-}
-
-/// Optional durations as humantime strings.
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(value) => super::duration::serialize(value, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrapped(#[serde(with = "super::duration")] Duration);
-        Option::<Wrapped>::deserialize(d).map(|w| w.map(|Wrapped(d)| d))
-    }
 }
 
 #[cfg(test)]
