@@ -68,3 +68,22 @@ impl fmt::Display for Unfinished {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot query")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_joins_every_source() {
+        let inner = std::io::Error::other("connection refused");
+        assert_eq!(
+            error_chain(&Outer(inner)),
+            "cannot query: connection refused"
+        );
+        assert_eq!(error_chain(&std::io::Error::other("alone")), "alone");
+    }
+}
