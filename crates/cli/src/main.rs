@@ -2,6 +2,8 @@
 //! calls into a library crate.
 
 mod control;
+mod demo;
+mod k8s;
 mod load;
 mod serve;
 mod trial;
@@ -49,10 +51,10 @@ enum Command {
     Trial(Box<trial::TrialArgs>),
     /// The main job: the demo service deployed under load behind dropless,
     /// then under the Kubernetes emulation, side by side.
-    Demo(trial::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Kubernetes helpers.
     #[command(subcommand)]
-    K8s(trial::K8sCommand),
+    K8s(k8s::K8sCommand),
     /// Run the built-in demo service: the app `dropless demo` and trials
     /// deploy, with behaviour profiles v1..v9 (see docs/demo.md).
     DemoService(Box<dropless_demo::Args>),
@@ -74,9 +76,9 @@ fn main() -> ExitCode {
         Command::Rollback(args) => control::rollback(args),
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
-        Command::Trial(args) => trial::trial(*args),
-        Command::Demo(args) => trial::demo(args),
-        Command::K8s(command) => trial::k8s(command),
-        Command::DemoService(args) => trial::demo_service(*args),
+        Command::Trial(args) => trial::run(*args),
+        Command::Demo(args) => demo::run(args),
+        Command::K8s(command) => k8s::run(command),
+        Command::DemoService(args) => demo::service(*args),
     }
 }

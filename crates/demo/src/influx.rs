@@ -82,7 +82,7 @@ impl Influx {
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| dropless_lifecycle::error_chain(&e))?;
         let status = response.status();
         let body = response
             .into_body()
@@ -123,17 +123,6 @@ fn base_url(url: &str) -> Result<String, Error> {
     }
     let prefix = uri.path().trim_end_matches('/');
     Ok(format!("http://{authority}{prefix}"))
-}
-
-/// The cause of a client error, which hyper-util wraps.
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

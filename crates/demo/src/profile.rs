@@ -102,6 +102,12 @@ impl Profile {
         )
     }
 
+    /// Whether calculations are logged at all (v6..v9), so that a trial
+    /// has something to audit.
+    pub fn logs_calculations(self) -> bool {
+        self.calc_log() != CalcLogMode::Off
+    }
+
     /// How calculations are logged.
     pub fn calc_log(self) -> CalcLogMode {
         match self {

@@ -2,6 +2,19 @@
 
 use std::{fmt, time::Duration};
 
+/// An error and its sources on one line, `outer: inner: root`: what the
+/// workspace's logs and failure messages print for a chained error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Why [`crate::Lifecycle::serve`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,5 +66,24 @@ impl fmt::Display for Unfinished {
         } else {
             f.write_str(&parts.join(", "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot query")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_joins_every_source() {
+        let inner = std::io::Error::other("connection refused");
+        assert_eq!(
+            error_chain(&Outer(inner)),
+            "cannot query: connection refused"
+        );
+        assert_eq!(error_chain(&std::io::Error::other("alone")), "alone");
     }
 }

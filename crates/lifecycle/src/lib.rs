@@ -58,7 +58,7 @@ pub use config::{
     Config, DEFAULT_DRAIN_IDLE_WAIT, DEFAULT_GRACE, DEFAULT_HEALTH_PATH, DEFAULT_LIVENESS_PATH,
     DEFAULT_PRE_STOP, KeepAliveOnDrain,
 };
-pub use error::{Error, Unfinished};
+pub use error::{Error, Unfinished, error_chain};
 pub use lifecycle::Lifecycle;
 pub use phase::Phase;
 pub use serve::{BoxError, HttpBody, HttpService};

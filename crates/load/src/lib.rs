@@ -54,7 +54,9 @@ pub use config::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE, DEFAULT_TIMEOUT, Model, StatusSet,
 };
 pub use outcome::FailureClass;
-pub use report::{Latency, Percentiles, Rate, Report, Requests, Second, Snapshot};
+pub use report::{
+    Latency, Percentiles, Rate, Report, Requests, Second, Snapshot, failure_list, nonzero_failures,
+};
 pub use run::{Error, Run, Stopper, run, start, start_on};
 pub use threshold::Thresholds;
 pub use workers::Workers;

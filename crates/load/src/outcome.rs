@@ -90,7 +90,7 @@ impl Failure {
                 return Failure::new(FailureClass::Timeout);
             }
         }
-        Failure::other(chain_message(err))
+        Failure::other(dropless_lifecycle::error_chain(err))
     }
 }
 
@@ -119,17 +119,6 @@ fn classify_one(e: &(dyn StdError + 'static)) -> Option<FailureClass> {
         return Some(FailureClass::Tls);
     }
     None
-}
-
-fn chain_message(err: &(dyn StdError + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        message.push_str(": ");
-        message.push_str(&e.to_string());
-        source = e.source();
-    }
-    message
 }
 
 #[cfg(test)]

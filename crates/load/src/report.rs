@@ -5,6 +5,24 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The classes of `failures` with a non-zero count, in class order.
+pub fn nonzero_failures(failures: &BTreeMap<String, u64>) -> impl Iterator<Item = (&str, u64)> {
+    failures
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(class, n)| (class.as_str(), *n))
+}
+
+/// The classes of `failures` with a non-zero count as `class{pair}count`,
+/// joined by `separator`: `failure_list(&failures, " ", ", ")` gives
+/// `"eof 1, http_502 12"`. Empty when nothing failed.
+pub fn failure_list(failures: &BTreeMap<String, u64>, pair: &str, separator: &str) -> String {
+    nonzero_failures(failures)
+        .map(|(class, n)| format!("{class}{pair}{n}"))
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
 /// The result of a run. Serializes to the JSON of `dropless load --json`
 /// (docs/load.md, "Output").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

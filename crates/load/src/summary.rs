@@ -2,7 +2,7 @@
 
 use std::fmt::{self, Write};
 
-use crate::report::{Percentiles, Report};
+use crate::report::{Percentiles, Report, failure_list};
 
 /// Width of the dotted label column.
 const LABEL: usize = 22;
@@ -52,17 +52,10 @@ impl Report {
                 r.total, r.ok, r.failed
             ),
         )?;
-        let failures: Vec<String> = self
-            .failures
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(class, n)| format!("{class}={n}"))
-            .collect();
-        let failures = if failures.is_empty() {
-            "none".to_owned()
-        } else {
-            failures.join(" ")
-        };
+        let mut failures = failure_list(&self.failures, "=", " ");
+        if failures.is_empty() {
+            failures = "none".to_owned();
+        }
         line(out, "failures ", format_args!("{failures}"))?;
         for sample in &self.other_samples {
             writeln!(out, "      other: {sample}")?;

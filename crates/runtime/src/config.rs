@@ -639,7 +639,7 @@ pub mod duration {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}): write e.g. \"1s\" or \"250ms\""
+                "bad duration {text:?} ({e}): write e.g. \"10s\", \"500ms\", \"2m\""
             ))
         })
     }

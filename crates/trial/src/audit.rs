@@ -211,9 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_database_is_an_error_naming_it() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
+        let port = dropless_runtime::supervisor::process::free_port()
             .unwrap()
             .port();
         let source = AuditSource::Influx {

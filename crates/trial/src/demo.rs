@@ -92,13 +92,7 @@ pub fn comparison(reports: &[TrialReport]) -> String {
     row("failed", &|r| r.load.requests.failed.to_string());
     let classes: BTreeSet<String> = reports
         .iter()
-        .flat_map(|r| {
-            r.load
-                .failures
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(c, _)| c.clone())
-        })
+        .flat_map(|r| dropless_load::nonzero_failures(&r.load.failures).map(|(c, _)| c.to_owned()))
         .collect();
     for class in &classes {
         row(&format!("  {class}"), &|r| {

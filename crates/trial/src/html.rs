@@ -72,17 +72,13 @@ svg{background:#fafafa;border:1px solid #ddd}.legend span{display:inline-block;m
 
 /// Failure classes that occur, in a stable order.
 fn failure_classes(report: &TrialReport) -> Vec<String> {
-    let mut classes: Vec<String> = report
-        .load
-        .failures
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(class, _)| class.clone())
+    let mut classes: Vec<String> = dropless_load::nonzero_failures(&report.load.failures)
+        .map(|(class, _)| class.to_owned())
         .collect();
     for second in &report.load.timeline {
-        for (class, n) in &second.failures {
-            if *n > 0 && !classes.contains(class) {
-                classes.push(class.clone());
+        for (class, _) in dropless_load::nonzero_failures(&second.failures) {
+            if !classes.iter().any(|c| c == class) {
+                classes.push(class.to_owned());
             }
         }
     }
@@ -357,7 +353,7 @@ fn tables(report: &TrialReport) -> String {
     t.push_str("</table>");
 
     t.push_str("<h2>Failures by class</h2>");
-    let failures: Vec<_> = load.failures.iter().filter(|(_, n)| **n > 0).collect();
+    let failures: Vec<_> = dropless_load::nonzero_failures(&load.failures).collect();
     if failures.is_empty() {
         t.push_str("<p>none</p>");
     } else {

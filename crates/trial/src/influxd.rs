@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeSet,
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -162,7 +161,7 @@ fn spawn(dir: &Path, http_port: u16, rpc_port: u16) -> std::io::Result<Child> {
 fn unique_free_port() -> std::io::Result<u16> {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = dropless_runtime::supervisor::process::free_port()?.port();
         if HANDED_OUT
             .lock()
             .unwrap_or_else(|p| p.into_inner())

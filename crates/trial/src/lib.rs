@@ -20,7 +20,11 @@ pub mod manifest;
 pub mod matrix;
 pub mod report;
 pub mod run;
+mod runtime_config;
 pub mod scenario;
+mod script;
+mod serve_child;
+mod sink;
 mod strategy;
 pub mod summary;
 

@@ -5,6 +5,8 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
+use dropless_demo::{OnSigterm, Profile};
+use dropless_load::{failure_list, nonzero_failures};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -15,8 +17,6 @@ use crate::{
     scenario::{Action, Audit, ClientMode, Event, Expect, Load, Scenario, Service, Strategy},
 };
 
-/// Every profile of the demo.
-pub const PROFILES: [&str; 9] = ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9"];
 /// Trials run at once by default (each is light: 100 req/s).
 pub const DEFAULT_JOBS: usize = 3;
 /// Load of one cell.
@@ -43,18 +43,14 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn of(profile: &str, report: &TrialReport) -> Cell {
+    fn of(profile: Profile, report: &TrialReport) -> Cell {
         Cell {
-            profile: profile.to_owned(),
+            profile: profile.to_string(),
             strategy: report.strategy.clone(),
             requests_total: report.load.requests.total,
             requests_failed: report.load.requests.failed,
-            failures: report
-                .load
-                .failures
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(c, n)| (c.clone(), *n))
+            failures: nonzero_failures(&report.load.failures)
+                .map(|(class, n)| (class.to_owned(), n))
                 .collect(),
             ops_lost: report.audit.as_ref().and_then(|a| a.lost),
         }
@@ -64,12 +60,7 @@ impl Cell {
     pub fn label(&self) -> String {
         let mut text = self.requests_failed.to_string();
         if !self.failures.is_empty() {
-            let classes: Vec<String> = self
-                .failures
-                .iter()
-                .map(|(c, n)| format!("{c} {n}"))
-                .collect();
-            let _ = write!(text, " ({})", classes.join(", "));
+            let _ = write!(text, " ({})", failure_list(&self.failures, " ", ", "));
         }
         if let Some(lost) = self.ops_lost.filter(|n| *n > 0) {
             let _ = write!(text, ", {lost} lost");
@@ -81,12 +72,12 @@ impl Cell {
 /// The scenario of one cell: demo `profile` ×2 under `strategy`, a slow
 /// boot (so a replica without readiness shows it), a scale-up at 1 s and a
 /// rolling restart at 2.5 s under 100 req/s for 6 s.
-pub fn scenario(profile: &str, strategy: Strategy) -> Scenario {
+pub fn scenario(profile: Profile, strategy: Strategy) -> Scenario {
     // The grace period covers the runtime's pre-stop, the demo's own
     // pre-stop and its final flush, as `terminationGracePeriodSeconds`
     // should; v1 and v2 ignore SIGTERM, so theirs only sets when SIGKILL
     // comes, and a short one keeps the matrix short.
-    let grace = if matches!(profile, "v1" | "v2") {
+    let grace = if profile.on_sigterm() == OnSigterm::Ignore {
         Duration::from_secs(3)
     } else {
         Duration::from_secs(8)
@@ -94,7 +85,7 @@ pub fn scenario(profile: &str, strategy: Strategy) -> Scenario {
     Scenario {
         name: format!("{profile}-{}", strategy.name()),
         service: Service {
-            demo: Some(profile.to_owned()),
+            demo: Some(profile.to_string()),
             command: Vec::new(),
             env: BTreeMap::new(),
             version: "v1".into(),
@@ -138,7 +129,7 @@ pub fn scenario(profile: &str, strategy: Strategy) -> Scenario {
 /// `out/PROFILE-STRATEGY/`; `on_cell` is told of each as it ends. Writes
 /// `out/matrix.json` and `out/matrix.html`.
 pub async fn run(
-    profiles: &[String],
+    profiles: &[Profile],
     strategies: &[Strategy],
     out: &Path,
     env: &Env,
@@ -160,12 +151,12 @@ pub async fn run(
     let mut scenarios = Vec::new();
     for profile in profiles {
         for strategy in strategies {
-            let mut scenario = scenario(profile, *strategy);
+            let mut scenario = scenario(*profile, *strategy);
             // Only v6..v9 log calculations; `auto` audits just those.
             if let Some(influxd) = &influxd {
                 scenario.audit.influx_url = Some(influxd.url().to_owned());
             }
-            scenarios.push((profile.clone(), scenario));
+            scenarios.push((*profile, scenario));
         }
     }
     let mut cells = Vec::new();
@@ -174,7 +165,7 @@ pub async fn run(
             let dir = out.join(&scenario.name);
             crate::run::run(scenario, &dir, env, &Quiet)
                 .await
-                .map(|report| Cell::of(profile, &report))
+                .map(|report| Cell::of(*profile, &report))
         });
         // Run together: each trial mostly waits on sockets and timers.
         for cell in futures_util::future::join_all(runs).await {

@@ -139,16 +139,10 @@ impl TrialReport {
     ) -> Self {
         let mut reasons = Vec::new();
         if load.requests.failed > 0 {
-            let classes: Vec<String> = load
-                .failures
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(class, n)| format!("{class} {n}"))
-                .collect();
             reasons.push(format!(
                 "{} failed request(s): {}",
                 load.requests.failed,
-                classes.join(", ")
+                dropless_load::failure_list(&load.failures, " ", ", ")
             ));
         }
         if load.dropped_iterations > 0 {

@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
+use dropless_demo::Profile;
+use dropless_runtime::config::{duration, optional_duration};
 use serde::{Deserialize, Serialize};
 
 /// Default replica count of the service under trial.
@@ -74,25 +76,43 @@ pub struct Service {
     pub health_path: Option<String>,
     /// Kubernetes emulation: how long routing keeps sending to a replica
     /// after its SIGTERM. Default [`DEFAULT_ENDPOINT_LAG`].
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "optional_duration")]
     pub endpoint_lag: Option<Duration>,
     /// Delay before SIGTERM. Default 0, or [`DEFAULT_K8S_PRE_STOP`] under
     /// `kubernetes-prestop`.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "optional_duration")]
     pub pre_stop: Option<Duration>,
     /// Time between SIGTERM and SIGKILL. Default [`DEFAULT_GRACE`].
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "optional_duration")]
     pub grace: Option<Duration>,
     /// Demo only: how long `/sum` works. Default [`DEFAULT_WORK_MS`].
     #[serde(default = "default_work_ms")]
     pub work_ms: u64,
     /// Demo only: how long a replica takes to boot.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "optional_duration")]
     pub startup_delay: Option<Duration>,
     /// Demo only: more flags for the demo service, e.g.
     /// `["--log-delay", "1s"]` (see `dropless demo-service --help`).
     #[serde(default)]
     pub demo_args: Vec<String>,
+}
+
+impl Service {
+    /// The demo's profile; `None` for a command (or a profile that
+    /// [`Scenario::validate`] refuses).
+    pub fn profile(&self) -> Option<Profile> {
+        self.demo.as_deref().and_then(|p| p.parse().ok())
+    }
+
+    /// Whether the service has no readiness endpoint: `health_path = ""`,
+    /// or no `health_path` and a demo profile without health endpoints
+    /// (v1).
+    pub fn without_readiness(&self) -> bool {
+        match self.health_path.as_deref() {
+            Some(path) => path.is_empty(),
+            None => self.profile().is_some_and(|p| !p.health_endpoints()),
+        }
+    }
 }
 
 /// How the runtime retires replicas during the trial.
@@ -611,15 +631,13 @@ impl Scenario {
 }
 
 fn check_profile(field: &str, profile: &str) -> Result<(), ScenarioError> {
-    let known = (1..=9).any(|n| profile.eq_ignore_ascii_case(&format!("v{n}")));
-    if known {
-        Ok(())
-    } else {
-        Err(ScenarioError::Invalid {
+    profile
+        .parse::<Profile>()
+        .map(drop)
+        .map_err(|fix| ScenarioError::Invalid {
             field: field.to_owned(),
-            fix: format!("unknown profile {profile:?}: expected one of v1..v9"),
+            fix,
         })
-    }
 }
 
 /// " (line N)" for a parse error's position.
@@ -648,46 +666,6 @@ fn default_rate() -> f64 {
 }
 fn default_duration() -> Duration {
     DEFAULT_DURATION
-}
-
-/// Durations as humantime strings (`"10s"`, `"500ms"`).
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            D::Error::custom(format!(
-                "bad duration {text:?} ({e}): write e.g. \"10s\", \"500ms\", \"2m\""
-            ))
-        })
-    }
-}
-
-/// Optional durations as humantime strings.
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(value) => super::duration::serialize(value, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrapped(#[serde(with = "super::duration")] Duration);
-        Option::<Wrapped>::deserialize(d).map(|w| w.map(|Wrapped(d)| d))
-    }
 }
 
 #[cfg(test)]

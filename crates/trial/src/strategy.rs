@@ -26,12 +26,7 @@ pub(crate) fn apply(config: &mut Config, service: &Service) {
     config.proxy.max_attempts = 1;
     let lag = service.endpoint_lag.unwrap_or(DEFAULT_ENDPOINT_LAG);
     // A pod without a readiness probe is ready once its container started.
-    let no_readiness = service.health_path.as_deref() == Some("")
-        || (service.health_path.is_none()
-            && service
-                .demo
-                .as_deref()
-                .is_some_and(|p| p.eq_ignore_ascii_case("v1")));
+    let no_readiness = service.without_readiness();
     for runtime in &mut config.services {
         runtime.probe.ready_on_start = no_readiness;
         runtime.retire.kubernetes_endpoint_delay = Some(lag);

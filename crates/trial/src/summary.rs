@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use dropless_load::failure_list;
+
 use crate::report::{Outcome, TrialReport, Verdict};
 
 /// A k6-style summary: verdict, load, latency, events, audit, and the
@@ -38,14 +40,9 @@ pub fn render(report: &TrialReport) -> String {
         "  requests   {} total, {} ok, {} failed, {} dropped iterations",
         load.requests.total, load.requests.ok, load.requests.failed, load.dropped_iterations
     );
-    let failures: Vec<String> = load
-        .failures
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(class, n)| format!("{class} {n}"))
-        .collect();
+    let failures = failure_list(&load.failures, " ", ", ");
     if !failures.is_empty() {
-        let _ = writeln!(s, "  failures   {}", failures.join(", "));
+        let _ = writeln!(s, "  failures   {failures}");
     }
     let t = &load.latency_ms.ttlb;
     let _ = writeln!(
@@ -93,13 +90,11 @@ pub fn render(report: &TrialReport) -> String {
         .iter()
         .filter(|second| second.failed > 0)
         .map(|second| {
-            let classes: Vec<String> = second
-                .failures
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(class, n)| format!("{class} {n}"))
-                .collect();
-            format!("{}s: {}", second.t_s, classes.join(" "))
+            format!(
+                "{}s: {}",
+                second.t_s,
+                failure_list(&second.failures, " ", " ")
+            )
         })
         .collect();
     if !bad.is_empty() {

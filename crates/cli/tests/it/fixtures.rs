@@ -2,7 +2,6 @@
 //! `dropless serve` of the demo service.
 
 use std::{
-    net::TcpListener,
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -56,12 +55,10 @@ pub fn is_gone(pid: i32) -> bool {
     }
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port (bound, then released): the runtime's own.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    dropless_runtime::supervisor::process::free_port()
+        .expect("a free loopback port")
         .port()
 }
 

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{SocketAddr, TcpListener as StdListener},
+    net::SocketAddr,
     path::PathBuf,
     process::{ExitStatus, Stdio},
     sync::{
@@ -278,10 +278,8 @@ impl Summary {
 
 /// A port nobody listens on (bound, then released).
 pub fn closed_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    dropless_runtime::supervisor::process::free_port()
+        .expect("a free loopback port")
         .port()
 }
 

@@ -163,13 +163,4 @@ impl ProxyError {
 }
 
 /// An error and its sources on one line, `outer: inner: root`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use dropless_lifecycle::error_chain;

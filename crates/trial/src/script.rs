@@ -1,0 +1,106 @@
+//! The event script: restart, deploy and scale at their offsets over the
+//! control socket, each ending in an [`EventRecord`].
+
+use dropless_runtime::{
+    config::Strategy as RolloutStrategy,
+    control::{ControlClient, ControlError},
+    rollout::{Plan, RolloutRequest},
+};
+use tokio::{sync::mpsc, time::Instant};
+
+use crate::{
+    report::{EventRecord, Outcome},
+    runtime_config::Release,
+    scenario::{Action, Expect},
+};
+
+/// Runs the events at their offsets, one after the other; sends a record
+/// for each as it ends.
+pub(crate) async fn run_events(
+    release: Release,
+    control: ControlClient,
+    started: Instant,
+    records: mpsc::UnboundedSender<EventRecord>,
+) {
+    let scenario = &release.scenario;
+    for (index, event) in scenario.timeline() {
+        tokio::time::sleep_until(started + event.at).await;
+        let began = started.elapsed();
+        let request = match &event.action {
+            Action::Restart => RolloutRequest::Restart {
+                plan: Plan::default(),
+            },
+            Action::Scale { replicas } => RolloutRequest::Scale {
+                replicas: *replicas,
+                allow_zero: false,
+            },
+            Action::Deploy {
+                version: label,
+                profile,
+                command,
+                rollout,
+            } => {
+                let profile = profile.as_deref().or(scenario.service.demo.as_deref());
+                let command = if command.is_empty() {
+                    &scenario.service.command
+                } else {
+                    command
+                };
+                RolloutRequest::Deploy {
+                    version: release.version(label, profile, command),
+                    plan: Plan {
+                        strategy: match rollout.as_deref() {
+                            Some("blue-green") => Some(RolloutStrategy::BlueGreen),
+                            Some(_) => Some(RolloutStrategy::Rolling),
+                            None => None,
+                        },
+                        ..Plan::default()
+                    },
+                }
+            }
+        };
+        let result = control.rollout(None, request).await;
+        let ended = started.elapsed();
+        let (outcome, detail) = match result {
+            Ok(report) => (
+                Outcome::Ok,
+                Some(format!(
+                    "started {}, retired {}",
+                    report.started.join(" "),
+                    report.retired.join(" ")
+                )),
+            ),
+            Err(error @ ControlError::Aborted(_)) => (Outcome::Aborted, Some(error.to_string())),
+            Err(error) => (Outcome::Failed, Some(error.to_string())),
+        };
+        let record = EventRecord {
+            action: event.action.label(),
+            index: Some(index),
+            at_s: event.at.as_secs_f64(),
+            started_s: began.as_secs_f64(),
+            ended_s: ended.as_secs_f64(),
+            outcome,
+            expect: event.expect,
+            detail,
+        };
+        if records.send(record).is_err() {
+            return;
+        }
+    }
+}
+
+/// A failed record of something that is not one event (`"events"`: the
+/// script ran too long).
+pub(crate) fn failed_record(action: &str, started: Instant, detail: String) -> EventRecord {
+    let now = started.elapsed().as_secs_f64();
+    EventRecord {
+        action: action.to_owned(),
+        index: None,
+        at_s: now,
+        started_s: now,
+        ended_s: now,
+        outcome: Outcome::Failed,
+        expect: Expect::Completed,
+        detail: Some(detail),
+    }
+}
