@@ -85,7 +85,18 @@ impl Release {
                 }
                 argv.extend(service.demo_args.iter().cloned());
                 argv.extend(self.sink_flags.iter().cloned());
-                Version::command(argv)
+                let version = Version::command(argv);
+                // The demo takes its socket from the runtime, so no other
+                // process can take its port first, whenever readiness is
+                // probed over HTTP. Without a readiness probe (a v1 pod in
+                // the emulation) the kernel would queue requests on the
+                // passed socket before the demo serves, where a cluster
+                // refuses them: it binds `PORT` itself then.
+                if service.without_readiness() {
+                    version
+                } else {
+                    version.with_socket_activation()
+                }
             }
             None => {
                 let mut version = Version::command(command.iter().cloned());
