@@ -45,6 +45,9 @@ enum Command {
     Status(control::StatusArgs),
     /// Stream the runtime's events.
     Events(control::EventsArgs),
+    /// Make `serve` read its config file again and apply what can change
+    /// without a restart (as SIGHUP does).
+    Reload(control::ReloadArgs),
     /// Load plus deploy events against a real runtime, then a verdict.
     Trial(Box<trial::TrialArgs>),
     /// The main job: the demo service deployed under load behind dropless,
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => control::rollback(args),
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
+        Command::Reload(args) => control::reload(args),
         Command::Trial(args) => trial::trial(*args),
         Command::Demo(args) => trial::demo(args),
         Command::K8s(command) => trial::k8s(command),
