@@ -138,6 +138,8 @@ impl Reloader {
                 lines: vec![line.into()],
             });
         };
+        new.validate()
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let mut lines = fixed_at_start(old, &new);
         let router = &self.inner.router;
         let running = router.services();
@@ -233,7 +235,11 @@ impl Reloader {
             previous: None,
             replicas: s.replicas,
         };
-        let sup = Supervisor::new(s.clone(), desired.clone(), self.inner.options.clone());
+        // Its own log run: a service removed and added again never writes
+        // to the files of its replicas still draining.
+        let mut options = self.inner.options.clone();
+        options.log_run = crate::supervisor::logs::run_id();
+        let sup = Supervisor::new(s.clone(), desired.clone(), options);
         sup.commit_desired(desired)
             .await
             .map_err(|e| format!("service {:?}: {e}", s.name))?;

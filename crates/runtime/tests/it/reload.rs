@@ -62,18 +62,21 @@ async fn reloads_apply_settings_add_and_drain_services_and_drop_no_request() {
     // once where the replica takes 1 s.
     let mut short = with_api.clone();
     short.proxy.response_timeout = Duration::from_millis(200);
-    let report = reload(Ok(short)).await.unwrap();
+    let report = reload(Ok(short.clone())).await.unwrap();
     assert_eq!(report.lines, ["proxy: response_timeout applied"]);
     let (status, _, _) = fixtures::get_with_host(&api_url, "api.test").await;
     assert_eq!(status, 504);
 
     // A file that does not validate changes nothing.
-    let refused = reload(Err(
-        "invalid config: proxy.max_attempts must be at least 1".into()
-    ))
-    .await
-    .unwrap_err();
-    assert!(refused.to_string().contains("nothing changed"), "{refused}");
+    let mut invalid = short.clone();
+    invalid.proxy.max_attempts = 0;
+    invalid.proxy.queue_timeout = Duration::from_millis(1);
+    let refused = reload(Ok(invalid)).await.unwrap_err();
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("nothing changed") && refused.contains("max_attempts"),
+        "{refused}"
+    );
     let (status, _, _) = fixtures::get_with_host(&api_url, "api.test").await;
     assert_eq!(status, 504, "the short timeout is still the one applied");
 
@@ -105,7 +108,15 @@ async fn reloads_apply_settings_add_and_drain_services_and_drop_no_request() {
             )
     })
     .await;
-    assert!(api_sup.replicas().is_empty(), "{:?}", api_sup.status());
+    // Then the supervisor lets go of it.
+    let mut topology = api_sup.watch_topology();
+    let gone = tokio::time::timeout(fixtures::WAIT, async {
+        while !api_sup.replicas().is_empty() {
+            topology.changed().await.unwrap();
+        }
+    });
+    gone.await
+        .unwrap_or_else(|_| panic!("api replica not removed: {:?}", api_sup.status()));
 
     let before = run.ok();
     run.wait_ok(before + 20).await;
