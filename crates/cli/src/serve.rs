@@ -16,7 +16,8 @@ use dropless_runtime::serve::Runtime;
 /// a request.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// TOML config (see docs/config.md); flags below override it.
+    /// TOML config (see docs/config.md); flags below override it. SIGHUP
+    /// or `dropless reload` reads it again.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address the proxy listens on, IP:PORT or NAME:PORT (resolved at
