@@ -1,5 +1,5 @@
 //! The client commands of the control API: `deploy`, `restart`, `scale`,
-//! `rollback`, `status` and `events`. Rollouts wait for their end: exit 0 when
+//! `rollback`, `status`, `events` and `reload`. Rollouts wait for their end: exit 0 when
 //! completed, 1 when aborted (the message names the replica and the probe).
 
 use std::io::IsTerminal;
@@ -121,6 +121,31 @@ pub struct EventsArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `dropless reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Control socket of `dropless serve`, or `http://HOST:PORT` for its TCP
+    /// control API (the token in DROPLESS_CONTROL_TOKEN).
+    #[arg(
+        long,
+        env = "DROPLESS_CONTROL",
+        default_value = ".dropless/dropless.sock"
+    )]
+    control: PathBuf,
+}
+
+/// Runs `dropless reload`: prints what the reload applied and what it left
+/// as it was; a refused file exits 2 with the reason.
+pub fn reload(args: ReloadArgs) -> ExitCode {
+    block_on(async move {
+        let report = ControlClient::for_target(&args.control)?.reload().await?;
+        for line in report.lines {
+            println!("{line}");
+        }
+        Ok(())
+    })
 }
 
 /// Runs `dropless deploy`.

@@ -47,6 +47,9 @@ enum Command {
     Status(control::StatusArgs),
     /// Stream the runtime's events.
     Events(control::EventsArgs),
+    /// Make `serve` read its config file again and apply what can change
+    /// without a restart (as SIGHUP does).
+    Reload(control::ReloadArgs),
     /// Load plus deploy events against a real runtime, then a verdict.
     Trial(Box<trial::TrialArgs>),
     /// The main job: the demo service deployed under load behind dropless,
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => control::rollback(args),
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
+        Command::Reload(args) => control::reload(args),
         Command::Trial(args) => trial::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::K8s(command) => k8s::run(command),

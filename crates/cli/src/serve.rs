@@ -1,5 +1,6 @@
 //! `dropless serve`: flags and config file to a runtime config, then run it
-//! in the foreground until SIGTERM (graceful) or SIGINT (fast).
+//! in the foreground until SIGTERM (graceful) or SIGINT (fast); SIGHUP
+//! reloads the config file (with the same flags applied).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,9 +14,10 @@ use dropless_runtime::serve::Runtime;
 
 /// Run replicas of a service behind a proxy and deploy them without dropping
 /// a request.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// TOML config (see docs/config.md); flags below override it.
+    /// TOML config (see docs/config.md); flags below override it. SIGHUP
+    /// or `dropless reload` reads it again.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address the proxy listens on, IP:PORT or NAME:PORT (resolved at
@@ -89,6 +91,7 @@ pub struct ServeArgs {
 
 /// Runs `dropless serve`.
 pub fn run(args: ServeArgs) -> ExitCode {
+    let reload_args = args.clone();
     let config = match config(args) {
         Ok(c) => c,
         Err(message) => {
@@ -98,7 +101,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     };
     crate::control::init_logging();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, reload_args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Library errors name their cause in their message already.
@@ -110,12 +113,24 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     let (control_path, control_tcp) = (config.control_path(), config.control_tcp);
     let listen = config.proxy.listen;
     // First the config and the state dir (private, readable, writable):
     // nothing is created in a state dir that is refused.
     let mut runtime = Runtime::new(config)?;
+    // From here SIGHUP reloads instead of ending the process.
+    let hangups = dropless_runtime::signal::hangups()?;
+    let reloader = runtime.reloader();
+    reloader.set_source(std::sync::Arc::new(move || {
+        // The file read again, with the same flags over it.
+        let args = args.clone();
+        args.config
+            .is_some()
+            .then(|| self::config(args))
+            .transpose()
+    }));
+    tokio::spawn(reloader.on_signals(hangups));
     let control = ControlListener::bind(&control_path)?;
     let tcp_control = match control_tcp {
         Some(addr) => {

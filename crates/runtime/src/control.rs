@@ -7,6 +7,7 @@
 //! | GET | `/v1/status` | | `[ServiceStatus]` |
 //! | POST | `/v1/rollout` | [`RolloutCall`] | [`RolloutReport`](crate::rollout::RolloutReport), or 409 with [`ErrorBody`] when aborted |
 //! | GET | `/v1/events` | | newline-delimited JSON [`Event`]s, live |
+//! | POST | `/v1/reload` | | [`ReloadReport`](crate::reload::ReloadReport), or 422 with [`ErrorBody`] when the file is refused |
 //!
 //! `deploy`, `restart`, `scale` and `rollback` are rollouts; the call returns
 //! when the rollout completed or was aborted and rolled back.
@@ -36,6 +37,7 @@ pub use client::{ControlClient, EventStream};
 use crate::config::Config;
 use crate::event::Event;
 use crate::proxy::route::Router;
+use crate::reload::{ReloadError, Reloader};
 use crate::rollout::{self, RolloutError, RolloutRequest};
 use crate::throttle::warn_throttled;
 
@@ -277,12 +279,14 @@ pub async fn serve(
     listener: Option<ControlListener>,
     tcp: Option<TcpControl>,
     router: Router,
+    reloader: Reloader,
     events: broadcast::Sender<Event>,
     limits: ControlLimits,
     shutdown: CancellationToken,
 ) {
     let api = Api {
         router,
+        reloader,
         events,
         shutdown,
         limits,
@@ -351,6 +355,7 @@ impl std::fmt::Display for Listening<'_> {
 /// What every control connection shares.
 struct Api {
     router: Router,
+    reloader: Reloader,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
     limits: ControlLimits,
@@ -407,9 +412,11 @@ impl Api {
             self.events.clone(),
             self.shutdown.clone(),
         );
+        let reloader = self.reloader.clone();
         let read_timeout = self.limits.read_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
+            let reloader = reloader.clone();
             let authorized = token.as_deref().is_none_or(|t| carries_token(&req, t));
             async move {
                 if !authorized {
@@ -420,6 +427,9 @@ impl Api {
                         ),
                         None,
                     ));
+                }
+                if (req.method(), req.uri().path()) == (&Method::POST, "/v1/reload") {
+                    return Ok(reload(&reloader).await);
                 }
                 Ok(answer(req, router, events, read_timeout, shutdown).await)
             }
@@ -500,7 +510,7 @@ async fn answer(
                     );
                 }
             };
-            let Some(service) = router.service(call.service.as_deref()).cloned() else {
+            let Some(service) = router.service(call.service.as_deref()) else {
                 let names: Vec<_> = router
                     .services()
                     .iter()
@@ -534,6 +544,19 @@ async fn answer(
             format!("no control endpoint {path}"),
             None,
         ),
+    }
+}
+
+/// Applies a reload; the answer is its report, or why nothing changed.
+async fn reload(reloader: &Reloader) -> Response<ControlBody> {
+    match reloader.reload().await {
+        Ok(report) => json(StatusCode::OK, &report),
+        Err(e @ ReloadError::Invalid(_)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), None)
+        }
+        Err(e @ ReloadError::Stopping) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
+        }
     }
 }
 

@@ -21,7 +21,8 @@
 //!   control API on a Unix socket (or TCP with a token) and has its client.
 //! - [`event`] is the shared vocabulary (events and both state machines),
 //!   [`desired`] the persisted desired state, [`config`] every default;
-//!   [`serve::Runtime`] wires them together. [`fds`] keeps file descriptors
+//!   [`serve::Runtime`] wires them together, and [`reload`] applies a
+//!   config file read again while it runs. [`fds`] keeps file descriptors
 //!   for probes and replica starts under a flood of connections;
 //!   [`throttle`] logs a repeating error once a second.
 //!
@@ -38,6 +39,7 @@ pub mod desired;
 pub mod event;
 pub mod fds;
 pub mod proxy;
+pub mod reload;
 pub mod rollout;
 pub mod serve;
 pub mod signal;

@@ -42,6 +42,12 @@ use crate::signal::Shutdown;
 use front::{Activity, FrontStream};
 use session::until_done;
 
+/// The proxy's settings, shared with the reload that replaces them: each
+/// request reads the snapshot of its moment without a lock. Settings fixed
+/// at start (the listener, threads, TLS, connection limits, hyper's header
+/// limits) are read once when the proxy starts.
+pub type LiveConfig = Arc<arc_swap::ArcSwap<ProxyConfig>>;
+
 /// The body of a response to a client.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -49,7 +55,9 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 #[derive(Debug, Clone)]
 pub struct Proxy {
     router: Router,
-    config: ProxyConfig,
+    /// Read per request; a reload swaps in new values of the settings that
+    /// may change while running ([`LiveConfig`]).
+    config: LiveConfig,
     tls: Option<TlsAcceptor>,
 }
 
@@ -74,6 +82,12 @@ struct ClientInfo {
 impl Proxy {
     /// A proxy routing with `router`, speaking plain HTTP.
     pub fn new(router: Router, config: ProxyConfig) -> Self {
+        Self::with_live_config(router, Arc::new(arc_swap::ArcSwap::from_pointee(config)))
+    }
+
+    /// A proxy reading its settings from `config`, which may be replaced
+    /// while it runs.
+    pub fn with_live_config(router: Router, config: LiveConfig) -> Self {
         Self {
             router,
             config,
@@ -94,23 +108,24 @@ impl Proxy {
     /// Client connections are served by `proxy.threads` threads, each with
     /// its own single-threaded runtime (see [`threads`]).
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = Shutdown>) {
+        let config = self.config.load_full();
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout)
-            .max_buf_size(self.config.max_header_bytes.max(8192));
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192));
         auto.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout)
-            .max_buf_size(self.config.max_header_bytes.max(8192));
-        let threads = match self.config.threads {
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192));
+        let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let grace = self.config.shutdown_grace;
+        let grace = config.shutdown_grace;
         let running = threads::start(
             Arc::new(self),
             Arc::new(Builders { auto, h1 }),
@@ -140,7 +155,7 @@ impl Proxy {
         Box::pin(async {
             // A client that never finishes its handshake holds a slot no
             // longer than one that never finishes its request head.
-            let timeout = self.config.header_read_timeout;
+            let timeout = self.config.load().header_read_timeout;
             match tokio::time::timeout(timeout, tls.accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let service = Proxy::service(Arc::clone(self), peer, "https", None);
@@ -167,7 +182,7 @@ impl Proxy {
         stop: &CancellationToken,
         peer: SocketAddr,
     ) {
-        let timeout = self.config.header_read_timeout;
+        let timeout = self.config.load().header_read_timeout;
         let first = tokio::select! {
             first = tokio::time::timeout(timeout, front::read_preface(&mut stream)) => first,
             () = stop.cancelled() => return,

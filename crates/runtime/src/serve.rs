@@ -12,8 +12,9 @@ use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlLimits, ControlListener, TcpControl};
 use crate::desired::{self, Desired, Release, State, StateError, StateFile};
 use crate::event::Event;
-use crate::proxy::Proxy;
 use crate::proxy::route::Router;
+use crate::proxy::{LiveConfig, Proxy};
+use crate::reload::Reloader;
 use crate::signal::Shutdown;
 use crate::supervisor::leftovers::{InUse, Registry};
 use crate::supervisor::process::SpawnError;
@@ -32,6 +33,8 @@ pub struct Runtime {
     registry: Arc<Registry>,
     tls: Option<crate::proxy::tls::TlsAcceptor>,
     tcp_control: Option<TcpControl>,
+    proxy: LiveConfig,
+    reloader: Reloader,
 }
 
 /// `serve` could not start or failed.
@@ -115,28 +118,30 @@ impl Runtime {
         let registry = Arc::new(Registry::new(config.state_dir.join("replicas.json"))?);
         let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let log_run = crate::supervisor::logs::run_id();
+        let options = SupervisorOptions {
+            log_dir: config.state_dir.join("logs"),
+            log_run: crate::supervisor::logs::run_id(),
+            logs: config.logs.clone(),
+            pool_idle_timeout: config.proxy.pool_idle_timeout,
+            events: events.clone(),
+            state_file: Arc::clone(&state_file),
+            registry: Arc::clone(&registry),
+        };
         let supervisors = config
             .services
             .iter()
             .map(|s| {
-                Supervisor::new(
-                    s.clone(),
-                    initial.services[&s.name].clone(),
-                    SupervisorOptions {
-                        log_dir: config.state_dir.join("logs"),
-                        log_run: log_run.clone(),
-                        logs: config.logs.clone(),
-                        pool_idle_timeout: config.proxy.pool_idle_timeout,
-                        events: events.clone(),
-                        state_file: Arc::clone(&state_file),
-                        registry: Arc::clone(&registry),
-                    },
-                )
+                let desired = initial.services[&s.name].clone();
+                Supervisor::new(s.clone(), desired, options.clone())
             })
             .collect();
+        let router = Router::new(supervisors);
+        let proxy: LiveConfig = Arc::new(arc_swap::ArcSwap::from_pointee(config.proxy.clone()));
+        let reloader = Reloader::new(config.clone(), router.clone(), Arc::clone(&proxy), options);
         Ok(Self {
-            router: Router::new(supervisors),
+            router,
+            proxy,
+            reloader,
             config,
             events,
             state_file,
@@ -151,6 +156,12 @@ impl Runtime {
     pub fn with_tcp_control(mut self, tcp: TcpControl) -> Self {
         self.tcp_control = Some(tcp);
         self
+    }
+
+    /// Its reloads (SIGHUP, `POST /v1/reload`); give it the config file
+    /// with [`Reloader::set_source`].
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The services, by host and by name.
@@ -186,9 +197,11 @@ impl Runtime {
             registry,
             tls,
             tcp_control,
+            proxy: live_proxy,
+            reloader,
         } = self;
         let limits = ControlLimits::of(&config);
-        let proxy_config = within_fd_limit(config.proxy.clone(), limits);
+        live_proxy.store(Arc::new(within_fd_limit(config.proxy.clone(), limits)));
         // Replicas a killed `serve` left go before any new one starts.
         let grace = |service: &str| {
             config
@@ -199,12 +212,13 @@ impl Runtime {
         };
         registry.retire_leftovers(grace).await;
         let mut first_release = Vec::new();
-        for s in router.services() {
+        for s in &router.services() {
             match s.start() {
                 Ok(replicas) => first_release.extend(replicas.into_iter().map(|r| (s.clone(), r))),
                 Err(e) => {
                     // Replicas already started must not outlive a failed start.
-                    let stops = router.services().iter().map(|s| s.shutdown(true));
+                    let services = router.services();
+                    let stops = services.iter().map(|s| s.shutdown(true));
                     futures_util::future::join_all(stops).await;
                     return Err(e.into());
                 }
@@ -230,6 +244,7 @@ impl Runtime {
                 control,
                 tcp_control,
                 router.clone(),
+                reloader.clone(),
                 events.clone(),
                 limits,
                 stop_background.clone(),
@@ -253,13 +268,16 @@ impl Runtime {
             *recorded.lock().expect("mode lock") = m;
             m
         };
-        let mut proxy = Proxy::new(router.clone(), proxy_config);
+        let mut proxy = Proxy::with_live_config(router.clone(), live_proxy);
         if let Some(tls) = tls {
             proxy = proxy.with_tls(tls);
         }
         proxy.run(listener, proxy_shutdown).await;
         let fast = *mode.lock().expect("mode lock") == Shutdown::Fast;
-        let retirements = router.services().iter().map(|s| s.shutdown(fast));
+        // No reload from now on: the services are the ones retired here.
+        reloader.stop().await;
+        let services = router.services();
+        let retirements = services.iter().map(|s| s.shutdown(fast));
         futures_util::future::join_all(retirements).await;
         stop_background.cancel();
         if let Some(c) = control {

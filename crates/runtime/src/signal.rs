@@ -1,5 +1,6 @@
 //! Process signals mapped to one shutdown value: SIGTERM asks for a graceful
 //! stop, SIGINT (Ctrl-C) for a fast one. Tests pass the value directly.
+//! SIGHUP asks for a reload ([`hangups`], [`crate::reload`]).
 
 /// How the runtime should stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,4 +25,11 @@ pub async fn recv() -> Shutdown {
         _ = term.recv() => Shutdown::Graceful,
         _ = int.recv() => Shutdown::Fast,
     }
+}
+
+/// SIGHUP from the moment this returns (it no longer ends the process):
+/// each `recv` waits for the next one.
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
 }

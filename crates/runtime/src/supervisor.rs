@@ -93,7 +93,9 @@ pub struct ReplicaStatus {
 
 #[derive(Debug)]
 struct Inner {
-    config: ServiceConfig,
+    name: String,
+    /// Replaced by a reload; each use reads the settings of its moment.
+    config: ArcSwap<ServiceConfig>,
     options: SupervisorOptions,
     replicas: Mutex<Vec<Arc<Replica>>>,
     /// The ready members, published on every change: what each request
@@ -135,7 +137,8 @@ impl Supervisor {
     pub fn new(config: ServiceConfig, desired: Desired, options: SupervisorOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
-                config,
+                name: config.name.clone(),
+                config: ArcSwap::from_pointee(config),
                 options,
                 replicas: Mutex::new(Vec::new()),
                 routable: ArcSwap::from_pointee(Vec::new()),
@@ -166,12 +169,21 @@ impl Supervisor {
 
     /// Service name.
     pub fn name(&self) -> &str {
-        &self.inner.config.name
+        &self.inner.name
     }
 
-    /// Service configuration.
-    pub fn config(&self) -> &ServiceConfig {
-        &self.inner.config
+    /// Service configuration now.
+    pub fn config(&self) -> Arc<ServiceConfig> {
+        self.inner.config.load_full()
+    }
+
+    /// Applies `config` (a reload) from now on: to the next probe of each
+    /// replica, the next retirement, rollout and replacement. The name is
+    /// kept; the version and replica count in `config` are not used after
+    /// the start (the desired state holds them).
+    pub fn update_config(&self, mut config: ServiceConfig) {
+        config.name = self.inner.name.clone();
+        self.inner.config.store(Arc::new(config));
     }
 
     /// Desired state now.
@@ -347,7 +359,7 @@ impl Supervisor {
 
     /// Takes `replica` out of routing now and returns its retirement to run.
     pub fn retire(&self, replica: Arc<Replica>) -> impl Future<Output = Retired> + Send + 'static {
-        self.retire_with(replica, self.inner.config.retire.clone())
+        self.retire_with(replica, self.config().retire.clone())
     }
 
     fn retire_with(
@@ -377,7 +389,7 @@ impl Supervisor {
             let _replicas = self.inner.replicas.lock().expect("replicas lock");
             self.inner.shutdown.cancel();
         }
-        let mut config = self.inner.config.retire.clone();
+        let mut config = self.config().retire.clone();
         if fast {
             config = crate::config::RetireConfig {
                 drain_timeout: Duration::ZERO,
@@ -398,7 +410,7 @@ impl Supervisor {
     pub fn status(&self) -> ServiceStatus {
         ServiceStatus {
             name: self.name().to_string(),
-            hosts: self.inner.config.hosts.clone(),
+            hosts: self.config().hosts.clone(),
             desired: self.desired(),
             rollout: *self.inner.phase.lock().expect("phase lock"),
             replicas: self
@@ -450,7 +462,7 @@ impl Supervisor {
     /// The life of one replica after its start: exit watcher, probes, and
     /// replacement when a member fails on its own.
     async fn watch_replica(self, replica: Arc<Replica>, release: Release) {
-        let probe_config: ProbeConfig = self.inner.config.probe.clone();
+        let probe_config: ProbeConfig = self.config().probe.clone();
         if replica.process().is_some() {
             let replica = Arc::clone(&replica);
             let probe = Probe::new(replica.addr(), &probe_config).to_string();
@@ -485,11 +497,13 @@ impl Supervisor {
             if replica.is_member() {
                 self.inner.restarts.store(0, Ordering::SeqCst);
             }
-            if let Some(err) = probe::watch_ready(&replica, &probe_config).await {
+            let inner = &self.inner;
+            let current = || inner.config.load().probe.clone();
+            if let Some(err) = probe::watch_ready(&replica, current).await {
                 let detail = format!(
                     "replica {} failed {} probes in a row: {err}",
                     replica.name(),
-                    probe_config.failure_threshold
+                    self.config().probe.failure_threshold
                 );
                 replica.set_state(ReplicaState::Failed, Some(detail));
             }
@@ -513,8 +527,8 @@ impl Supervisor {
     /// Starts a member of `release` in place of one that failed, after an
     /// exponential backoff.
     async fn replace(&self, release: Release) {
-        let restart = &self.inner.config.restart;
         loop {
+            let restart = self.config().restart.clone();
             let n = self.inner.restarts.fetch_add(1, Ordering::SeqCst).min(16);
             let delay = restart
                 .backoff

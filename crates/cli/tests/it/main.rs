@@ -4,5 +4,6 @@ mod disk;
 mod fixtures;
 mod help;
 mod load;
+mod reload;
 mod serve;
 mod trial;

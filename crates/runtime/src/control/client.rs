@@ -13,6 +13,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::{ControlError, ErrorBody, MIN_TOKEN_LEN, RolloutCall, TOKEN_ENV};
 use crate::event::Event;
+use crate::reload::ReloadReport;
 use crate::rollout::{RolloutReport, RolloutRequest};
 use crate::supervisor::ServiceStatus;
 
@@ -135,6 +136,13 @@ impl ControlClient {
         let body = self
             .call(Method::POST, "/v1/rollout", Bytes::from(body))
             .await?;
+        self.decode(&body)
+    }
+
+    /// Asks the runtime to read its config file again and apply it
+    /// (`POST /v1/reload`); a refused file is [`ControlError::Rejected`].
+    pub async fn reload(&self) -> Result<ReloadReport, ControlError> {
+        let body = self.call(Method::POST, "/v1/reload", Bytes::new()).await?;
         self.decode(&body)
     }
 

@@ -81,7 +81,10 @@ pub(super) async fn serve(
 ) -> Exit {
     let cancelled = stop.cancelled();
     tokio::pin!(cancelled);
-    let timeout = proxy.config.header_read_timeout;
+    let (timeout, response_timeout) = {
+        let config = proxy.config.load();
+        (config.header_read_timeout, config.response_timeout)
+    };
     let mut session = Session {
         proxy,
         client,
@@ -89,7 +92,7 @@ pub(super) async fn serve(
         stop,
         cancelled,
         deadline: LazyDeadline::new(Instant::now() + timeout),
-        response_deadline: LazyDeadline::new(Instant::now() + proxy.config.response_timeout),
+        response_deadline: LazyDeadline::new(Instant::now() + response_timeout),
         input: BytesMut::from(&ahead[..]),
     };
     session.run().await
@@ -124,7 +127,7 @@ impl Session<'_, '_> {
 
     /// Waits for a request and reads its head and body.
     async fn read_request(&mut self) -> Next {
-        let timeout = self.proxy.config.header_read_timeout;
+        let timeout = self.proxy.config.load().header_read_timeout;
         self.deadline.set(Instant::now() + timeout);
         if self.input.is_empty() {
             // Idle: no buffer held, the task parked on the socket's readiness.
@@ -146,10 +149,11 @@ impl Session<'_, '_> {
             }
             self.input.reserve(BUFFER);
         }
-        let max_head = self.proxy.config.max_header_bytes;
+        let max_head = self.proxy.config.load().max_header_bytes;
         loop {
             if !self.input.is_empty() {
-                match parse_request(&self.input, &self.proxy.config, self.client) {
+                let parsed = parse_request(&self.input, &self.proxy.config.load(), self.client);
+                match parsed {
                     Parsed::Complete(plan) => {
                         let total = plan.head_len + plan.body_len;
                         while self.input.len() < total {
@@ -199,7 +203,7 @@ impl Session<'_, '_> {
     async fn proxy_request(&mut self, plan: &mut RequestPlan) -> Result<bool, Broken> {
         let total = plan.head_len + plan.body_len;
         let host = std::str::from_utf8(&self.input[plan.host.clone()]).ok();
-        let Some(service) = self.proxy.router.route(host).cloned() else {
+        let Some(service) = self.proxy.router.route(host) else {
             let err = ProxyError::UnknownHost {
                 host: host.unwrap_or_default().to_string(),
             };
@@ -212,8 +216,10 @@ impl Session<'_, '_> {
         if self.input.is_empty() {
             self.input = BytesMut::new();
         }
+        // The settings of this request's moment: a reload affects the next.
+        let config = self.proxy.config.load_full();
         let forwarded = forward::forward(
-            &self.proxy.config,
+            &config,
             &service,
             plan.replay,
             &mut self.response_deadline,

@@ -1,13 +1,23 @@
 //! Routing of a request to a service by its Host header.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::supervisor::Supervisor;
 
 /// Maps Host header values to services; a service without hosts takes the
-/// rest.
+/// rest. Cheap to clone: clones share one table, which a reload replaces
+/// ([`Router::replace`]) while each request reads the table of its moment
+/// without a lock.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
+    table: Arc<ArcSwap<Table>>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
     by_host: HashMap<String, Supervisor>,
     default: Option<Supervisor>,
     services: Vec<Supervisor>,
@@ -16,41 +26,53 @@ pub struct Router {
 impl Router {
     /// A router over `services`, using each one's configured hosts.
     pub fn new(services: Vec<Supervisor>) -> Self {
-        let mut router = Self::default();
-        for s in &services {
-            if s.config().hosts.is_empty() {
-                router.default = Some(s.clone());
-            }
-            for h in &s.config().hosts {
-                router.by_host.insert(h.to_ascii_lowercase(), s.clone());
-            }
-        }
-        router.services = services;
+        let router = Self::default();
+        router.replace(services);
         router
     }
 
+    /// Routes to `services` from now on, by their hosts as configured now;
+    /// every clone of this router sees the change.
+    pub fn replace(&self, services: Vec<Supervisor>) {
+        let mut table = Table::default();
+        for s in &services {
+            let config = s.config();
+            if config.hosts.is_empty() {
+                table.default = Some(s.clone());
+            }
+            for h in &config.hosts {
+                table.by_host.insert(h.to_ascii_lowercase(), s.clone());
+            }
+        }
+        table.services = services;
+        self.table.store(Arc::new(table));
+    }
+
     /// The service for `host` (port ignored), or the default service.
-    pub fn route(&self, host: Option<&str>) -> Option<&Supervisor> {
-        if self.by_host.is_empty() {
-            return self.default.as_ref();
+    pub fn route(&self, host: Option<&str>) -> Option<Supervisor> {
+        let table = self.table.load();
+        if table.by_host.is_empty() {
+            return table.default.clone();
         }
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
-        host.and_then(|h| self.by_host.get(&h))
-            .or(self.default.as_ref())
+        host.and_then(|h| table.by_host.get(&h))
+            .or(table.default.as_ref())
+            .cloned()
     }
 
     /// The service named `name`, or the only one when `name` is `None`.
-    pub fn service(&self, name: Option<&str>) -> Option<&Supervisor> {
+    pub fn service(&self, name: Option<&str>) -> Option<Supervisor> {
+        let table = self.table.load();
         match name {
-            Some(n) => self.services.iter().find(|s| s.name() == n),
-            None if self.services.len() == 1 => self.services.first(),
+            Some(n) => table.services.iter().find(|s| s.name() == n).cloned(),
+            None if table.services.len() == 1 => table.services.first().cloned(),
             None => None,
         }
     }
 
-    /// All services.
-    pub fn services(&self) -> &[Supervisor] {
-        &self.services
+    /// All services now.
+    pub fn services(&self) -> Vec<Supervisor> {
+        self.table.load().services.clone()
     }
 }
 

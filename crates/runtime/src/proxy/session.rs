@@ -80,6 +80,8 @@ impl Proxy {
         if req.method() == http::Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not proxied"));
         }
+        // The settings of this request's moment: a reload affects the next.
+        let config = self.config.load_full();
         let host = request_host(&req)?;
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = self
@@ -87,8 +89,7 @@ impl Proxy {
             .route(host_str)
             .ok_or_else(|| ProxyError::UnknownHost {
                 host: host_str.unwrap_or_default().to_string(),
-            })?
-            .clone();
+            })?;
         let upgrade = headers::upgrade_of(req.headers());
         if let (Some(_), Some(activity)) = (&upgrade, &client.activity) {
             activity.upgrading();
@@ -106,16 +107,16 @@ impl Proxy {
         let replay = forward::Replay::of(
             parts.method.as_str().as_bytes(),
             parts.headers.contains_key(forward::IDEMPOTENCY_KEY),
-            &self.config,
+            &config,
         );
         let failure = upload::ClientFailure::default();
-        let upload = upload::Upload::new(body, self.config.body_read_timeout, Arc::clone(&failure));
+        let upload = upload::Upload::new(body, config.body_read_timeout, Arc::clone(&failure));
         // A body small enough to buffer makes the request safe to resend.
-        let limit = self.config.retry_body_limit as u64;
+        let limit = config.retry_body_limit as u64;
         let body = if upload.is_end_stream() {
             Body::Buffered(Bytes::new())
         } else if upload.size_hint().upper().is_some_and(|n| n <= limit) {
-            match Limited::new(upload, self.config.retry_body_limit)
+            match Limited::new(upload, config.retry_body_limit)
                 .collect()
                 .await
             {
@@ -134,12 +135,12 @@ impl Proxy {
             parts,
             body,
             pending: None,
-            upload_limit: self.config.max_streamed_uploads,
-            queue_deadline: Instant::now() + self.config.queue_timeout,
+            upload_limit: config.max_streamed_uploads,
+            queue_deadline: Instant::now() + config.queue_timeout,
         };
         let mut response_deadline = forward::LazyDeadline::new(Instant::now());
         let forwarded = forward::forward(
-            &self.config,
+            &config,
             &service,
             replay,
             &mut response_deadline,

@@ -74,8 +74,8 @@ pub(super) fn start(
     let (inboxes, receivers): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
     let shared = Shared {
-        slots: Arc::new(Semaphore::new(proxy.config.max_connections)),
-        grace: Arc::new(std::sync::Mutex::new(proxy.config.shutdown_grace)),
+        slots: Arc::new(Semaphore::new(proxy.config.load().max_connections)),
+        grace: Arc::new(std::sync::Mutex::new(proxy.config.load().shutdown_grace)),
         proxy,
         builders,
         loads: Loads::new(threads),
@@ -224,7 +224,7 @@ impl Shared {
         connections: &TaskTracker,
         stop: &CancellationToken,
     ) {
-        let max = self.proxy.config.max_connections;
+        let max = self.proxy.config.load().max_connections;
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit {max} reached; closing");
             return;

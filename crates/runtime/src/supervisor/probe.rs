@@ -246,17 +246,21 @@ pub async fn wait_ready(replica: &Replica, config: &ProbeConfig) -> Result<(), N
 
 /// Probes a `Ready` replica every `interval` while it stays `Ready`; returns
 /// the last error after `failure_threshold` failures in a row, or `None` once
-/// the replica left `Ready` for another reason.
-pub async fn watch_ready(replica: &Replica, config: &ProbeConfig) -> Option<ProbeError> {
-    let probe = Probe::new(replica.addr(), config);
+/// the replica left `Ready` for another reason. `config` gives the settings
+/// of each probe's moment, so a reload applies to the next probe.
+pub async fn watch_ready(
+    replica: &Replica,
+    config: impl Fn() -> ProbeConfig,
+) -> Option<ProbeError> {
     let mut state = replica.watch_state();
-    if config.ready_on_start {
+    if config().ready_on_start {
         // Never probed: it stays ready until it leaves on its own.
         let _ = state.wait_for(|s| *s != ReplicaState::Ready).await;
         return None;
     }
     let mut failures = 0;
     loop {
+        let config = config();
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
             _ = state.wait_for(|s| *s != ReplicaState::Ready) => return None,
@@ -264,7 +268,7 @@ pub async fn watch_ready(replica: &Replica, config: &ProbeConfig) -> Option<Prob
         if replica.state() != ReplicaState::Ready {
             return None;
         }
-        match probe.check().await {
+        match Probe::new(replica.addr(), &config).check().await {
             Ok(()) => failures = 0,
             Err(e @ ProbeError::Local { .. }) => {
                 warn_throttled!("replica {}: {e}", replica.name());

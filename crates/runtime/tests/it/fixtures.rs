@@ -180,6 +180,8 @@ pub struct Harness {
     pub control: PathBuf,
     /// The services.
     pub router: Router,
+    /// Its reloads (no config source until a test sets one).
+    pub reloader: dropless_runtime::reload::Reloader,
     /// Events from before the first replica started.
     pub events: broadcast::Receiver<Event>,
     stop: Option<oneshot::Sender<Shutdown>>,
@@ -203,6 +205,7 @@ impl Harness {
             runtime = runtime.with_tcp_control(tcp);
         }
         let router = runtime.router().clone();
+        let reloader = runtime.reloader();
         let events = runtime.subscribe();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -219,6 +222,7 @@ impl Harness {
             addr,
             control,
             router,
+            reloader,
             events,
             stop: Some(stop),
             task,

@@ -8,6 +8,7 @@ mod fixtures;
 mod limits;
 mod once;
 mod proxy;
+mod reload;
 mod rollout;
 mod smuggling;
 mod supervisor;
