@@ -5,6 +5,7 @@
 use std::{path::Path, process::Stdio, time::Duration};
 
 use tokio::{process::Command, time::Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     report::{EventRecord, Outcome, TrialReport},
@@ -40,11 +41,20 @@ pub struct During {
     pub client: ClientMode,
 }
 
+/// Time the command has to end after SIGTERM when the trial is stopped,
+/// before SIGKILL.
+pub const COMMAND_STOP_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Runs the load and the command; writes the reports into `out`.
+///
+/// When `stop` is cancelled (Ctrl-C, SIGTERM) the load stops, the command
+/// (its whole process group) gets SIGTERM and is waited for, and the
+/// partial reports are written, marked `interrupted`.
 pub async fn run(
     during: &During,
     out: &Path,
     progress: &dyn Progress,
+    stop: &CancellationToken,
 ) -> Result<TrialReport, TrialError> {
     std::fs::create_dir_all(out)
         .map_err(crate::run::io(format!("cannot create {}", out.display())))?;
@@ -68,50 +78,85 @@ pub async fn run(
     progress.load_started(load.duration);
     let started = Instant::now();
     let stopper = run.stopper();
+    let load_stopper = run.stopper();
     let mut snapshots = run.subscribe();
     let command = during.command.clone();
     let (lead_in, tail, fixed) = (during.lead_in, during.tail, during.duration.is_some());
+    let script_stop = stop.clone();
     let script = tokio::spawn(async move {
-        tokio::time::sleep(lead_in).await;
+        let stop = script_stop;
+        let record = |began: Duration, outcome, detail| EventRecord {
+            action: "command".into(),
+            index: None,
+            at_s: lead_in.as_secs_f64(),
+            started_s: began.as_secs_f64(),
+            ended_s: started.elapsed().as_secs_f64(),
+            outcome,
+            expect: Expect::Completed,
+            detail: Some(detail),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(lead_in) => {}
+            () = stop.cancelled() => {
+                return record(
+                    started.elapsed(),
+                    Outcome::Failed,
+                    format!("`{command}`: interrupted before it started"),
+                );
+            }
+        }
         let began = started.elapsed();
-        let status = Command::new("sh")
+        // A process group of its own: stopping the trial stops what the
+        // shell started too.
+        let child = Command::new("sh")
             .arg("-c")
             .arg(&command)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .status()
-            .await;
-        let ended = started.elapsed();
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn();
+        let status = match child {
+            Ok(mut child) => tokio::select! {
+                status = child.wait() => status.map(Some),
+                () = stop.cancelled() => {
+                    stop_group(&mut child).await;
+                    Ok(None)
+                }
+            },
+            Err(error) => Err(error),
+        };
         let (outcome, detail) = match status {
-            Ok(status) if status.success() => (Outcome::Ok, format!("`{command}`")),
-            Ok(status) => (Outcome::Failed, format!("`{command}` exited with {status}")),
+            Ok(Some(status)) if status.success() => (Outcome::Ok, format!("`{command}`")),
+            Ok(Some(status)) => (Outcome::Failed, format!("`{command}` exited with {status}")),
+            Ok(None) => (Outcome::Failed, format!("`{command}`: interrupted")),
             Err(error) => (
                 Outcome::Failed,
                 format!("`{command}`: cannot run sh -c: {error}"),
             ),
         };
+        let ended = record(began, outcome, detail);
         if !fixed {
-            tokio::time::sleep(tail).await;
-            stopper.finish();
+            tokio::select! {
+                () = tokio::time::sleep(tail) => stopper.finish(),
+                () = stop.cancelled() => {}
+            }
         }
-        EventRecord {
-            action: "command".into(),
-            index: None,
-            at_s: lead_in.as_secs_f64(),
-            started_s: began.as_secs_f64(),
-            ended_s: ended.as_secs_f64(),
-            outcome,
-            expect: Expect::Completed,
-            detail: Some(detail),
-        }
+        ended
     });
     let report = run.report();
     tokio::pin!(report);
+    let mut interrupted = false;
     let report = loop {
         tokio::select! {
             report = &mut report => break report?,
             Ok(()) = snapshots.changed() => progress.second(&snapshots.borrow_and_update()),
+            () = stop.cancelled(), if !interrupted => {
+                interrupted = true;
+                progress.phase("interrupted: stopping the load and the command");
+                load_stopper.stop();
+            }
         }
     };
     let load_ended = started.elapsed();
@@ -141,8 +186,12 @@ pub async fn run(
         vec![record],
         None,
     );
+    if stop.is_cancelled() && !report.load.interrupted {
+        report.load.interrupted = true;
+        report.fail(crate::report::INTERRUPTED.into());
+    }
     // A deploy the load did not cover to its end was not proven.
-    if uncovered {
+    if uncovered && !stop.is_cancelled() {
         report.fail(format!(
             "the load ended before the command: the load ran {:.1} s, the command ended at {:.1} s; give a longer --duration or leave it out (the load then lasts until {} s after the command)",
             load_ended.as_secs_f64(),
@@ -152,4 +201,20 @@ pub async fn run(
     }
     write_reports(&report, out)?;
     Ok(report)
+}
+
+/// SIGTERM to the command's process group; SIGKILL to it after
+/// [`COMMAND_STOP_PATIENCE`].
+async fn stop_group(child: &mut tokio::process::Child) {
+    use nix::{sys::signal::Signal, unistd::Pid};
+    let Some(pid) = child.id() else { return };
+    let group = Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(COMMAND_STOP_PATIENCE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
 }

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{audit::AuditReport, scenario::Expect};
 
+/// The reason of a trial stopped by Ctrl-C or SIGTERM.
+pub const INTERRUPTED: &str = "interrupted (Ctrl-C or SIGTERM): partial results";
+
 /// Everything a trial found; `report.json` is this, serialized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialReport {
@@ -150,6 +153,9 @@ impl TrialReport {
                 "{} dropped iteration(s): the schedule could not be kept",
                 load.dropped_iterations
             ));
+        }
+        if load.interrupted {
+            reasons.push(INTERRUPTED.into());
         }
         reasons.extend(events.iter().filter_map(EventRecord::failure));
         if let Some(audit) = &audit {
