@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use tokio::{process::Command, time::Instant};
+use tokio::{process::Command, sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -45,6 +45,9 @@ pub struct During {
 /// before SIGKILL.
 pub const COMMAND_STOP_PATIENCE: Duration = Duration::from_secs(10);
 
+/// Time the command's output still has to reach the log after it exited.
+const RELAY_TAIL: Duration = Duration::from_secs(1);
+
 /// Runs the load and the command; writes the reports into `out`.
 ///
 /// When `stop` is cancelled (Ctrl-C, SIGTERM) the load stops, the command
@@ -72,6 +75,7 @@ pub async fn run(
     let log_err = log
         .try_clone()
         .map_err(crate::run::io("cannot share the command log"))?;
+    let (said_tx, mut said) = mpsc::unbounded_channel();
 
     progress.phase("load");
     let run = dropless_load::start(&load).await?;
@@ -106,25 +110,47 @@ pub async fn run(
             }
         }
         let began = started.elapsed();
+        let _ = said_tx.send(Said::Started);
         // A process group of its own: stopping the trial stops what the
         // shell started too.
         let child = Command::new("sh")
             .arg("-c")
             .arg(&command)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn();
         let status = match child {
-            Ok(mut child) => tokio::select! {
+            Ok(mut child) => {
+                let relays = [
+                    child
+                        .stdout
+                        .take()
+                        .map(|out| tokio::spawn(relay(out, log, said_tx.clone()))),
+                    child
+                        .stderr
+                        .take()
+                        .map(|err| tokio::spawn(relay(err, log_err, said_tx))),
+                ];
+                let status = tokio::select! {
                 status = child.wait() => status.map(Some),
-                () = stop.cancelled() => {
-                    stop_group(&mut child).await;
-                    Ok(None)
-                }
-            },
+                    () = stop.cancelled() => {
+                        stop_group(&mut child).await;
+                        Ok(None)
+                    }
+                };
+                // Its last lines, unless what it left running keeps the
+                // pipes open.
+                let _ = tokio::time::timeout(RELAY_TAIL, async {
+                    for relay in relays.into_iter().flatten() {
+                        let _ = relay.await;
+                    }
+                })
+                .await;
+                status
+            }
             Err(error) => Err(error),
         };
         let (outcome, detail) = match status {
@@ -152,6 +178,7 @@ pub async fn run(
         tokio::select! {
             report = &mut report => break report?,
             Ok(()) = snapshots.changed() => progress.second(&snapshots.borrow_and_update()),
+            Some(said) = said.recv() => tell(said, progress),
             () = stop.cancelled(), if !interrupted => {
                 interrupted = true;
                 progress.phase("interrupted: stopping the load and the command");
@@ -163,7 +190,17 @@ pub async fn run(
     if !script.is_finished() {
         progress.phase("the load ended: waiting for the command to end");
     }
-    let record = match script.await {
+    tokio::pin!(script);
+    let ended = loop {
+        tokio::select! {
+            ended = &mut script => break ended,
+            Some(said) = said.recv() => tell(said, progress),
+        }
+    };
+    while let Ok(said) = said.try_recv() {
+        tell(said, progress);
+    }
+    let record = match ended {
         Ok(record) => record,
         Err(error) => EventRecord {
             action: "command".into(),
@@ -217,4 +254,45 @@ async fn stop_group(child: &mut tokio::process::Child) {
         let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
         let _ = child.wait().await;
     }
+}
+
+/// What the command's task tells the trial.
+enum Said {
+    /// The command started.
+    Started,
+    /// A line of its output.
+    Line(String),
+}
+
+/// Tells `progress` what the command's task said.
+fn tell(said: Said, progress: &dyn Progress) {
+    match said {
+        Said::Started => progress.event_started("command"),
+        Said::Line(line) => progress.command_output(&line),
+    }
+}
+
+/// Copies the command's output into its log and, line by line, to the
+/// trial's progress.
+async fn relay(
+    output: impl tokio::io::AsyncRead + Unpin,
+    log: std::fs::File,
+    said: mpsc::UnboundedSender<Said>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut log = tokio::fs::File::from_std(log);
+    let mut output = tokio::io::BufReader::new(output);
+    let mut line = Vec::new();
+    // Bytes as they come into the log; lines, even invalid UTF-8, told.
+    while output
+        .read_until(b'\n', &mut line)
+        .await
+        .is_ok_and(|n| n > 0)
+    {
+        let _ = log.write_all(&line).await;
+        let text = String::from_utf8_lossy(&line);
+        let _ = said.send(Said::Line(text.trim_end_matches(['\n', '\r']).to_owned()));
+        line.clear();
+    }
+    let _ = log.flush().await;
 }

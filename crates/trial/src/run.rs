@@ -18,7 +18,7 @@ use crate::{
     report::{EventRecord, TrialReport},
     runtime_config::{Release, runtime_config},
     scenario::{ClientMode, Scenario},
-    script::{failed_record, run_events},
+    script::{Step, failed_record, run_events},
     serve_child::{start_serve, stop_serve, wait_ready},
     sink::Sink,
 };
@@ -45,8 +45,12 @@ pub trait Progress: Send + Sync {
     fn load_started(&self, _duration: Duration) {}
     /// One more second of load.
     fn second(&self, _snapshot: &Snapshot) {}
+    /// An event started: its name (`event[0] restart`, `command`).
+    fn event_started(&self, _name: &str) {}
     /// An event ended.
     fn event(&self, _record: &EventRecord) {}
+    /// A line the `--during` command wrote (stdout or stderr).
+    fn command_output(&self, _line: &str) {}
 }
 
 /// Progress that nobody watches.
@@ -163,8 +167,8 @@ pub async fn run(
     let started = Instant::now();
     let stopper = run.stopper();
     let mut snapshots = run.subscribe();
-    let (records_tx, mut records_rx) = mpsc::unbounded_channel();
-    let script = tokio::spawn(run_events(release, control.clone(), started, records_tx));
+    let (steps_tx, mut steps) = mpsc::unbounded_channel();
+    let script = tokio::spawn(run_events(release, control.clone(), started, steps_tx));
     let mut records = Vec::new();
     let report = run.report();
     tokio::pin!(report);
@@ -173,10 +177,7 @@ pub async fn run(
         tokio::select! {
             report = &mut report => break report?,
             Ok(()) = snapshots.changed() => progress.second(&snapshots.borrow_and_update()),
-            Some(record) = records_rx.recv() => {
-                progress.event(&record);
-                records.push(record);
-            }
+            Some(step) = steps.recv() => take(step, progress, &mut records),
             () = stop.cancelled(), if !interrupted => {
                 interrupted = true;
                 progress.phase("interrupted: stopping the load");
@@ -188,9 +189,8 @@ pub async fn run(
     if !interrupted {
         progress.phase("waiting for the events to end");
         let tail = async {
-            while let Some(record) = records_rx.recv().await {
-                progress.event(&record);
-                records.push(record);
+            while let Some(step) = steps.recv().await {
+                take(step, progress, &mut records);
             }
         };
         tokio::select! {
@@ -206,9 +206,8 @@ pub async fn run(
         script.abort();
     }
     // Events that ended before the stop are kept; one under way is not.
-    while let Ok(record) = records_rx.try_recv() {
-        progress.event(&record);
-        records.push(record);
+    while let Ok(step) = steps.try_recv() {
+        take(step, progress, &mut records);
     }
 
     progress.phase("stopping dropless serve");
@@ -247,6 +246,17 @@ pub async fn run(
     }
     write_reports(&report, out)?;
     Ok(report)
+}
+
+/// Tells `progress` of a step of the script; keeps the records.
+fn take(step: Step, progress: &dyn Progress, records: &mut Vec<EventRecord>) {
+    match step {
+        Step::Started(name) => progress.event_started(&name),
+        Step::Ended(record) => {
+            progress.event(&record);
+            records.push(record);
+        }
+    }
 }
 
 /// How long `dropless serve` has to stop: the replicas' grace period and a

@@ -14,18 +14,30 @@ use crate::{
     scenario::{Action, Expect},
 };
 
-/// Runs the events at their offsets, one after the other; sends a record
-/// for each as it ends.
+/// What the script tells as it goes.
+pub(crate) enum Step {
+    /// An event started: its name (`event[0] restart`).
+    Started(String),
+    /// An event ended.
+    Ended(EventRecord),
+}
+
+/// Runs the events at their offsets, one after the other; tells when each
+/// starts and sends its record as it ends.
 pub(crate) async fn run_events(
     release: Release,
     control: ControlClient,
     started: Instant,
-    records: mpsc::UnboundedSender<EventRecord>,
+    steps: mpsc::UnboundedSender<Step>,
 ) {
     let scenario = &release.scenario;
     for (index, event) in scenario.timeline() {
         tokio::time::sleep_until(started + event.at).await;
         let began = started.elapsed();
+        let name = format!("event[{index}] {}", event.action.label());
+        if steps.send(Step::Started(name)).is_err() {
+            return;
+        }
         let request = match &event.action {
             Action::Restart => RolloutRequest::Restart {
                 plan: Plan::default(),
@@ -83,7 +95,7 @@ pub(crate) async fn run_events(
             expect: event.expect,
             detail,
         };
-        if records.send(record).is_err() {
+        if steps.send(Step::Ended(record)).is_err() {
             return;
         }
     }

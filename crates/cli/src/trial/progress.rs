@@ -20,7 +20,9 @@ pub(crate) const PLAIN_EVERY_S: u64 = 5;
 /// The progress of a trial: at a terminal, a bar on stderr (seconds of
 /// load, ok and failed so far) with the events printed above it as they
 /// end; without one, a line on stdout per phase and event as it happens,
-/// and one every [`PLAIN_EVERY_S`] seconds of load; nothing with `--quiet`.
+/// and one every [`PLAIN_EVERY_S`] seconds of load; the `--during`
+/// command's output as it comes, prefixed `[cmd]`, either way; nothing with
+/// `--quiet`.
 pub(crate) struct Bar {
     bar: ProgressBar,
     /// Plain lines instead of the bar, from this instant.
@@ -90,15 +92,30 @@ impl Progress for Bar {
         self.bar.set_message(text);
     }
 
+    fn event_started(&self, name: &str) {
+        self.line(&format!("{name} started"));
+    }
+
+    fn command_output(&self, line: &str) {
+        if self.plain.is_some() {
+            self.line(&format!("[cmd] {line}"));
+        } else if !self.bar.is_hidden() {
+            self.bar.println(format!("[cmd] {line}"));
+        }
+    }
+
     fn event(&self, record: &EventRecord) {
         let detail = match (record.outcome, &record.detail) {
             (Outcome::Aborted | Outcome::Failed, Some(detail)) => format!(": {detail}"),
             _ => String::new(),
         };
+        let outcome = match record.outcome_text() {
+            "ok" => "completed",
+            other => other,
+        };
         let text = format!(
-            "{} {}{detail} in {:.1} s",
+            "{} {outcome}{detail} in {:.1} s",
             record.name(),
-            record.outcome_text(),
             record.ended_s - record.started_s
         );
         if self.plain.is_some() {

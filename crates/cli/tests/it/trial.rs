@@ -817,3 +817,120 @@ fn sigint_stops_the_matrix_and_writes_the_cells_under_way() {
     assert_eq!(cells[0]["interrupted"], true, "{cells}");
     assert!(out.join("matrix.html").exists());
 }
+
+/// The seconds of a plain progress line `[  2.1s] …`.
+fn seconds_of(line: &str) -> f64 {
+    let inside = line
+        .strip_prefix('[')
+        .and_then(|l| l.split_once("s]"))
+        .unwrap_or_else(|| panic!("not a progress line: {line:?}"))
+        .0;
+    inside.trim().parse().unwrap()
+}
+
+/// Runs `dropless ARGS` with stdout piped to its end; asserts `code`;
+/// returns the stdout lines.
+fn plain_lines(args: &[&str], code: i32) -> Vec<String> {
+    let output = dropless()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        stderr(&output)
+    );
+    assert!(
+        !stdout.contains('\x1b') && !stdout.contains('\r'),
+        "no bar, no escape codes: {stdout:?}"
+    );
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// The index of the first line containing `needle`.
+fn line_with(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}: {lines:#?}"))
+}
+
+#[test]
+fn without_a_terminal_a_trial_prints_a_line_per_event_and_every_5_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("plain.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "plain"
+[service]
+demo = "v3"
+replicas = 2
+work_ms = 10
+[load]
+rate = 20
+duration = "6s"
+[[event]]
+at = "1s"
+action = "restart"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let lines = plain_lines(
+        &[
+            "trial",
+            scenario.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    let started = line_with(&lines, "event[0] restart started");
+    let ended = line_with(&lines, "event[0] restart completed in");
+    let progress = line_with(&lines, "load 5 s: ");
+    assert!(lines[progress].contains(" ok, 0 failed"), "{lines:#?}");
+    // As they happen: in time order, before the summary.
+    assert!(started < ended && ended < progress, "{lines:#?}");
+    assert!(seconds_of(&lines[started]) <= seconds_of(&lines[ended]));
+    assert!(progress < line_with(&lines, "PASS"), "{lines:#?}");
+}
+
+#[test]
+fn without_a_terminal_the_during_command_output_is_streamed_with_a_prefix() {
+    let serve = Serve::start("v3");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let target = format!("http://127.0.0.1:{}/sum?a=1&b=2", serve.port);
+    let lines = plain_lines(
+        &[
+            "trial",
+            "--target",
+            &target,
+            "--during",
+            "echo first; sleep 3; echo second >&2",
+            "--rate",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    let first = line_with(&lines, "[cmd] first");
+    let second = line_with(&lines, "[cmd] second");
+    let ended = line_with(&lines, "command completed in");
+    assert!(line_with(&lines, "command started") < first, "{lines:#?}");
+    assert!(first < second && second < ended, "{lines:#?}");
+    // The first line was shown as it came, not when the command ended.
+    assert!(
+        seconds_of(&lines[first]) + 2.0 <= seconds_of(&lines[ended]),
+        "{lines:#?}"
+    );
+    let log = std::fs::read_to_string(out.join("command.log")).unwrap();
+    assert_eq!(log, "first\nsecond\n");
+    serve.stop();
+}
