@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{audit::AuditReport, scenario::Expect};
+use crate::{audit::AuditReport, replicas::ReplicaPoint, scenario::Expect};
 
 /// The reason of a trial stopped by Ctrl-C or SIGTERM.
 pub const INTERRUPTED: &str = "interrupted (Ctrl-C or SIGTERM): partial results";
@@ -23,6 +23,10 @@ pub struct TrialReport {
     pub load: dropless_load::Report,
     /// The events, in the order they ran.
     pub events: Vec<EventRecord>,
+    /// The ready replicas and their version over the load, a point at
+    /// each change (none for `--target … --during …`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaPoint>,
     /// The audit of asynchronous work, when there was one.
     pub audit: Option<AuditReport>,
     /// `pass` or `fail`.
@@ -178,6 +182,7 @@ impl TrialReport {
             strategy,
             load,
             events,
+            replicas: Vec::new(),
             audit,
             verdict: Verdict::Pass,
             reasons: Vec::new(),

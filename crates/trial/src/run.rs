@@ -169,6 +169,12 @@ pub async fn run(
     let mut snapshots = run.subscribe();
     let (steps_tx, mut steps) = mpsc::unbounded_channel();
     let script = tokio::spawn(run_events(release, control.clone(), started, steps_tx));
+    let follow_done = CancellationToken::new();
+    let follower = tokio::spawn(crate::replicas::follow(
+        control.clone(),
+        started,
+        follow_done.clone(),
+    ));
     let mut records = Vec::new();
     let report = run.report();
     tokio::pin!(report);
@@ -210,6 +216,9 @@ pub async fn run(
         take(step, progress, &mut records);
     }
 
+    // The replicas until the end of the events, not their retirement.
+    follow_done.cancel();
+    let replicas = follower.await.unwrap_or_default();
     progress.phase("stopping dropless serve");
     stop_serve(&mut serve, serve_patience(scenario)).await;
 
@@ -239,6 +248,7 @@ pub async fn run(
         records,
         audit,
     );
+    report.replicas = replicas;
     // Stopped in the events' tail, after the load had ended as planned.
     if interrupted && !report.load.interrupted {
         report.load.interrupted = true;

@@ -76,11 +76,7 @@ pub(crate) async fn run_events(
         let (outcome, detail) = match result {
             Ok(report) => (
                 Outcome::Ok,
-                Some(format!(
-                    "started {}, retired {}",
-                    report.started.join(" "),
-                    report.retired.join(" ")
-                )),
+                replicas_changed(&report.started, &report.retired),
             ),
             Err(error @ ControlError::Aborted(_)) => (Outcome::Aborted, Some(error.to_string())),
             Err(error) => (Outcome::Failed, Some(error.to_string())),
@@ -99,6 +95,17 @@ pub(crate) async fn run_events(
             return;
         }
     }
+}
+
+/// `started web-3 web-4, retired web-1`, without the empty half; `None`
+/// when no replica started or retired.
+fn replicas_changed(started: &[String], retired: &[String]) -> Option<String> {
+    let parts: Vec<String> = [("started", started), ("retired", retired)]
+        .into_iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(what, names)| format!("{what} {}", names.join(" ")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// A failed record of something that is not one event (`"events"`: the

@@ -934,3 +934,64 @@ fn without_a_terminal_the_during_command_output_is_streamed_with_a_prefix() {
     assert_eq!(log, "first\nsecond\n");
     serve.stop();
 }
+
+#[test]
+fn the_report_has_the_replicas_over_time_and_no_empty_event_details() {
+    let (report, _, dir) = trial_scenario(
+        r#"
+name = "replicas"
+[service]
+demo = "v3"
+replicas = 2
+work_ms = 10
+[load]
+rate = 20
+duration = "4s"
+[[event]]
+at = "1s"
+action = "deploy"
+version = "v2"
+[[event]]
+at = "2500ms"
+action = "scale"
+replicas = 1
+"#,
+        0,
+    );
+    let points = report["replicas"].as_array().expect("a replicas timeline");
+    let point = |i: usize| {
+        let p: &Value = &points[i];
+        (
+            p["ready"].as_u64().unwrap(),
+            p["version"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(point(0), (2, "v1".to_owned()), "{points:?}");
+    assert_eq!(point(points.len() - 1), (1, "v2".to_owned()), "{points:?}");
+    assert!(
+        points
+            .iter()
+            .any(|p| p["version"] == "v2" && p["ready"] == 2),
+        "{points:?}"
+    );
+    let times: Vec<f64> = points.iter().map(|p| p["t_s"].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    for event in report["events"].as_array().unwrap() {
+        let detail = event["detail"].as_str().unwrap_or("");
+        assert!(
+            !detail.contains(", ,")
+                && !detail.contains("started ,")
+                && !detail.trim_end().ends_with("retired")
+                && !detail.trim_end().ends_with(','),
+            "{event}"
+        );
+    }
+    let scaled = report["events"][1]["detail"].as_str().unwrap();
+    assert!(scaled.starts_with("retired trial-"), "{scaled}");
+    let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
+    assert!(
+        html.contains("<polyline class=\"replicas\""),
+        "the step line"
+    );
+    assert!(html.contains(">v1 + v2</text>") || html.contains(">v2</text>"));
+}
