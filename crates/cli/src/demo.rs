@@ -13,13 +13,14 @@ use crate::trial::{Bar, env, runtime};
 #[derive(Debug, Args)]
 #[command(
     after_help = "Exit codes: 0 the trial behind dropless passed, 3 it did not, \
-1 a trial could not run."
+1 a trial could not run, 130 stopped by Ctrl-C or SIGTERM."
 )]
 pub struct DemoArgs {
     /// Where the reports go.
     #[arg(long, default_value = "target/dropless/demo")]
     out: PathBuf,
-    /// No progress bar (it is also hidden when stderr is not a terminal).
+    /// No progress: neither the bar (at a terminal) nor the plain lines
+    /// (without one).
     #[arg(long)]
     quiet: bool,
 }
@@ -31,7 +32,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
         Ok(env) => env,
         Err(code) => return code,
     };
-    let runtime = runtime();
+    let (runtime, stop) = runtime();
     let mut reports = Vec::new();
     for scenario in dropless_trial::demo::scenarios() {
         let out = args.out.join(&scenario.name);
@@ -44,7 +45,9 @@ pub fn run(args: DemoArgs) -> ExitCode {
             scenario.events.len()
         );
         let progress = Bar::new(args.quiet);
-        let result = runtime.block_on(dropless_trial::run::run(&scenario, &out, &env, &progress));
+        let result = runtime.block_on(dropless_trial::run::run(
+            &scenario, &out, &env, &progress, &stop,
+        ));
         progress.finish();
         match result {
             Ok(report) => {
@@ -54,8 +57,15 @@ pub fn run(args: DemoArgs) -> ExitCode {
             }
             Err(error) => {
                 eprintln!("dropless demo: {}: {error}", scenario.name);
-                return ExitCode::FAILURE;
+                return crate::trial::exit_code(&error);
             }
+        }
+        if stop.is_cancelled() {
+            println!(
+                "== interrupted: the trials after {} did not run",
+                scenario.name
+            );
+            return ExitCode::from(crate::interrupt::INTERRUPTED);
         }
     }
     println!(

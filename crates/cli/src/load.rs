@@ -117,9 +117,7 @@ pub struct LoadArgs {
     max_p99: Option<String>,
 }
 
-/// The exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a
-/// shell reports it).
-const INTERRUPTED: u8 = 130;
+use crate::interrupt::INTERRUPTED;
 
 /// A usage error: one line on stderr, exit code 2.
 struct Usage(String);
@@ -206,22 +204,12 @@ async fn execute(
 /// First Ctrl-C or SIGTERM: stop scheduling, keep the grace; second: give up
 /// on the requests in flight.
 async fn stop_on_signals(stopper: dropless_load::Stopper) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Some(mut interrupts) = crate::interrupt::Interrupts::catch() else {
         return;
     };
-    let mut signal = async || {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    };
-    signal().await;
+    interrupts.next().await;
     stopper.stop();
-    signal().await;
+    interrupts.next().await;
     stopper.abandon();
 }
 

@@ -3,6 +3,7 @@
 
 mod control;
 mod demo;
+mod interrupt;
 mod k8s;
 mod load;
 mod serve;

@@ -19,15 +19,19 @@ use dropless_trial::{
     run::{Env, TrialError},
     scenario::Strategy,
 };
+use tokio_util::sync::CancellationToken;
 
 pub(crate) use progress::Bar;
+
+use crate::interrupt::INTERRUPTED;
 
 /// Arguments of `dropless trial`.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Exit codes: 0 pass, 3 fail (a request failed, an operation was lost, an event \
 did not end as asked, the audit could not run, or the load ended before the --during command), \
-2 bad scenario or flags, 1 the trial could not run."
+2 bad scenario or flags, 1 the trial could not run, 130 stopped by Ctrl-C or SIGTERM (the \
+partial reports are written, marked interrupted)."
 )]
 pub struct TrialArgs {
     /// Scenario file (TOML): the service, the load, the events, the audit.
@@ -38,7 +42,8 @@ pub struct TrialArgs {
     /// [default: target/dropless/trial/NAME].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// No progress bar (it is also hidden when stderr is not a terminal).
+    /// No progress: neither the bar (at a terminal) nor the plain lines
+    /// (without one).
     #[arg(long)]
     quiet: bool,
     /// Load this URL (any server) instead of a scenario; needs --during.
@@ -118,7 +123,8 @@ pub fn run(args: TrialArgs) -> ExitCode {
     scenario::run(args)
 }
 
-/// Prints the summary and maps the verdict to the exit code.
+/// Prints the summary and maps the verdict to the exit code (130 when
+/// interrupted).
 fn finish(result: Result<TrialReport, TrialError>, out: &Path) -> ExitCode {
     match result {
         Ok(report) => {
@@ -128,7 +134,9 @@ fn finish(result: Result<TrialReport, TrialError>, out: &Path) -> ExitCode {
                 out.join("report.json").display(),
                 out.join("report.html").display()
             );
-            if report.passed() {
+            if report.load.interrupted {
+                ExitCode::from(INTERRUPTED)
+            } else if report.passed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)
@@ -136,8 +144,16 @@ fn finish(result: Result<TrialReport, TrialError>, out: &Path) -> ExitCode {
         }
         Err(error) => {
             eprintln!("dropless trial: {error}");
-            ExitCode::FAILURE
+            exit_code(&error)
         }
+    }
+}
+
+/// 130 for a trial interrupted before its load started, 1 otherwise.
+pub(crate) fn exit_code(error: &TrialError) -> ExitCode {
+    match error {
+        TrialError::Interrupted => ExitCode::from(INTERRUPTED),
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -155,7 +171,13 @@ pub(crate) fn env() -> Result<Env, ExitCode> {
     }
 }
 
-/// The async runtime of a trial.
-pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("the async runtime starts")
+/// The async runtime of a trial, and the stop it is given: cancelled at
+/// the first Ctrl-C or SIGTERM.
+pub(crate) fn runtime() -> (tokio::runtime::Runtime, CancellationToken) {
+    let runtime = tokio::runtime::Runtime::new().expect("the async runtime starts");
+    let stop = {
+        let _inside = runtime.enter();
+        crate::interrupt::stop_token()
+    };
+    (runtime, stop)
 }

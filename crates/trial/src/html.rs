@@ -54,6 +54,10 @@ pub fn render(report: &TrialReport) -> String {
     );
     page.push_str("<h2>Requests per second</h2>\n");
     page.push_str(&requests_chart(report));
+    if !report.replicas.is_empty() {
+        page.push_str("<h2>Ready replicas and their version</h2>\n");
+        page.push_str(&replicas_chart(report));
+    }
     page.push_str("<h2>p99 latency per second (ms, from the scheduled send time)</h2>\n");
     page.push_str(&latency_chart(report));
     page.push_str(&tables(report));
@@ -277,6 +281,52 @@ fn requests_chart(report: &TrialReport) -> String {
         );
     }
     svg.push_str("<span>dashed: events</span></p>\n");
+    svg
+}
+
+/// The ready replicas over time as a step line, their version written at
+/// each change of version.
+fn replicas_chart(report: &TrialReport) -> String {
+    let axis = Axis::of(report);
+    let mut svg = String::new();
+    open_svg(&mut svg, "ready replicas and their version over time");
+    let max = report
+        .replicas
+        .iter()
+        .map(|p| p.ready as f64)
+        .fold(1.0, f64::max);
+    let top = y_axis(&mut svg, max, "");
+    axis.draw(&mut svg);
+    let mut points = Vec::new();
+    let mut version: Option<&str> = None;
+    for (i, point) in report.replicas.iter().enumerate() {
+        let (x, y) = (axis.x(point.t_s), y_of(point.ready as f64, top));
+        if let Some(previous) = i.checked_sub(1).map(|i| &report.replicas[i]) {
+            points.push(format!("{x:.1},{:.1}", y_of(previous.ready as f64, top)));
+        }
+        points.push(format!("{x:.1},{y:.1}"));
+        if version != Some(point.version.as_str()) {
+            version = Some(&point.version);
+            let _ = write!(
+                svg,
+                "<text class=\"version\" x=\"{tx:.1}\" y=\"{ty:.1}\" font-size=\"11\" fill=\"#37474f\">{}</text>",
+                escape(&point.version),
+                tx = x + 3.0,
+                ty = (y - 5.0).max(TOP - 4.0),
+            );
+        }
+    }
+    if let Some(last) = report.replicas.last() {
+        let end = axis.x(axis.seconds.max(last.t_s));
+        points.push(format!("{end:.1},{:.1}", y_of(last.ready as f64, top)));
+    }
+    let _ = write!(
+        svg,
+        "<polyline class=\"replicas\" fill=\"none\" stroke=\"#37474f\" stroke-width=\"2\" points=\"{}\"/>",
+        points.join(" ")
+    );
+    events(&mut svg, &axis, &report.events);
+    svg.push_str("</svg>\n");
     svg
 }
 

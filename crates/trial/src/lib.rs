@@ -18,6 +18,7 @@ pub mod html;
 pub mod influxd;
 pub mod manifest;
 pub mod matrix;
+pub mod replicas;
 pub mod report;
 pub mod run;
 mod runtime_config;

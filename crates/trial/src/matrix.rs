@@ -8,12 +8,13 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 use dropless_demo::{OnSigterm, Profile};
 use dropless_load::{failure_list, nonzero_failures};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     html::escape,
     influxd::Influxd,
     report::TrialReport,
-    run::{Env, Quiet, TrialError},
+    run::{Env, Progress, TrialError},
     scenario::{Action, Audit, ClientMode, Event, Expect, Load, Scenario, Service, Strategy},
 };
 
@@ -40,6 +41,10 @@ pub struct Cell {
     /// Acknowledged calculations not found afterwards (`null` for profiles
     /// without a calculation log).
     pub ops_lost: Option<u64>,
+    /// The matrix was stopped (Ctrl-C, SIGTERM) while this cell ran: its
+    /// figures are partial.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl Cell {
@@ -53,6 +58,7 @@ impl Cell {
                 .map(|(class, n)| (class.to_owned(), n))
                 .collect(),
             ops_lost: report.audit.as_ref().and_then(|a| a.lost),
+            interrupted: report.load.interrupted,
         }
     }
 
@@ -64,6 +70,9 @@ impl Cell {
         }
         if let Some(lost) = self.ops_lost.filter(|n| *n > 0) {
             let _ = write!(text, ", {lost} lost");
+        }
+        if self.interrupted {
+            text.push_str(", interrupted");
         }
         text
     }
@@ -126,15 +135,22 @@ pub fn scenario(profile: Profile, strategy: Strategy) -> Scenario {
 }
 
 /// Runs every (profile, strategy) cell, `jobs` at a time, each in
-/// `out/PROFILE-STRATEGY/`; `on_cell` is told of each as it ends. Writes
+/// `out/PROFILE-STRATEGY/`; `watch` is told of each as its load starts and
+/// as it ends. Writes
 /// `out/matrix.json` and `out/matrix.html`.
+///
+/// When `stop` is cancelled (Ctrl-C, SIGTERM) the cells under way stop and
+/// are kept marked `interrupted` (those that had not started their load
+/// are left out), no further cell starts, and the two files hold the cells
+/// done.
 pub async fn run(
     profiles: &[Profile],
     strategies: &[Strategy],
     out: &Path,
     env: &Env,
     jobs: usize,
-    on_cell: &(dyn Fn(&Cell) + Sync),
+    watch: &dyn Watch,
+    stop: &CancellationToken,
 ) -> Result<Vec<Cell>, TrialError> {
     std::fs::create_dir_all(out)
         .map_err(crate::run::io(format!("cannot create {}", out.display())))?;
@@ -161,16 +177,23 @@ pub async fn run(
     }
     let mut cells = Vec::new();
     for chunk in scenarios.chunks(jobs.max(1)) {
+        if stop.is_cancelled() {
+            break;
+        }
         let runs = chunk.iter().map(|(profile, scenario)| async move {
             let dir = out.join(&scenario.name);
-            crate::run::run(scenario, &dir, env, &Quiet)
+            let progress = LoadStarted(&scenario.name, watch);
+            crate::run::run(scenario, &dir, env, &progress, stop)
                 .await
                 .map(|report| Cell::of(*profile, &report))
         });
         // Run together: each trial mostly waits on sockets and timers.
         for cell in futures_util::future::join_all(runs).await {
-            let cell = cell?;
-            on_cell(&cell);
+            let cell = match cell {
+                Err(TrialError::Interrupted) => continue,
+                cell => cell?,
+            };
+            watch.cell(&cell);
             cells.push(cell);
         }
     }
@@ -182,6 +205,23 @@ pub async fn run(
     std::fs::write(&page, html(&cells, strategies))
         .map_err(crate::run::io(format!("cannot write {}", page.display())))?;
     Ok(cells)
+}
+
+/// Told how the matrix goes.
+pub trait Watch: Sync {
+    /// The load of cell `name` (`v9-dropless`) started.
+    fn load_started(&self, _name: &str) {}
+    /// A cell ended.
+    fn cell(&self, _cell: &Cell) {}
+}
+
+/// The progress of a cell: only when its load starts.
+struct LoadStarted<'a>(&'a str, &'a dyn Watch);
+
+impl Progress for LoadStarted<'_> {
+    fn load_started(&self, _duration: Duration) {
+        self.1.load_started(self.0);
+    }
 }
 
 /// The table: a row per profile, a column per strategy.

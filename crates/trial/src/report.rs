@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{audit::AuditReport, scenario::Expect};
+use crate::{audit::AuditReport, replicas::ReplicaPoint, scenario::Expect};
+
+/// The reason of a trial stopped by Ctrl-C or SIGTERM.
+pub const INTERRUPTED: &str = "interrupted (Ctrl-C or SIGTERM): partial results";
 
 /// Everything a trial found; `report.json` is this, serialized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +23,10 @@ pub struct TrialReport {
     pub load: dropless_load::Report,
     /// The events, in the order they ran.
     pub events: Vec<EventRecord>,
+    /// The ready replicas and their version over the load, a point at
+    /// each change (none for `--target … --during …`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaPoint>,
     /// The audit of asynchronous work, when there was one.
     pub audit: Option<AuditReport>,
     /// `pass` or `fail`.
@@ -151,6 +158,9 @@ impl TrialReport {
                 load.dropped_iterations
             ));
         }
+        if load.interrupted {
+            reasons.push(INTERRUPTED.into());
+        }
         reasons.extend(events.iter().filter_map(EventRecord::failure));
         if let Some(audit) = &audit {
             if let Some(error) = &audit.error {
@@ -172,6 +182,7 @@ impl TrialReport {
             strategy,
             load,
             events,
+            replicas: Vec::new(),
             audit,
             verdict: Verdict::Pass,
             reasons: Vec::new(),

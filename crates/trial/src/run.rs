@@ -9,6 +9,7 @@ use std::{
 use dropless_load::{Model, Snapshot};
 use dropless_runtime::control::ControlClient;
 use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
 
 pub use crate::serve_child::{READY_TIMEOUT, SERVE_STOP_MARGIN};
 use crate::{
@@ -17,7 +18,7 @@ use crate::{
     report::{EventRecord, TrialReport},
     runtime_config::{Release, runtime_config},
     scenario::{ClientMode, Scenario},
-    script::{failed_record, run_events},
+    script::{Step, failed_record, run_events},
     serve_child::{start_serve, stop_serve, wait_ready},
     sink::Sink,
 };
@@ -44,8 +45,12 @@ pub trait Progress: Send + Sync {
     fn load_started(&self, _duration: Duration) {}
     /// One more second of load.
     fn second(&self, _snapshot: &Snapshot) {}
+    /// An event started: its name (`event[0] restart`, `command`).
+    fn event_started(&self, _name: &str) {}
     /// An event ended.
     fn event(&self, _record: &EventRecord) {}
+    /// A line the `--during` command wrote (stdout or stderr).
+    fn command_output(&self, _line: &str) {}
 }
 
 /// Progress that nobody watches.
@@ -74,6 +79,10 @@ pub enum TrialError {
     /// The private InfluxDB could not start.
     #[error(transparent)]
     Influxd(#[from] crate::influxd::InfluxdError),
+    /// Stopped (Ctrl-C, SIGTERM) before the load started: there is no
+    /// report.
+    #[error("interrupted before the load started")]
+    Interrupted,
 }
 
 /// Maps an I/O error to [`TrialError::Io`] saying what was being done.
@@ -84,11 +93,19 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Tria
 
 /// Runs `scenario`, writes `report.json` and `report.html` into `out`, and
 /// returns the report.
+///
+/// When `stop` is cancelled (the CLI does so on Ctrl-C or SIGTERM) the load
+/// stops, the events are abandoned, `dropless serve` is stopped (it retires
+/// its replicas), the audit is skipped, and the partial reports are written,
+/// marked `interrupted`; before the load started the trial ends with
+/// [`TrialError::Interrupted`]. Temporary directories are removed either
+/// way.
 pub async fn run(
     scenario: &Scenario,
     out: &Path,
     env: &Env,
     progress: &dyn Progress,
+    stop: &CancellationToken,
 ) -> Result<TrialReport, TrialError> {
     std::fs::create_dir_all(out).map_err(io(format!("cannot create {}", out.display())))?;
     let sink = Sink::prepare(scenario, out)?;
@@ -122,7 +139,14 @@ pub async fn run(
     ));
     let mut serve = start_serve(env, &config_path, out)?;
     let control = ControlClient::new(config.control_path());
-    let ready = wait_ready(&control, &mut serve, scenario.service.replicas).await;
+    let ready = tokio::select! {
+        ready = wait_ready(&control, &mut serve, scenario.service.replicas) => ready,
+        () = stop.cancelled() => {
+            progress.phase("interrupted: stopping dropless serve");
+            stop_serve(&mut serve, serve_patience(scenario)).await;
+            return Err(TrialError::Interrupted);
+        }
+    };
     if let Err(why) = ready {
         stop_serve(&mut serve, Duration::from_secs(5)).await;
         return Err(TrialError::Serve(format!(
@@ -141,48 +165,67 @@ pub async fn run(
     let run = dropless_load::start(&load).await?;
     progress.load_started(scenario.load.duration);
     let started = Instant::now();
+    let stopper = run.stopper();
     let mut snapshots = run.subscribe();
-    let (records_tx, mut records_rx) = mpsc::unbounded_channel();
-    let script = tokio::spawn(run_events(release, control.clone(), started, records_tx));
+    let (steps_tx, mut steps) = mpsc::unbounded_channel();
+    let script = tokio::spawn(run_events(release, control.clone(), started, steps_tx));
+    let follow_done = CancellationToken::new();
+    let follower = tokio::spawn(crate::replicas::follow(
+        control.clone(),
+        started,
+        follow_done.clone(),
+    ));
     let mut records = Vec::new();
     let report = run.report();
     tokio::pin!(report);
+    let mut interrupted = false;
     let report = loop {
         tokio::select! {
             report = &mut report => break report?,
             Ok(()) = snapshots.changed() => progress.second(&snapshots.borrow_and_update()),
-            Some(record) = records_rx.recv() => {
-                progress.event(&record);
-                records.push(record);
+            Some(step) = steps.recv() => take(step, progress, &mut records),
+            () = stop.cancelled(), if !interrupted => {
+                interrupted = true;
+                progress.phase("interrupted: stopping the load");
+                stopper.stop();
+                script.abort();
             }
         }
     };
-    progress.phase("waiting for the events to end");
-    let tail = async {
-        while let Some(record) = records_rx.recv().await {
-            progress.event(&record);
-            records.push(record);
+    if !interrupted {
+        progress.phase("waiting for the events to end");
+        let tail = async {
+            while let Some(step) = steps.recv().await {
+                take(step, progress, &mut records);
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(EVENTS_TAIL, tail) => if result.is_err() {
+                records.push(failed_record(
+                    "events",
+                    started,
+                    format!("still running {EVENTS_TAIL:?} after the load ended"),
+                ));
+            },
+            () = stop.cancelled() => interrupted = true,
         }
-    };
-    if tokio::time::timeout(EVENTS_TAIL, tail).await.is_err() {
         script.abort();
-        records.push(failed_record(
-            "events",
-            started,
-            format!("still running {EVENTS_TAIL:?} after the load ended"),
-        ));
+    }
+    // Events that ended before the stop are kept; one under way is not.
+    while let Ok(step) = steps.try_recv() {
+        take(step, progress, &mut records);
     }
 
+    // The replicas until the end of the events, not their retirement.
+    follow_done.cancel();
+    let replicas = follower.await.unwrap_or_default();
     progress.phase("stopping dropless serve");
-    let grace = scenario
-        .service
-        .grace
-        .unwrap_or(crate::scenario::DEFAULT_GRACE);
-    stop_serve(&mut serve, grace + SERVE_STOP_MARGIN).await;
+    stop_serve(&mut serve, serve_patience(scenario)).await;
 
     // An audit that cannot run still gets its reports written: the error
-    // is recorded and the verdict fails.
+    // is recorded and the verdict fails. An interrupted trial skips it.
     let audit: Option<AuditReport> = match &sink {
+        Some(_) if interrupted => None,
         Some(sink) => {
             progress.phase("audit");
             let acknowledged = report.requests.ok;
@@ -197,7 +240,7 @@ pub async fn run(
         }
         None => None,
     };
-    let report = TrialReport::new(
+    let mut report = TrialReport::new(
         scenario.name.clone(),
         describe_service(scenario),
         scenario.service.strategy.name().to_owned(),
@@ -205,8 +248,35 @@ pub async fn run(
         records,
         audit,
     );
+    report.replicas = replicas;
+    // Stopped in the events' tail, after the load had ended as planned.
+    if interrupted && !report.load.interrupted {
+        report.load.interrupted = true;
+        report.fail(crate::report::INTERRUPTED.into());
+    }
     write_reports(&report, out)?;
     Ok(report)
+}
+
+/// Tells `progress` of a step of the script; keeps the records.
+fn take(step: Step, progress: &dyn Progress, records: &mut Vec<EventRecord>) {
+    match step {
+        Step::Started(name) => progress.event_started(&name),
+        Step::Ended(record) => {
+            progress.event(&record);
+            records.push(record);
+        }
+    }
+}
+
+/// How long `dropless serve` has to stop: the replicas' grace period and a
+/// margin.
+fn serve_patience(scenario: &Scenario) -> Duration {
+    let grace = scenario
+        .service
+        .grace
+        .unwrap_or(crate::scenario::DEFAULT_GRACE);
+    grace + SERVE_STOP_MARGIN
 }
 
 /// Writes `report.json` and `report.html` into `out`.

@@ -14,18 +14,30 @@ use crate::{
     scenario::{Action, Expect},
 };
 
-/// Runs the events at their offsets, one after the other; sends a record
-/// for each as it ends.
+/// What the script tells as it goes.
+pub(crate) enum Step {
+    /// An event started: its name (`event[0] restart`).
+    Started(String),
+    /// An event ended.
+    Ended(EventRecord),
+}
+
+/// Runs the events at their offsets, one after the other; tells when each
+/// starts and sends its record as it ends.
 pub(crate) async fn run_events(
     release: Release,
     control: ControlClient,
     started: Instant,
-    records: mpsc::UnboundedSender<EventRecord>,
+    steps: mpsc::UnboundedSender<Step>,
 ) {
     let scenario = &release.scenario;
     for (index, event) in scenario.timeline() {
         tokio::time::sleep_until(started + event.at).await;
         let began = started.elapsed();
+        let name = format!("event[{index}] {}", event.action.label());
+        if steps.send(Step::Started(name)).is_err() {
+            return;
+        }
         let request = match &event.action {
             Action::Restart => RolloutRequest::Restart {
                 plan: Plan::default(),
@@ -64,11 +76,7 @@ pub(crate) async fn run_events(
         let (outcome, detail) = match result {
             Ok(report) => (
                 Outcome::Ok,
-                Some(format!(
-                    "started {}, retired {}",
-                    report.started.join(" "),
-                    report.retired.join(" ")
-                )),
+                replicas_changed(&report.started, &report.retired),
             ),
             Err(error @ ControlError::Aborted(_)) => (Outcome::Aborted, Some(error.to_string())),
             Err(error) => (Outcome::Failed, Some(error.to_string())),
@@ -83,10 +91,21 @@ pub(crate) async fn run_events(
             expect: event.expect,
             detail,
         };
-        if records.send(record).is_err() {
+        if steps.send(Step::Ended(record)).is_err() {
             return;
         }
     }
+}
+
+/// `started web-3 web-4, retired web-1`, without the empty half; `None`
+/// when no replica started or retired.
+fn replicas_changed(started: &[String], retired: &[String]) -> Option<String> {
+    let parts: Vec<String> = [("started", started), ("retired", retired)]
+        .into_iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(what, names)| format!("{what} {}", names.join(" ")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// A failed record of something that is not one event (`"events"`: the

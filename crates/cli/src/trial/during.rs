@@ -34,7 +34,8 @@ pub(super) fn run(args: &TrialArgs, target: &str, command: &str) -> ExitCode {
         .clone()
         .unwrap_or_else(|| PathBuf::from("target/dropless/trial/during"));
     let progress = Bar::new(args.quiet);
-    let result = runtime().block_on(dropless_trial::during::run(&during, &out, &progress));
+    let (runtime, stop) = runtime();
+    let result = runtime.block_on(dropless_trial::during::run(&during, &out, &progress, &stop));
     progress.finish();
     if let Err(TrialError::Load(dropless_load::Error::Config(error))) = &result {
         eprintln!("dropless trial: {error}");

@@ -47,21 +47,15 @@ pub(super) fn run(args: &TrialArgs) -> ExitCode {
         dropless_trial::matrix::CELL_RATE,
         dropless_trial::matrix::CELL_DURATION.as_secs()
     );
-    let on_cell = |cell: &dropless_trial::matrix::Cell| {
-        println!(
-            "  {:<4} {:<20} {}",
-            cell.profile,
-            cell.strategy,
-            cell.label()
-        );
-    };
-    let result = runtime().block_on(dropless_trial::matrix::run(
+    let (runtime, stop) = runtime();
+    let result = runtime.block_on(dropless_trial::matrix::run(
         &profiles,
         &strategies,
         &out,
         &env,
         args.jobs,
-        &on_cell,
+        &Lines,
+        &stop,
     ));
     match result {
         Ok(cells) => {
@@ -71,11 +65,34 @@ pub(super) fn run(args: &TrialArgs) -> ExitCode {
                 out.join("matrix.json").display(),
                 out.join("matrix.html").display()
             );
-            ExitCode::SUCCESS
+            if stop.is_cancelled() {
+                println!("interrupted: the cells done so far");
+                ExitCode::from(crate::interrupt::INTERRUPTED)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(error) => {
             eprintln!("dropless trial --matrix: {error}");
-            ExitCode::FAILURE
+            super::exit_code(&error)
         }
+    }
+}
+
+/// A line per cell when its load starts and when it ends.
+struct Lines;
+
+impl dropless_trial::matrix::Watch for Lines {
+    fn load_started(&self, name: &str) {
+        println!("  {name}: load started");
+    }
+
+    fn cell(&self, cell: &dropless_trial::matrix::Cell) {
+        println!(
+            "  {:<4} {:<20} {}",
+            cell.profile,
+            cell.strategy,
+            cell.label()
+        );
     }
 }

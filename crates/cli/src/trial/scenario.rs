@@ -30,7 +30,10 @@ pub(super) fn run(args: TrialArgs) -> ExitCode {
         Err(code) => return code,
     };
     let progress = Bar::new(args.quiet);
-    let result = runtime().block_on(dropless_trial::run::run(&scenario, &out, &env, &progress));
+    let (runtime, stop) = runtime();
+    let result = runtime.block_on(dropless_trial::run::run(
+        &scenario, &out, &env, &progress, &stop,
+    ));
     progress.finish();
     finish(result, &out)
 }

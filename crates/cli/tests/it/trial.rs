@@ -493,3 +493,505 @@ sink = "influx"
     assert!(html.contains("could not run"), "the page says so");
     assert!(stdout.contains("COULD NOT RUN"), "{stdout}");
 }
+
+/// Pids of every descendant of `root` (from /proc).
+fn descendants(root: u32) -> Vec<i32> {
+    let parents: Vec<(i32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
+            found.push(*pid);
+            frontier.push(*pid as u32);
+        }
+    }
+    found
+}
+
+/// The temporary directories (`/tmp/dropless-trial-…`,
+/// `/tmp/dropless-influxd-…`) named in `text`.
+fn temp_dirs_in(text: &str) -> Vec<std::path::PathBuf> {
+    let tmp = std::env::temp_dir().display().to_string();
+    let mut dirs = Vec::new();
+    for prefix in ["dropless-trial-", "dropless-influxd-"] {
+        let needle = format!("{tmp}/{prefix}");
+        let mut rest = text;
+        while let Some(at) = rest.find(&needle) {
+            let tail = &rest[at + needle.len()..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            dirs.push(format!("{needle}{}", &tail[..end]).into());
+            rest = tail;
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Starts `dropless ARGS` with its stdout piped (no terminal); returns the
+/// child and its stdout lines as they come.
+fn spawn_plain(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = dropless()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a line containing `needle`; returns the lines so far.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {needle:?} within 60 s: {seen:#?}");
+}
+
+/// Sends `signal` to a running `dropless trial|demo ARGS` (its reports in
+/// `out`) once its load started; asserts exit 130, every process it
+/// started gone and its temporary directories removed. Returns its stdout
+/// lines and stderr.
+fn interrupt(args: &[&str], out: &Path, signal: nix::sys::signal::Signal) -> (Vec<String>, String) {
+    let (mut child, lines) = spawn_plain(args);
+    let mut seen = wait_for_line(&lines, "load started");
+    // The temporary directories the trial's processes name.
+    let mut named = String::new();
+    for pid in descendants(child.id()) {
+        for file in ["cmdline", "environ"] {
+            if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}")) {
+                named.push_str(&String::from_utf8_lossy(&bytes).replace('\0', " "));
+                named.push('\n');
+            }
+        }
+    }
+    let serve_toml = walk(out).into_iter().find(|p| p.ends_with("serve.toml"));
+    named.push_str(&std::fs::read_to_string(serve_toml.expect("serve.toml written")).unwrap());
+    let dirs = temp_dirs_in(&named);
+    for prefix in ["dropless-trial-", "dropless-influxd-"] {
+        assert!(
+            dirs.iter()
+                .any(|d| d.display().to_string().contains(prefix)),
+            "a {prefix}… directory is named: {named}"
+        );
+    }
+    let stderr = stop_and_wait(&mut child, signal);
+    seen.extend(lines.iter());
+    for dir in dirs {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    (seen, stderr)
+}
+
+/// Sends `signal` to `child`; asserts it exits 130 within 60 s and every
+/// process it had started is gone. Returns its stderr.
+fn stop_and_wait(child: &mut std::process::Child, signal: nix::sys::signal::Signal) -> String {
+    let pids = descendants(child.id());
+    assert!(!pids.is_empty(), "it runs processes");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 60 s after {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    for pid in pids {
+        assert!(
+            crate::fixtures::is_gone(pid),
+            "process {pid} still runs after {signal}"
+        );
+    }
+    stderr
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A trial long enough to be interrupted: demo v9 ×2 (its calculation log
+/// in a private influxd) under 20 req/s for 30 s.
+const LONG_TRIAL: &str = r#"
+name = "interrupted"
+[service]
+demo = "v9"
+replicas = 2
+work_ms = 10
+grace = "2s"
+demo_args = ["--pre-stop", "0s"]
+[load]
+rate = 20
+duration = "30s"
+[[event]]
+at = "25s"
+action = "restart"
+[audit]
+sink = "influx"
+"#;
+
+fn interrupted_trial_stops_everything_and_writes_the_partial_report(
+    signal: nix::sys::signal::Signal,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("long.toml");
+    std::fs::write(&scenario, LONG_TRIAL).unwrap();
+    let out = dir.path().join("out");
+    let (lines, _) = interrupt(
+        &[
+            "trial",
+            scenario.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &out,
+        signal,
+    );
+    let report = report(&out);
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["verdict"], "fail");
+    assert!(reasons(&report).contains("interrupted"), "{report}");
+    assert!(out.join("report.html").exists());
+    assert!(
+        lines.iter().any(|l| l.contains("stopping dropless serve")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn sigint_stops_a_trial_and_writes_the_partial_report() {
+    interrupted_trial_stops_everything_and_writes_the_partial_report(
+        nix::sys::signal::Signal::SIGINT,
+    );
+}
+
+#[test]
+fn sigterm_stops_a_trial_and_writes_the_partial_report() {
+    interrupted_trial_stops_everything_and_writes_the_partial_report(
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}
+
+#[test]
+fn sigint_stops_the_demo_after_its_first_partial_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (lines, _) = interrupt(
+        &["demo", "--out", out.to_str().unwrap()],
+        &out,
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let report = report(&out.join("dropless"));
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert!(
+        !out.join("kubernetes").exists(),
+        "the second trial did not start: {lines:#?}"
+    );
+}
+
+#[test]
+fn sigint_stops_the_during_command_and_the_load() {
+    let serve = Serve::start("v9");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let target = format!("http://127.0.0.1:{}/sum?a=1&b=2", serve.port);
+    // The command's pid, written by the shell before it sleeps.
+    let pid_file = dir.path().join("pid");
+    let command = format!("echo $$ > {}; sleep 60", pid_file.display());
+    let (mut child, lines) = spawn_plain(&[
+        "trial",
+        "--target",
+        &target,
+        "--during",
+        &command,
+        "--rate",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    wait_for_line(&lines, "load started");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shell: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    stop_and_wait(&mut child, nix::sys::signal::Signal::SIGINT);
+    assert!(crate::fixtures::is_gone(shell), "the command still runs");
+    let report = report(&out);
+    assert_eq!(report["interrupted"], true, "{report}");
+    let event = &report["events"][0];
+    assert_eq!(event["outcome"], "failed", "{event}");
+    assert!(
+        event["detail"].as_str().unwrap().contains("interrupted"),
+        "{event}"
+    );
+    serve.stop();
+}
+
+#[test]
+fn sigint_stops_the_matrix_and_writes_the_cells_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (mut child, lines) = spawn_plain(&[
+        "trial",
+        "--matrix",
+        "--profiles",
+        "v9",
+        "--strategies",
+        "dropless",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    wait_for_line(&lines, "v9-dropless: load started");
+    stop_and_wait(&mut child, nix::sys::signal::Signal::SIGINT);
+    let cells: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("matrix.json")).unwrap()).unwrap();
+    assert_eq!(cells[0]["interrupted"], true, "{cells}");
+    assert!(out.join("matrix.html").exists());
+}
+
+/// The seconds of a plain progress line `[  2.1s] …`.
+fn seconds_of(line: &str) -> f64 {
+    let inside = line
+        .strip_prefix('[')
+        .and_then(|l| l.split_once("s]"))
+        .unwrap_or_else(|| panic!("not a progress line: {line:?}"))
+        .0;
+    inside.trim().parse().unwrap()
+}
+
+/// Runs `dropless ARGS` with stdout piped to its end; asserts `code`;
+/// returns the stdout lines.
+fn plain_lines(args: &[&str], code: i32) -> Vec<String> {
+    let output = dropless()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        stderr(&output)
+    );
+    assert!(
+        !stdout.contains('\x1b') && !stdout.contains('\r'),
+        "no bar, no escape codes: {stdout:?}"
+    );
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// The index of the first line containing `needle`.
+fn line_with(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}: {lines:#?}"))
+}
+
+#[test]
+fn without_a_terminal_a_trial_prints_a_line_per_event_and_every_5_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("plain.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "plain"
+[service]
+demo = "v3"
+replicas = 2
+work_ms = 10
+[load]
+rate = 20
+duration = "6s"
+[[event]]
+at = "1s"
+action = "restart"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let lines = plain_lines(
+        &[
+            "trial",
+            scenario.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    let started = line_with(&lines, "event[0] restart started");
+    let ended = line_with(&lines, "event[0] restart completed in");
+    let progress = line_with(&lines, "load 5 s: ");
+    assert!(lines[progress].contains(" ok, 0 failed"), "{lines:#?}");
+    // As they happen: in time order, before the summary.
+    assert!(started < ended && ended < progress, "{lines:#?}");
+    assert!(seconds_of(&lines[started]) <= seconds_of(&lines[ended]));
+    assert!(progress < line_with(&lines, "PASS"), "{lines:#?}");
+}
+
+#[test]
+fn without_a_terminal_the_during_command_output_is_streamed_with_a_prefix() {
+    let serve = Serve::start("v3");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let target = format!("http://127.0.0.1:{}/sum?a=1&b=2", serve.port);
+    let lines = plain_lines(
+        &[
+            "trial",
+            "--target",
+            &target,
+            "--during",
+            "echo first; sleep 3; echo second >&2",
+            "--rate",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    let first = line_with(&lines, "[cmd] first");
+    let second = line_with(&lines, "[cmd] second");
+    let ended = line_with(&lines, "command completed in");
+    assert!(line_with(&lines, "command started") < first, "{lines:#?}");
+    assert!(first < second && second < ended, "{lines:#?}");
+    // The first line was shown as it came, not when the command ended.
+    assert!(
+        seconds_of(&lines[first]) + 2.0 <= seconds_of(&lines[ended]),
+        "{lines:#?}"
+    );
+    let log = std::fs::read_to_string(out.join("command.log")).unwrap();
+    assert_eq!(log, "first\nsecond\n");
+    serve.stop();
+}
+
+#[test]
+fn the_report_has_the_replicas_over_time_and_no_empty_event_details() {
+    let (report, _, dir) = trial_scenario(
+        r#"
+name = "replicas"
+[service]
+demo = "v3"
+replicas = 2
+work_ms = 10
+[load]
+rate = 20
+duration = "4s"
+[[event]]
+at = "1s"
+action = "deploy"
+version = "v2"
+[[event]]
+at = "2500ms"
+action = "scale"
+replicas = 1
+"#,
+        0,
+    );
+    let points = report["replicas"].as_array().expect("a replicas timeline");
+    let point = |i: usize| {
+        let p: &Value = &points[i];
+        (
+            p["ready"].as_u64().unwrap(),
+            p["version"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(point(0), (2, "v1".to_owned()), "{points:?}");
+    assert_eq!(point(points.len() - 1), (1, "v2".to_owned()), "{points:?}");
+    assert!(
+        points
+            .iter()
+            .any(|p| p["version"] == "v2" && p["ready"] == 2),
+        "{points:?}"
+    );
+    let times: Vec<f64> = points.iter().map(|p| p["t_s"].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    for event in report["events"].as_array().unwrap() {
+        let detail = event["detail"].as_str().unwrap_or("");
+        assert!(
+            !detail.contains(", ,")
+                && !detail.contains("started ,")
+                && !detail.trim_end().ends_with("retired")
+                && !detail.trim_end().ends_with(','),
+            "{event}"
+        );
+    }
+    let scaled = report["events"][1]["detail"].as_str().unwrap();
+    assert!(scaled.starts_with("retired trial-"), "{scaled}");
+    let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
+    assert!(
+        html.contains("<polyline class=\"replicas\""),
+        "the step line"
+    );
+    assert!(html.contains(">v1 + v2</text>") || html.contains(">v2</text>"));
+}
