@@ -30,6 +30,10 @@ use process::{Listen, Process, SpawnError};
 use replica::{OnChange, Replica, ReplicaParts};
 use retire::Retired;
 
+/// Longest wait for a failed replica's last output to reach its log (its
+/// children may hold the pipe open) before the log's tail is read.
+pub const LOG_FLUSH_WAIT: Duration = Duration::from_millis(500);
+
 /// Supervises the replicas of one service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
@@ -323,7 +327,8 @@ impl Supervisor {
     }
 
     /// Waits until `replica` is ready or has failed; the error says why,
-    /// naming the replica and its probe.
+    /// naming the replica and its probe, followed by the last lines of its
+    /// log.
     pub async fn await_ready(&self, replica: &Replica) -> Result<(), String> {
         let mut state = replica.watch_state();
         let outcome = *state
@@ -331,12 +336,12 @@ impl Supervisor {
             .await
             .expect("the replica holds the sender");
         if outcome == ReplicaState::Ready {
-            Ok(())
-        } else {
-            Err(replica
-                .detail()
-                .unwrap_or_else(|| format!("replica {} {outcome}", replica.name())))
+            return Ok(());
         }
+        let reason = replica
+            .detail()
+            .unwrap_or_else(|| format!("replica {} {outcome}", replica.name()));
+        Err(format!("{reason}{}", log_tail(replica).await))
     }
 
     /// Makes `replica` a member: it counts and gets traffic once ready.
@@ -537,5 +542,27 @@ impl Supervisor {
                 Err(e) => tracing::error!(service = self.name(), "cannot start a replacement: {e}"),
             }
         }
+    }
+}
+
+/// The last lines of `replica`'s log, for an error saying why it failed:
+/// `"; the last lines of its log PATH:"` and the lines, indented; empty for a
+/// replica without a log.
+async fn log_tail(replica: &Replica) -> String {
+    let (Some(process), Some(path)) = (replica.process(), replica.log()) else {
+        return String::new();
+    };
+    // An exited replica's last words may still be in the pipe.
+    if process.exit_status().is_some() {
+        process.logged(LOG_FLUSH_WAIT).await;
+    }
+    let shown = path.display();
+    match logs::tail(path, logs::TAIL_LINES, logs::TAIL_BYTES) {
+        Ok(lines) if lines.is_empty() => format!("; its log {shown} is empty"),
+        Ok(lines) => {
+            let quoted: String = lines.iter().map(|l| format!("\n    {l}")).collect();
+            format!("; the last lines of its log {shown}:{quoted}")
+        }
+        Err(e) => format!("; its log {shown} cannot be read: {e}"),
     }
 }
