@@ -124,8 +124,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // On stdout whatever the log level: with port 0 (tests, scripts) this
+    // is how the caller learns the port.
     if let Some(tcp) = tcp_control {
-        tracing::info!(
+        println!(
             "control API also on http://{} (token required)",
             tcp.local_addr()?
         );
@@ -134,7 +136,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {listen} ({e}): pick another --listen address")
     })?;
-    tracing::info!(
+    println!(
         "proxy on http://{}, control socket {}",
         listener.local_addr()?,
         control.path().display()

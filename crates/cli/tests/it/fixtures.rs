@@ -1,9 +1,9 @@
-//! What the binary's tests share: running `dropless`, free ports, a
-//! `dropless serve` of the demo service.
+//! What the binary's tests share: running `dropless`, a `dropless serve` of
+//! the demo service on port 0 (it prints the ports it bound).
 
 use std::{
-    net::TcpListener,
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    io::{BufRead, BufReader},
+    process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -56,21 +56,41 @@ pub fn is_gone(pid: i32) -> bool {
     }
 }
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `dropless serve` of the demo on a free port, stopped when dropped.
+/// A `dropless serve` of the demo on the port it bound (port 0 asked
+/// for), stopped when dropped.
 pub struct Serve {
     pub child: Child,
+    /// The proxy's port.
     pub port: u16,
     pub control: String,
+    /// `http://ADDR` of the TCP control API, when `--control-tcp` was given.
+    pub control_tcp: Option<String>,
+    /// Kept open: `serve` must not get EPIPE for what it prints later.
+    _stdout: BufReader<ChildStdout>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// What `serve` prints on stdout once it has bound its sockets: the proxy's
+/// port and the TCP control address, if any. Panics, with `serve`'s exit
+/// status, when it ends before.
+fn read_bound(child: &mut Child, stdout: &mut BufReader<ChildStdout>) -> (u16, Option<String>) {
+    let mut control_tcp = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            panic!("serve printed no proxy address: {:?}", child.wait());
+        }
+        if let Some(rest) = line.strip_prefix("control API also on ") {
+            control_tcp = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.strip_prefix("proxy on http://") {
+            let addr = rest.split(',').next().unwrap();
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            assert_ne!(addr.port(), 0, "{line}");
+            return (addr.port(), control_tcp);
+        }
+    }
 }
 
 /// The demo service with `profile`, as a replica command.
@@ -141,12 +161,11 @@ impl Serve {
         env: &[(&str, &str)],
     ) -> Serve {
         let control = dir.join("control.sock").display().to_string();
-        let port = free_port();
-        let child = dropless()
+        let mut child = dropless()
             .args([
                 "serve",
                 "--listen",
-                &format!("{host}:{port}"),
+                &format!("{host}:0"),
                 "--control",
                 &control,
             ])
@@ -155,14 +174,18 @@ impl Serve {
             .envs(env.iter().copied())
             .arg("--")
             .args(command)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (port, control_tcp) = read_bound(&mut child, &mut stdout);
         let serve = Serve {
             child,
             port,
             control,
+            control_tcp,
+            _stdout: stdout,
             _dir: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
