@@ -360,7 +360,8 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("invalid --env {text:?}: write KEY=VALUE"))
 }
 
-fn describe(version: &Version) -> String {
+/// A version as a user wrote it: its command, or `target ADDR`.
+pub(crate) fn describe(version: &Version) -> String {
     match version.target {
         Some(t) => format!("target {t}"),
         None => version.command.join(" "),

@@ -22,9 +22,36 @@ use crate::supervisor::{Supervisor, SupervisorOptions};
 /// Events kept for a slow subscriber before it misses some.
 pub const EVENT_BUFFER: usize = 1024;
 
+/// Where each service's desired state comes from at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The persisted state, for a service it has; the config otherwise.
+    #[default]
+    Saved,
+    /// The config (`serve --fresh`): it replaces the persisted state, as a
+    /// new generation whose previous release is the one persisted, so that
+    /// `rollback` returns to it.
+    Config,
+}
+
+/// A service resumed from the persisted state although the config asks for
+/// another version or replica count: what runs and what is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The service.
+    pub service: String,
+    /// The persisted desired state, which runs.
+    pub saved: Desired,
+    /// The config's version, not run.
+    pub configured: crate::config::Version,
+    /// The config's replica count, not run.
+    pub configured_replicas: usize,
+}
+
 /// The runtime behind `dropless serve`.
 #[derive(Debug)]
 pub struct Runtime {
+    resumed: Vec<Resumed>,
     config: Config,
     router: Router,
     events: broadcast::Sender<Event>,
@@ -70,6 +97,12 @@ impl Runtime {
     /// state dir that cannot be written stops `serve` now, not at the first
     /// deploy) and builds the supervisors; nothing runs yet.
     pub fn new(config: Config) -> Result<Self, ServeError> {
+        Self::start_from(config, StartFrom::Saved)
+    }
+
+    /// [`Runtime::new`], with each service's desired state taken from
+    /// `from`.
+    pub fn start_from(config: Config, from: StartFrom) -> Result<Self, ServeError> {
         config.validate()?;
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(crate::proxy::tls::acceptor(cert, key)?),
@@ -81,6 +114,7 @@ impl Runtime {
         let persisted = State::load(&state_path)?.unwrap_or_default();
         for s in &config.services {
             if let Some(d) = persisted.services.get(&s.name)
+                && from == StartFrom::Saved
                 && d.replicas > s.max_replicas
             {
                 return Err(ConfigError::Invalid(format!(
@@ -94,20 +128,53 @@ impl Runtime {
             }
         }
         // The persisted state of each configured service, or the config's.
+        let mut resumed = Vec::new();
         let initial = State {
             services: config
                 .services
                 .iter()
                 .map(|s| {
-                    let desired = persisted.services.get(&s.name).cloned();
-                    let desired = desired.unwrap_or_else(|| Desired {
-                        current: Release {
-                            generation: 1,
-                            version: s.version.clone(),
+                    let saved = persisted.services.get(&s.name);
+                    let desired = match (saved, from) {
+                        (Some(saved), StartFrom::Saved) => {
+                            if saved.current.version != s.version || saved.replicas != s.replicas {
+                                resumed.push(Resumed {
+                                    service: s.name.clone(),
+                                    saved: saved.clone(),
+                                    configured: s.version.clone(),
+                                    configured_replicas: s.replicas,
+                                });
+                            }
+                            saved.clone()
+                        }
+                        (Some(saved), StartFrom::Config) => {
+                            let generation = saved
+                                .current
+                                .generation
+                                .max(saved.previous.as_ref().map_or(0, |p| p.generation));
+                            let previous = if saved.current.version == s.version {
+                                saved.previous.clone()
+                            } else {
+                                Some(saved.current.clone())
+                            };
+                            Desired {
+                                current: Release {
+                                    generation: generation + 1,
+                                    version: s.version.clone(),
+                                },
+                                previous,
+                                replicas: s.replicas,
+                            }
+                        }
+                        (None, _) => Desired {
+                            current: Release {
+                                generation: 1,
+                                version: s.version.clone(),
+                            },
+                            previous: None,
+                            replicas: s.replicas,
                         },
-                        previous: None,
-                        replicas: s.replicas,
-                    });
+                    };
                     (s.name.clone(), desired)
                 })
                 .collect(),
@@ -136,6 +203,7 @@ impl Runtime {
             })
             .collect();
         Ok(Self {
+            resumed,
             router: Router::new(supervisors),
             config,
             events,
@@ -144,6 +212,12 @@ impl Runtime {
             tls,
             tcp_control: None,
         })
+    }
+
+    /// The services resumed from the persisted state whose config asks
+    /// for something else (see [`StartFrom`]).
+    pub fn resumed(&self) -> &[Resumed] {
+        &self.resumed
     }
 
     /// Also serves the control API on a TCP address, with a token
@@ -179,6 +253,7 @@ impl Runtime {
         shutdown: impl Future<Output = Shutdown>,
     ) -> Result<(), ServeError> {
         let Runtime {
+            resumed: _,
             config,
             router,
             events,

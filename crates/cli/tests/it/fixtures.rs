@@ -67,6 +67,8 @@ pub struct Serve {
     pub control_tcp: Option<String>,
     /// Kept open: `serve` must not get EPIPE for what it prints later.
     _stdout: BufReader<ChildStdout>,
+    /// What it logs (at `warn`), read with [`Serve::stderr`].
+    stderr: tempfile::NamedTempFile,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -161,6 +163,7 @@ impl Serve {
         env: &[(&str, &str)],
     ) -> Serve {
         let control = dir.join("control.sock").display().to_string();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = dropless()
             .args([
                 "serve",
@@ -175,7 +178,7 @@ impl Serve {
             .arg("--")
             .args(command)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -186,6 +189,7 @@ impl Serve {
             control,
             control_tcp,
             _stdout: stdout,
+            stderr: log,
             _dir: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -208,6 +212,11 @@ impl Serve {
 }
 
 impl Serve {
+    /// What it has logged on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap()
+    }
+
     /// The pids of its replicas, from `status`.
     pub fn replica_pids(&self) -> Vec<i32> {
         let status = run(&["status", "--control", &self.control, "--json"]);

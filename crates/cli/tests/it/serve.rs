@@ -421,3 +421,37 @@ fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
         );
     }
 }
+
+#[test]
+fn serve_says_when_the_saved_state_overrides_its_command_line_and_fresh_ignores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_in(dir.path(), "v4", &[], &[]);
+    let scaled = run(&["scale", "3", "--control", &serve.control]);
+    assert!(scaled.status.success(), "{}", stderr(&scaled));
+    assert_eq!(serve.stop().code(), Some(0));
+
+    // Started again with `--replicas 2`: state.json's 3 run, in one line.
+    let serve = Serve::start_in(dir.path(), "v4", &[], &[]);
+    let text = serve.stderr();
+    let said: Vec<_> = text.lines().filter(|l| l.contains("--fresh")).collect();
+    assert_eq!(said.len(), 1, "{text}");
+    assert!(
+        said[0].contains("state.json says web runs `")
+            && said[0].contains("×3 (deployed as generation 1)")
+            && said[0].contains("×2 from the command line is ignored"),
+        "{text}"
+    );
+    assert_eq!(serve.replica_pids().len(), 3);
+    assert_eq!(serve.stop().code(), Some(0));
+
+    // --fresh: the command line's 2, saved as a new generation.
+    let serve = Serve::start_in(dir.path(), "v4", &["--fresh"], &[]);
+    assert!(!serve.stderr().contains("--fresh"), "{}", serve.stderr());
+    assert_eq!(serve.replica_pids().len(), 2);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+    let web = &state["services"]["web"];
+    assert_eq!(web["replicas"], 2, "{state}");
+    assert_eq!(web["current"]["generation"], 2, "{state}");
+    assert_eq!(serve.stop().code(), Some(0));
+}
