@@ -11,7 +11,7 @@ use crate::config::ProxyConfig;
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlLimits, ControlListener, TcpControl};
 use crate::desired::{self, Desired, Release, State, StateError, StateFile};
-use crate::event::Event;
+use crate::event::{Event, Events};
 use crate::proxy::Proxy;
 use crate::proxy::route::Router;
 use crate::signal::Shutdown;
@@ -54,7 +54,7 @@ pub struct Runtime {
     resumed: Vec<Resumed>,
     config: Config,
     router: Router,
-    events: broadcast::Sender<Event>,
+    events: Events,
     state_file: Arc<StateFile>,
     registry: Arc<Registry>,
     tls: Option<crate::proxy::tls::TlsAcceptor>,
@@ -181,7 +181,7 @@ impl Runtime {
         };
         let registry = Arc::new(Registry::new(config.state_dir.join("replicas.json"))?);
         let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let events = Events::new(EVENT_BUFFER);
         let log_run = crate::supervisor::logs::run_id();
         let supervisors = config
             .services

@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, ServiceConfig};
 use crate::desired::{Desired, Release, StateError, StateFile};
-use crate::event::{Event, EventKind, ReplicaState, RolloutPhase};
+use crate::event::{Event, EventKind, Events, ReplicaState, RolloutPhase};
 use leftovers::{ProcessId, RecordedReplica, Registry};
 use logs::LogFile;
 use probe::Probe;
@@ -52,7 +52,7 @@ pub struct SupervisorOptions {
     /// Idle timeout of each replica's connection pool.
     pub pool_idle_timeout: Duration,
     /// Where events go.
-    pub events: broadcast::Sender<Event>,
+    pub events: Events,
     /// The state file, written before a rollout completes.
     pub state_file: Arc<StateFile>,
     /// The record of the running replica processes.
@@ -222,7 +222,7 @@ impl Supervisor {
     }
 
     /// Where events go.
-    pub fn events(&self) -> &broadcast::Sender<Event> {
+    pub fn events(&self) -> &Events {
         &self.inner.options.events
     }
 
@@ -440,7 +440,7 @@ impl Supervisor {
         *self.inner.phase.lock().expect("phase lock") = Some((id, phase));
         let event = Event::now(self.name(), EventKind::Rollout { id, phase, detail });
         tracing::info!("{event}");
-        let _ = self.inner.options.events.send(event);
+        self.inner.options.events.send(event);
     }
 
     fn remove(&self, replica: &Replica) {

@@ -455,3 +455,49 @@ fn serve_says_when_the_saved_state_overrides_its_command_line_and_fresh_ignores_
     assert_eq!(web["current"]["generation"], 2, "{state}");
     assert_eq!(serve.stop().code(), Some(0));
 }
+
+#[test]
+fn events_prints_the_recent_history_before_following() {
+    let serve = Serve::start("v4");
+    for args in [["--last", "2"], ["--since", "5m"]] {
+        let mut child = dropless()
+            .args(["events", "--control", &serve.control])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                if lines.send(line.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        // Both replicas became ready before `events` ran: the history has it.
+        let mut printed = Vec::new();
+        while printed
+            .iter()
+            .filter(|l: &&String| l.ends_with(" ready"))
+            .count()
+            < 2
+        {
+            let line = got
+                .recv_timeout(Duration::from_secs(15))
+                .unwrap_or_else(|_| panic!("{args:?}: no history in {printed:?}"));
+            printed.push(line);
+        }
+        if args[0] == "--last" {
+            assert_eq!(printed.len(), 2, "{printed:?}");
+        } else {
+            assert!(
+                printed[0].contains("web-1") && printed[0].ends_with(" starting"),
+                "{printed:?}"
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(serve.stop().code(), Some(0));
+}
