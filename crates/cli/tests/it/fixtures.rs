@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -65,24 +65,34 @@ pub struct Serve {
     pub control: String,
     /// `http://ADDR` of the TCP control API, when `--control-tcp` was given.
     pub control_tcp: Option<String>,
-    /// Kept open: `serve` must not get EPIPE for what it prints later.
-    _stdout: BufReader<ChildStdout>,
     /// What it logs (at `warn`), read with [`Serve::stderr`].
     stderr: tempfile::NamedTempFile,
     _dir: Option<tempfile::TempDir>,
 }
 
 /// What `serve` prints on stdout once it has bound its sockets: the proxy's
-/// port and the TCP control address, if any. Panics, with `serve`'s exit
-/// status, when it ends before.
-fn read_bound(child: &mut Child, stdout: &mut BufReader<ChildStdout>) -> (u16, Option<String>) {
-    let mut control_tcp = None;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            panic!("serve printed no proxy address: {:?}", child.wait());
+/// port and the TCP control address, if any. Panics when it prints no
+/// proxy address within 30 s. A thread reads its stdout to the end, so
+/// that what it prints later never blocks it.
+fn read_bound(child: &mut Child) -> (u16, Option<String>) {
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
         }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut control_tcp = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = printed.recv_timeout(left) else {
+            let exited = child.try_wait();
+            // Its replicas get SIGTERM from the kernel.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve printed no proxy address within 30 s: {exited:?}");
+        };
         if let Some(rest) = line.strip_prefix("control API also on ") {
             control_tcp = rest.split_whitespace().next().map(str::to_string);
         }
@@ -181,14 +191,12 @@ impl Serve {
             .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let (port, control_tcp) = read_bound(&mut child, &mut stdout);
+        let (port, control_tcp) = read_bound(&mut child);
         let serve = Serve {
             child,
             port,
             control,
             control_tcp,
-            _stdout: stdout,
             stderr: log,
             _dir: None,
         };
