@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use dropless_runtime::config::{Strategy, Version};
 use dropless_runtime::control::{ControlClient, ControlError};
+use dropless_runtime::event::Replay;
 use dropless_runtime::rollout::{Plan, RolloutRequest};
 use dropless_runtime::supervisor::ServiceStatus;
 
@@ -121,6 +122,14 @@ pub struct EventsArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// First print the events of this recent past, e.g. 5m (the runtime
+    /// keeps its last 1000 events), then follow.
+    #[arg(long, value_parser = crate::value::duration, conflicts_with = "last")]
+    since: Option<std::time::Duration>,
+    /// First print the last N events the runtime kept (at most 1000), then
+    /// follow.
+    #[arg(long)]
+    last: Option<usize>,
 }
 
 /// `dropless reload`.
@@ -254,8 +263,13 @@ pub fn events(args: EventsArgs) -> ExitCode {
         if let Some(name) = &service {
             known_service(&client.status().await?, name)?;
         }
+        let replay = match (args.since, args.last) {
+            (Some(since), _) => Replay::Since(since),
+            (None, Some(n)) => Replay::Last(n),
+            (None, None) => Replay::None,
+        };
         client
-            .events(|e| {
+            .events_with(replay, |e| {
                 if service.as_ref().is_none_or(|s| *s == e.service) {
                     if args.json {
                         println!("{}", serde_json::to_string(&e).expect("events serialize"));
@@ -385,7 +399,8 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("invalid --env {text:?}: write KEY=VALUE"))
 }
 
-fn describe(version: &Version) -> String {
+/// A version as a user wrote it: its command, or `target ADDR`.
+pub(crate) fn describe(version: &Version) -> String {
     match version.target {
         Some(t) => format!("target {t}"),
         None => version.command.join(" "),

@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::Args;
 use dropless_runtime::config::{Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version};
 use dropless_runtime::control::{ControlListener, TcpControl};
-use dropless_runtime::serve::Runtime;
+use dropless_runtime::serve::{Resumed, Runtime, StartFrom};
+
+use crate::control::describe;
 
 /// Run replicas of a service behind a proxy and deploy them without dropping
 /// a request.
@@ -83,6 +85,11 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS (with --tls-cert).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Start from the command line or config, not from the state saved in
+    /// STATE_DIR/state.json by earlier deploys; the saved state is replaced
+    /// (its release stays the one `rollback` returns to).
+    #[arg(long)]
+    fresh: bool,
     /// The command each replica runs (after `--`); it gets PORT and
     /// DROPLESS_REPLICA.
     #[arg(last = true)]
@@ -92,6 +99,18 @@ pub struct ServeArgs {
 /// Runs `dropless serve`.
 pub fn run(args: ServeArgs) -> ExitCode {
     let reload_args = args.clone();
+    let from = if args.fresh {
+        StartFrom::Config
+    } else {
+        StartFrom::Saved
+    };
+    let asked_by = if describes_service(&args) {
+        Some("the command line".to_string())
+    } else {
+        args.config
+            .as_ref()
+            .map(|path| format!("the config {}", path.display()))
+    };
     let config = match config(args) {
         Ok(c) => c,
         Err(message) => {
@@ -101,7 +120,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     };
     crate::control::init_logging();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(serve(config, reload_args)) {
+    match runtime.block_on(serve(config, from, asked_by, reload_args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Library errors name their cause in their message already.
@@ -113,12 +132,25 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
+/// Runs `config`; `asked_by` names where the service's command and count
+/// came from (the command line or a config file), for the line saying that
+/// the saved state overrides them; `args` are read again on a reload.
+async fn serve(
+    config: Config,
+    from: StartFrom,
+    asked_by: Option<String>,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
     let (control_path, control_tcp) = (config.control_path(), config.control_tcp);
     let listen = config.proxy.listen;
     // First the config and the state dir (private, readable, writable):
     // nothing is created in a state dir that is refused.
-    let mut runtime = Runtime::new(config)?;
+    let mut runtime = Runtime::start_from(config, from)?;
+    if let Some(asked_by) = asked_by {
+        for resumed in runtime.resumed() {
+            tracing::warn!("{}", ignored(resumed, &asked_by, runtime.state_path()));
+        }
+    }
     // From here SIGHUP reloads instead of ending the process.
     let hangups = dropless_runtime::signal::hangups()?;
     let reloader = runtime.reloader();
@@ -139,8 +171,10 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // On stdout whatever the log level: with port 0 (tests, scripts) this
+    // is how the caller learns the port.
     if let Some(tcp) = tcp_control {
-        tracing::info!(
+        println!(
             "control API also on http://{} (token required)",
             tcp.local_addr()?
         );
@@ -149,7 +183,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {listen} ({e}): pick another --listen address")
     })?;
-    tracing::info!(
+    println!(
         "proxy on http://{}, control socket {}",
         listener.local_addr()?,
         control.path().display()
@@ -160,8 +194,43 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The line saying that the saved state runs and what `asked_by` asked
+/// for does not.
+fn ignored(resumed: &Resumed, asked_by: &str, state: &std::path::Path) -> String {
+    let saved = &resumed.saved;
+    let (runs, asked) = (
+        describe(&saved.current.version),
+        describe(&resumed.configured),
+    );
+    // The same command with other settings (environment, socket activation).
+    let other = if runs == asked && saved.current.version != resumed.configured {
+        " with other settings"
+    } else {
+        ""
+    };
+    format!(
+        "{} says {} runs `{runs}` ×{} (deployed as generation {}); `{asked}`{other} ×{} from {asked_by} is ignored: pass --fresh to start from {asked_by} (it then replaces {})",
+        state.display(),
+        resumed.service,
+        saved.replicas,
+        saved.current.generation,
+        resumed.configured_replicas,
+        state.display()
+    )
+}
+
+/// Whether flags describe the service (its command, target, count or
+/// probe), rather than the config file alone.
+fn describes_service(args: &ServeArgs) -> bool {
+    args.target.is_some()
+        || !args.command.is_empty()
+        || args.replicas.is_some()
+        || args.health_path.is_some()
+}
+
 /// The config file (or the defaults) with the flags applied, validated.
 fn config(args: ServeArgs) -> Result<Config, String> {
+    let describes_service = describes_service(&args);
     let mut config = match &args.config {
         Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -191,11 +260,7 @@ fn config(args: ServeArgs) -> Result<Config, String> {
         config.proxy.tls_cert = args.tls_cert;
         config.proxy.tls_key = args.tls_key;
     }
-    let flags_describe_service = args.target.is_some()
-        || !args.command.is_empty()
-        || args.replicas.is_some()
-        || args.health_path.is_some();
-    if flags_describe_service {
+    if describes_service {
         if config.services.len() > 1 {
             return Err(
                 "the config has several services: describe them in the file, not with flags".into(),

@@ -6,7 +6,7 @@
 //! | --- | --- | --- | --- |
 //! | GET | `/v1/status` | | `[ServiceStatus]` |
 //! | POST | `/v1/rollout` | [`RolloutCall`] | [`RolloutReport`](crate::rollout::RolloutReport), or 409 with [`ErrorBody`] when aborted |
-//! | GET | `/v1/events` | | newline-delimited JSON [`Event`]s, live |
+//! | GET | `/v1/events` | | newline-delimited JSON [`Event`]s, live; with `?last=N` or `?since=5m` the recent ones first (of the last [`HISTORY`](crate::event::HISTORY) kept) |
 //! | POST | `/v1/reload` | | [`ReloadReport`](crate::reload::ReloadReport), or 422 with [`ErrorBody`] when the file is refused |
 //!
 //! `deploy`, `restart`, `scale` and `rollback` are rollouts; the call returns
@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 pub use client::{ControlClient, EventStream};
 
 use crate::config::Config;
-use crate::event::Event;
+use crate::event::{Event, Events, Replay};
 use crate::proxy::route::Router;
 use crate::reload::{ReloadError, Reloader};
 use crate::rollout::{self, RolloutError, RolloutRequest};
@@ -280,7 +280,7 @@ pub async fn serve(
     tcp: Option<TcpControl>,
     router: Router,
     reloader: Reloader,
-    events: broadcast::Sender<Event>,
+    events: Events,
     limits: ControlLimits,
     shutdown: CancellationToken,
 ) {
@@ -356,7 +356,7 @@ impl std::fmt::Display for Listening<'_> {
 struct Api {
     router: Router,
     reloader: Reloader,
-    events: broadcast::Sender<Event>,
+    events: Events,
     shutdown: CancellationToken,
     limits: ControlLimits,
     connections: TaskTracker,
@@ -471,7 +471,7 @@ fn carries_token<B>(req: &Request<B>, token: &str) -> bool {
 async fn answer(
     req: Request<Incoming>,
     router: Router,
-    events: broadcast::Sender<Event>,
+    events: Events,
     read_timeout: Duration,
     shutdown: CancellationToken,
 ) -> Response<ControlBody> {
@@ -480,7 +480,13 @@ async fn answer(
             let status: Vec<_> = router.services().iter().map(|s| s.status()).collect();
             json(StatusCode::OK, &status)
         }
-        (Method::GET, "/v1/events") => event_stream(events.subscribe(), shutdown),
+        (Method::GET, "/v1/events") => match replay(req.uri().query()) {
+            Ok(replay) => {
+                let (past, live) = events.replay(replay);
+                event_stream(past, live, shutdown)
+            }
+            Err(message) => error(StatusCode::BAD_REQUEST, message, None),
+        },
         (Method::POST, "/v1/rollout") => {
             let body = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
             let body = match tokio::time::timeout(read_timeout, body).await {
@@ -583,13 +589,37 @@ fn error(
     )
 }
 
-/// Events as JSON lines until the runtime stops: then the events already
-/// broadcast are sent and the stream ends.
+/// What `GET /v1/events?QUERY` asks to replay: `last=N` or `since=5m`.
+fn replay(query: Option<&str>) -> Result<Replay, String> {
+    let mut replay = Replay::None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        replay = match key {
+            "last" => Replay::Last(value.parse().map_err(|_| {
+                format!("invalid last={value:?}: expected a count of events, e.g. last=20")
+            })?),
+            "since" => Replay::Since(humantime::parse_duration(value).map_err(|_| {
+                format!("invalid since={value:?}: expected a duration, e.g. since=5m")
+            })?),
+            _ => return Err(format!("unknown parameter {key:?}: use last=N or since=5m")),
+        };
+    }
+    Ok(replay)
+}
+
+/// The events `past`, then those of `rx` as JSON lines until the runtime
+/// stops: then the events already broadcast are sent and the stream ends.
 fn event_stream(
+    past: Vec<Event>,
     rx: broadcast::Receiver<Event>,
     shutdown: CancellationToken,
 ) -> Response<ControlBody> {
-    let stream = futures_util::stream::unfold((rx, shutdown), |(mut rx, shutdown)| async move {
+    let past = futures_util::stream::iter(past.iter().map(json_line).collect::<Vec<_>>());
+    let live = futures_util::stream::unfold((rx, shutdown), |(mut rx, shutdown)| async move {
         loop {
             let next = tokio::select! {
                 biased;
@@ -597,14 +627,7 @@ fn event_stream(
                 () = shutdown.cancelled() => return None,
             };
             match next {
-                Ok(event) => {
-                    let mut line = serde_json::to_vec(&event).expect("events serialize");
-                    line.push(b'\n');
-                    return Some((
-                        Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
-                        (rx, shutdown),
-                    ));
-                }
+                Ok(event) => return Some((json_line(&event), (rx, shutdown))),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!("events subscriber lagged; {n} event(s) skipped");
                 }
@@ -614,6 +637,31 @@ fn event_stream(
     });
     Response::builder()
         .header(http::header::CONTENT_TYPE, "application/x-ndjson")
-        .body(StreamBody::new(stream).boxed())
+        .body(StreamBody::new(futures_util::StreamExt::chain(past, live)).boxed())
         .expect("static parts form a response")
+}
+
+/// `event` as one line of JSON, a frame of an event stream.
+fn json_line(event: &Event) -> Result<Frame<Bytes>, Infallible> {
+    let mut line = serde_json::to_vec(event).expect("events serialize");
+    line.push(b'\n');
+    Ok(Frame::data(Bytes::from(line)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_query_asks_for_the_last_n_or_a_recent_past() {
+        assert_eq!(replay(None), Ok(Replay::None));
+        assert_eq!(replay(Some("last=20")), Ok(Replay::Last(20)));
+        assert_eq!(
+            replay(Some("since=5m")),
+            Ok(Replay::Since(Duration::from_secs(300)))
+        );
+        assert!(replay(Some("last=x")).unwrap_err().contains("last=20"));
+        assert!(replay(Some("since=abc")).unwrap_err().contains("since=5m"));
+        assert!(replay(Some("from=1")).unwrap_err().contains("\"from\""));
+    }
 }

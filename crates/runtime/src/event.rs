@@ -3,11 +3,91 @@
 //! machines they report ([`ReplicaState`], [`RolloutPhase`]). A leaf: every
 //! other module may use it, it uses none of them.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Recent events kept for a subscriber that asks for history ([`Replay`]).
+pub const HISTORY: usize = 1000;
+
+/// Where events go: a broadcast to the live subscribers, and the last
+/// [`HISTORY`] events kept, so that a subscriber can start with the recent
+/// past. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Events {
+    live: broadcast::Sender<Event>,
+    /// Appended under this lock together with the broadcast, so that a
+    /// replay and the subscription after it neither miss nor repeat one.
+    recent: Arc<Mutex<VecDeque<Event>>>,
+}
+
+/// The recent events a subscriber gets before the live ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replay {
+    /// None: live events only.
+    #[default]
+    None,
+    /// The last N kept.
+    Last(usize),
+    /// Those kept that happened within this long before now.
+    Since(Duration),
+}
+
+impl Events {
+    /// Events with room for `buffer` unread ones per live subscriber.
+    pub fn new(buffer: usize) -> Self {
+        Self {
+            live: broadcast::channel(buffer).0,
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(HISTORY))),
+        }
+    }
+
+    /// Keeps `event` and broadcasts it.
+    pub fn send(&self, event: Event) {
+        let mut recent = self.recent.lock().expect("events lock");
+        if recent.len() == HISTORY {
+            recent.pop_front();
+        }
+        recent.push_back(event.clone());
+        let _ = self.live.send(event);
+    }
+
+    /// A subscription to every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
+    /// The recent events `replay` asks for, oldest first, and a
+    /// subscription to every event after them.
+    pub fn replay(&self, replay: Replay) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let recent = self.recent.lock().expect("events lock");
+        let past = match replay {
+            Replay::None => Vec::new(),
+            Replay::Last(n) => recent
+                .iter()
+                .skip(recent.len().saturating_sub(n))
+                .cloned()
+                .collect(),
+            Replay::Since(within) => {
+                let from = now_ms().saturating_sub(within.as_millis() as u64);
+                recent.iter().filter(|e| e.at_ms >= from).cloned().collect()
+            }
+        };
+        (past, self.live.subscribe())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
 
 /// One event, stamped with the wall-clock time in milliseconds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,10 +130,7 @@ pub enum EventKind {
 impl Event {
     /// An event stamped now.
     pub fn now(service: &str, kind: EventKind) -> Self {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let at_ms = now_ms();
         Self {
             at_ms,
             service: service.to_string(),

@@ -11,7 +11,7 @@ use crate::config::ProxyConfig;
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlLimits, ControlListener, TcpControl};
 use crate::desired::{self, Desired, Release, State, StateError, StateFile};
-use crate::event::Event;
+use crate::event::{Event, Events};
 use crate::proxy::route::Router;
 use crate::proxy::{LiveConfig, Proxy};
 use crate::reload::Reloader;
@@ -23,12 +23,39 @@ use crate::supervisor::{Supervisor, SupervisorOptions};
 /// Events kept for a slow subscriber before it misses some.
 pub const EVENT_BUFFER: usize = 1024;
 
+/// Where each service's desired state comes from at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The persisted state, for a service it has; the config otherwise.
+    #[default]
+    Saved,
+    /// The config (`serve --fresh`): it replaces the persisted state, as a
+    /// new generation whose previous release is the one persisted, so that
+    /// `rollback` returns to it.
+    Config,
+}
+
+/// A service resumed from the persisted state although the config asks for
+/// another version or replica count: what runs and what is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The service.
+    pub service: String,
+    /// The persisted desired state, which runs.
+    pub saved: Desired,
+    /// The config's version, not run.
+    pub configured: crate::config::Version,
+    /// The config's replica count, not run.
+    pub configured_replicas: usize,
+}
+
 /// The runtime behind `dropless serve`.
 #[derive(Debug)]
 pub struct Runtime {
+    resumed: Vec<Resumed>,
     config: Config,
     router: Router,
-    events: broadcast::Sender<Event>,
+    events: Events,
     state_file: Arc<StateFile>,
     registry: Arc<Registry>,
     tls: Option<crate::proxy::tls::TlsAcceptor>,
@@ -73,6 +100,12 @@ impl Runtime {
     /// state dir that cannot be written stops `serve` now, not at the first
     /// deploy) and builds the supervisors; nothing runs yet.
     pub fn new(config: Config) -> Result<Self, ServeError> {
+        Self::start_from(config, StartFrom::Saved)
+    }
+
+    /// [`Runtime::new`], with each service's desired state taken from
+    /// `from`.
+    pub fn start_from(config: Config, from: StartFrom) -> Result<Self, ServeError> {
         config.validate()?;
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(crate::proxy::tls::acceptor(cert, key)?),
@@ -84,6 +117,7 @@ impl Runtime {
         let persisted = State::load(&state_path)?.unwrap_or_default();
         for s in &config.services {
             if let Some(d) = persisted.services.get(&s.name)
+                && from == StartFrom::Saved
                 && d.replicas > s.max_replicas
             {
                 return Err(ConfigError::Invalid(format!(
@@ -97,27 +131,60 @@ impl Runtime {
             }
         }
         // The persisted state of each configured service, or the config's.
+        let mut resumed = Vec::new();
         let initial = State {
             services: config
                 .services
                 .iter()
                 .map(|s| {
-                    let desired = persisted.services.get(&s.name).cloned();
-                    let desired = desired.unwrap_or_else(|| Desired {
-                        current: Release {
-                            generation: 1,
-                            version: s.version.clone(),
+                    let saved = persisted.services.get(&s.name);
+                    let desired = match (saved, from) {
+                        (Some(saved), StartFrom::Saved) => {
+                            if saved.current.version != s.version || saved.replicas != s.replicas {
+                                resumed.push(Resumed {
+                                    service: s.name.clone(),
+                                    saved: saved.clone(),
+                                    configured: s.version.clone(),
+                                    configured_replicas: s.replicas,
+                                });
+                            }
+                            saved.clone()
+                        }
+                        (Some(saved), StartFrom::Config) => {
+                            let generation = saved
+                                .current
+                                .generation
+                                .max(saved.previous.as_ref().map_or(0, |p| p.generation));
+                            let previous = if saved.current.version == s.version {
+                                saved.previous.clone()
+                            } else {
+                                Some(saved.current.clone())
+                            };
+                            Desired {
+                                current: Release {
+                                    generation: generation + 1,
+                                    version: s.version.clone(),
+                                },
+                                previous,
+                                replicas: s.replicas,
+                            }
+                        }
+                        (None, _) => Desired {
+                            current: Release {
+                                generation: 1,
+                                version: s.version.clone(),
+                            },
+                            previous: None,
+                            replicas: s.replicas,
                         },
-                        previous: None,
-                        replicas: s.replicas,
-                    });
+                    };
                     (s.name.clone(), desired)
                 })
                 .collect(),
         };
         let registry = Arc::new(Registry::new(config.state_dir.join("replicas.json"))?);
         let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let events = Events::new(EVENT_BUFFER);
         let options = SupervisorOptions {
             log_dir: config.state_dir.join("logs"),
             log_run: crate::supervisor::logs::run_id(),
@@ -139,6 +206,7 @@ impl Runtime {
         let proxy: LiveConfig = Arc::new(arc_swap::ArcSwap::from_pointee(config.proxy.clone()));
         let reloader = Reloader::new(config.clone(), router.clone(), Arc::clone(&proxy), options);
         Ok(Self {
+            resumed,
             router,
             proxy,
             reloader,
@@ -149,6 +217,12 @@ impl Runtime {
             tls,
             tcp_control: None,
         })
+    }
+
+    /// The services resumed from the persisted state whose config asks
+    /// for something else (see [`StartFrom`]).
+    pub fn resumed(&self) -> &[Resumed] {
+        &self.resumed
     }
 
     /// Also serves the control API on a TCP address, with a token
@@ -190,6 +264,7 @@ impl Runtime {
         shutdown: impl Future<Output = Shutdown>,
     ) -> Result<(), ServeError> {
         let Runtime {
+            resumed: _,
             config,
             router,
             events,

@@ -17,18 +17,22 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, ServiceConfig};
 use crate::desired::{Desired, Release, StateError, StateFile};
-use crate::event::{Event, EventKind, ReplicaState, RolloutPhase};
+use crate::event::{Event, EventKind, Events, ReplicaState, RolloutPhase};
 use leftovers::{ProcessId, RecordedReplica, Registry};
 use logs::LogFile;
 use probe::Probe;
 use process::{Listen, Process, SpawnError};
 use replica::{OnChange, Replica, ReplicaParts};
 use retire::Retired;
+
+/// Longest wait for a failed replica's last output to reach its log (its
+/// children may hold the pipe open) before the log's tail is read.
+pub const LOG_FLUSH_WAIT: Duration = Duration::from_millis(500);
 
 /// Supervises the replicas of one service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -48,7 +52,7 @@ pub struct SupervisorOptions {
     /// Idle timeout of each replica's connection pool.
     pub pool_idle_timeout: Duration,
     /// Where events go.
-    pub events: broadcast::Sender<Event>,
+    pub events: Events,
     /// The state file, written before a rollout completes.
     pub state_file: Arc<StateFile>,
     /// The record of the running replica processes.
@@ -230,7 +234,7 @@ impl Supervisor {
     }
 
     /// Where events go.
-    pub fn events(&self) -> &broadcast::Sender<Event> {
+    pub fn events(&self) -> &Events {
         &self.inner.options.events
     }
 
@@ -335,7 +339,8 @@ impl Supervisor {
     }
 
     /// Waits until `replica` is ready or has failed; the error says why,
-    /// naming the replica and its probe.
+    /// naming the replica and its probe, followed by the last lines of its
+    /// log.
     pub async fn await_ready(&self, replica: &Replica) -> Result<(), String> {
         let mut state = replica.watch_state();
         let outcome = *state
@@ -343,12 +348,12 @@ impl Supervisor {
             .await
             .expect("the replica holds the sender");
         if outcome == ReplicaState::Ready {
-            Ok(())
-        } else {
-            Err(replica
-                .detail()
-                .unwrap_or_else(|| format!("replica {} {outcome}", replica.name())))
+            return Ok(());
         }
+        let reason = replica
+            .detail()
+            .unwrap_or_else(|| format!("replica {} {outcome}", replica.name()));
+        Err(format!("{reason}{}", log_tail(replica).await))
     }
 
     /// Makes `replica` a member: it counts and gets traffic once ready.
@@ -447,7 +452,7 @@ impl Supervisor {
         *self.inner.phase.lock().expect("phase lock") = Some((id, phase));
         let event = Event::now(self.name(), EventKind::Rollout { id, phase, detail });
         tracing::info!("{event}");
-        let _ = self.inner.options.events.send(event);
+        self.inner.options.events.send(event);
     }
 
     fn remove(&self, replica: &Replica) {
@@ -551,5 +556,27 @@ impl Supervisor {
                 Err(e) => tracing::error!(service = self.name(), "cannot start a replacement: {e}"),
             }
         }
+    }
+}
+
+/// The last lines of `replica`'s log, for an error saying why it failed:
+/// `"; the last lines of its log PATH:"` and the lines, indented; empty for a
+/// replica without a log.
+async fn log_tail(replica: &Replica) -> String {
+    let (Some(process), Some(path)) = (replica.process(), replica.log()) else {
+        return String::new();
+    };
+    // An exited replica's last words may still be in the pipe.
+    if process.exit_status().is_some() {
+        process.logged(LOG_FLUSH_WAIT).await;
+    }
+    let shown = path.display();
+    match logs::tail(path, logs::TAIL_LINES, logs::TAIL_BYTES) {
+        Ok(lines) if lines.is_empty() => format!("; its log {shown} is empty"),
+        Ok(lines) => {
+            let quoted: String = lines.iter().map(|l| format!("\n    {l}")).collect();
+            format!("; the last lines of its log {shown}:{quoted}")
+        }
+        Err(e) => format!("; its log {shown} cannot be read: {e}"),
     }
 }

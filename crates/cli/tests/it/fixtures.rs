@@ -1,7 +1,8 @@
-//! What the binary's tests share: running `dropless`, free ports, a
-//! `dropless serve` of the demo service.
+//! What the binary's tests share: running `dropless`, a `dropless serve` of
+//! the demo service on port 0 (it prints the ports it bound).
 
 use std::{
+    io::{BufRead, BufReader},
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -62,12 +63,53 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A `dropless serve` of the demo on a free port, stopped when dropped.
+/// A `dropless serve` of the demo on the port it bound (port 0 asked
+/// for), stopped when dropped.
 pub struct Serve {
     pub child: Child,
+    /// The proxy's port.
     pub port: u16,
     pub control: String,
+    /// `http://ADDR` of the TCP control API, when `--control-tcp` was given.
+    pub control_tcp: Option<String>,
+    /// What it logs (at `warn`), read with [`Serve::stderr`].
+    stderr: tempfile::NamedTempFile,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// What `serve` prints on stdout once it has bound its sockets: the proxy's
+/// port and the TCP control address, if any. Panics when it prints no
+/// proxy address within 30 s. A thread reads its stdout to the end, so
+/// that what it prints later never blocks it.
+fn read_bound(child: &mut Child) -> (u16, Option<String>) {
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut control_tcp = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = printed.recv_timeout(left) else {
+            let exited = child.try_wait();
+            // Its replicas get SIGTERM from the kernel.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve printed no proxy address within 30 s: {exited:?}");
+        };
+        if let Some(rest) = line.strip_prefix("control API also on ") {
+            control_tcp = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.strip_prefix("proxy on http://") {
+            let addr = rest.split(',').next().unwrap();
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            assert_ne!(addr.port(), 0, "{line}");
+            return (addr.port(), control_tcp);
+        }
+    }
 }
 
 /// The demo service with `profile`, as a replica command.
@@ -138,12 +180,12 @@ impl Serve {
         env: &[(&str, &str)],
     ) -> Serve {
         let control = dir.join("control.sock").display().to_string();
-        let port = free_port();
-        let child = dropless()
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = dropless()
             .args([
                 "serve",
                 "--listen",
-                &format!("{host}:{port}"),
+                &format!("{host}:0"),
                 "--control",
                 &control,
             ])
@@ -152,14 +194,17 @@ impl Serve {
             .envs(env.iter().copied())
             .arg("--")
             .args(command)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
+        let (port, control_tcp) = read_bound(&mut child);
         let serve = Serve {
             child,
             port,
             control,
+            control_tcp,
+            stderr: log,
             _dir: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -182,6 +227,11 @@ impl Serve {
 }
 
 impl Serve {
+    /// What it has logged on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap()
+    }
+
     /// The pids of its replicas, from `status`.
     pub fn replica_pids(&self) -> Vec<i32> {
         let status = run(&["status", "--control", &self.control, "--json"]);

@@ -36,6 +36,26 @@ fn serve_whose_replica_never_becomes_ready_exits_2_naming_replica_and_probe() {
 }
 
 #[test]
+fn serve_whose_replica_exits_at_once_exits_2_with_the_last_lines_of_its_log() {
+    let output = serve_until_exit(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo starting; echo cannot read app.toml >&2; exit 1",
+        ],
+    );
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("web-1") && text.contains("exited"), "{text}");
+    let (_, tail) = text.split_once("its log ").expect("the log's name");
+    assert!(
+        tail.contains("starting") && tail.contains("cannot read app.toml"),
+        "{text}"
+    );
+}
+
+#[test]
 fn deploy_of_a_version_that_exits_at_once_is_aborted_and_nothing_drops() {
     let serve = Serve::start_with("v3", &["--ready-timeout", "3s"]);
     let url = format!("http://127.0.0.1:{}/sum?a=1&b=2", serve.port);
@@ -56,14 +76,30 @@ fn deploy_of_a_version_that_exits_at_once_is_aborted_and_nothing_drops() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    for (command, expected) in [("false", "exited"), ("sleep 30", "not ready after 3s")] {
+    // The demo with a profile it does not know exits 2 saying so: deploy
+    // prints what the replica wrote in its log.
+    let unknown_profile = format!(
+        "{} demo-service --profile v99",
+        env!("CARGO_BIN_EXE_dropless")
+    );
+    let cases: [(&str, &[&str]); 3] = [
+        ("false", &["exited", "its log", "is empty"]),
+        (
+            &unknown_profile,
+            &["exited (exit status: 2)", "its log", "invalid value 'v99'"],
+        ),
+        ("sleep 30", &["not ready after 3s"]),
+    ];
+    for (command, expected) in cases {
         let output = run(&["deploy", "--control", &serve.control, "--cmd", command]);
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(1), "{command}: {text}");
-        assert!(
-            text.contains(expected),
-            "{command}: expected {expected:?} in {text}"
-        );
+        for expected in expected {
+            assert!(
+                text.contains(expected),
+                "{command}: expected {expected:?} in {text}"
+            );
+        }
         assert!(text.contains("GET /healthz"), "names the probe: {text}");
         assert!(text.contains("web-"), "names the replica: {text}");
     }
@@ -130,14 +166,14 @@ fn the_tcp_control_api_works_with_the_token_and_refuses_without_it() {
     assert_eq!(message.trim().lines().count(), 1, "{message}");
     assert!(message.contains("DROPLESS_CONTROL_TOKEN"), "{message}");
 
-    let port = crate::fixtures::free_port();
-    let addr = format!("127.0.0.1:{port}");
+    // Port 0: serve prints the address it bound.
     let serve = Serve::start_with_env(
         "v4",
-        &["--control-tcp", &addr],
+        &["--control-tcp", "127.0.0.1:0"],
         &[("DROPLESS_CONTROL_TOKEN", TOKEN)],
     );
-    let url = format!("http://{addr}");
+    let url = serve.control_tcp.clone().expect("the TCP control address");
+    assert!(!url.ends_with(":0"), "{url}");
     let with_token = dropless()
         .args(["status", "--control", &url, "--json"])
         .env("DROPLESS_CONTROL_TOKEN", TOKEN)
@@ -336,13 +372,14 @@ fn logs_written_to_a_file_carry_no_escape_codes() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap();
-        if text.contains("proxy on") {
+        // The replica's start is logged (the addresses go to stdout).
+        if text.contains(" INFO ") && text.contains("web-1") {
             break text;
         }
         if let Some(status) = child.try_wait().unwrap() {
             panic!("serve exited {status}: {text}");
         }
-        assert!(Instant::now() < deadline, "no 'proxy on' line: {text}");
+        assert!(Instant::now() < deadline, "no INFO line: {text}");
         std::thread::sleep(Duration::from_millis(20));
     };
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -383,4 +420,84 @@ fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
             "NO_COLOR={no_color:?}: {text:?}"
         );
     }
+}
+
+#[test]
+fn serve_says_when_the_saved_state_overrides_its_command_line_and_fresh_ignores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_in(dir.path(), "v4", &[], &[]);
+    let scaled = run(&["scale", "3", "--control", &serve.control]);
+    assert!(scaled.status.success(), "{}", stderr(&scaled));
+    assert_eq!(serve.stop().code(), Some(0));
+
+    // Started again with `--replicas 2`: state.json's 3 run, in one line.
+    let serve = Serve::start_in(dir.path(), "v4", &[], &[]);
+    let text = serve.stderr();
+    let said: Vec<_> = text.lines().filter(|l| l.contains("--fresh")).collect();
+    assert_eq!(said.len(), 1, "{text}");
+    assert!(
+        said[0].contains("state.json says web runs `")
+            && said[0].contains("×3 (deployed as generation 1)")
+            && said[0].contains("×2 from the command line is ignored"),
+        "{text}"
+    );
+    assert_eq!(serve.replica_pids().len(), 3);
+    assert_eq!(serve.stop().code(), Some(0));
+
+    // --fresh: the command line's 2, saved as a new generation.
+    let serve = Serve::start_in(dir.path(), "v4", &["--fresh"], &[]);
+    assert!(!serve.stderr().contains("--fresh"), "{}", serve.stderr());
+    assert_eq!(serve.replica_pids().len(), 2);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+    let web = &state["services"]["web"];
+    assert_eq!(web["replicas"], 2, "{state}");
+    assert_eq!(web["current"]["generation"], 2, "{state}");
+    assert_eq!(serve.stop().code(), Some(0));
+}
+
+#[test]
+fn events_prints_the_recent_history_before_following() {
+    let serve = Serve::start("v4");
+    for args in [["--last", "2"], ["--since", "5m"]] {
+        let mut child = dropless()
+            .args(["events", "--control", &serve.control])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                if lines.send(line.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        // Both replicas became ready before `events` ran: the history has it.
+        let mut printed = Vec::new();
+        while printed
+            .iter()
+            .filter(|l: &&String| l.ends_with(" ready"))
+            .count()
+            < 2
+        {
+            let line = got
+                .recv_timeout(Duration::from_secs(15))
+                .unwrap_or_else(|_| panic!("{args:?}: no history in {printed:?}"));
+            printed.push(line);
+        }
+        if args[0] == "--last" {
+            assert_eq!(printed.len(), 2, "{printed:?}");
+        } else {
+            assert!(
+                printed[0].contains("web-1") && printed[0].ends_with(" starting"),
+                "{printed:?}"
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(serve.stop().code(), Some(0));
 }

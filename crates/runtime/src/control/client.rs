@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::{ControlError, ErrorBody, MIN_TOKEN_LEN, RolloutCall, TOKEN_ENV};
-use crate::event::Event;
+use crate::event::{Event, Replay};
 use crate::reload::ReloadReport;
 use crate::rollout::{RolloutReport, RolloutRequest};
 use crate::supervisor::ServiceStatus;
@@ -149,7 +149,17 @@ impl ControlClient {
     /// Subscribes to the event stream; every event from the moment this
     /// returns is delivered.
     pub async fn subscribe(&self) -> Result<EventStream, ControlError> {
-        let resp = self.open(Method::GET, "/v1/events", Bytes::new()).await?;
+        self.subscribe_with(Replay::None).await
+    }
+
+    /// A stream of the recent events `replay` asks for, then the live ones.
+    pub async fn subscribe_with(&self, replay: Replay) -> Result<EventStream, ControlError> {
+        let path = match replay {
+            Replay::None => "/v1/events".to_string(),
+            Replay::Last(n) => format!("/v1/events?last={n}"),
+            Replay::Since(d) => format!("/v1/events?since={}ms", d.as_millis()),
+        };
+        let resp = self.open(Method::GET, &path, Bytes::new()).await?;
         Ok(EventStream {
             client: self.clone(),
             body: resp.into_body(),
@@ -159,11 +169,17 @@ impl ControlClient {
 
     /// Calls `on_event` with every event until the runtime stops or
     /// `on_event` returns false.
-    pub async fn events(
+    pub async fn events(&self, on_event: impl FnMut(Event) -> bool) -> Result<(), ControlError> {
+        self.events_with(Replay::None, on_event).await
+    }
+
+    /// The same, starting with the recent events `replay` asks for.
+    pub async fn events_with(
         &self,
+        replay: Replay,
         mut on_event: impl FnMut(Event) -> bool,
     ) -> Result<(), ControlError> {
-        let mut stream = self.subscribe().await?;
+        let mut stream = self.subscribe_with(replay).await?;
         while let Some(event) = stream.next().await? {
             if !on_event(event) {
                 break;

@@ -22,6 +22,38 @@ use crate::desired::{DIR_MODE, FILE_MODE};
 /// Bytes read from a replica's pipe at a time.
 const CHUNK: usize = 64 * 1024;
 
+/// Lines of a replica's log quoted when it failed to start ([`tail`]).
+pub const TAIL_LINES: usize = 10;
+
+/// Bytes read from the end of a replica's log for [`tail`], so that a log
+/// of long lines cannot make an error message huge.
+pub const TAIL_BYTES: u64 = 4096;
+
+/// The copier thread of one log, and whether it has copied everything
+/// (every write end of the pipe closed).
+#[derive(Debug)]
+pub struct Copier {
+    thread: std::thread::JoinHandle<()>,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Copier {
+    /// Waits for the thread to end.
+    pub fn join(self) -> std::thread::Result<()> {
+        self.thread.join()
+    }
+
+    /// Whether the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Becomes `true` once the copier has written all the output there is.
+    pub fn done(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.done.clone()
+    }
+}
+
 /// The log file of one replica, with its rotation limits.
 #[derive(Debug, Clone)]
 pub struct LogFile {
@@ -48,8 +80,8 @@ impl LogFile {
     /// Creates the file (and its directory, 0700), which must not exist
     /// yet, and starts the thread that copies the pipe into it; returns the
     /// pipe's write end, for the replica's stdout and stderr, and the
-    /// thread, which ends once every write end is closed.
-    pub fn start(&self) -> std::io::Result<(PipeWriter, std::thread::JoinHandle<()>)> {
+    /// copier thread, which ends once every write end is closed.
+    pub fn start(&self) -> std::io::Result<(PipeWriter, Copier)> {
         if let Some(dir) = self.path.parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -68,10 +100,14 @@ impl LogFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let copier = std::thread::Builder::new()
+        let (copied, done) = tokio::sync::watch::channel(false);
+        let thread = std::thread::Builder::new()
             .name(format!("log {name}"))
-            .spawn(move || out.copy_from(reader))?;
-        Ok((writer, copier))
+            .spawn(move || {
+                out.copy_from(reader);
+                copied.send_replace(true);
+            })?;
+        Ok((writer, Copier { thread, done }))
     }
 }
 
@@ -87,6 +123,29 @@ pub fn run_id() -> String {
         0 => format!("{time}-{pid}"),
         n => format!("{time}-{pid}-{}", n + 1),
     }
+}
+
+/// The last `lines` lines of the log at `path`, read from at most its last
+/// `max_bytes` bytes (a line cut by that bound is left out), without their
+/// line ends; empty when the file is.
+pub fn tail(path: &Path, lines: usize, max_bytes: u64) -> std::io::Result<Vec<String>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(max_bytes);
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut all: Vec<&str> = text.lines().collect();
+    if from > 0 && !all.is_empty() {
+        all.remove(0);
+    }
+    let start = all.len().saturating_sub(lines);
+    Ok(all[start..]
+        .iter()
+        .map(|l| l.trim_end().to_string())
+        .collect())
 }
 
 /// The file being written and its size.
@@ -265,6 +324,20 @@ mod tests {
             names,
             ["web-1.run.log", "web-1.run.log.1", "web-1.run.log.2"]
         );
+    }
+
+    #[test]
+    fn the_tail_is_the_last_lines_within_the_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let text: String = (0..100).map(|i| format!("line {i:03}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let lines = tail(&path, 3, 4096).unwrap();
+        assert_eq!(lines, ["line 097", "line 098", "line 099"]);
+        // 20 bytes: "097\nline 098\nline 099\n" minus the cut line.
+        assert_eq!(tail(&path, 10, 20).unwrap(), ["line 098", "line 099"]);
+        std::fs::write(&path, "").unwrap();
+        assert!(tail(&path, 10, 4096).unwrap().is_empty());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Process {
     pid: u32,
     start_time: Option<u64>,
     exit: watch::Receiver<Option<ExitStatus>>,
+    /// `true` once its log has all its output.
+    logged: watch::Receiver<bool>,
 }
 
 /// A child process that could not be started.
@@ -91,7 +93,8 @@ impl Process {
             source,
         };
         // The copier thread ends by itself when the replica's pipe closes.
-        let (output, _copier) = log.start().map_err(log_err)?;
+        let (output, copier) = log.start().map_err(log_err)?;
+        let logged = copier.done();
         let errors = output.try_clone().map_err(log_err)?;
         let (program, args) = command.split_first().ok_or_else(|| SpawnError::Exec {
             program: String::new(),
@@ -191,6 +194,7 @@ impl Process {
             pid,
             start_time,
             exit,
+            logged,
         })
     }
 
@@ -218,6 +222,16 @@ impl Process {
             Ok(s) => s.expect("waited for Some"),
             Err(_) => self.exit_status().unwrap_or_default(),
         }
+    }
+
+    /// Waits, at most `timeout`, until its log holds all its output (its
+    /// process group has closed the pipe); whether it does.
+    pub async fn logged(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.logged.clone();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|done| *done)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Sends `signal` to the whole process group; a group already gone is fine.

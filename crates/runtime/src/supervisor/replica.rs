@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Event, EventKind, ReplicaState};
+use crate::event::{Event, EventKind, Events, ReplicaState};
 use crate::proxy::pool::Pool;
 use crate::supervisor::process::Process;
 
@@ -26,7 +26,7 @@ pub struct Replica {
     process: Option<Process>,
     log: Option<PathBuf>,
     state: watch::Sender<ReplicaState>,
-    events: broadcast::Sender<Event>,
+    events: Events,
     changed: OnChange,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -74,7 +74,7 @@ pub struct ReplicaParts {
     /// Its log file, when it has a process.
     pub log: Option<PathBuf>,
     /// Where its events go.
-    pub events: broadcast::Sender<Event>,
+    pub events: Events,
     /// Called after every change of its state or membership, so that its
     /// service publishes what is routable and waiting requests look again.
     pub on_change: OnChange,
@@ -267,7 +267,7 @@ impl Replica {
             },
         );
         tracing::info!("{event}");
-        let _ = self.events.send(event);
+        self.events.send(event);
     }
 }
 

@@ -140,7 +140,8 @@ mod tests {
     /// A `Ready` replica that routes to an address dropless does not own
     /// (no process: retirement drains it and does not signal).
     fn ready_target() -> (Arc<Replica>, tokio::sync::broadcast::Receiver<Event>) {
-        let (events, receiver) = tokio::sync::broadcast::channel(64);
+        let events = crate::event::Events::new(64);
+        let receiver = events.subscribe();
         let replica = Replica::new(ReplicaParts {
             name: "web-1".into(),
             service: "web".into(),

@@ -36,16 +36,7 @@ async fn control_socket_is_private_single_and_streams_events() {
     assert!(log.starts_with(dir.path()), "{log:?}");
 
     let mut stream = h.client().subscribe().await.unwrap();
-    h.client()
-        .rollout(
-            None,
-            RolloutRequest::Scale {
-                replicas: 2,
-                allow_zero: false,
-            },
-        )
-        .await
-        .unwrap();
+    scale(&h, 2).await;
     let completed = tokio::time::timeout(fixtures::WAIT, async {
         loop {
             let e = stream.next().await.unwrap().expect("stream open");
@@ -430,4 +421,65 @@ async fn h2_get(url: &str) -> (u16, String) {
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Scales the only service of `h` to `replicas`.
+async fn scale(h: &Harness, replicas: usize) {
+    let request = RolloutRequest::Scale {
+        replicas,
+        allow_zero: false,
+    };
+    h.client().rollout(None, request).await.unwrap();
+}
+
+/// The next event of `stream`, within [`fixtures::WAIT`].
+async fn next(
+    stream: &mut dropless_runtime::control::EventStream,
+) -> dropless_runtime::event::Event {
+    tokio::time::timeout(fixtures::WAIT, stream.next())
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .expect("stream open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_starts_with_the_recent_history_asked_for() {
+    use dropless_runtime::event::{Replay, ReplicaState};
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let state = |e: &dropless_runtime::event::Event| match &e.kind {
+        EventKind::Replica { replica, state, .. } => Some((replica.clone(), *state)),
+        EventKind::Rollout { .. } => None,
+    };
+    let started = Some(("web-1".to_string(), ReplicaState::Starting));
+    let ready = Some(("web-1".to_string(), ReplicaState::Ready));
+    // Everything within the last hour: web-1 starting, then ready.
+    let mut stream = h
+        .client()
+        .subscribe_with(Replay::Since(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(state(&next(&mut stream).await), started);
+    assert_eq!(state(&next(&mut stream).await), ready);
+    // The last one only: web-1 ready; then the live events follow, none
+    // repeated or missed.
+    let mut last = h.client().subscribe_with(Replay::Last(1)).await.unwrap();
+    assert_eq!(state(&next(&mut last).await), ready);
+    scale(&h, 2).await;
+    let live = next(&mut last).await;
+    assert!(
+        matches!(
+            live.kind,
+            EventKind::Rollout {
+                phase: RolloutPhase::Pending,
+                ..
+            }
+        ),
+        "{live:?}"
+    );
+    assert_eq!(live, next(&mut stream).await, "both streams go on alike");
+    h.stop(Shutdown::Fast).await;
 }

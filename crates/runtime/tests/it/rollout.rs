@@ -118,7 +118,14 @@ matrix! { scale_two_five_one_under_load:
     scale_2_5_1_v1_h2 => "v1", H2;
 }
 
-async fn failed_deploy_is_aborted(bad: dropless_runtime::config::Version, expect: &str) {
+/// Deploys `bad`: the rollout is aborted with an error containing `expect`
+/// and, after the name of the replica's log, each of `logged` (what the
+/// replica wrote).
+async fn failed_deploy_is_aborted(
+    bad: dropless_runtime::config::Version,
+    expect: &str,
+    logged: &[&str],
+) {
     let mut service = demo_service("v4", 2);
     service.probe.ready_timeout = Duration::from_millis(800);
     service.retire.grace = Duration::from_millis(300);
@@ -141,6 +148,13 @@ async fn failed_deploy_is_aborted(bad: dropless_runtime::config::Version, expect
         "{message}"
     );
     assert!(message.contains(expect), "{message}");
+    let (_, tail) = message
+        .split_once("of its log ")
+        .unwrap_or_else(|| panic!("no log lines in: {message}"));
+    assert!(tail.contains("web-3."), "the replica's own log: {message}");
+    for line in logged {
+        assert!(tail.contains(line), "{line:?} not in: {message}");
+    }
     let web = run.h.router.service(None).unwrap();
     assert_eq!(
         web.desired().current.generation,
@@ -157,18 +171,28 @@ async fn failed_deploy_is_aborted(bad: dropless_runtime::config::Version, expect
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_of_a_version_that_exits_at_once_is_aborted() {
     // An unknown profile: the demo exits 2 before binding.
-    failed_deploy_is_aborted(demo("v99", "v2"), "exited (exit status: 2)").await;
+    failed_deploy_is_aborted(
+        demo("v99", "v2"),
+        "exited (exit status: 2)",
+        &["invalid value 'v99'"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_of_a_never_ready_version_is_aborted() {
     // v1 has no /healthz (404): never ready.
-    failed_deploy_is_aborted(demo("v1", "v2"), "not ready after 800ms").await;
+    failed_deploy_is_aborted(demo("v1", "v2"), "not ready after 800ms", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_of_a_crashing_test_backend_is_aborted() {
-    failed_deploy_is_aborted(fixtures::backend(Mode::Crash, "v2"), "exit status: 3").await;
+    failed_deploy_is_aborted(
+        fixtures::backend(Mode::Crash, "v2"),
+        "exit status: 3",
+        &["crashing on purpose"],
+    )
+    .await;
 }
 
 /// The Kubernetes emulation reproduces seed 004: routing stops only after
