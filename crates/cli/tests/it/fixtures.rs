@@ -56,8 +56,9 @@ pub fn is_gone(pid: i32) -> bool {
     }
 }
 
-/// A free loopback port (bound, then released): the runtime's own.
-pub fn free_port() -> u16 {
+/// A loopback port nothing listens on (bound, then released), for a
+/// connection that must be refused; never to serve on.
+pub fn closed_port() -> u16 {
     dropless_runtime::supervisor::process::free_port()
         .expect("a free loopback port")
         .port()
@@ -81,7 +82,7 @@ pub struct Serve {
 /// port and the TCP control address, if any. Panics when it prints no
 /// proxy address within 30 s. A thread reads its stdout to the end, so
 /// that what it prints later never blocks it.
-fn read_bound(child: &mut Child) -> (u16, Option<String>) {
+pub fn read_bound(child: &mut Child) -> (u16, Option<String>) {
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let (lines, printed) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

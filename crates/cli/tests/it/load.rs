@@ -275,7 +275,7 @@ fn a_url_that_cannot_be_valid_or_a_json_path_that_cannot_be_written_exit_2_befor
 
 #[test]
 fn a_run_in_which_no_request_succeeded_exits_3_and_shows_no_latency() {
-    let closed = crate::fixtures::free_port();
+    let closed = crate::fixtures::closed_port();
     let url = format!("http://127.0.0.1:{closed}/");
     let output = dropless(&[&url, "--rate", "20", "-d", "500ms"]);
     assert_eq!(output.status.code(), Some(3));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::fixtures::{dropless, free_port, is_gone, run, stderr};
+use crate::fixtures::{dropless, is_gone, read_bound, run, stderr};
 
 /// A `dropless serve --config FILE` in its own temporary directory,
 /// SIGTERMed (then killed) when dropped.
@@ -38,22 +38,18 @@ impl Served {
         let path = dir.path().join("serve.toml");
         std::fs::write(&path, config).unwrap();
         let control = dir.path().join("c.sock").display().to_string();
-        let port = free_port();
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = dropless()
+        let mut child = dropless()
             .args(["serve", "--config", path.to_str().unwrap()])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--control",
-                &control,
-            ])
+            .args(["--listen", "127.0.0.1:0", "--control", &control])
             .args(["--state-dir", dir.path().to_str().unwrap()])
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
+        // The port it bound, as it prints it: none is bound and released.
+        let (port, _) = read_bound(&mut child);
         let served = Served {
             child,
             port,
