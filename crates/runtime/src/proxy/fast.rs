@@ -127,8 +127,10 @@ impl Session<'_, '_> {
 
     /// Waits for a request and reads its head and body.
     async fn read_request(&mut self) -> Next {
-        let timeout = self.proxy.config.load().header_read_timeout;
-        self.deadline.set(Instant::now() + timeout);
+        // The settings once per request: a reload affects the next one.
+        let config = self.proxy.config.load_full();
+        self.deadline
+            .set(Instant::now() + config.header_read_timeout);
         if self.input.is_empty() {
             // Idle: no buffer held, the task parked on the socket's readiness.
             self.input = BytesMut::new();
@@ -149,10 +151,10 @@ impl Session<'_, '_> {
             }
             self.input.reserve(BUFFER);
         }
-        let max_head = self.proxy.config.load().max_header_bytes;
+        let max_head = config.max_header_bytes;
         loop {
             if !self.input.is_empty() {
-                let parsed = parse_request(&self.input, &self.proxy.config.load(), self.client);
+                let parsed = parse_request(&self.input, &config, self.client);
                 match parsed {
                     Parsed::Complete(plan) => {
                         let total = plan.head_len + plan.body_len;
