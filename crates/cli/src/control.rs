@@ -270,15 +270,19 @@ pub fn events(args: EventsArgs) -> ExitCode {
         };
         client
             .events_with(replay, |e| {
-                if service.as_ref().is_none_or(|s| *s == e.service) {
-                    if args.json {
-                        println!("{}", serde_json::to_string(&e).expect("events serialize"));
-                    } else {
-                        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms);
-                        println!("{} {e}", humantime::format_rfc3339_millis(at));
-                    }
+                if service.as_ref().is_some_and(|s| *s != e.service) {
+                    return true;
                 }
-                true
+                let line = if args.json {
+                    serde_json::to_string(&e).expect("events serialize")
+                } else {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms);
+                    format!("{} {e}", humantime::format_rfc3339_millis(at))
+                };
+                // A reader that went away (`| head`) ends the stream quietly;
+                // `println!` would panic on the broken pipe.
+                use std::io::Write;
+                writeln!(std::io::stdout(), "{line}").is_ok()
             })
             .await
     })
