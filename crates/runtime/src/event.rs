@@ -125,6 +125,17 @@ pub enum EventKind {
         /// Why, when there is more to say.
         detail: Option<String>,
     },
+    /// The discovery of a service's replicas (DNS) changed: its answer
+    /// (addresses added or removed), or its health (failing, resolving
+    /// again).
+    Discovery {
+        /// `dns:NAME:PORT`.
+        source: String,
+        /// `changed`, `failing` or `resolving`.
+        state: String,
+        /// The addresses added and removed, or the resolution error.
+        detail: String,
+    },
 }
 
 impl Event {
@@ -159,6 +170,11 @@ impl fmt::Display for Event {
                     write!(f, ": {d}")?;
                 }
             }
+            EventKind::Discovery {
+                source,
+                state,
+                detail,
+            } => write!(f, "{}: discovery {source} {state}: {detail}", self.service)?,
         }
         Ok(())
     }
