@@ -125,13 +125,12 @@ pub enum EventKind {
         /// Why, when there is more to say.
         detail: Option<String>,
     },
-    /// The discovery of a service's replicas (DNS) changed: its answer
-    /// (addresses added or removed), or its health (failing, resolving
-    /// again).
+    /// The discovery of a service's replicas (DNS) started or retired
+    /// replicas, or its health changed (failing, resolving again).
     Discovery {
         /// `dns:NAME:PORT`.
         source: String,
-        /// `changed`, `failing` or `resolving`.
+        /// `replicas` (some added or retired), `failing` or `resolving`.
         state: String,
         /// The addresses added and removed, or the resolution error.
         detail: String,

@@ -334,12 +334,12 @@ fn follow(supervisor: &Supervisor, addrs: &BTreeSet<SocketAddr>, source: &DnsSou
         return;
     }
     let detail = format!(
-        "{} address(es); added {}; removed {}",
+        "{} address(es); new replicas for {}; retiring those for {}",
         addrs.len(),
         or_none(&added),
         or_none(&removed)
     );
-    send(supervisor, source, "changed", detail);
+    send(supervisor, source, "replicas", detail);
 }
 
 /// Logs and broadcasts that resolving started failing (`Some`) or works
