@@ -249,9 +249,12 @@ impl Reloader {
         let mut options = self.inner.options.clone();
         options.log_run = crate::supervisor::logs::run_id();
         let sup = Supervisor::new(s.clone(), desired.clone(), options);
-        sup.commit_desired(desired)
-            .await
-            .map_err(|e| format!("service {:?}: {e}", s.name))?;
+        // A discovered service's desired state is not persisted (see serve).
+        if s.discover.is_none() {
+            sup.commit_desired(desired)
+                .await
+                .map_err(|e| format!("service {:?}: {e}", s.name))?;
+        }
         if let Err(e) = sup.start() {
             sup.shutdown(true).await;
             return Err(format!("service {:?}: {e}", s.name));

@@ -189,7 +189,21 @@ impl Runtime {
                 .collect(),
         };
         let registry = Arc::new(Registry::new(config.state_dir.join("replicas.json"))?);
-        let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
+        // A discovered service has nothing to resume: kept out of the file,
+        // it cannot leave an empty release behind for a later config that
+        // gives the same name a command.
+        let saved = State {
+            services: initial
+                .services
+                .iter()
+                .filter(|(name, _)| {
+                    let service = config.services.iter().find(|s| s.name == **name);
+                    service.is_none_or(|s| s.discover.is_none())
+                })
+                .map(|(name, d)| (name.clone(), d.clone()))
+                .collect(),
+        };
+        let state_file = Arc::new(StateFile::create(state_path, saved)?);
         let events = Events::new(EVENT_BUFFER);
         let options = SupervisorOptions {
             log_dir: config.state_dir.join("logs"),

@@ -303,6 +303,10 @@ async fn resolve(resolver: &TokioResolver, source: &DnsSource) -> Answer {
 /// for each address of `addrs` that has none, and retires those whose
 /// address left.
 fn follow(supervisor: &Supervisor, addrs: &BTreeSet<SocketAddr>, source: &DnsSource) {
+    // Its shutdown retires every replica; none starts after it.
+    if supervisor.is_shutting_down() {
+        return;
+    }
     let live: Vec<_> = supervisor
         .replicas()
         .into_iter()
@@ -405,6 +409,31 @@ mod tests {
             let e = bad.parse::<DnsSource>().unwrap_err().to_string();
             assert!(e.contains("write dns:NAME:PORT"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_config_takes_discover_or_a_version_not_both() {
+        let config: crate::config::Config = toml::from_str(
+            r#"
+            [[service]]
+            name = "app"
+            discover.from = "dns:tasks.app:8080"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let discover = config.services[0].discover.as_ref().unwrap();
+        assert_eq!(discover.interval, DEFAULT_DISCOVER_INTERVAL);
+        let mut both = config.services[0].clone();
+        both.version = Version::command(["./app"]);
+        let e = both.validate().unwrap_err().to_string();
+        assert!(e.contains("give one"), "{e}");
+        let e = toml::from_str::<crate::config::Config>(
+            "[[service]]\ndiscover.from = \"tasks.app:8080\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("write dns:NAME:PORT"), "{e}");
     }
 
     #[test]

@@ -166,3 +166,44 @@ async fn a_resolver_failure_or_one_empty_answer_keeps_the_replicas() {
     h.wait_routable(0).await;
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_discovery_but_does_not_switch_it_off() {
+    let (port, backends) = discovery::backends(2).await;
+    let dns = Dns::start(ips(&[&backends[0]])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixtures::config(dir.path(), vec![discovered(port, &dns)]);
+    let h = Harness::start(config.clone()).await;
+    h.wait_routable(1).await;
+    let file = std::sync::Arc::new(std::sync::Mutex::new(config.clone()));
+    let read = std::sync::Arc::clone(&file);
+    h.reloader.set_source(std::sync::Arc::new(move || {
+        Ok(Some(read.lock().unwrap().clone()))
+    }));
+
+    // Another nameserver, read from the next round on.
+    let other = Dns::start(ips(&[&backends[0], &backends[1]])).await;
+    let mut changed = config.clone();
+    changed.services[0].discover.as_mut().unwrap().nameserver = Some(other.addr);
+    *file.lock().unwrap() = changed;
+    let report = h.reloader.reload().await.unwrap();
+    assert!(
+        report
+            .lines
+            .contains(&"service app: discover applied".to_string()),
+        "{report:?}"
+    );
+    h.wait_routable(2).await;
+
+    let mut switched = config;
+    switched.services[0].discover = None;
+    switched.services[0].version = Version::target(backends[0].addr);
+    *file.lock().unwrap() = switched;
+    let refused = h.reloader.reload().await.unwrap_err().to_string();
+    assert!(
+        refused.contains("switch between discover and version"),
+        "{refused}"
+    );
+    assert_eq!(h.router.service(None).unwrap().routable().len(), 2);
+    h.stop(Shutdown::Fast).await;
+}
