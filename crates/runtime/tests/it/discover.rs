@@ -207,3 +207,25 @@ async fn a_reload_changes_discovery_but_does_not_switch_it_off() {
     assert_eq!(h.router.service(None).unwrap().routable().len(), 2);
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_dies_while_still_listed_fails_no_get() {
+    let (port, mut backends) = discovery::backends(2).await;
+    let dns = Dns::start(ips(&[&backends[0], &backends[1]])).await;
+    let (_dir, mut h) = serve(port, &dns, 2).await;
+    let mut load = load_until(&h, 100).await;
+    // Killed before it left DNS (the demo's v4 under an orchestrator):
+    // requests cut or refused there are sent again to the other.
+    let dead = backends.pop().unwrap();
+    let at = dead.addr;
+    drop(dead);
+    fixtures::next_event(&mut h.events, |e| is_replica(e, at, ReplicaState::Failed)).await;
+    // Still listed: probed again as a new replica, not routed to.
+    fixtures::next_event(&mut h.events, |e| is_replica(e, at, ReplicaState::Starting)).await;
+    let before = load.ok();
+    load.wait_ok(before + 100).await;
+    assert_eq!(h.router.service(None).unwrap().routable().len(), 1);
+    let report = load.finish().await;
+    assert_clean(&report, before + 100);
+    h.stop(Shutdown::Fast).await;
+}
