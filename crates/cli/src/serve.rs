@@ -51,7 +51,7 @@ pub struct ServeArgs {
     /// Kubernetes headless services, Consul DNS; deploy, scale and restart
     /// are the orchestrator's then. Interval and nameserver: [service.discover]
     /// in --config (docs/config.md).
-    #[arg(long, value_name = "dns:NAME:PORT", conflicts_with_all = ["command", "target"], value_parser = discover_source)]
+    #[arg(long, value_name = "dns:NAME:PORT", conflicts_with_all = ["command", "target", "replicas"], value_parser = discover_source)]
     discover: Option<DnsSource>,
     /// Time a new replica has to pass its probe, e.g. 30s.
     #[arg(long, value_parser = crate::value::duration)]
