@@ -30,6 +30,8 @@ use process::{Listen, Process, SpawnError};
 use replica::{OnChange, Replica, ReplicaParts};
 use retire::Retired;
 
+use crate::proxy::affinity::Affinity;
+
 /// Longest wait for a failed replica's last output to reach its log (its
 /// children may hold the pipe open) before the log's tail is read.
 pub const LOG_FLUSH_WAIT: Duration = Duration::from_millis(500);
@@ -57,6 +59,8 @@ pub struct SupervisorOptions {
     pub state_file: Arc<StateFile>,
     /// The record of the running replica processes.
     pub registry: Arc<Registry>,
+    /// The state directory (each service's stash lives in it).
+    pub state_dir: PathBuf,
 }
 
 /// A snapshot of one service for `status`.
@@ -115,6 +119,12 @@ struct Inner {
     phase: Mutex<Option<(u64, RolloutPhase)>>,
     next_rollout: AtomicU64,
     shutdown: CancellationToken,
+    /// Session affinity, when the service has it.
+    affinity: Option<Arc<Affinity>>,
+    /// The stash's socket, when the service has one; it is served from the
+    /// start until the last replica is retired.
+    stash: Option<PathBuf>,
+    stash_stop: CancellationToken,
 }
 
 impl Inner {
@@ -139,6 +149,12 @@ impl Supervisor {
     /// (from the config, or the persisted state). Nothing runs until
     /// [`Supervisor::start`].
     pub fn new(config: ServiceConfig, desired: Desired, options: SupervisorOptions) -> Self {
+        let affinity = config
+            .affinity
+            .as_ref()
+            .map(|a| Arc::new(Affinity::new(a).expect("a validated affinity key")));
+        let stash = (affinity.is_some() || config.stash)
+            .then(|| crate::stash::socket_path(&options.state_dir, &config.name));
         Self {
             inner: Arc::new(Inner {
                 name: config.name.clone(),
@@ -155,12 +171,16 @@ impl Supervisor {
                 phase: Mutex::new(None),
                 next_rollout: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
+                affinity,
+                stash,
+                stash_stop: CancellationToken::new(),
             }),
         }
     }
 
     /// Starts the desired replicas as members; they get traffic once ready.
     pub fn start(&self) -> Result<Vec<Arc<Replica>>, SpawnError> {
+        self.start_stash()?;
         let desired = self.desired();
         let mut started = Vec::with_capacity(desired.replicas);
         for _ in 0..desired.replicas {
@@ -169,6 +189,41 @@ impl Supervisor {
             started.push(replica);
         }
         Ok(started)
+    }
+
+    /// Its session affinity, when it has one.
+    pub fn affinity(&self) -> Option<&Arc<Affinity>> {
+        self.inner.affinity.as_ref()
+    }
+
+    /// The socket of its stash (given to replicas as `DROPLESS_STASH`),
+    /// when it has one.
+    pub fn stash_socket(&self) -> Option<&std::path::Path> {
+        self.inner.stash.as_deref()
+    }
+
+    /// Binds its stash's socket and serves it until the service's last
+    /// replica is retired.
+    fn start_stash(&self) -> Result<(), SpawnError> {
+        let Some(socket) = &self.inner.stash else {
+            return Ok(());
+        };
+        let options = &self.inner.options;
+        let stash_err = |message: String| SpawnError::Stash {
+            path: socket.clone(),
+            message,
+        };
+        let dir = crate::stash::entries_dir(&options.state_dir, self.name());
+        let stash = crate::stash::Stash::open(&dir, self.inner.affinity.clone())
+            .map_err(|e| stash_err(e.to_string()))?;
+        let listener =
+            crate::control::ControlListener::bind(socket).map_err(|e| stash_err(e.to_string()))?;
+        tokio::spawn(crate::stash::serve(
+            listener,
+            Arc::new(stash),
+            self.inner.stash_stop.clone(),
+        ));
+        Ok(())
     }
 
     /// Service name.
@@ -287,7 +342,16 @@ impl Supervisor {
                 let addr = listen.addr().map_err(exec_error)?;
                 let options = &self.inner.options;
                 let log = LogFile::new(&options.log_dir, &name, &options.log_run, &options.logs);
-                let process = Process::spawn(&version.command, &version.env, listen, &name, &log)?;
+                let env = match &self.inner.stash {
+                    Some(socket) => {
+                        let mut env = version.env.clone();
+                        let socket = socket.to_string_lossy().into_owned();
+                        env.insert(crate::stash::STASH_ENV.to_string(), socket);
+                        std::borrow::Cow::Owned(env)
+                    }
+                    None => std::borrow::Cow::Borrowed(&version.env),
+                };
+                let process = Process::spawn(&version.command, &env, listen, &name, &log)?;
                 if let Some(start_time) = process.start_time() {
                     options.registry.add(RecordedReplica {
                         service: self.name().to_string(),
@@ -409,6 +473,8 @@ impl Supervisor {
             .map(|r| self.retire_with(r, config.clone()))
             .collect();
         futures_util::future::join_all(retirements).await;
+        // Retiring replicas stash their sessions: the stash closes last.
+        self.inner.stash_stop.cancel();
     }
 
     /// A snapshot for `status`.

@@ -25,6 +25,9 @@ pub struct Pick {
     pub pool: Pool,
     /// Counts the request on it until dropped.
     pub guard: InFlight,
+    /// How long the request was held for a session handoff before it
+    /// (zero without affinity, see [`crate::proxy::affinity`]).
+    pub held: Duration,
 }
 
 /// Why no replica was picked.
@@ -55,6 +58,7 @@ pub async fn pick(
             replica,
             pool,
             guard,
+            held: Duration::ZERO,
         });
     }
     let mut topology = service.watch_topology();
@@ -85,6 +89,7 @@ pub async fn pick(
                     replica,
                     pool,
                     guard,
+                    held: Duration::ZERO,
                 });
             }
             // It left Ready between the snapshot and the count: look again.
