@@ -283,7 +283,11 @@ fn serve_listens_on_a_host_name() {
 
 #[test]
 fn bad_flag_values_exit_2_naming_the_flag_and_an_example() {
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["serve", "--affinity", "query:sid", "--", "true"],
+            &["--affinity", "cookie:NAME"],
+        ),
         (
             &["serve", "--ready-timeout", "abc", "--", "true"],
             &[
