@@ -125,6 +125,8 @@ struct Inner {
     /// start until the last replica is retired.
     stash: Option<PathBuf>,
     stash_stop: CancellationToken,
+    /// The stash's server, awaited at the end of the shutdown.
+    stash_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -174,6 +176,7 @@ impl Supervisor {
                 affinity,
                 stash,
                 stash_stop: CancellationToken::new(),
+                stash_task: Mutex::new(None),
             }),
         }
     }
@@ -218,11 +221,12 @@ impl Supervisor {
             .map_err(|e| stash_err(e.to_string()))?;
         let listener =
             crate::control::ControlListener::bind(socket).map_err(|e| stash_err(e.to_string()))?;
-        tokio::spawn(crate::stash::serve(
+        let task = tokio::spawn(crate::stash::serve(
             listener,
             Arc::new(stash),
             self.inner.stash_stop.clone(),
         ));
+        *self.inner.stash_task.lock().expect("stash lock") = Some(task);
         Ok(())
     }
 
@@ -473,8 +477,13 @@ impl Supervisor {
             .map(|r| self.retire_with(r, config.clone()))
             .collect();
         futures_util::future::join_all(retirements).await;
-        // Retiring replicas stash their sessions: the stash closes last.
+        // Retiring replicas stash their sessions: the stash closes last,
+        // its socket removed before `shutdown` returns.
         self.inner.stash_stop.cancel();
+        let task = self.inner.stash_task.lock().expect("stash lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// A snapshot for `status`.

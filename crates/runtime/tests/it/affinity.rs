@@ -100,7 +100,9 @@ async fn a_session_key_sticks_to_its_owner_on_both_paths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retiring_owner_hands_its_sessions_off_without_a_reset() {
     let dir = tempfile::tempdir().unwrap();
-    let service = sessions_service(Mode::Graceful, 2);
+    let mut service = sessions_service(Mode::Graceful, 2);
+    // Each owner hands off for at least this long: some requests find it.
+    service.retire.pre_stop = Duration::from_millis(200);
     let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
     h.wait_routable(2).await;
     let keys: Vec<String> = (0..8).map(|k| format!("g{k}")).collect();
