@@ -241,11 +241,15 @@ impl Supervisor {
     }
 
     /// Applies `config` (a reload) from now on: to the next probe of each
-    /// replica, the next retirement, rollout and replacement. The name is
-    /// kept; the version and replica count in `config` are not used after
+    /// replica, the next retirement, rollout and replacement. The name,
+    /// affinity and stash are kept; the version and replica count in `config` are not used after
     /// the start (the desired state holds them).
     pub fn update_config(&self, mut config: ServiceConfig) {
         config.name = self.inner.name.clone();
+        // Fixed at start, as the table and the stash built from them.
+        let current = self.config();
+        config.affinity = current.affinity.clone();
+        config.stash = current.stash;
         self.inner.config.store(Arc::new(config));
     }
 
