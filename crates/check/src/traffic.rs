@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 /// counted), so a server that never answers cannot exhaust sockets.
 const MAX_IN_FLIGHT: usize = 2000;
 /// How often the readiness path is asked.
-const HEALTH_EVERY: Duration = Duration::from_millis(20);
+const HEALTH_EVERY: Duration = Duration::from_millis(50);
 /// Longest wait for one readiness answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -134,7 +134,7 @@ struct Pooled {
 impl Traffic {
     /// Starts the clients: `rate` requests per second shared by the fresh,
     /// keep-alive and (with `h2`) HTTP/2 clients; the readiness path every
-    /// 20 ms when given.
+    /// 50 ms when given.
     pub(crate) fn start(
         probe: Probe,
         health: Option<Probe>,
