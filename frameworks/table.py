@@ -3,6 +3,7 @@
 Usage: table.py REPORTS_DIR VERSIONS_FILE RATE GRACE DELAY ROOT > docs/frameworks.md
 """
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,24 +24,37 @@ CELL = {"pass": "pass", "fail": "**FAIL**", "not_applicable": "n/a", "unexpected
 # What each framework gets wrong by default, read from the run recorded
 # below (scripts/frameworks regenerates the table, not these words).
 READING = {
-    "gunicorn": "Finishes its requests, but its health endpoint never says 503 and its listener "
-                "closes at SIGTERM: every request a load balancer sends during its endpoint lag is "
-                "refused. Sync workers do not keep connections alive, so HTTP/1.1 keep-alive "
-                "cannot go wrong.",
-    "uvicorn": "Stops accepting at once and finishes requests in flight; keep-alive requests "
-               "after SIGTERM are where it loses.",
-    "node-http": "`server.close()` (Node 19 and later) closes idle keep-alive connections, but "
-                 "the listener closes at SIGTERM with no readiness change.",
-    "express-terminus": "terminus turns the health check to 503, but by default (no "
-                        "`beforeShutdown` delay) it closes the listener at once anyway.",
-    "go-net-http": "`Shutdown` is the model HTTP/1.1 drain: listener closed, idle connections "
-                   "closed, in-flight finished; nothing keeps serving for the endpoint lag.",
-    "axum": "`with_graceful_shutdown` finishes requests in flight; no pre-stop delay.",
-    "actix-web": "Handles SIGTERM itself and finishes in-flight requests; no pre-stop delay.",
-    "dropless-lifecycle": "Readiness 503 at SIGTERM, `Connection: close` on the last "
-                          "responses, one more message on idle keep-alive connections; with its "
-                          "default pre-stop of 0 s it relies on the deployer (or `pre_stop`) for "
-                          "the endpoint lag.",
+    "gunicorn": "Its health endpoint never turns 503 and the arbiter stops accepting at SIGTERM, "
+                "but the listening socket stays open in the workers until they exit: connections "
+                "made meanwhile wait in the listen backlog and are reset unanswered (check 2). With "
+                "fewer workers than requests in flight, requests already waiting there at SIGTERM "
+                "are reset too. Sync workers answer with `Connection: close`, so keep-alive cannot "
+                "go wrong.",
+    "uvicorn": "Stops accepting at once, finishes the requests in flight and closes idle "
+               "keep-alive connections, but ends a busy keep-alive connection after its response "
+               "without `Connection: close` (check 5): a client reusing it at that moment races "
+               "the close. It exits by re-raising SIGTERM.",
+    "node-http": "On Node 20 `server.close()` closes the idle keep-alive connections once, but a "
+                 "connection that keeps getting requests stays open, is answered without "
+                 "`Connection: close`, and keeps the server alive: it never exits and is killed "
+                 "after the grace period, and requests on those connections race their close "
+                 "(checks 4, 5, 7). This is the talk's keep-alive lesson.",
+    "express-terminus": "terminus would answer 503 on its health check, but without a "
+                        "`beforeShutdown` delay it closes the listener at SIGTERM, so nobody sees "
+                        "the 503 (check 1); busy keep-alive connections are ended without "
+                        "`Connection: close` (check 5). It exits by re-raising SIGTERM.",
+    "go-net-http": "`Shutdown` is a correct HTTP/1.1 drain: listener closed, idle connections "
+                   "closed, `Connection: close` on busy ones, in-flight requests finished. Only the "
+                   "readiness change and a pre-stop delay are missing, as for every framework here.",
+    "axum": "hyper's graceful shutdown: in-flight finished, idle closed, `Connection: close` on "
+            "busy connections, GOAWAY on HTTP/2 (h2c answered in this build, where hyper's HTTP/2 "
+            "is compiled in for dropless-lifecycle; axum's default features alone leave it out).",
+    "actix-web": "Handles SIGTERM itself: in-flight finished, keep-alive closed cleanly; no "
+                 "readiness change, no pre-stop delay.",
+    "dropless-lifecycle": "`Connection: close` on busy connections, one more message on idle "
+                          "ones (closed after 1 s), GOAWAY on HTTP/2. Its readiness turns 503 at "
+                          "SIGTERM, but with the default `pre_stop` of 0 s the listener closes at "
+                          "the same moment (check 1): set `pre_stop`, or deploy it with dropless.",
 }
 
 
@@ -94,7 +108,7 @@ def main():
         w(f"### {title}\n")
         if key in READING:
             w(READING[key] + "\n")
-        command = " ".join(report["command"])
+        command = shlex.join(report["command"])
         w(f"Command: `dropless check --rate {rate} --grace {grace} --health-path /health -- "
           f"{command.replace(root + '/', '')}`\n")
         for c in report["checks"]:
