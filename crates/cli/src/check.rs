@@ -53,7 +53,8 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
     /// The program and its arguments; it gets PORT (and DROPLESS_REPLICA)
-    /// and must listen on 127.0.0.1:$PORT.
+    /// and must listen on 127.0.0.1:$PORT. For the port in its arguments:
+    /// sh -c 'exec server --port $PORT'.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
 }
