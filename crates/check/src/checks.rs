@@ -13,6 +13,10 @@ use tokio::time::Instant;
 use crate::program::{Exit, signal_name};
 use crate::traffic::{Client, End, Exchange, Outcome, Seen};
 
+/// Serving new requests for less than this after readiness turned 503 is
+/// the listener closing, not a pre-stop delay (connections that were
+/// already in its backlog).
+const MIN_PRE_STOP_MS: i64 = 100;
 /// A close seen this close to the exit is the exit's, not the program's.
 const EXIT_MARGIN_MS: i64 = 20;
 
@@ -41,6 +45,32 @@ pub struct Check {
     pub verdict: Verdict,
     /// What was seen: times in ms from SIGTERM, counts.
     pub evidence: String,
+}
+
+/// The moments behind the checks, in ms from SIGTERM (startup in ms from
+/// the start), for scripts reading the JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Timeline {
+    /// Start to the first accepted connection.
+    pub listening_ms: u64,
+    /// Start to the first 2xx of the readiness (or main) path.
+    pub ready_ms: u64,
+    /// The first non-2xx answer of the readiness path after SIGTERM.
+    pub readiness_off_ms: Option<i64>,
+    /// The last request on a new connection answered 2xx after SIGTERM.
+    pub served_until_ms: Option<i64>,
+    /// The first refused connection before the exit.
+    pub listener_closed_ms: Option<i64>,
+    /// When each idle keep-alive connection was closed by the server.
+    pub idle_closed_ms: Vec<i64>,
+    /// The first GOAWAY on the HTTP/2 connection.
+    pub goaway_ms: Option<i64>,
+    /// The exit (or the kill).
+    pub exit_ms: i64,
+    /// Requests in flight at SIGTERM, and how many of them were cut.
+    pub in_flight: usize,
+    /// Of those, the cut ones.
+    pub in_flight_cut: usize,
 }
 
 /// What the check observed, with SIGTERM as time zero.
@@ -133,6 +163,15 @@ impl Facts {
             .max()
     }
 
+    /// The first answer of the readiness path after SIGTERM that was not
+    /// a 2xx.
+    fn readiness_off(&self) -> Option<&Exchange> {
+        self.of(Client::Health).find(|e| {
+            e.sent >= self.sigterm
+                && matches!(e.outcome, Outcome::Answered(a) if !(200..300).contains(&a.status))
+        })
+    }
+
     /// Requests sent before SIGTERM and not finished at it.
     pub(crate) fn in_flight(&self) -> impl Iterator<Item = &Exchange> {
         self.traffic()
@@ -176,6 +215,30 @@ fn check(number: u8, name: &'static str, verdict: Verdict, evidence: String) -> 
     }
 }
 
+/// The moments behind the checks.
+pub(crate) fn timeline(f: &Facts) -> Timeline {
+    let mut idle_closed_ms: Vec<i64> = f
+        .seen
+        .idle
+        .iter()
+        .filter_map(|i| i.closed.map(|(at, _)| f.ms(at)))
+        .collect();
+    idle_closed_ms.sort_unstable();
+    let in_flight: Vec<&Exchange> = f.in_flight().collect();
+    Timeline {
+        listening_ms: crate::program::millis(f.listening - f.started),
+        ready_ms: crate::program::millis(f.ready - f.started),
+        readiness_off_ms: f.readiness_off().map(|e| f.ms(e.sent)),
+        served_until_ms: f.served_until().map(|at| f.ms(at)),
+        listener_closed_ms: f.listener_closed().map(|at| f.ms(at)),
+        idle_closed_ms,
+        goaway_ms: f.h2.flatten().map(|g| f.ms(g.at)),
+        exit_ms: f.exit_ms(),
+        in_flight: in_flight.len(),
+        in_flight_cut: in_flight.iter().filter(|e| failed(e)).count(),
+    }
+}
+
 /// All eight checks.
 pub(crate) fn all(f: &Facts) -> Vec<Check> {
     vec![
@@ -206,9 +269,7 @@ fn readiness(f: &Facts) -> Check {
         .of(Client::Health)
         .filter(|e| e.sent >= f.sigterm)
         .collect();
-    let not_ready = after
-        .iter()
-        .find(|e| matches!(e.outcome, Outcome::Answered(a) if !(200..300).contains(&a.status)));
+    let not_ready = f.readiness_off();
     let closed = f.listener_closed();
     let end = match closed {
         Some(at) => format!("the listener closed at {} ms", f.ms(at)),
@@ -247,25 +308,26 @@ fn readiness(f: &Facts) -> Check {
         .filter(|e| e.sent > turned && ok(e))
         .map(|e| e.sent)
         .max();
-    match served {
-        Some(until) => check(
+    let pre_stop = served.map(|until| f.ms(until) - f.ms(turned));
+    match pre_stop {
+        Some(ms) if ms >= MIN_PRE_STOP_MS => check(
             1,
             name,
             Verdict::Pass,
             format!(
-                "readiness {status} at {} ms; new requests still served until {} ms (pre-stop ≈ {} ms); {end}",
+                "readiness {status} at {} ms; new requests still served until {} ms (pre-stop ≈ {ms} ms); {end}",
                 f.ms(turned),
-                f.ms(until),
-                f.ms(until) - f.ms(turned)
+                f.ms(turned) + ms,
             ),
         ),
-        None => check(
+        _ => check(
             1,
             name,
             Verdict::Fail,
             format!(
-                "readiness {status} at {} ms, but no new request was served after it (no pre-stop delay); {end}",
-                f.ms(turned)
+                "readiness {status} at {} ms, but new requests served for only {} ms after it (no pre-stop delay); {end}",
+                f.ms(turned),
+                pre_stop.unwrap_or(0)
             ),
         ),
     }

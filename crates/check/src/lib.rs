@@ -30,7 +30,7 @@ use std::time::Duration;
 use dropless_load::Probe;
 use tokio::time::Instant;
 
-pub use checks::{Check, Verdict};
+pub use checks::{Check, Timeline, Verdict};
 pub use config::{
     Config, ConfigError, DEFAULT_GRACE, DEFAULT_IDLE_CONNECTIONS, DEFAULT_PATH, DEFAULT_RATE,
     DEFAULT_STARTUP_TIMEOUT, DEFAULT_WARMUP, KUBERNETES_ENDPOINT_LAG,
@@ -194,6 +194,7 @@ async fn observe(config: &Config, program: &Program) -> Result<Report, Error> {
         checks,
         meaning,
         exit,
+        timeline: checks::timeline(&facts),
         requests: facts.traffic().count(),
         program_log_tail: program.log_tail().await,
     })

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::checks::{Check, Verdict};
+use crate::checks::{Check, Timeline, Verdict};
 use crate::meaning::Meaning;
 use crate::program::Exit;
 
@@ -40,6 +40,8 @@ pub struct Report {
     pub meaning: Meaning,
     /// How the program ended.
     pub exit: Exit,
+    /// The moments behind the checks.
+    pub timeline: Timeline,
     /// Requests sent by the traffic (not the readiness path).
     pub requests: usize,
     /// The last lines of the program's output.

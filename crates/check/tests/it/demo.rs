@@ -98,6 +98,14 @@ async fn v3_finishes_in_flight_and_closes_keepalive_cleanly_but_has_no_pre_stop(
         ],
     )
     .await;
+    // One more message: idle keep-alive connections stay open for the
+    // lifecycle's drain idle wait (1 s), then close with a FIN.
+    let closed = &report.timeline.idle_closed_ms;
+    assert!(
+        !closed.is_empty() && closed.iter().all(|&ms| ms >= 900),
+        "{closed:?}\n{}",
+        report.text()
+    );
     // New requests are refused at once: a Service's endpoint lag loses them.
     assert!(
         report.meaning.kubernetes_failed_requests > 0,
@@ -139,5 +147,9 @@ async fn v4_cuts_in_flight_requests() {
 async fn v5_turns_readiness_503_and_serves_through_its_pre_stop_delay() {
     let report = profile("v5", true, [Some(Pass); 8]).await;
     assert!(report.passed, "{}", report.text());
+    let t = &report.timeline;
+    let (off, until) = (t.readiness_off_ms.unwrap(), t.served_until_ms.unwrap());
+    // The 500 ms pre-stop: 503 at once, new requests served for about as long.
+    assert!(off < 200 && until - off > 200, "{t:?}");
     assert_eq!(report.exit_code(), dropless_check::EXIT_PASS);
 }
