@@ -120,7 +120,7 @@ impl Facts {
     }
 
     /// When the program closed its listener after SIGTERM (the first
-    /// refused connection), if it did before it exited.
+    /// refused connection), if it did before it ended.
     pub(crate) fn listener_closed(&self) -> Option<Instant> {
         self.seen
             .exchanges
@@ -128,7 +128,26 @@ impl Facts {
             .filter(|e| e.outcome == Outcome::Refused && e.sent >= self.sigterm)
             .map(|e| e.sent)
             .min()
-            .filter(|&at| at < self.exited)
+            .filter(|&at| self.ms(at) + EXIT_MARGIN_MS < self.ms(self.end()))
+    }
+
+    /// When it ended: the SIGKILL for a killed program, else its exit.
+    fn end(&self) -> Instant {
+        match self.exit.killed {
+            true => self.sigterm + std::time::Duration::from_millis(self.grace_ms),
+            false => self.exited,
+        }
+    }
+
+    /// When it began to drain, as seen on the wire: the listener closed or
+    /// the first GOAWAY, whichever came first before it ended.
+    fn drain_start(&self) -> Option<Instant> {
+        let goaway = self
+            .h2
+            .flatten()
+            .map(|g| g.at)
+            .filter(|&at| self.ms(at) + EXIT_MARGIN_MS < self.ms(self.end()));
+        [self.listener_closed(), goaway].into_iter().flatten().min()
     }
 
     /// Whether the exit cut a request: one lost within a few ms of it.
@@ -572,13 +591,22 @@ fn idle_keepalive(f: &Facts) -> Check {
 /// server closes it carry `Connection: close`.
 fn busy_keepalive(f: &Facts) -> Check {
     let name = "busy keep-alive";
-    // Connections whose last response came after SIGTERM and that the
-    // server then ended.
+    // Connections whose last response came once the drain had begun and
+    // that the server then ended: a response sent before it could not
+    // have said close.
+    let Some(drain) = f.drain_start() else {
+        return check(
+            5,
+            name,
+            Verdict::NotApplicable,
+            "it never began to drain (listener open, no GOAWAY) before it ended".into(),
+        );
+    };
     let ended: Vec<_> = f
         .seen
         .ends
         .iter()
-        .filter(|e| matches!(e.last, Some((done, _)) if done >= f.sigterm))
+        .filter(|e| matches!(e.last, Some((done, _)) if done >= drain))
         .filter(|e| e.end != End::Cut)
         .collect();
     if ended.is_empty() {
@@ -586,7 +614,10 @@ fn busy_keepalive(f: &Facts) -> Check {
             5,
             name,
             Verdict::NotApplicable,
-            "no keep-alive connection got a response after SIGTERM".into(),
+            format!(
+                "no keep-alive connection got a response after the drain began ({} ms)",
+                f.ms(drain)
+            ),
         );
     }
     let open = ended.iter().filter(|e| e.end == End::Open).count();
@@ -600,8 +631,9 @@ fn busy_keepalive(f: &Facts) -> Check {
         .filter_map(|e| e.last.filter(|l| l.1).map(|l| f.ms(l.0)))
         .min();
     let mut evidence = format!(
-        "{} keep-alive connections answered after SIGTERM and then closed: {said_close} with Connection: close",
-        ended.len() - open
+        "{} keep-alive connections answered after the drain began ({} ms) and then closed: {said_close} with Connection: close",
+        ended.len() - open,
+        f.ms(drain)
     );
     if let Some(first) = last_close {
         let _ = write!(evidence, " (from {first} ms)");
