@@ -8,9 +8,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use dropless_runtime::config::{Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version};
+use dropless_runtime::config::{
+    AffinityConfig, Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version,
+};
 use dropless_runtime::control::{ControlListener, TcpControl};
 use dropless_runtime::serve::{Resumed, Runtime, StartFrom};
+use dropless_runtime::supervisor::discover::{DiscoverConfig, DnsSource};
 
 use crate::control::describe;
 
@@ -33,6 +36,11 @@ pub struct ServeArgs {
     /// [default: /healthz].
     #[arg(long)]
     health_path: Option<String>,
+    /// Session affinity for the service: requests with the same key go to
+    /// the same replica, held while it hands its sessions off; KEY is
+    /// cookie:NAME, header:NAME or path:/prefix/{id} (see docs/sessions.md).
+    #[arg(long, value_name = "KEY", value_parser = affinity_key)]
+    affinity: Option<String>,
     /// Control socket [default: STATE_DIR/dropless.sock].
     #[arg(long, env = "DROPLESS_CONTROL")]
     control: Option<PathBuf>,
@@ -43,6 +51,15 @@ pub struct ServeArgs {
     /// never signalled).
     #[arg(long, conflicts_with = "command", value_parser = crate::value::socket_addr)]
     target: Option<SocketAddr>,
+    /// Take the replicas from DNS instead of starting them: every address
+    /// NAME resolves to (A/AAAA, asked again every 500 ms) is a replica on
+    /// PORT, probed, routed to once ready, drained when it leaves the
+    /// answer, never signalled. For Docker Swarm (dns:tasks.app:8080),
+    /// Kubernetes headless services, Consul DNS; deploy, scale and restart
+    /// are the orchestrator's then. Interval and nameserver: [service.discover]
+    /// in --config (docs/config.md).
+    #[arg(long, value_name = "dns:NAME:PORT", conflicts_with_all = ["command", "target", "replicas"], value_parser = discover_source)]
+    discover: Option<DnsSource>,
     /// Time a new replica has to pass its probe, e.g. 30s.
     #[arg(long, value_parser = crate::value::duration)]
     ready_timeout: Option<Duration>,
@@ -223,9 +240,16 @@ fn ignored(resumed: &Resumed, asked_by: &str, state: &std::path::Path) -> String
 /// probe), rather than the config file alone.
 fn describes_service(args: &ServeArgs) -> bool {
     args.target.is_some()
+        || args.discover.is_some()
         || !args.command.is_empty()
         || args.replicas.is_some()
         || args.health_path.is_some()
+        || args.affinity.is_some()
+}
+
+/// An affinity key spec, checked.
+fn affinity_key(spec: &str) -> Result<String, String> {
+    dropless_runtime::proxy::affinity::KeySpec::parse(spec).map(|_| spec.to_string())
 }
 
 /// The config file (or the defaults) with the flags applied, validated.
@@ -275,14 +299,25 @@ fn config(args: ServeArgs) -> Result<Config, String> {
         let service = &mut config.services[0];
         if let Some(target) = args.target {
             service.version = Version::target(target);
+            service.discover = None;
+        } else if let Some(source) = args.discover {
+            service.version = Version::default();
+            service.discover = Some(DiscoverConfig::new(source));
         } else if !args.command.is_empty() {
             service.version = Version::command(args.command);
+            service.discover = None;
         }
         if let Some(n) = args.replicas {
             service.replicas = n;
         }
         if let Some(path) = args.health_path {
             service.probe.path = path;
+        }
+        if let Some(key) = args.affinity {
+            match &mut service.affinity {
+                Some(affinity) => affinity.key = key,
+                None => service.affinity = Some(AffinityConfig::new(key)),
+            }
         }
     }
     // Timing flags apply to every service of the config.
@@ -308,4 +343,10 @@ fn config(args: ServeArgs) -> Result<Config, String> {
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// `dns:NAME:PORT`; the error says how to write it.
+fn discover_source(text: &str) -> Result<DnsSource, String> {
+    text.parse()
+        .map_err(|e: dropless_runtime::supervisor::discover::SourceError| e.to_string())
 }
