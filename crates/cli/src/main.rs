@@ -1,6 +1,7 @@
 //! `dropless`: the command line. Parsing and wiring only; every subcommand
 //! calls into a library crate.
 
+mod check;
 mod control;
 mod demo;
 mod interrupt;
@@ -56,6 +57,9 @@ enum Command {
     /// The main job: the demo service deployed under load behind dropless,
     /// then under the Kubernetes emulation, side by side.
     Demo(demo::DemoArgs),
+    /// Does a program shut down gracefully? Start it, send it SIGTERM under
+    /// load, and report what happened on the wire.
+    Check(Box<check::CheckArgs>),
     /// Kubernetes helpers.
     #[command(subcommand)]
     K8s(k8s::K8sCommand),
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Reload(args) => control::reload(args),
         Command::Trial(args) => trial::run(*args),
         Command::Demo(args) => demo::run(args),
+        Command::Check(args) => check::run(*args),
         Command::K8s(command) => k8s::run(command),
         Command::DemoService(args) => demo::service(*args),
     }

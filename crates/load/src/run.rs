@@ -60,6 +60,13 @@ pub async fn start(config: &Config) -> Result<Run, Error> {
 /// Start a run whose requests execute on `workers` (see [`Workers`]).
 pub async fn start_on(config: &Config, workers: &Workers) -> Result<Run, Error> {
     let plan = config.plan()?;
+    let connector = connector(&plan).await?;
+    let transport = HttpTransport::new(&plan, connector);
+    Ok(start_with(plan, transport, workers))
+}
+
+/// Resolves the plan's host and builds its connector.
+pub(crate) async fn connector(plan: &Plan) -> Result<Connector, Error> {
     let resolve = |reason: String| Error::Resolve {
         host: plan.host.clone(),
         reason,
@@ -71,13 +78,14 @@ pub async fn start_on(config: &Config, workers: &Workers) -> Result<Run, Error> 
     if addrs.is_empty() {
         return Err(resolve("no address".into()));
     }
-    let connector = Connector::new(addrs, plan.tls, &plan.host, plan.insecure, plan.http2)
-        .map_err(|_| ConfigError::Url {
-            url: plan.url.clone(),
-            reason: "the host is not a valid TLS server name",
-        })?;
-    let transport = HttpTransport::new(&plan, connector);
-    Ok(start_with(plan, transport, workers))
+    Ok(
+        Connector::new(addrs, plan.tls, &plan.host, plan.insecure, plan.http2).map_err(|_| {
+            ConfigError::Url {
+                url: plan.url.clone(),
+                reason: "the host is not a valid TLS server name",
+            }
+        })?,
+    )
 }
 
 /// Start a run and wait for its report.

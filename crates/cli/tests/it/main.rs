@@ -1,5 +1,6 @@
 //! Integration tests of the `dropless` binary: one module per subcommand.
 
+mod check;
 mod disk;
 mod fixtures;
 mod help;
