@@ -5,8 +5,10 @@ mod control;
 mod demo;
 mod interrupt;
 mod k8s;
+mod lint;
 mod load;
 mod serve;
+mod swarm;
 mod trial;
 mod value;
 
@@ -59,6 +61,9 @@ enum Command {
     /// Kubernetes helpers.
     #[command(subcommand)]
     K8s(k8s::K8sCommand),
+    /// Docker Swarm helpers.
+    #[command(subcommand)]
+    Swarm(swarm::SwarmCommand),
     /// Run the built-in demo service: the app `dropless demo` and trials
     /// deploy, with behaviour profiles v1..v9 (see docs/demo.md).
     DemoService(Box<dropless_demo::Args>),
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
         Command::Trial(args) => trial::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::K8s(command) => k8s::run(command),
+        Command::Swarm(command) => swarm::run(command),
         Command::DemoService(args) => demo::service(*args),
     }
 }

@@ -4,6 +4,7 @@ mod disk;
 mod fixtures;
 mod help;
 mod load;
+mod orchestrator;
 mod reload;
 mod serve;
 mod trial;
