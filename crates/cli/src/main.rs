@@ -6,8 +6,10 @@ mod control;
 mod demo;
 mod interrupt;
 mod k8s;
+mod lint;
 mod load;
 mod serve;
+mod swarm;
 mod trial;
 mod value;
 
@@ -63,6 +65,9 @@ enum Command {
     /// Kubernetes helpers.
     #[command(subcommand)]
     K8s(k8s::K8sCommand),
+    /// Docker Swarm helpers.
+    #[command(subcommand)]
+    Swarm(swarm::SwarmCommand),
     /// Run the built-in demo service: the app `dropless demo` and trials
     /// deploy, with behaviour profiles v1..v9 (see docs/demo.md).
     DemoService(Box<dropless_demo::Args>),
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(*args),
         Command::K8s(command) => k8s::run(command),
+        Command::Swarm(command) => swarm::run(command),
         Command::DemoService(args) => demo::service(*args),
     }
 }

@@ -5,6 +5,7 @@ mod disk;
 mod fixtures;
 mod help;
 mod load;
+mod orchestrator;
 mod reload;
 mod serve;
 mod trial;
