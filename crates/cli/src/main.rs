@@ -62,6 +62,9 @@ enum Command {
     /// Run the built-in demo service: the app `dropless demo` and trials
     /// deploy, with behaviour profiles v1..v9 (see docs/demo.md).
     DemoService(Box<dropless_demo::Args>),
+    /// The process that forks the replicas of `serve` (started by `serve`).
+    #[command(hide = true)]
+    Spawner,
 }
 
 fn main() -> ExitCode {
@@ -85,5 +88,6 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::K8s(command) => k8s::run(command),
         Command::DemoService(args) => demo::service(*args),
+        Command::Spawner => serve::spawner(),
     }
 }

@@ -119,6 +119,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     crate::control::init_logging();
+    // Replicas are forked by the spawner process, which outlives an upgrade.
+    if let Err(e) = std::env::current_exe().and_then(|exe| {
+        dropless_runtime::upgrade::spawner::start(
+            &exe,
+            &[dropless_runtime::upgrade::spawner::SUBCOMMAND],
+        )
+    }) {
+        eprintln!("dropless serve: cannot start the spawner process: {e}");
+        return ExitCode::from(1);
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(serve(config, from, asked_by, reload_args)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +139,14 @@ pub fn run(args: ServeArgs) -> ExitCode {
             eprintln!("dropless serve: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Runs the spawner process (`dropless spawner`, started by `serve`).
+pub fn spawner() -> ExitCode {
+    match dropless_runtime::upgrade::spawner::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
     }
 }
 

@@ -45,3 +45,4 @@ pub mod serve;
 pub mod signal;
 pub mod supervisor;
 pub mod throttle;
+pub mod upgrade;
