@@ -8,6 +8,7 @@ mod k8s;
 mod load;
 mod serve;
 mod trial;
+mod upgrade;
 mod value;
 
 use std::process::ExitCode;
@@ -51,6 +52,7 @@ enum Command {
     /// Make `serve` read its config file again and apply what can change
     /// without a restart (as SIGHUP does).
     Reload(control::ReloadArgs),
+    Upgrade(upgrade::UpgradeArgs),
     /// Load plus deploy events against a real runtime, then a verdict.
     Trial(Box<trial::TrialArgs>),
     /// The main job: the demo service deployed under load behind dropless,
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("dropless {}", env!("CARGO_PKG_VERSION"));
             println!("parts: lifecycle (crate dropless-lifecycle), demo service (dropless-demo)");
+            control::print_runtime();
             ExitCode::SUCCESS
         }
         Command::Load(args) => load::run(*args),
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
         Command::Reload(args) => control::reload(args),
+        Command::Upgrade(args) => upgrade::run(args),
         Command::Trial(args) => trial::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::K8s(command) => k8s::run(command),

@@ -4,9 +4,15 @@
 //!
 //! - [`spawner`]: the process that forks and reaps every replica, so that
 //!   replicas outlive the `serve` that started them but not the runtime.
+//! - [`handover`]: the old `serve`'s side ([`handover::Upgrader`]).
+//! - [`adopt`]: the new `serve`'s side ([`adopt::Adoption`]).
+//! - [`state`]: what is handed over, versioned ([`state::FORMAT`]).
 //! - [`wire`]: JSON messages with file descriptors over a Unix socket.
 
+pub mod adopt;
+pub mod handover;
 pub mod spawner;
+pub mod state;
 pub mod wire;
 
 use std::os::fd::RawFd;

@@ -30,6 +30,8 @@ pub struct Process {
     exit: watch::Receiver<Option<ExitStatus>>,
     /// `true` once its log has all its output.
     logged: watch::Receiver<bool>,
+    /// Another handle on its log pipe's read end, for an upgrade.
+    log_pipe: Option<std::os::fd::OwnedFd>,
 }
 
 /// A child process that could not be started.
@@ -93,7 +95,8 @@ impl Process {
             source,
         };
         // The copier thread ends by itself when the replica's pipe closes.
-        let (output, copier) = log.start().map_err(log_err)?;
+        let (output, mut copier) = log.start().map_err(log_err)?;
+        let log_pipe = copier.take_pipe();
         let logged = copier.done();
         let errors = output.try_clone().map_err(log_err)?;
         // For the spawner process, which needs the pipe's write end itself.
@@ -188,7 +191,38 @@ impl Process {
             start_time,
             exit,
             logged,
+            log_pipe,
         })
+    }
+
+    /// A process another `serve` started (an upgrade): its exit status
+    /// comes from `exit`, its output from `log_pipe` copied to `log`.
+    pub fn adopted(
+        pid: u32,
+        start_time: Option<u64>,
+        exit: watch::Receiver<Option<ExitStatus>>,
+        log_pipe: Option<std::io::PipeReader>,
+        log: &LogFile,
+    ) -> std::io::Result<Self> {
+        let (logged, log_pipe) = match log_pipe {
+            Some(reader) => {
+                let mut copier = log.copy(reader)?;
+                (copier.done(), copier.take_pipe())
+            }
+            None => (watch::Sender::new(true).subscribe(), None),
+        };
+        Ok(Self {
+            pid,
+            start_time,
+            exit,
+            logged,
+            log_pipe,
+        })
+    }
+
+    /// Its log pipe's read end, to hand over.
+    pub fn log_pipe(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.log_pipe.as_ref().map(std::os::fd::AsFd::as_fd)
     }
 
     /// The process id, also the process group id.
