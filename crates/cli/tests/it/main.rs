@@ -7,3 +7,4 @@ mod load;
 mod reload;
 mod serve;
 mod trial;
+mod upgrade;

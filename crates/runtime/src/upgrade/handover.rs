@@ -402,7 +402,13 @@ fn send_and_wait(
         &Message::Hello(Box::new(state.clone())),
         fds,
     )
-    .map_err(|e| format!("cannot hand the state over: {e}"))?;
+    .map_err(|e| match e.kind() {
+        // It is gone already.
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+            gone(child, "closed the handover socket")
+        }
+        _ => format!("cannot hand the state over: {e}"),
+    })?;
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -420,16 +426,11 @@ fn send_and_wait(
             Ok(Received::Message(other, _)) => {
                 return Err(format!("unexpected message from the new serve: {other:?}"));
             }
-            Ok(Received::Closed) => {
-                let status = child
-                    .wait()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|e| e.to_string());
-                return Err(format!(
-                    "the new serve exited ({status}) before it was ready"
-                ));
-            }
+            Ok(Received::Closed) => return Err(gone(child, "closed the handover socket")),
             Ok(Received::Empty) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(gone(child, "reset the handover socket"));
+            }
             Err(e) => return Err(format!("handover socket: {e}")),
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -438,6 +439,19 @@ fn send_and_wait(
             ));
         }
     }
+}
+
+/// Why the new process left the handover: its exit status when it exited
+/// (it closes the socket as it exits), else `what` it did.
+fn gone(child: &mut std::process::Child, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return format!("the new serve exited ({status}) before it was ready");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    format!("the new serve {what} before it was ready")
 }
 
 /// Copies the new process's output to ours, keeping its last
