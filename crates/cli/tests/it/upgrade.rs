@@ -306,3 +306,44 @@ fn a_killed_serve_leaves_no_replica_and_no_spawner() {
         );
     }
 }
+
+#[test]
+fn an_upgrade_during_a_rollout_is_refused_and_serve_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_in(dir.path(), "v4", &["--ready-timeout", "3s"], &[]);
+    let (runtime, replicas) = runtime_and_replicas(&serve.control);
+    // A version that never gets ready: the rollout runs for 3 s, then
+    // rolls back.
+    let deploy = dropless()
+        .args(["deploy", "--control", &serve.control, "--cmd", "sleep 30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Under way once its new replica is listed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime_and_replicas(&serve.control).1.len() < 3 {
+        assert!(Instant::now() < deadline, "the deploy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = run(&["upgrade", "--control", &serve.control]);
+    let said = stderr(&refused);
+    assert!(
+        said.contains("a rollout of service web is under way"),
+        "{said}"
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let out = deploy.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "the deploy is aborted");
+    assert_eq!(
+        runtime_and_replicas(&serve.control),
+        (runtime, replicas.clone())
+    );
+    // Once it is over, the upgrade goes through.
+    let out = run(&["upgrade", "--control", &serve.control]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (after, now) = runtime_and_replicas(&serve.control);
+    assert_ne!(after, runtime);
+    assert_eq!(now, replicas);
+    stop_runtime(after);
+}

@@ -161,3 +161,19 @@ pub fn check_format(value: &serde_json::Value) -> Result<(), String> {
         None => Err("the handover message has no state format".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_of_another_format_is_refused_naming_both_formats() {
+        let other = serde_json::json!({"Hello": {"format": FORMAT + 1}});
+        let err = check_format(&other).unwrap_err();
+        assert!(err.contains(&format!("format {}", FORMAT + 1)), "{err}");
+        assert!(err.contains(&format!("reads format {FORMAT}")), "{err}");
+        let ours = serde_json::json!({"Hello": {"format": FORMAT}});
+        assert_eq!(check_format(&ours), Ok(()));
+        assert!(check_format(&serde_json::json!({"Ready": {"pid": 1}})).is_err());
+    }
+}
