@@ -83,6 +83,34 @@ pub(crate) async fn wait_ready(
     Err(format!("not ready after {READY_TIMEOUT:?}: {last}"))
 }
 
+/// [`stop_serve`] for a runtime that may have been upgraded (an `upgrade`
+/// event): the `serve` answering at `control` is stopped, whether it is
+/// `serve` or the process that took over from it.
+pub(crate) async fn stop_current_serve(
+    control: &dropless_runtime::control::ControlClient,
+    serve: &mut Child,
+    patience: Duration,
+) {
+    let current = control.runtime().await.ok().map(|r| r.pid);
+    let Some(pid) = current.filter(|pid| Some(*pid) != serve.id()) else {
+        return stop_serve(serve, patience).await;
+    };
+    // The first `serve` handed over and exited; the current one is no
+    // child of ours: signal it and watch its /proc entry.
+    let _ = serve.wait().await;
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let gone = async {
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(patience, gone).await.is_err() {
+        tracing::warn!("dropless serve (pid {pid}) did not stop within {patience:?}: killing it");
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// SIGTERM, then SIGKILL if it has not exited within `patience`.
 pub(crate) async fn stop_serve(serve: &mut Child, patience: Duration) {
     if let Some(pid) = serve.id() {

@@ -80,6 +80,21 @@ fn stop_runtime(pid: i64) {
     }
 }
 
+/// Stops, when dropped (a test that failed too), whichever runtime answers
+/// at its control socket: after an upgrade it is no child of the test.
+struct StopsRuntime(String);
+
+impl Drop for StopsRuntime {
+    fn drop(&mut self) {
+        let status = run(&["status", "--control", &self.0, "--json"]);
+        let services: serde_json::Value =
+            serde_json::from_slice(&status.stdout).unwrap_or_default();
+        if let Some(pid) = services[0]["runtime"]["pid"].as_i64() {
+            stop_runtime(pid);
+        }
+    }
+}
+
 /// Waits until `pid` is gone, for at most `within`.
 fn wait_gone(pid: i64, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -96,6 +111,7 @@ fn wait_gone(pid: i64, within: Duration) -> bool {
 fn five_upgrades_under_load_fail_no_request_and_keep_every_replica() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start_in(dir.path(), "v4", &[], &[]);
+    let _stops = StopsRuntime(serve.control.clone());
     let (first, replicas) = runtime_and_replicas(&serve.control);
     assert_eq!(replicas.len(), 2);
     let loads = [
@@ -145,6 +161,7 @@ fn five_upgrades_under_load_fail_no_request_and_keep_every_replica() {
 fn an_upgrade_to_a_binary_that_exits_at_once_fails_and_the_old_serve_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start_in(dir.path(), "v4", &[], &[]);
+    let _stops = StopsRuntime(serve.control.clone());
     let (runtime, replicas) = runtime_and_replicas(&serve.control);
     let broken = dir.path().join("broken-dropless");
     std::fs::write(
@@ -231,6 +248,7 @@ fn a_tunnel_open_across_an_upgrade_is_not_cut() {
         .spawn()
         .unwrap();
     let (port, _) = read_bound(&mut child);
+    let _stops = StopsRuntime(control.clone());
     let mut tunnel = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tunnel
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -285,6 +303,7 @@ fn a_tunnel_open_across_an_upgrade_is_not_cut() {
 fn a_killed_serve_leaves_no_replica_and_no_spawner() {
     let dir = tempfile::tempdir().unwrap();
     let mut serve = Serve::start_in(dir.path(), "v4", &[], &[]);
+    let _stops = StopsRuntime(serve.control.clone());
     let (runtime, replicas) = runtime_and_replicas(&serve.control);
     let status = run(&["status", "--control", &serve.control, "--json"]);
     let services: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -311,6 +330,7 @@ fn a_killed_serve_leaves_no_replica_and_no_spawner() {
 fn an_upgrade_during_a_rollout_is_refused_and_serve_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start_in(dir.path(), "v4", &["--ready-timeout", "3s"], &[]);
+    let _stops = StopsRuntime(serve.control.clone());
     let (runtime, replicas) = runtime_and_replicas(&serve.control);
     // A version that never gets ready: the rollout runs for 3 s, then
     // rolls back.
