@@ -333,6 +333,7 @@ impl Runtime {
             }
             _ => None,
         };
+        let adopted = adoption.is_some();
         let first_release = match adoption {
             None => {
                 // Replicas a killed `serve` left go before any new one starts.
@@ -397,6 +398,9 @@ impl Runtime {
                         reason,
                     };
                 }
+            }
+            if !adopted {
+                crate::upgrade::notify::notify("READY=1");
             }
             std::future::pending().await
         };

@@ -6,11 +6,13 @@
 //!   replicas outlive the `serve` that started them but not the runtime.
 //! - [`handover`]: the old `serve`'s side ([`handover::Upgrader`]).
 //! - [`adopt`]: the new `serve`'s side ([`adopt::Adoption`]).
+//! - [`notify`]: systemd's `READY=1` and `MAINPID=` (`Type=notify`).
 //! - [`state`]: what is handed over, versioned ([`state::FORMAT`]).
 //! - [`wire`]: JSON messages with file descriptors over a Unix socket.
 
 pub mod adopt;
 pub mod handover;
+pub mod notify;
 pub mod spawner;
 pub mod state;
 pub mod wire;

@@ -215,7 +215,10 @@ impl Adoption {
             if let Some(spawner) = super::spawner::client() {
                 spawner.resume();
             }
-            tracing::info!("upgrade: this serve (pid {}) took over", std::process::id());
+            let pid = std::process::id();
+            // systemd follows the runtime to this process.
+            super::notify::notify(&format!("MAINPID={pid}\nREADY=1"));
+            tracing::info!("upgrade: this serve (pid {pid}) took over");
         })
     }
 }

@@ -184,6 +184,8 @@ impl SpawnerClient {
         let mut env: HashMap<String, String> = std::env::vars_os()
             .map(|(k, v)| (lossy(&k), lossy(&v)))
             .collect();
+        // systemd's notification socket is the runtime's, not a replica's.
+        env.remove(super::notify::NOTIFY_ENV);
         for (k, v) in command.get_envs() {
             match v {
                 Some(v) => env.insert(lossy(k), lossy(v)),
