@@ -43,7 +43,7 @@ fn help_lists_the_demo_service_and_uses_no_internal_jargon() {
     // demo-service's own help is written in crates/demo.
     for command in [
         "load", "serve", "deploy", "restart", "scale", "rollback", "status", "events", "trial",
-        "demo", "k8s",
+        "upgrade", "demo", "k8s",
     ] {
         let help = run(&[command, "--help"]);
         assert!(help.status.success(), "{command}");
