@@ -157,24 +157,8 @@ kill -QUIT "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
 
 # --- HAProxy -----------------------------------------------------------------
 front=$(free_port)
-cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread 2
-  maxconn 8000
-  stats socket $work/haproxy.sock mode 600 level admin expose-fd listeners
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend front
-  bind 127.0.0.1:$front
-  default_backend back
-backend back
-  server b1 127.0.0.1:$b1
-  server b2 127.0.0.1:$b2
-EOF
+haproxy_config "$front" "stats socket $work/haproxy.sock mode 600 level admin expose-fd listeners" \
+  "$b1" "$b2" >"$work/haproxy.cfg"
 haproxy_start() {
   "$HAPROXY" -W -db -f "$work/haproxy.cfg" >>"$work/haproxy.log" 2>&1 &
   haproxy_master=$!
