@@ -251,6 +251,9 @@ pub enum Action {
         /// The new count.
         replicas: usize,
     },
+    /// `dropless upgrade`: the runtime replaces its own binary (the same
+    /// one, started again), adopting the replicas.
+    Upgrade,
 }
 
 /// An event as written in the file: one flat table, so that a misspelt
@@ -315,6 +318,10 @@ impl TryFrom<RawEvent> for Event {
                     rollout: raw.rollout.clone(),
                 }
             }
+            "upgrade" => {
+                stray(&[])?;
+                Action::Upgrade
+            }
             "scale" => {
                 stray(&["replicas"])?;
                 Action::Scale {
@@ -325,7 +332,7 @@ impl TryFrom<RawEvent> for Event {
             }
             other => {
                 return Err(format!(
-                    "unknown action {other:?}: expected \"restart\", \"deploy\" or \"scale\""
+                    "unknown action {other:?}: expected \"restart\", \"deploy\", \"scale\" or \"upgrade\""
                 ));
             }
         };
@@ -355,6 +362,7 @@ impl From<Event> for RawEvent {
         };
         match event.action {
             Action::Restart => raw.action = "restart".into(),
+            Action::Upgrade => raw.action = "upgrade".into(),
             Action::Deploy {
                 version,
                 profile,
@@ -381,6 +389,7 @@ impl Action {
     pub fn label(&self) -> String {
         match self {
             Action::Restart => "restart".into(),
+            Action::Upgrade => "upgrade".into(),
             Action::Deploy { version, .. } => format!("deploy {version}"),
             Action::Scale { replicas } => format!("scale {replicas}"),
         }

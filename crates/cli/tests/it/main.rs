@@ -9,3 +9,4 @@ mod orchestrator;
 mod reload;
 mod serve;
 mod trial;
+mod upgrade;

@@ -1075,3 +1075,37 @@ duration = "2s"
     );
     assert!(out.join("report.html").exists());
 }
+
+#[test]
+fn a_trial_with_upgrade_events_passes_with_no_failed_request() {
+    let (report, stdout, _dir) = trial_scenario(
+        r#"
+name = "upgrades"
+[service]
+demo = "v9"
+replicas = 2
+work_ms = 10
+[load]
+rate = 50
+duration = "4s"
+[[event]]
+at = "1s"
+action = "upgrade"
+[[event]]
+at = "2500ms"
+action = "upgrade"
+"#,
+        0,
+    );
+    assert!(stdout.contains("PASS"), "{stdout}");
+    assert_eq!(report["requests"]["failed"], 0);
+    assert_eq!(report["dropped_iterations"], 0);
+    let events = report["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    for event in events {
+        assert_eq!(event["action"], "upgrade");
+        assert_eq!(event["outcome"], "ok", "{event}");
+        let detail = event["detail"].as_str().unwrap();
+        assert!(detail.starts_with("serve pid "), "{detail}");
+    }
+}
