@@ -110,6 +110,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The replicas' log files.
     pub logs: LogsConfig,
+    /// Access log: one JSON line per request to this file (appended), or
+    /// to standard output for `-`; none by default (see docs/operations.md).
+    pub access_log: Option<PathBuf>,
     /// The services; a request goes to the service whose `hosts` has its Host.
     #[serde(rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -337,6 +340,7 @@ impl Default for Config {
             control_read_timeout: DEFAULT_CONTROL_READ_TIMEOUT,
             state_dir: PathBuf::from(".dropless"),
             logs: LogsConfig::default(),
+            access_log: None,
             services: Vec::new(),
         }
     }

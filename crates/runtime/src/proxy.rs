@@ -36,6 +36,7 @@ pub use forward::Sent;
 pub use front::IDLE_LINGER;
 
 use crate::config::ProxyConfig;
+use crate::ops::Ops;
 use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
@@ -59,6 +60,8 @@ pub struct Proxy {
     /// may change while running ([`LiveConfig`]).
     config: LiveConfig,
     tls: Option<TlsAcceptor>,
+    /// Request ids, the access log: see [`crate::ops`].
+    ops: Arc<Ops>,
 }
 
 /// The connection builders, configured once: HTTP/1.1 sessions on plain
@@ -92,7 +95,14 @@ impl Proxy {
             router,
             config,
             tls: None,
+            ops: Arc::default(),
         }
+    }
+
+    /// Traces its requests with `ops` (access log, metrics, holding).
+    pub fn with_ops(mut self, ops: Arc<Ops>) -> Self {
+        self.ops = ops;
+        self
     }
 
     /// Speaks HTTPS with `acceptor` instead (HTTP/2 or HTTP/1.1 by ALPN).

@@ -12,6 +12,8 @@ use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlLimits, ControlListener, TcpControl};
 use crate::desired::{self, Desired, Release, State, StateError, StateFile};
 use crate::event::{Event, Events};
+use crate::ops::Ops;
+use crate::ops::access_log::AccessLog;
 use crate::proxy::route::Router;
 use crate::proxy::{LiveConfig, Proxy};
 use crate::reload::Reloader;
@@ -62,6 +64,7 @@ pub struct Runtime {
     tcp_control: Option<TcpControl>,
     proxy: LiveConfig,
     reloader: Reloader,
+    ops: Arc<Ops>,
 }
 
 /// `serve` could not start or failed.
@@ -83,6 +86,9 @@ pub enum ServeError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::proxy::tls::TlsError),
+    /// The access log cannot be opened.
+    #[error(transparent)]
+    AccessLog(#[from] crate::ops::access_log::OpenError),
     /// A replica of the first release exited or was not ready in time, so
     /// the service never came up: the command or its probe is wrong.
     #[error("service {service} did not start: {reason}")]
@@ -111,6 +117,10 @@ impl Runtime {
             (Some(cert), Some(key)) => Some(crate::proxy::tls::acceptor(cert, key)?),
             _ => None,
         };
+        let mut ops = Ops::default();
+        if let Some(path) = &config.access_log {
+            ops = ops.with_access_log(AccessLog::open(path)?);
+        }
         desired::create_private_dir(&config.state_dir)?;
         let state_path = config.state_dir.join("state.json");
         desired::check_private(&state_path)?;
@@ -216,6 +226,7 @@ impl Runtime {
             registry,
             tls,
             tcp_control: None,
+            ops: Arc::new(ops),
         })
     }
 
@@ -274,6 +285,7 @@ impl Runtime {
             tcp_control,
             proxy: live_proxy,
             reloader,
+            ops,
         } = self;
         let limits = ControlLimits::of(&config);
         live_proxy.store(Arc::new(within_fd_limit(config.proxy.clone(), limits)));
@@ -343,7 +355,7 @@ impl Runtime {
             *recorded.lock().expect("mode lock") = m;
             m
         };
-        let mut proxy = Proxy::with_live_config(router.clone(), live_proxy);
+        let mut proxy = Proxy::with_live_config(router.clone(), live_proxy).with_ops(ops);
         if let Some(tls) = tls {
             proxy = proxy.with_tls(tls);
         }

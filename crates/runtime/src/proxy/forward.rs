@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
 use crate::config::ProxyConfig;
+use crate::ops::Trace;
 use crate::proxy::balance::{self, Pick};
 use crate::supervisor::Supervisor;
 use crate::supervisor::replica::Replica;
@@ -112,14 +113,17 @@ pub(super) trait Attempt {
 /// another replica while a failure allows it; returns the successful
 /// attempt's replica (still counting the request) and result, or the error
 /// the client gets. `response_deadline` bounds each attempt by
-/// `response_timeout` (a [`LazyDeadline`] a connection reuses).
+/// `response_timeout` (a [`LazyDeadline`] a connection reuses). `trace`
+/// gets the service, each attempt's replica and the retries.
 pub(super) async fn forward<A: Attempt>(
     config: &ProxyConfig,
     service: &Supervisor,
     replay: Replay,
     response_deadline: &mut LazyDeadline,
     attempt: &mut A,
+    trace: &mut Trace,
 ) -> Result<(Pick, A::Output), ProxyError> {
+    trace.routed(service);
     let deadline = Instant::now() + config.queue_timeout;
     let mut tried: Vec<Arc<Replica>> = Vec::new();
     let mut attempts = 0;
@@ -128,6 +132,7 @@ pub(super) async fn forward<A: Attempt>(
         let pick = balance::pick(service, &tried, deadline)
             .await
             .map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?;
+        trace.attempt(&pick.replica);
         response_deadline.set(Instant::now() + config.response_timeout);
         let result = {
             let run = attempt.send(&pick);
