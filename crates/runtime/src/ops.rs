@@ -9,6 +9,7 @@
 //! request's head is known, [`Ops::finish`] where its response ends.
 
 pub mod access_log;
+pub mod metrics;
 pub mod request_id;
 
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use crate::proxy::ProxyError;
 use crate::supervisor::Supervisor;
 use crate::supervisor::replica::Replica;
 use access_log::{AccessLog, Entry};
+use metrics::{Finished, Metrics};
 
 /// What the proxy does besides proxying: the access log (and, in the
 /// modules that follow, metrics and holding traffic). Shared by every proxy
@@ -32,10 +34,12 @@ use access_log::{AccessLog, Entry};
 #[derive(Debug, Default)]
 pub struct Ops {
     access_log: Option<AccessLog>,
+    metrics: Metrics,
 }
 
 /// What went wrong with a request, as the access log and the metrics name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum ErrorKind {
     /// The replica failed, or its response broke off.
     Upstream,
@@ -45,6 +49,29 @@ pub enum ErrorKind {
     Timeout,
     /// The client sent something wrong, or its body failed.
     Client,
+}
+
+/// Why a request was sent to a replica again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum RetryReason {
+    /// The attempt failed before any byte of the request was written.
+    NotSent,
+    /// It was written and failed, and sending it twice is harmless
+    /// (idempotent method or honoured `Idempotency-Key`).
+    Idempotent,
+    /// A pooled connection the replica had closed.
+    StaleConnection,
+}
+
+/// Why a request waited before going to a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum HoldReason {
+    /// No ready replica (queued up to `queue_timeout`).
+    Queue,
+    /// Traffic was paused (`dropless pause`).
+    Pause,
 }
 
 /// One request as it goes: begun when its head is read, finished when its
@@ -67,6 +94,10 @@ pub struct Trace {
     pub bytes: u64,
     /// What failed, if anything did.
     pub error: Option<ErrorKind>,
+    /// From the last attempt's start to the response head.
+    pub upstream: Option<Duration>,
+    retries: [u16; RetryReason::ALL.len()],
+    held: [Option<Duration>; HoldReason::ALL.len()],
 }
 
 impl Ops {
@@ -93,12 +124,31 @@ impl Ops {
             status: 0,
             bytes: 0,
             error: None,
+            upstream: None,
+            retries: [0; RetryReason::ALL.len()],
+            held: [None; HoldReason::ALL.len()],
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Records the end of a request's response.
     pub fn finish(&self, trace: Trace) {
         let duration = trace.start.elapsed();
+        let service = trace.service.as_ref().map_or("", |s| s.name());
+        let finished = Finished {
+            status: trace.status,
+            error: trace.error,
+            duration,
+            upstream: trace.upstream,
+            retries: trace.retries,
+            held: trace.held,
+        };
+        self.metrics
+            .finish(&self.metrics.service(service), &finished);
         if let Some(log) = &self.access_log {
             log.log(trace.entry(duration));
         }
@@ -115,6 +165,17 @@ impl Trace {
     pub fn attempt(&mut self, replica: &Arc<Replica>) {
         self.attempts += 1;
         self.replica = Some(Arc::clone(replica));
+    }
+
+    /// The request is sent again for `reason`.
+    pub fn retry(&mut self, reason: RetryReason) {
+        self.retries[reason as usize] += 1;
+    }
+
+    /// The request waited `d` for `reason`.
+    pub fn held(&mut self, reason: HoldReason, d: Duration) {
+        let held = self.held[reason as usize].get_or_insert_default();
+        *held += d;
     }
 
     /// The client gets `err`'s response.
@@ -142,6 +203,9 @@ impl Trace {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order of their values.
+    pub const ALL: [Self; 4] = [Self::Upstream, Self::NoReplica, Self::Timeout, Self::Client];
+
     /// The kind of `err`.
     pub fn of(err: &ProxyError) -> Self {
         match err {
@@ -162,6 +226,33 @@ impl ErrorKind {
             Self::NoReplica => "no_replica",
             Self::Timeout => "timeout",
             Self::Client => "client",
+        }
+    }
+}
+
+impl RetryReason {
+    /// Every reason, in the order of their values.
+    pub const ALL: [Self; 3] = [Self::NotSent, Self::Idempotent, Self::StaleConnection];
+
+    /// Its name in the metrics' `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NotSent => "not_sent",
+            Self::Idempotent => "idempotent",
+            Self::StaleConnection => "stale_connection",
+        }
+    }
+}
+
+impl HoldReason {
+    /// Every reason, in the order of their values.
+    pub const ALL: [Self; 2] = [Self::Queue, Self::Pause];
+
+    /// Its name in the metrics' `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::Pause => "pause",
         }
     }
 }

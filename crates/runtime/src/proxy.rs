@@ -37,6 +37,7 @@ pub use front::IDLE_LINGER;
 
 use crate::config::ProxyConfig;
 use crate::ops::Ops;
+use crate::ops::metrics::Protocol;
 use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
@@ -160,6 +161,7 @@ impl Proxy {
         let Some(tls) = self.tls.clone() else {
             return self.serve_plain(builders, stream, stop, peer).await;
         };
+        self.ops.metrics().connection(Protocol::Https);
         // Boxed: the TLS and HTTP/2 state would otherwise size the task of
         // every plain connection too, idle ones included.
         Box::pin(async {
@@ -203,6 +205,8 @@ impl Proxy {
             Ok(Err(e)) => return tracing::debug!(%peer, "client connection: {e}"),
             Err(_) => return tracing::debug!(%peer, "no request within {timeout:?}"),
         };
+        let protocol = if h2 { Protocol::H2c } else { Protocol::Http1 };
+        self.ops.metrics().connection(protocol);
         if !h2 {
             let client = ClientInfo {
                 peer,

@@ -14,6 +14,7 @@ use crate::desired::{self, Desired, Release, State, StateError, StateFile};
 use crate::event::{Event, Events};
 use crate::ops::Ops;
 use crate::ops::access_log::AccessLog;
+use crate::ops::metrics::Exporter;
 use crate::proxy::route::Router;
 use crate::proxy::{LiveConfig, Proxy};
 use crate::reload::Reloader;
@@ -65,6 +66,7 @@ pub struct Runtime {
     proxy: LiveConfig,
     reloader: Reloader,
     ops: Arc<Ops>,
+    metrics: Option<TcpListener>,
 }
 
 /// `serve` could not start or failed.
@@ -227,6 +229,7 @@ impl Runtime {
             tls,
             tcp_control: None,
             ops: Arc::new(ops),
+            metrics: None,
         })
     }
 
@@ -240,6 +243,13 @@ impl Runtime {
     /// ([`TcpControl`]).
     pub fn with_tcp_control(mut self, tcp: TcpControl) -> Self {
         self.tcp_control = Some(tcp);
+        self
+    }
+
+    /// Also serves Prometheus metrics on `listener` (`GET /metrics`; see
+    /// [`crate::ops::metrics`]).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
         self
     }
 
@@ -286,9 +296,12 @@ impl Runtime {
             proxy: live_proxy,
             reloader,
             ops,
+            metrics,
         } = self;
         let limits = ControlLimits::of(&config);
         live_proxy.store(Arc::new(within_fd_limit(config.proxy.clone(), limits)));
+        // Subscribed before the first replica starts: its events count.
+        let observer = observe_events(events.subscribe(), Arc::clone(&ops));
         // Replicas a killed `serve` left go before any new one starts.
         let grace = |service: &str| {
             config
@@ -326,6 +339,14 @@ impl Runtime {
             std::future::pending().await
         };
         let stop_background = CancellationToken::new();
+        let metrics = metrics.map(|listener| {
+            let exporter = Arc::new(Exporter::new(Arc::clone(&ops), router.clone()));
+            tokio::spawn(crate::ops::metrics::serve(
+                listener,
+                exporter,
+                stop_background.clone(),
+            ))
+        });
         let control = (control.is_some() || tcp_control.is_some()).then(|| {
             tokio::spawn(control::serve(
                 control,
@@ -367,8 +388,12 @@ impl Runtime {
         let retirements = services.iter().map(|s| s.shutdown(fast));
         futures_util::future::join_all(retirements).await;
         stop_background.cancel();
+        observer.abort();
         if let Some(c) = control {
             let _ = c.await;
+        }
+        if let Some(m) = metrics {
+            let _ = m.await;
         }
         registry.close();
         tracing::info!("stopped");
@@ -377,6 +402,24 @@ impl Runtime {
             None => Ok(()),
         }
     }
+}
+
+/// Counts every event into `ops`' metrics (replica states, rollouts).
+fn observe_events(
+    mut events: broadcast::Receiver<Event>,
+    ops: Arc<Ops>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => ops.metrics().observe(&event),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("metrics: {n} events missed, their counts are low");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
 }
 
 /// `proxy` with `max_connections` lowered, if need be, so that client and

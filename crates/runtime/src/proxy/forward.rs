@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
 use crate::config::ProxyConfig;
-use crate::ops::Trace;
+use crate::ops::{HoldReason, RetryReason, Trace};
 use crate::proxy::balance::{self, Pick};
 use crate::supervisor::Supervisor;
 use crate::supervisor::replica::Replica;
@@ -129,11 +129,27 @@ pub(super) async fn forward<A: Attempt>(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let pick = balance::pick(service, &tried, deadline)
-            .await
-            .map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?;
+        let pick = {
+            // A pick not ready at its first poll waited for a replica.
+            let picking = balance::pick(service, &tried, deadline);
+            tokio::pin!(picking);
+            let mut waiting_since = None;
+            let picked = std::future::poll_fn(|cx| {
+                let polled = picking.as_mut().poll(cx);
+                if polled.is_pending() {
+                    waiting_since.get_or_insert_with(Instant::now);
+                }
+                polled
+            })
+            .await;
+            if let Some(since) = waiting_since {
+                trace.held(HoldReason::Queue, since.elapsed());
+            }
+            picked.map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?
+        };
         trace.attempt(&pick.replica);
-        response_deadline.set(Instant::now() + config.response_timeout);
+        let started = Instant::now();
+        response_deadline.set(started + config.response_timeout);
         let result = {
             let run = attempt.send(&pick);
             tokio::pin!(run);
@@ -146,7 +162,10 @@ pub(super) async fn forward<A: Attempt>(
             .await
         };
         let failure = match result {
-            Some(Ok(value)) => return Ok((pick, value)),
+            Some(Ok(value)) => {
+                trace.upstream = Some(started.elapsed());
+                return Ok((pick, value));
+            }
             Some(Err(failure)) => failure,
             None => {
                 return Err(ProxyError::Timeout {
@@ -172,6 +191,13 @@ pub(super) async fn forward<A: Attempt>(
             return Err(err);
         }
         tracing::info!("{err}; sending it again (attempt {})", attempts + 1);
+        trace.retry(if failure.reused {
+            RetryReason::StaleConnection
+        } else if failure.sent == Sent::Nothing {
+            RetryReason::NotSent
+        } else {
+            RetryReason::Idempotent
+        });
         if !failure.reused {
             tried.push(Arc::clone(&pick.replica));
         }

@@ -1,10 +1,11 @@
-//! Operating the proxy: request ids and the access log.
+//! Operating the proxy: request ids, the access log and metrics.
 
 use std::time::Duration;
 
 use dropless_runtime::signal::Shutdown;
 use http_body_util::BodyExt;
 
+use crate::fixtures::load::{self, Client, Load};
 use crate::fixtures::{self, Harness, Mode};
 
 /// How long a test waits for the access log's writer.
@@ -106,5 +107,94 @@ async fn request_ids_reach_replica_and_client_and_every_request_is_logged() {
         assert!(line["duration_ms"].as_f64().unwrap() > 0.0, "{line}");
         assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
     }
+    h.stop(Shutdown::Fast).await;
+}
+
+/// The value of the series `name{labels}` in a Prometheus text exposition
+/// (labels as written, in their order), or `None`.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+/// `GET /metrics` from `addr`.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let (status, _, body) = fixtures::get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_during_a_rollout_under_load_agree_with_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 2);
+    let config = fixtures::config(dir.path(), vec![service]);
+    let (h, metrics) = Harness::start_with_metrics(config).await;
+    h.wait_routable(2).await;
+    // Not on the proxy's port: there /metrics goes to the application.
+    let (_, _, body) = fixtures::get(&h.url("/metrics")).await;
+    assert!(!body.contains("dropless_requests_total"), "{body}");
+    let mut run = Load::start(
+        &h.url("/sum?a=1&b=2"),
+        fixtures::RATE,
+        Duration::from_secs(30),
+        Client::KeepAlive,
+    )
+    .await;
+    run.wait_ok(50).await;
+    let restart = dropless_runtime::rollout::RolloutRequest::Restart {
+        plan: dropless_runtime::rollout::Plan::default(),
+    };
+    h.client().rollout(None, restart).await.expect("restart");
+    // During the load: the rollout is counted, its replicas are ready.
+    let during = scrape(metrics).await;
+    let rollouts = r#"dropless_rollouts_total{service="web",outcome="completed"}"#;
+    assert_eq!(series(&during, rollouts), Some(1.0), "{during}");
+    let ready = r#"dropless_replicas{service="web",state="ready"}"#;
+    assert_eq!(series(&during, ready), Some(2.0), "{during}");
+    let starts = r#"dropless_replica_transitions_total{service="web",state="starting"}"#;
+    assert_eq!(series(&during, starts), Some(4.0), "{during}");
+    let ok = run.ok();
+    run.wait_ok(ok + 20).await;
+    let report = run.finish().await;
+    load::assert_clean(&report, 100);
+    // Every request the load saw, the metrics counted, as a 2xx without a
+    // dropless error (and the request for `/metrics` above).
+    let ok_2xx = r#"dropless_requests_total{service="web",class="2xx"}"#;
+    let sent = report.requests.ok as f64 + 1.0;
+    let text = tokio::time::timeout(WAIT, async {
+        loop {
+            let text = scrape(metrics).await;
+            if series(&text, ok_2xx) == Some(sent) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never {sent} 2xx in the metrics"));
+    for kind in ["upstream", "no_replica", "timeout", "client"] {
+        let errors = format!(r#"dropless_request_errors_total{{service="web",kind="{kind}"}}"#);
+        assert_eq!(series(&text, &errors), Some(0.0), "{kind}: {text}");
+    }
+    let retries: f64 = ["not_sent", "idempotent", "stale_connection"]
+        .iter()
+        .map(|r| {
+            let name = format!(r#"dropless_retries_total{{service="web",reason="{r}"}}"#);
+            series(&text, &name).expect("retries")
+        })
+        .sum();
+    // A graceful replica closes no connection under a request: nothing is
+    // sent twice.
+    assert_eq!(retries, 0.0, "{text}");
+    let count = r#"dropless_request_duration_seconds_count{service="web"}"#;
+    assert_eq!(series(&text, count), Some(sent), "{text}");
+    let conns = r#"dropless_client_connections_total{protocol="http1"}"#;
+    assert!(series(&text, conns).unwrap() >= 1.0, "{text}");
+    assert!(
+        series(&text, "dropless_process_open_fds").unwrap() > 0.0,
+        "{text}"
+    );
     h.stop(Shutdown::Fast).await;
 }
