@@ -361,7 +361,7 @@ async fn current_version(
         .ok_or_else(|| ControlError::Rejected("name the service with --service".into()))
 }
 
-fn block_on(work: impl Future<Output = Result<(), ControlError>>) -> ExitCode {
+pub(crate) fn block_on(work: impl Future<Output = Result<(), ControlError>>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -3,6 +3,7 @@
 
 mod control;
 mod demo;
+mod hold;
 mod interrupt;
 mod k8s;
 mod load;
@@ -51,6 +52,14 @@ enum Command {
     /// Make `serve` read its config file again and apply what can change
     /// without a restart (as SIGHUP does).
     Reload(control::ReloadArgs),
+    /// Hold new requests (in-flight ones finish) until `resume`, e.g. for a
+    /// database migration.
+    Pause(hold::PauseArgs),
+    /// Release the held requests, spread over the pause's --spread.
+    Resume(hold::ResumeArgs),
+    /// Answer every request with a 503 maintenance page (on) or not (off).
+    #[command(subcommand)]
+    Maintenance(hold::MaintenanceCommand),
     /// Load plus deploy events against a real runtime, then a verdict.
     Trial(Box<trial::TrialArgs>),
     /// The main job: the demo service deployed under load behind dropless,
@@ -81,6 +90,9 @@ fn main() -> ExitCode {
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
         Command::Reload(args) => control::reload(args),
+        Command::Pause(args) => hold::pause(args),
+        Command::Resume(args) => hold::resume(args),
+        Command::Maintenance(command) => hold::maintenance(command),
         Command::Trial(args) => trial::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::K8s(command) => k8s::run(command),

@@ -8,6 +8,7 @@
 //! | POST | `/v1/rollout` | [`RolloutCall`] | [`RolloutReport`](crate::rollout::RolloutReport), or 409 with [`ErrorBody`] when aborted |
 //! | GET | `/v1/events` | | newline-delimited JSON [`Event`]s, live; with `?last=N` or `?since=5m` the recent ones first (of the last [`HISTORY`](crate::event::HISTORY) kept) |
 //! | POST | `/v1/reload` | | [`ReloadReport`](crate::reload::ReloadReport), or 422 with [`ErrorBody`] when the file is refused |
+//! | POST | `/v1/hold` | [`HoldCommand`](crate::ops::hold::HoldCommand) | [`HoldStatus`](crate::ops::hold::HoldStatus): pause, resume, maintenance on and off |
 //!
 //! `deploy`, `restart`, `scale` and `rollback` are rollouts; the call returns
 //! when the rollout completed or was aborted and rolled back.
@@ -36,6 +37,8 @@ pub use client::{ControlClient, EventStream};
 
 use crate::config::Config;
 use crate::event::{Event, Events, Replay};
+use crate::ops::Ops;
+use crate::ops::hold::HoldCommand;
 use crate::proxy::route::Router;
 use crate::reload::{ReloadError, Reloader};
 use crate::rollout::{self, RolloutError, RolloutRequest};
@@ -274,7 +277,9 @@ impl Default for ControlLimits {
 /// when given, within `limits`, until `shutdown` is cancelled. Rollouts run
 /// as their own tasks, so a client that goes away does not cut one short.
 /// At shutdown, event streams send what is buffered and end; open
-/// connections get [`CONTROL_GRACE`] to finish.
+/// connections get [`CONTROL_GRACE`] to finish. `ops` takes the hold
+/// commands (pause, maintenance).
+#[allow(clippy::too_many_arguments)] // the runtime's parts, each once
 pub async fn serve(
     listener: Option<ControlListener>,
     tcp: Option<TcpControl>,
@@ -283,10 +288,12 @@ pub async fn serve(
     events: Events,
     limits: ControlLimits,
     shutdown: CancellationToken,
+    ops: Arc<Ops>,
 ) {
     let api = Api {
         router,
         reloader,
+        ops,
         events,
         shutdown,
         limits,
@@ -356,6 +363,7 @@ impl std::fmt::Display for Listening<'_> {
 struct Api {
     router: Router,
     reloader: Reloader,
+    ops: Arc<Ops>,
     events: Events,
     shutdown: CancellationToken,
     limits: ControlLimits,
@@ -413,10 +421,12 @@ impl Api {
             self.shutdown.clone(),
         );
         let reloader = self.reloader.clone();
+        let ops = Arc::clone(&self.ops);
         let read_timeout = self.limits.read_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
             let reloader = reloader.clone();
+            let ops = Arc::clone(&ops);
             let authorized = token.as_deref().is_none_or(|t| carries_token(&req, t));
             async move {
                 if !authorized {
@@ -430,6 +440,9 @@ impl Api {
                 }
                 if (req.method(), req.uri().path()) == (&Method::POST, "/v1/reload") {
                     return Ok(reload(&reloader).await);
+                }
+                if (req.method(), req.uri().path()) == (&Method::POST, "/v1/hold") {
+                    return Ok(hold(req, &ops, read_timeout).await);
                 }
                 Ok(answer(req, router, events, read_timeout, shutdown).await)
             }
@@ -488,23 +501,9 @@ async fn answer(
             Err(message) => error(StatusCode::BAD_REQUEST, message, None),
         },
         (Method::POST, "/v1/rollout") => {
-            let body = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
-            let body = match tokio::time::timeout(read_timeout, body).await {
-                Ok(Ok(b)) => b.to_bytes(),
-                Ok(Err(e)) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read request: {e}"),
-                        None,
-                    );
-                }
-                Err(_) => {
-                    return error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        format!("request body not received within {read_timeout:?}"),
-                        None,
-                    );
-                }
+            let body = match read_body(req, read_timeout).await {
+                Ok(b) => b,
+                Err(refused) => return refused,
             };
             let call: RolloutCall = match serde_json::from_slice(&body) {
                 Ok(c) => c,
@@ -550,6 +549,48 @@ async fn answer(
             format!("no control endpoint {path}"),
             None,
         ),
+    }
+}
+
+/// Applies a hold command (pause, resume, maintenance); the answer is the
+/// hold's status after it.
+async fn hold(req: Request<Incoming>, ops: &Ops, read_timeout: Duration) -> Response<ControlBody> {
+    let body = match read_body(req, read_timeout).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    match serde_json::from_slice::<HoldCommand>(&body) {
+        Ok(command) => {
+            tracing::info!("hold: {command:?}");
+            json(StatusCode::OK, &ops.hold().apply(command))
+        }
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid hold command: {e}"),
+            None,
+        ),
+    }
+}
+
+/// The body of `req`, read within `read_timeout` and [`MAX_BODY`], or the
+/// answer refusing it.
+async fn read_body(
+    req: Request<Incoming>,
+    read_timeout: Duration,
+) -> Result<Bytes, Response<ControlBody>> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(read_timeout, body).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read request: {e}"),
+            None,
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {read_timeout:?}"),
+            None,
+        )),
     }
 }
 

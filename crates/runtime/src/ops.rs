@@ -9,6 +9,7 @@
 //! request's head is known, [`Ops::finish`] where its response ends.
 
 pub mod access_log;
+pub mod hold;
 pub mod metrics;
 pub mod request_id;
 
@@ -26,6 +27,7 @@ use crate::proxy::ProxyError;
 use crate::supervisor::Supervisor;
 use crate::supervisor::replica::Replica;
 use access_log::{AccessLog, Entry};
+use hold::{Hold, Refusal};
 use metrics::{Finished, Metrics};
 
 /// What the proxy does besides proxying: the access log (and, in the
@@ -35,6 +37,7 @@ use metrics::{Finished, Metrics};
 pub struct Ops {
     access_log: Option<AccessLog>,
     metrics: Metrics,
+    hold: Hold,
 }
 
 /// What went wrong with a request, as the access log and the metrics name it.
@@ -49,6 +52,10 @@ pub enum ErrorKind {
     Timeout,
     /// The client sent something wrong, or its body failed.
     Client,
+    /// Traffic was paused past the pause's timeout.
+    Paused,
+    /// Maintenance was on.
+    Maintenance,
 }
 
 /// Why a request was sent to a replica again.
@@ -135,6 +142,28 @@ impl Ops {
         &self.metrics
     }
 
+    /// The hold: pause and maintenance.
+    pub fn hold(&self) -> &Hold {
+        &self.hold
+    }
+
+    /// Lets `trace`'s request go on, or says the error it gets: waits while
+    /// traffic is paused ([`hold`]).
+    pub async fn admit(&self, trace: &mut Trace) -> Result<(), ProxyError> {
+        match self.hold.admit().await {
+            Ok(None) => Ok(()),
+            Ok(Some(waited)) => {
+                trace.held(HoldReason::Pause, waited);
+                Ok(())
+            }
+            Err(Refusal::PauseTimeout(waited)) => {
+                trace.held(HoldReason::Pause, waited);
+                Err(ProxyError::Paused { waited })
+            }
+            Err(Refusal::Maintenance(page)) => Err(ProxyError::Maintenance(page)),
+        }
+    }
+
     /// Records the end of a request's response.
     pub fn finish(&self, trace: Trace) {
         let duration = trace.start.elapsed();
@@ -204,7 +233,14 @@ impl Trace {
 
 impl ErrorKind {
     /// Every kind, in the order of their values.
-    pub const ALL: [Self; 4] = [Self::Upstream, Self::NoReplica, Self::Timeout, Self::Client];
+    pub const ALL: [Self; 6] = [
+        Self::Upstream,
+        Self::NoReplica,
+        Self::Timeout,
+        Self::Client,
+        Self::Paused,
+        Self::Maintenance,
+    ];
 
     /// The kind of `err`.
     pub fn of(err: &ProxyError) -> Self {
@@ -216,6 +252,8 @@ impl ErrorKind {
             | ProxyError::ClientBody(_)
             | ProxyError::BodyTimeout(_)
             | ProxyError::BadRequest(_) => Self::Client,
+            ProxyError::Paused { .. } => Self::Paused,
+            ProxyError::Maintenance(_) => Self::Maintenance,
         }
     }
 
@@ -226,6 +264,8 @@ impl ErrorKind {
             Self::NoReplica => "no_replica",
             Self::Timeout => "timeout",
             Self::Client => "client",
+            Self::Paused => "paused",
+            Self::Maintenance => "maintenance",
         }
     }
 }

@@ -356,6 +356,7 @@ impl Runtime {
                 events.clone(),
                 limits,
                 stop_background.clone(),
+                Arc::clone(&ops),
             ))
         });
         let mode = std::sync::Arc::new(std::sync::Mutex::new(Shutdown::Graceful));

@@ -146,6 +146,19 @@ impl ControlClient {
         self.decode(&body)
     }
 
+    /// Pauses, resumes, or turns maintenance on or off
+    /// (`POST /v1/hold`); returns the hold's status after it.
+    pub async fn hold(
+        &self,
+        command: crate::ops::hold::HoldCommand,
+    ) -> Result<crate::ops::hold::HoldStatus, ControlError> {
+        let body = serde_json::to_vec(&command).expect("hold commands serialize");
+        let body = self
+            .call(Method::POST, "/v1/hold", Bytes::from(body))
+            .await?;
+        self.decode(&body)
+    }
+
     /// Subscribes to the event stream; every event from the moment this
     /// returns is delivered.
     pub async fn subscribe(&self) -> Result<EventStream, ControlError> {

@@ -241,6 +241,7 @@ impl Session<'_, '_> {
             &mut self.response_deadline,
             &mut Exchange(&out),
             trace,
+            &self.proxy.ops,
         )
         .await;
         match forwarded {

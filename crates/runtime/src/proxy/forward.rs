@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
 use crate::config::ProxyConfig;
-use crate::ops::{HoldReason, RetryReason, Trace};
+use crate::ops::{HoldReason, Ops, RetryReason, Trace};
 use crate::proxy::balance::{self, Pick};
 use crate::supervisor::Supervisor;
 use crate::supervisor::replica::Replica;
@@ -114,7 +114,8 @@ pub(super) trait Attempt {
 /// attempt's replica (still counting the request) and result, or the error
 /// the client gets. `response_deadline` bounds each attempt by
 /// `response_timeout` (a [`LazyDeadline`] a connection reuses). `trace`
-/// gets the service, each attempt's replica and the retries.
+/// gets the service, each attempt's replica and the retries; `ops` holds
+/// the request first while traffic is paused.
 pub(super) async fn forward<A: Attempt>(
     config: &ProxyConfig,
     service: &Supervisor,
@@ -122,8 +123,10 @@ pub(super) async fn forward<A: Attempt>(
     response_deadline: &mut LazyDeadline,
     attempt: &mut A,
     trace: &mut Trace,
+    ops: &Ops,
 ) -> Result<(Pick, A::Output), ProxyError> {
     trace.routed(service);
+    ops.admit(trace).await?;
     let deadline = Instant::now() + config.queue_timeout;
     let mut tried: Vec<Arc<Replica>> = Vec::new();
     let mut attempts = 0;

@@ -158,6 +158,7 @@ impl Proxy {
             &mut response_deadline,
             &mut attempt,
             trace,
+            &self.ops,
         )
         .await;
         match forwarded {

@@ -1,7 +1,9 @@
-//! Operating the proxy: request ids, the access log and metrics.
+//! Operating the proxy: request ids, the access log, metrics, pause and
+//! maintenance.
 
 use std::time::Duration;
 
+use dropless_runtime::ops::hold::{HoldCommand, HoldStatus, MaintenancePage};
 use dropless_runtime::signal::Shutdown;
 use http_body_util::BodyExt;
 
@@ -71,15 +73,38 @@ async fn log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     .unwrap_or_else(|_| panic!("fewer than {n} lines in {}", path.display()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_ids_reach_replica_and_client_and_every_request_is_logged() {
+/// Keep-alive load on `h` at [`fixtures::RATE`] for at most 30 s, once 50
+/// requests succeeded.
+async fn load_running(h: &Harness) -> Load {
+    let url = h.url("/sum?a=1&b=2");
+    let mut run = Load::start(
+        &url,
+        fixtures::RATE,
+        Duration::from_secs(30),
+        Client::KeepAlive,
+    )
+    .await;
+    run.wait_ok(50).await;
+    run
+}
+
+/// A runtime of `replicas` ready backends writing its access log to the
+/// path returned.
+async fn start_logged(replicas: usize) -> (tempfile::TempDir, Harness, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let version = fixtures::backend(Mode::Graceful, "v1");
+    let service = fixtures::service("web", version, replicas);
     let mut config = fixtures::config(dir.path(), vec![service]);
     let log = dir.path().join("access.log");
     config.access_log = Some(log.clone());
     let h = Harness::start(config).await;
-    h.wait_routable(1).await;
+    h.wait_routable(replicas).await;
+    (dir, h, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_reach_replica_and_client_and_every_request_is_logged() {
+    let (_dir, h, log) = start_logged(1).await;
     let mut ids = Vec::new();
     for h2 in [false, true] {
         // Kept when the client sends one.
@@ -135,14 +160,7 @@ async fn metrics_during_a_rollout_under_load_agree_with_the_load() {
     // Not on the proxy's port: there /metrics goes to the application.
     let (_, _, body) = fixtures::get(&h.url("/metrics")).await;
     assert!(!body.contains("dropless_requests_total"), "{body}");
-    let mut run = Load::start(
-        &h.url("/sum?a=1&b=2"),
-        fixtures::RATE,
-        Duration::from_secs(30),
-        Client::KeepAlive,
-    )
-    .await;
-    run.wait_ok(50).await;
+    let mut run = load_running(&h).await;
     let restart = dropless_runtime::rollout::RolloutRequest::Restart {
         plan: dropless_runtime::rollout::Plan::default(),
     };
@@ -196,5 +214,102 @@ async fn metrics_during_a_rollout_under_load_agree_with_the_load() {
         series(&text, "dropless_process_open_fds").unwrap() > 0.0,
         "{text}"
     );
+    h.stop(Shutdown::Fast).await;
+}
+
+fn pause(timeout_ms: u64, spread_ms: u64) -> HoldCommand {
+    HoldCommand::Pause {
+        timeout: Duration::from_millis(timeout_ms),
+        spread: Duration::from_millis(spread_ms),
+    }
+}
+
+/// The wall-clock end of an access log line's request, in milliseconds.
+fn end_ms(line: &serde_json::Value) -> f64 {
+    let time = humantime::parse_rfc3339(line["time"].as_str().unwrap()).unwrap();
+    let start = time.duration_since(std::time::UNIX_EPOCH).unwrap();
+    start.as_secs_f64() * 1000.0 + line["duration_ms"].as_f64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_second_pause_under_load_holds_requests_and_releases_them_spread() {
+    let (_dir, h, log) = start_logged(2).await;
+    let mut run = load_running(&h).await;
+    let control = h.client();
+    assert_eq!(
+        control.hold(pause(30_000, 1000)).await.unwrap(),
+        HoldStatus::Paused
+    );
+    // The maintenance window: requests wait, none fails.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        control.hold(HoldCommand::Resume).await.unwrap(),
+        HoldStatus::Open
+    );
+    let ok = run.ok();
+    run.wait_ok(ok + 400).await;
+    let report = run.finish().await;
+    load::assert_clean(&report, 400);
+    // The first held request waited the whole pause.
+    assert!(
+        report.latency_ms.ttlb.max >= 2000.0,
+        "{:?}",
+        report.latency_ms
+    );
+    h.stop(Shutdown::Fast).await;
+    let lines = log_lines(&log, report.requests.ok as usize).await;
+    let held: Vec<f64> = lines
+        .iter()
+        .filter(|l| l["duration_ms"].as_f64().unwrap() > 500.0)
+        .map(end_ms)
+        .collect();
+    assert!(held.len() >= 200, "{} requests held", held.len());
+    // Released over the 1 s spread, not at once.
+    let first = held.iter().copied().fold(f64::MAX, f64::min);
+    let last = held.iter().copied().fold(f64::MIN, f64::max);
+    assert!(last - first >= 700.0, "released within {} ms", last - first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_past_its_timeout_answers_503_with_retry_after_and_maintenance_a_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let control = h.client();
+    control.hold(pause(300, 0)).await.unwrap();
+    let url = h.url("/sum?a=1&b=2");
+    let mut run = Load::start(&url, 20, Duration::from_secs(5), Client::KeepAlive).await;
+    let (status, headers, _) = fixtures::get_with_headers(url.clone()).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "5");
+    run.wait_failed(10).await;
+    let report = run.finish().await;
+    assert_eq!(report.requests.ok, 0, "{report:?}");
+    assert!(report.failures["http_503"] >= 10, "{:?}", report.failures);
+    control.hold(HoldCommand::Resume).await.unwrap();
+    assert_eq!(fixtures::get(&url).await.0, 200);
+
+    let page = MaintenancePage {
+        body: "<h1>back soon</h1>".into(),
+        content_type: "text/html".into(),
+    };
+    let on = HoldCommand::MaintenanceOn { page };
+    assert_eq!(control.hold(on).await.unwrap(), HoldStatus::Maintenance);
+    for h2 in [false, true] {
+        let (status, _, body) = get(h.addr, "/sum?a=1&b=2", None, h2).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "<h1>back soon</h1>"),
+            "h2 {h2}"
+        );
+    }
+    let (_, headers, _) = fixtures::get_with_headers(url.clone()).await;
+    assert_eq!(headers["retry-after"], "5");
+    assert_eq!(headers["content-type"], "text/html");
+    // Probes go on: the replica stays ready.
+    assert_eq!(h.router.service(None).unwrap().routable().len(), 1);
+    control.hold(HoldCommand::MaintenanceOff).await.unwrap();
+    assert_eq!(fixtures::get(&url).await.0, 200);
     h.stop(Shutdown::Fast).await;
 }
