@@ -7,6 +7,7 @@ mod hold;
 mod interrupt;
 mod k8s;
 mod load;
+mod logs;
 mod serve;
 mod trial;
 mod value;
@@ -49,6 +50,9 @@ enum Command {
     Status(control::StatusArgs),
     /// Stream the runtime's events.
     Events(control::EventsArgs),
+    /// Print the replicas' output, interleaved by time (exited replicas
+    /// included).
+    Logs(logs::LogsArgs),
     /// Make `serve` read its config file again and apply what can change
     /// without a restart (as SIGHUP does).
     Reload(control::ReloadArgs),
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
         Command::Reload(args) => control::reload(args),
+        Command::Logs(args) => logs::run(args),
         Command::Pause(args) => hold::pause(args),
         Command::Resume(args) => hold::resume(args),
         Command::Maintenance(command) => hold::maintenance(command),

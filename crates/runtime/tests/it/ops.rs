@@ -313,3 +313,38 @@ async fn a_pause_past_its_timeout_answers_503_with_retry_after_and_maintenance_a
     assert_eq!(fixtures::get(&url).await.0, 200);
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_logs_read_back_interleaved_with_exited_replicas() {
+    use dropless_runtime::supervisor::logs::reader::{Filter, Logs};
+    let (dir, h, _) = start_logged(2).await;
+    let restart = dropless_runtime::rollout::RolloutRequest::Restart {
+        plan: dropless_runtime::rollout::Plan::default(),
+    };
+    h.client().rollout(None, restart).await.expect("restart");
+    h.stop(Shutdown::Graceful).await;
+    let logs_dir = dir.path().join("logs");
+    let mut logs = Logs::open(&logs_dir, None, Filter::default())
+        .unwrap()
+        .expect("logs");
+    let lines = logs.next_lines().unwrap();
+    let of = |replica: &str, text: &str| {
+        lines
+            .iter()
+            .position(|l| l.replica == replica && l.text.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} from {replica}: {lines:?}"))
+    };
+    // The first two replicas exited in the restart; the next two at stop.
+    for r in ["web-1", "web-2", "web-3", "web-4"] {
+        assert!(of(r, "listening") < of(r, "SIGTERM"), "{lines:?}");
+    }
+    assert!(of("web-1", "SIGTERM") < of("web-4", "SIGTERM"), "{lines:?}");
+    assert!(lines.windows(2).all(|w| w[0].at <= w[1].at), "{lines:?}");
+    let only = Filter {
+        replica: Some("web-3".into()),
+        ..Filter::default()
+    };
+    let mut logs = Logs::open(&logs_dir, None, only).unwrap().unwrap();
+    let lines = logs.next_lines().unwrap();
+    assert!(!lines.is_empty() && lines.iter().all(|l| l.replica == "web-3"));
+}
