@@ -27,6 +27,10 @@ pub fn failure_list(failures: &BTreeMap<String, u64>, pair: &str, separator: &st
 /// (docs/load.md, "Output").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The version of this report's layout ([`SCHEMA_VERSION`]); raised
+    /// when a field changes meaning or goes away.
+    #[serde(default)]
+    pub schema_version: u32,
     /// The target URL.
     pub target: String,
     /// `open` (constant arrival rate) or `closed` (virtual users).
@@ -131,6 +135,9 @@ pub struct Second {
     #[serde(default)]
     pub failures: BTreeMap<String, u64>,
 }
+
+/// The layout version of the JSON report.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// The state of a run, published once per second and at the end.
 #[derive(Clone, Debug, Default, PartialEq)]
