@@ -142,6 +142,8 @@ impl Metrics {
                     stats.rollout_duration.observe(at.elapsed());
                 }
             }
+            // Its replicas' changes come as replica events.
+            EventKind::Discovery { .. } => {}
         }
     }
 
