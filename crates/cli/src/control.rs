@@ -406,7 +406,7 @@ pub fn print_runtime() {
     }
 }
 
-fn block_on(work: impl Future<Output = Result<(), ControlError>>) -> ExitCode {
+pub(crate) fn block_on(work: impl Future<Output = Result<(), ControlError>>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

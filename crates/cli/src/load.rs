@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use dropless_load::out::Output;
 use dropless_load::{Config, Model, Report, Snapshot, Thresholds};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
@@ -102,6 +103,11 @@ pub struct LoadArgs {
     /// to stderr)
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Stream one point per second while the run goes on: to InfluxDB 1.x
+    /// (influxdb=http://HOST:PORT[/DB], database default "dropless", created
+    /// if missing) or to a CSV file (csv=FILE); repeatable
+    #[arg(long, value_name = "KIND=WHERE")]
+    out: Vec<String>,
     /// Threads that send requests, each with its own event loop [default:
     /// the number of CPUs]
     #[arg(long, value_name = "N")]
@@ -175,17 +181,34 @@ async fn execute(
     config: &Config,
     workers: &dropless_load::Workers,
 ) -> Result<Report, Failed> {
+    let outputs = args
+        .out
+        .iter()
+        .map(|o| o.parse::<Output>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failed::Usage(e.to_string()))?;
     let run = dropless_load::start_on(config, workers)
         .await
         .map_err(|e| match e {
             dropless_load::Error::Config(e) => Failed::Usage(e.to_string()),
             e => Failed::Runtime(e.into()),
         })?;
+    let streaming = (!outputs.is_empty()).then(|| {
+        let target = config.url.clone();
+        tokio::spawn(dropless_load::out::stream(outputs, target, run.subscribe()))
+    });
     tokio::spawn(stop_on_signals(run.stopper()));
     let show = !args.quiet && std::io::stdout().is_terminal();
     let progress = tokio::spawn(progress(run.subscribe(), config.duration, show));
     let report = run.report().await.map_err(|e| Failed::Runtime(e.into()))?;
     let _ = progress.await;
+    if let Some(streaming) = streaming {
+        match streaming.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("dropless load: {e}"),
+            Err(e) => eprintln!("dropless load: the --out task failed: {e}"),
+        }
+    }
     let to_stdout = args.json.as_deref() == Some("-".as_ref());
     if to_stdout {
         eprint!("{}", report.summary());

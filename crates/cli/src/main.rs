@@ -4,10 +4,12 @@
 mod check;
 mod control;
 mod demo;
+mod hold;
 mod interrupt;
 mod k8s;
 mod lint;
 mod load;
+mod logs;
 mod serve;
 mod swarm;
 mod trial;
@@ -52,10 +54,21 @@ enum Command {
     Status(control::StatusArgs),
     /// Stream the runtime's events.
     Events(control::EventsArgs),
+    /// Print the replicas' output, interleaved by time (exited replicas
+    /// included).
+    Logs(logs::LogsArgs),
     /// Make `serve` read its config file again and apply what can change
     /// without a restart (as SIGHUP does).
     Reload(control::ReloadArgs),
     Upgrade(upgrade::UpgradeArgs),
+    /// Hold new requests (in-flight ones finish) until `resume`, e.g. for a
+    /// database migration.
+    Pause(hold::PauseArgs),
+    /// Release the held requests, spread over the pause's --spread.
+    Resume(hold::ResumeArgs),
+    /// Answer every request with a 503 maintenance page (on) or not (off).
+    #[command(subcommand)]
+    Maintenance(hold::MaintenanceCommand),
     /// Load plus deploy events against a real runtime, then a verdict.
     Trial(Box<trial::TrialArgs>),
     /// The main job: the demo service deployed under load behind dropless,
@@ -97,6 +110,10 @@ fn main() -> ExitCode {
         Command::Events(args) => control::events(args),
         Command::Reload(args) => control::reload(args),
         Command::Upgrade(args) => upgrade::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Pause(args) => hold::pause(args),
+        Command::Resume(args) => hold::resume(args),
+        Command::Maintenance(command) => hold::maintenance(command),
         Command::Trial(args) => trial::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(*args),

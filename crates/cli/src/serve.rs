@@ -94,6 +94,14 @@ pub struct ServeArgs {
     /// (`--control http://ADDR`).
     #[arg(long, value_parser = crate::value::socket_addr)]
     control_tcp: Option<SocketAddr>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), never the
+    /// proxy's; off by default (config `metrics.listen`).
+    #[arg(long, value_parser = crate::value::socket_addr)]
+    metrics: Option<SocketAddr>,
+    /// Append one JSON line per request to this file, `-` for stdout
+    /// (config `access_log`).
+    #[arg(long)]
+    access_log: Option<PathBuf>,
     /// Threads serving client connections, each with its own event loop
     /// (default: one per CPU).
     #[arg(long)]
@@ -197,6 +205,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let (control_path, control_tcp) = (config.control_path(), config.control_tcp);
     let listen = config.proxy.listen;
+    let metrics = config.metrics.listen;
     // First the config and the state dir (private, readable, writable):
     // nothing is created in a state dir that is refused.
     let mut runtime = Runtime::start_from(config, from)?.with_upgrades(upgrades.0, upgrades.1);
@@ -222,6 +231,13 @@ async fn serve(
             tcp.local_addr()?
         );
         runtime = runtime.with_tcp_control(tcp);
+    }
+    if let Some(addr) = metrics {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot serve metrics on {addr} ({e}): pick another --metrics address")
+        })?;
+        println!("metrics on http://{}/metrics", listener.local_addr()?);
+        runtime = runtime.with_metrics(listener);
     }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {listen} ({e}): pick another --listen address")
@@ -359,6 +375,12 @@ fn config(args: ServeArgs) -> Result<Config, String> {
     }
     if let Some(addr) = args.control_tcp {
         config.control_tcp = Some(addr);
+    }
+    if args.metrics.is_some() {
+        config.metrics.listen = args.metrics;
+    }
+    if args.access_log.is_some() {
+        config.access_log = args.access_log;
     }
     if let Some(n) = args.proxy_threads {
         config.proxy.threads = n;

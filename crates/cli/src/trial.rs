@@ -42,6 +42,11 @@ pub struct TrialArgs {
     /// [default: target/dropless/trial/NAME].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also stream the load's points, one per second, to InfluxDB 1.x
+    /// (influxdb=http://HOST:PORT[/DB]) or a CSV file (csv=FILE), as
+    /// `dropless load --out`; repeatable.
+    #[arg(long, value_name = "KIND=WHERE")]
+    load_out: Vec<String>,
     /// No progress: neither the bar (at a terminal) nor the plain lines
     /// (without one).
     #[arg(long)]
@@ -165,12 +170,28 @@ pub(crate) fn exit_code(error: &TrialError) -> ExitCode {
     }
 }
 
+/// The `--load-out` values, parsed; a bad one is a usage error (exit 2).
+pub(crate) fn load_out(values: &[String]) -> Result<Vec<dropless_load::out::Output>, ExitCode> {
+    values
+        .iter()
+        .map(|o| o.parse())
+        .collect::<Result<_, dropless_load::out::OutError>>()
+        .map_err(|e| {
+            eprintln!(
+                "dropless trial: {}",
+                e.to_string().replace("--out", "--load-out")
+            );
+            ExitCode::from(2)
+        })
+}
+
 /// The programs a trial starts: this binary, as `serve` and as the demo.
 pub(crate) fn env() -> Result<Env, ExitCode> {
     match std::env::current_exe() {
         Ok(exe) => Ok(Env {
             demo: vec![exe.display().to_string(), "demo-service".into()],
             dropless: exe,
+            load_out: Vec::new(),
         }),
         Err(error) => {
             eprintln!("dropless: cannot find its own binary: {error}");

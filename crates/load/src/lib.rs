@@ -42,6 +42,7 @@
 
 mod client;
 mod config;
+pub mod out;
 mod outcome;
 mod report;
 mod run;
@@ -59,7 +60,8 @@ pub use config::{
 };
 pub use outcome::FailureClass;
 pub use report::{
-    Latency, Percentiles, Rate, Report, Requests, Second, Snapshot, failure_list, nonzero_failures,
+    Latency, Percentiles, Rate, Report, Requests, SCHEMA_VERSION, Second, Snapshot, failure_list,
+    nonzero_failures,
 };
 pub use run::{Error, Run, Stopper, run, start, start_on};
 pub use threshold::Thresholds;

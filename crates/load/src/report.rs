@@ -29,6 +29,10 @@ pub fn failure_list(failures: &BTreeMap<String, u64>, pair: &str, separator: &st
 /// (docs/load.md, "Output").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The version of this report's layout ([`SCHEMA_VERSION`]); raised
+    /// when a field changes meaning or goes away.
+    #[serde(default)]
+    pub schema_version: u32,
     /// The target URL.
     pub target: String,
     /// `open` (constant arrival rate) or `closed` (virtual users).
@@ -134,6 +138,9 @@ pub struct Second {
     pub failures: BTreeMap<String, u64>,
 }
 
+/// The layout version of the JSON report.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// The state of a run, published once per second and at the end.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -171,6 +178,7 @@ impl Report {
     pub fn not_started(config: &Config) -> Report {
         let (model, vus, target_per_s) = model_fields(config.model);
         Report {
+            schema_version: SCHEMA_VERSION,
             target: config.url.clone(),
             model: model.to_owned(),
             vus,

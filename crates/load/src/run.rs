@@ -253,6 +253,7 @@ fn report<T: Transport>(
         false => 0.0,
     };
     Report {
+        schema_version: crate::report::SCHEMA_VERSION,
         target: plan.url.clone(),
         model: model.to_owned(),
         vus,

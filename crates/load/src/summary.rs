@@ -159,6 +159,7 @@ mod tests {
             count: 9,
         };
         let report = Report {
+            schema_version: crate::report::SCHEMA_VERSION,
             target: "http://127.0.0.1:8080/".into(),
             model: "open".into(),
             vus: None,

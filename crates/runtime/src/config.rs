@@ -116,6 +116,11 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The replicas' log files.
     pub logs: LogsConfig,
+    /// Access log: one JSON line per request to this file (appended), or
+    /// to standard output for `-`; none by default (see docs/operations.md).
+    pub access_log: Option<PathBuf>,
+    /// The Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
     /// The services; a request goes to the service whose `hosts` has its Host.
     #[serde(rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -168,6 +173,14 @@ pub struct ProxyConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
+}
+
+/// The Prometheus metrics endpoint (see docs/operations.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address serving `GET /metrics` (off by default); never the proxy's.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The replicas' log files (`STATE_DIR/logs/<replica>.<run>.log`), rotated
@@ -422,6 +435,8 @@ impl Default for Config {
             control_read_timeout: DEFAULT_CONTROL_READ_TIMEOUT,
             state_dir: PathBuf::from(".dropless"),
             logs: LogsConfig::default(),
+            access_log: None,
+            metrics: MetricsConfig::default(),
             services: Vec::new(),
         }
     }
@@ -571,6 +586,14 @@ impl Config {
         }
         if self.proxy.max_connections == 0 || self.proxy.max_attempts == 0 {
             return bad("proxy.max_connections and proxy.max_attempts must be at least 1".into());
+        }
+        if let Some(addr) = self.metrics.listen
+            && addr == self.proxy.listen
+            && addr.port() != 0
+        {
+            return bad(format!(
+                "metrics.listen {addr} is the proxy's address: metrics need an address of their own (e.g. 127.0.0.1:9090)"
+            ));
         }
         if self.control_max_connections == 0 || self.control_read_timeout.is_zero() {
             return bad("control_max_connections and control_read_timeout must be above 0".into());

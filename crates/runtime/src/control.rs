@@ -10,6 +10,7 @@
 //! | POST | `/v1/reload` | | [`ReloadReport`](crate::reload::ReloadReport), or 422 with [`ErrorBody`] when the file is refused |
 //! | POST | `/v1/upgrade` | [`UpgradeCall`] | [`Upgraded`](crate::upgrade::handover::Upgraded), or 409 with [`ErrorBody`] when it did not happen |
 //! | GET | `/v1/runtime` | | [`RuntimeInfo`](crate::upgrade::state::RuntimeInfo) |
+//! | POST | `/v1/hold` | [`HoldCommand`](crate::ops::hold::HoldCommand) | [`HoldStatus`](crate::ops::hold::HoldStatus): pause, resume, maintenance on and off |
 //!
 //! `deploy`, `restart`, `scale` and `rollback` are rollouts; the call returns
 //! when the rollout completed or was aborted and rolled back.
@@ -38,6 +39,8 @@ pub use client::{ControlClient, EventStream};
 
 use crate::config::Config;
 use crate::event::{Event, Events, Replay};
+use crate::ops::Ops;
+use crate::ops::hold::HoldCommand;
 use crate::proxy::route::Router;
 use crate::reload::{ReloadError, Reloader};
 use crate::rollout::{self, RolloutError, RolloutRequest};
@@ -340,7 +343,8 @@ impl Default for ControlLimits {
 /// as their own tasks, so a client that goes away does not cut one short.
 /// At shutdown, event streams send what is buffered and end; open
 /// connections get [`CONTROL_GRACE`] to finish. With `upgrader`, it also
-/// answers `/v1/upgrade` and `/v1/runtime`.
+/// answers `/v1/upgrade` and `/v1/runtime`; `ops` takes the hold commands
+/// (pause, maintenance).
 // Each argument is a part the API serves; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
@@ -352,11 +356,13 @@ pub async fn serve(
     limits: ControlLimits,
     shutdown: CancellationToken,
     upgrader: Option<Upgrader>,
+    ops: Arc<Ops>,
 ) {
     let api = Api {
         upgrader,
         router,
         reloader,
+        ops,
         events,
         shutdown,
         limits,
@@ -427,6 +433,7 @@ struct Api {
     upgrader: Option<Upgrader>,
     router: Router,
     reloader: Reloader,
+    ops: Arc<Ops>,
     events: Events,
     shutdown: CancellationToken,
     limits: ControlLimits,
@@ -485,11 +492,13 @@ impl Api {
         );
         let reloader = self.reloader.clone();
         let upgrader = self.upgrader.clone();
+        let ops = Arc::clone(&self.ops);
         let read_timeout = self.limits.read_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
             let reloader = reloader.clone();
             let upgrader = upgrader.clone();
+            let ops = Arc::clone(&ops);
             let authorized = token.as_deref().is_none_or(|t| carries_token(&req, t));
             async move {
                 if !authorized {
@@ -503,6 +512,9 @@ impl Api {
                 }
                 if (req.method(), req.uri().path()) == (&Method::POST, "/v1/reload") {
                     return Ok(reload(&reloader).await);
+                }
+                if (req.method(), req.uri().path()) == (&Method::POST, "/v1/hold") {
+                    return Ok(hold(req, &ops, read_timeout).await);
                 }
                 if req.uri().path() == "/v1/upgrade" || req.uri().path() == "/v1/runtime" {
                     return Ok(upgrade(req, upgrader.as_ref(), read_timeout).await);
@@ -573,23 +585,9 @@ async fn answer(
             Err(message) => error(StatusCode::BAD_REQUEST, message, None),
         },
         (Method::POST, "/v1/rollout") => {
-            let body = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
-            let body = match tokio::time::timeout(read_timeout, body).await {
-                Ok(Ok(b)) => b.to_bytes(),
-                Ok(Err(e)) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read request: {e}"),
-                        None,
-                    );
-                }
-                Err(_) => {
-                    return error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        format!("request body not received within {read_timeout:?}"),
-                        None,
-                    );
-                }
+            let body = match read_body(req, read_timeout).await {
+                Ok(b) => b,
+                Err(refused) => return refused,
             };
             let call: RolloutCall = match serde_json::from_slice(&body) {
                 Ok(c) => c,
@@ -635,6 +633,48 @@ async fn answer(
             format!("no control endpoint {path}"),
             None,
         ),
+    }
+}
+
+/// Applies a hold command (pause, resume, maintenance); the answer is the
+/// hold's status after it.
+async fn hold(req: Request<Incoming>, ops: &Ops, read_timeout: Duration) -> Response<ControlBody> {
+    let body = match read_body(req, read_timeout).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    match serde_json::from_slice::<HoldCommand>(&body) {
+        Ok(command) => {
+            tracing::info!("hold: {command:?}");
+            json(StatusCode::OK, &ops.hold().apply(command))
+        }
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid hold command: {e}"),
+            None,
+        ),
+    }
+}
+
+/// The body of `req`, read within `read_timeout` and [`MAX_BODY`], or the
+/// answer refusing it.
+async fn read_body(
+    req: Request<Incoming>,
+    read_timeout: Duration,
+) -> Result<Bytes, Response<ControlBody>> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(read_timeout, body).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read request: {e}"),
+            None,
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {read_timeout:?}"),
+            None,
+        )),
     }
 }
 

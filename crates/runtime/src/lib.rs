@@ -39,6 +39,7 @@ pub mod control;
 pub mod desired;
 pub mod event;
 pub mod fds;
+pub mod ops;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;

@@ -38,6 +38,8 @@ pub use forward::Sent;
 pub use front::IDLE_LINGER;
 
 use crate::config::ProxyConfig;
+use crate::ops::Ops;
+use crate::ops::metrics::Protocol;
 use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
@@ -68,6 +70,8 @@ pub struct Proxy {
     /// may change while running ([`LiveConfig`]).
     config: LiveConfig,
     tls: Option<TlsAcceptor>,
+    /// Request ids, the access log: see [`crate::ops`].
+    ops: Arc<Ops>,
 }
 
 /// The connection builders, configured once: HTTP/1.1 sessions on plain
@@ -101,7 +105,14 @@ impl Proxy {
             router,
             config,
             tls: None,
+            ops: Arc::default(),
         }
+    }
+
+    /// Traces its requests with `ops` (access log, metrics, holding).
+    pub fn with_ops(mut self, ops: Arc<Ops>) -> Self {
+        self.ops = ops;
+        self
     }
 
     /// Speaks HTTPS with `acceptor` instead (HTTP/2 or HTTP/1.1 by ALPN).
@@ -159,6 +170,7 @@ impl Proxy {
         let Some(tls) = self.tls.clone() else {
             return self.serve_plain(builders, stream, stop, peer).await;
         };
+        self.ops.metrics().connection(Protocol::Https);
         // Boxed: the TLS and HTTP/2 state would otherwise size the task of
         // every plain connection too, idle ones included.
         Box::pin(async {
@@ -209,6 +221,8 @@ impl Proxy {
             Ok(Err(e)) => return tracing::debug!(%peer, "client connection: {e}"),
             Err(_) => return tracing::debug!(%peer, "no request within {timeout:?}"),
         };
+        let protocol = if h2 { Protocol::H2c } else { Protocol::Http1 };
+        self.ops.metrics().connection(protocol);
         if !h2 {
             let client = ClientInfo {
                 peer,

@@ -12,6 +12,9 @@ use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlLimits, ControlListener, TcpControl};
 use crate::desired::{self, Desired, Release, State, StateError, StateFile};
 use crate::event::{Event, Events};
+use crate::ops::Ops;
+use crate::ops::access_log::AccessLog;
+use crate::ops::metrics::Exporter;
 use crate::proxy::route::Router;
 use crate::proxy::{LiveConfig, Proxy};
 use crate::reload::Reloader;
@@ -68,6 +71,8 @@ pub struct Runtime {
     /// The binary and arguments an upgrade starts by default.
     upgrades: Option<(std::path::PathBuf, Vec<std::ffi::OsString>)>,
     adoption: Option<Adoption>,
+    ops: Arc<Ops>,
+    metrics: Option<TcpListener>,
 }
 
 /// `serve` could not start or failed.
@@ -92,6 +97,9 @@ pub enum ServeError {
     /// The runtime handed over by another `serve` could not be taken.
     #[error(transparent)]
     Adopt(#[from] AdoptError),
+    /// The access log cannot be opened.
+    #[error(transparent)]
+    AccessLog(#[from] crate::ops::access_log::OpenError),
     /// A replica of the first release exited or was not ready in time, so
     /// the service never came up: the command or its probe is wrong.
     #[error("service {service} did not start: {reason}")]
@@ -120,6 +128,10 @@ impl Runtime {
             (Some(cert), Some(key)) => Some(crate::proxy::tls::acceptor(cert, key)?),
             _ => None,
         };
+        let mut ops = Ops::default();
+        if let Some(path) = &config.access_log {
+            ops = ops.with_access_log(AccessLog::open(path)?);
+        }
         desired::create_private_dir(&config.state_dir)?;
         let state_path = config.state_dir.join("state.json");
         desired::check_private(&state_path)?;
@@ -248,6 +260,8 @@ impl Runtime {
             tcp_control: None,
             upgrades: None,
             adoption: None,
+            ops: Arc::new(ops),
+            metrics: None,
         })
     }
 
@@ -281,6 +295,13 @@ impl Runtime {
     /// ([`TcpControl`]).
     pub fn with_tcp_control(mut self, tcp: TcpControl) -> Self {
         self.tcp_control = Some(tcp);
+        self
+    }
+
+    /// Also serves Prometheus metrics on `listener` (`GET /metrics`; see
+    /// [`crate::ops::metrics`]).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
         self
     }
 
@@ -328,9 +349,13 @@ impl Runtime {
             reloader,
             upgrades,
             adoption,
+            ops,
+            metrics,
         } = self;
         let limits = ControlLimits::of(&config);
         live_proxy.store(Arc::new(within_fd_limit(config.proxy.clone(), limits)));
+        // Subscribed before the first replica starts: its events count.
+        let observer = observe_events(events.subscribe(), Arc::clone(&ops));
         let info = match &adoption {
             Some(a) => RuntimeInfo::upgraded_from(a.previous()),
             None => RuntimeInfo::started(),
@@ -426,6 +451,14 @@ impl Runtime {
             std::future::pending().await
         };
         let stop_background = CancellationToken::new();
+        let metrics = metrics.map(|listener| {
+            let exporter = Arc::new(Exporter::new(Arc::clone(&ops), router.clone()));
+            tokio::spawn(crate::ops::metrics::serve(
+                listener,
+                exporter,
+                stop_background.clone(),
+            ))
+        });
         let control = (control.is_some() || tcp_control.is_some()).then(|| {
             tokio::spawn(control::serve(
                 control,
@@ -436,6 +469,7 @@ impl Runtime {
                 limits,
                 stop_background.clone(),
                 upgrader.clone(),
+                Arc::clone(&ops),
             ))
         });
         let handed_over = upgrader
@@ -466,7 +500,7 @@ impl Runtime {
             *recorded.lock().expect("mode lock") = m;
             m
         };
-        let mut proxy = Proxy::with_live_config(router.clone(), live_proxy);
+        let mut proxy = Proxy::with_live_config(router.clone(), live_proxy).with_ops(ops);
         if let Some(tls) = tls {
             proxy = proxy.with_tls(tls);
         }
@@ -489,8 +523,12 @@ impl Runtime {
         let retirements = services.iter().map(|s| s.shutdown(fast));
         futures_util::future::join_all(retirements).await;
         stop_background.cancel();
+        observer.abort();
         if let Some(c) = control {
             let _ = c.await;
+        }
+        if let Some(m) = metrics {
+            let _ = m.await;
         }
         registry.close();
         tracing::info!("stopped");
@@ -499,6 +537,24 @@ impl Runtime {
             None => Ok(()),
         }
     }
+}
+
+/// Counts every event into `ops`' metrics (replica states, rollouts).
+fn observe_events(
+    mut events: broadcast::Receiver<Event>,
+    ops: Arc<Ops>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => ops.metrics().observe(&event),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("metrics: {n} events missed, their counts are low");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
 }
 
 /// `proxy` with `max_connections` lowered, if need be, so that client and

@@ -39,6 +39,8 @@ pub struct During {
     pub tail: Duration,
     /// Client mode.
     pub client: ClientMode,
+    /// Where the load's points also go, one per second (`--load-out`).
+    pub load_out: Vec<dropless_load::out::Output>,
 }
 
 /// Time the command has to end after SIGTERM when the trial is stopped,
@@ -79,6 +81,7 @@ pub async fn run(
 
     progress.phase("load");
     let run = dropless_load::start(&load).await?;
+    let streaming = crate::run::stream_load(&during.load_out, &load.url, &run);
     progress.load_started(load.duration);
     let started = Instant::now();
     let stopper = run.stopper();
@@ -186,6 +189,7 @@ pub async fn run(
             }
         }
     };
+    crate::run::end_stream(streaming).await;
     let load_ended = started.elapsed();
     if !script.is_finished() {
         progress.phase("the load ended: waiting for the command to end");

@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use dropless_load::out::{OutError, Output};
 use dropless_load::{Model, Snapshot};
 use dropless_runtime::control::ControlClient;
 use tokio::{sync::mpsc, time::Instant};
@@ -35,6 +36,8 @@ pub struct Env {
     /// The command that starts the built-in demo service, e.g.
     /// `[dropless, "demo-service"]`; its flags are appended.
     pub demo: Vec<String>,
+    /// Where the load's points also go, one per second (`--load-out`).
+    pub load_out: Vec<Output>,
 }
 
 /// Told what happens while a trial runs (a progress bar, a log).
@@ -165,6 +168,7 @@ pub async fn run(
         scenario.load.client,
     );
     let run = dropless_load::start(&load).await?;
+    let streaming = stream_load(&env.load_out, &load.url, &run);
     progress.load_started(scenario.load.duration);
     let started = Instant::now();
     let stopper = run.stopper();
@@ -194,6 +198,7 @@ pub async fn run(
             }
         }
     };
+    end_stream(streaming).await;
     if !interrupted {
         progress.phase("waiting for the events to end");
         let tail = async {
@@ -325,6 +330,33 @@ fn serve_patience(scenario: &Scenario) -> Duration {
         .grace
         .unwrap_or(crate::scenario::DEFAULT_GRACE);
     grace + SERVE_STOP_MARGIN
+}
+
+/// Streams `run`'s points to `outputs` (`--load-out`), if there are any.
+pub(crate) fn stream_load(
+    outputs: &[Output],
+    target: &str,
+    run: &dropless_load::Run,
+) -> Option<tokio::task::JoinHandle<Result<(), OutError>>> {
+    (!outputs.is_empty()).then(|| {
+        tokio::spawn(dropless_load::out::stream(
+            outputs.to_vec(),
+            target.to_string(),
+            run.subscribe(),
+        ))
+    })
+}
+
+/// Waits for the stream's last point; a failed output is logged, the trial
+/// goes on.
+pub(crate) async fn end_stream(streaming: Option<tokio::task::JoinHandle<Result<(), OutError>>>) {
+    if let Some(streaming) = streaming {
+        match streaming.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("the --load-out task failed: {e}"),
+        }
+    }
 }
 
 /// Writes `report.json` and `report.html` into `out`.

@@ -16,6 +16,10 @@ pub(super) fn run(args: &TrialArgs, target: &str, command: &str) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let load_out = match super::load_out(&args.load_out) {
+        Ok(outputs) => outputs,
+        Err(code) => return code,
+    };
     let during = dropless_trial::during::During {
         url: target.to_owned(),
         command: command.to_owned(),
@@ -28,6 +32,7 @@ pub(super) fn run(args: &TrialArgs, target: &str, command: &str) -> ExitCode {
             Client::NoKeepalive => ClientMode::NoKeepalive,
             Client::H2 => ClientMode::H2,
         },
+        load_out,
     };
     let out = args
         .out

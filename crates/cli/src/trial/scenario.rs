@@ -22,13 +22,18 @@ pub(super) fn run(args: TrialArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let load_out = match super::load_out(&args.load_out) {
+        Ok(outputs) => outputs,
+        Err(code) => return code,
+    };
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from("target/dropless/trial").join(&scenario.name));
-    let env = match env() {
+    let mut env = match env() {
         Ok(env) => env,
         Err(code) => return code,
     };
+    env.load_out = load_out;
     let progress = Bar::new(args.quiet);
     let (runtime, stop) = runtime();
     let result = runtime.block_on(dropless_trial::run::run(

@@ -353,3 +353,101 @@ fn interrupted_run_writes_a_partial_report(signal: &str) {
     let total = report["requests"]["total"].as_u64().unwrap();
     assert_eq!(total, server.requests.load(Ordering::SeqCst) as u64);
 }
+
+/// The JSON answer of InfluxDB 1.x to `q` on database `db` (asked over
+/// HTTP/1.0, so the body comes without chunks).
+fn influx_query(base: &str, db: &str, q: &str) -> serde_json::Value {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let q: String = q
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect();
+    let request = format!("GET /query?db={db}&q={q} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "{response}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn out_streams_points_to_influxdb_and_csv_that_sum_to_the_report() {
+    if !dropless_trial::influxd::Influxd::installed() {
+        eprintln!("skipped: influxd is not installed (apt-get install -y influxdb)");
+        return;
+    }
+    let influxd = dropless_trial::influxd::Influxd::start().expect("influxd starts");
+    let mut s = server(200);
+    s.url.push_str("?x=1");
+    let dir = tempfile::tempdir().unwrap();
+    let (json, csv) = (
+        dir.path().join("report.json"),
+        dir.path().join("points.csv"),
+    );
+    let out = dropless(&[
+        &s.url,
+        "--rate",
+        "100",
+        "--duration",
+        "3s",
+        "--quiet",
+        "--out",
+        &format!("influxdb={}/loadtest", influxd.url()),
+        "--out",
+        &format!("csv={}", csv.display()),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = read_json(&json);
+    assert_eq!(report["schema_version"], 1);
+    let (sent, ok) = (&report["requests"]["total"], &report["requests"]["ok"]);
+    assert!(sent.as_u64().unwrap() >= 250, "{report}");
+    let answer = influx_query(
+        influxd.url(),
+        "loadtest",
+        "SELECT count(sent), sum(sent), sum(ok), sum(failed) FROM dropless_load",
+    );
+    let row = &answer["results"][0]["series"][0]["values"][0];
+    // One point per second of the run (and the last, partial one).
+    assert!((3..=5).contains(&row[1].as_u64().unwrap()), "{answer}");
+    assert_eq!(
+        (&row[2], &row[3], &row[4]),
+        (sent, ok, &serde_json::json!(0)),
+        "{answer}"
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("time,sent,ok,failed,dropped,p99_ms,failures")
+    );
+    let csv_sent: u64 = lines
+        .map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(csv_sent, sent.as_u64().unwrap(), "{text}");
+}
+
+#[test]
+fn a_bad_out_is_a_one_line_usage_error() {
+    let out = dropless(&["http://127.0.0.1:1/", "--out", "influxdb=https://db/x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("influxdb=http://HOST:PORT[/DB]"),
+        "{stderr}"
+    );
+}

@@ -161,6 +161,19 @@ impl ControlClient {
         self.decode(&body)
     }
 
+    /// Pauses, resumes, or turns maintenance on or off
+    /// (`POST /v1/hold`); returns the hold's status after it.
+    pub async fn hold(
+        &self,
+        command: crate::ops::hold::HoldCommand,
+    ) -> Result<crate::ops::hold::HoldStatus, ControlError> {
+        let body = serde_json::to_vec(&command).expect("hold commands serialize");
+        let body = self
+            .call(Method::POST, "/v1/hold", Bytes::from(body))
+            .await?;
+        self.decode(&body)
+    }
+
     /// The runtime's version, pid and last upgrade (`GET /v1/runtime`).
     pub async fn runtime(&self) -> Result<crate::upgrade::state::RuntimeInfo, ControlError> {
         let body = self.call(Method::GET, "/v1/runtime", Bytes::new()).await?;

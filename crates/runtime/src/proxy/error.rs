@@ -2,6 +2,7 @@
 //! whether retrying on another replica is safe, so retries and the status
 //! code follow from the type.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
 use super::forward::Sent;
+use crate::ops::hold::{MaintenancePage, RETRY_AFTER_SECS};
 use crate::proxy::balance::NoPick;
 
 /// The content type of the proxy's error responses.
@@ -83,6 +85,16 @@ pub enum ProxyError {
     /// HTTP/1.1, two of them).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// Traffic is paused (`dropless pause`) and the request waited the
+    /// pause's whole timeout.
+    #[error("traffic is paused: the request waited {waited:?}; retry later")]
+    Paused {
+        /// The pause's timeout.
+        waited: Duration,
+    },
+    /// Maintenance is on (`dropless maintenance on`): the page is the body.
+    #[error("the service is down for maintenance")]
+    Maintenance(Arc<MaintenancePage>),
 }
 
 impl ProxyError {
@@ -104,7 +116,10 @@ impl ProxyError {
             | Self::BodyTimeout(_)
             | Self::BadRequest(_) => ErrorSource::Client,
             Self::Upstream { .. } | Self::Timeout { .. } => ErrorSource::Upstream,
-            Self::NoReplica { .. } | Self::ScaledToZero { .. } => ErrorSource::Internal,
+            Self::NoReplica { .. }
+            | Self::ScaledToZero { .. }
+            | Self::Paused { .. }
+            | Self::Maintenance(_) => ErrorSource::Internal,
         }
     }
 
@@ -112,7 +127,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownHost { .. } => StatusCode::MISDIRECTED_REQUEST,
-            Self::NoReplica { .. } | Self::ScaledToZero { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoReplica { .. }
+            | Self::ScaledToZero { .. }
+            | Self::Paused { .. }
+            | Self::Maintenance(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -122,34 +140,61 @@ impl ProxyError {
 
     /// The response the client gets.
     pub fn response(&self) -> Response<ProxyBody> {
-        let body = Full::new(Bytes::from(format!("{self}\n")))
+        let body = Full::new(Bytes::from(self.body()))
             .map_err(|never| match never {})
             .boxed();
-        Response::builder()
+        let mut resp = Response::builder()
             .status(self.status())
-            .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
-            .header(ERROR_HEADER, self.source_name())
-            .body(body)
-            .expect("static parts form a response")
+            .header(http::header::CONTENT_TYPE, self.content_type())
+            .header(ERROR_HEADER, self.source_name());
+        if let Some(secs) = self.retry_after() {
+            resp = resp.header(http::header::RETRY_AFTER, secs);
+        }
+        resp.body(body).expect("static parts form a response")
     }
 
     /// The same response, serialized for HTTP/1.1 (the fast path writes it
     /// itself); with `Connection: close` when `close`, and without the body
     /// (its length still announced) for a HEAD request.
     pub fn to_http1(&self, close: bool, head_request: bool) -> Vec<u8> {
-        let body = format!("{self}\n");
+        let body = self.body();
         let status = self.status();
         let close = if close { "connection: close\r\n" } else { "" };
+        let retry = self
+            .retry_after()
+            .map(|s| format!("retry-after: {s}\r\n"))
+            .unwrap_or_default();
         format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: {CONTENT_TYPE}\r\n{ERROR_HEADER}: {}\r\n\
+            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\n{ERROR_HEADER}: {}\r\n{retry}\
              content-length: {}\r\n{close}\r\n{}",
             status.as_str(),
             status.canonical_reason().unwrap_or_default(),
+            self.content_type(),
             self.source_name(),
             body.len(),
             if head_request { "" } else { &body },
         )
         .into_bytes()
+    }
+
+    /// The body of its response: the message, or the maintenance page.
+    fn body(&self) -> String {
+        match self {
+            Self::Maintenance(page) => page.body.clone(),
+            _ => format!("{self}\n"),
+        }
+    }
+
+    fn content_type(&self) -> &str {
+        match self {
+            Self::Maintenance(page) => &page.content_type,
+            _ => CONTENT_TYPE,
+        }
+    }
+
+    /// The `Retry-After` of its response, in seconds, if it has one.
+    fn retry_after(&self) -> Option<u64> {
+        matches!(self, Self::Paused { .. } | Self::Maintenance(_)).then_some(RETRY_AFTER_SECS)
     }
 
     /// The source as the `x-dropless-error` header says it.

@@ -29,6 +29,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::forward::{self, AttemptError, LazyDeadline, Sent};
 use super::{ClientInfo, Proxy, ProxyError, error_chain};
+use crate::ops::{ErrorKind, Trace, request_id};
 use crate::proxy::affinity::HELD_HEADER;
 use crate::proxy::balance::Pick;
 use body::Body;
@@ -213,6 +214,19 @@ impl Session<'_, '_> {
     /// returns whether the connection must close after it. `Err` when the
     /// client connection failed.
     async fn proxy_request(&mut self, plan: &mut RequestPlan) -> Result<bool, Broken> {
+        let text = |r: &std::ops::Range<usize>| std::str::from_utf8(&self.input[r.clone()]);
+        let mut trace = self.proxy.ops.begin(
+            text(&plan.method).unwrap_or_default(),
+            text(&plan.path).unwrap_or_default(),
+            plan.request_id.clone(),
+        );
+        let answered = self.answer(plan, &mut trace).await;
+        self.proxy.ops.finish(trace);
+        answered
+    }
+
+    /// [`Session::proxy_request`], its outcome told to `trace`.
+    async fn answer(&mut self, plan: &mut RequestPlan, trace: &mut Trace) -> Result<bool, Broken> {
         let total = plan.head_len + plan.body_len;
         let host = std::str::from_utf8(&self.input[plan.host.clone()]).ok();
         let Some(service) = self.proxy.router.route(host) else {
@@ -220,7 +234,7 @@ impl Session<'_, '_> {
                 host: host.unwrap_or_default().to_string(),
             };
             self.input.advance(total);
-            return self.send_error(&err, plan).await;
+            return self.send_error(&err, plan, trace).await;
         };
         // Only a service with affinity looks for a session key.
         let key = service
@@ -241,11 +255,15 @@ impl Session<'_, '_> {
             plan.replay,
             &mut self.response_deadline,
             &mut Exchange(&out),
+            trace,
+            &self.proxy.ops,
         )
         .await;
         match forwarded {
-            Ok((pick, (upstream, buf, head))) => self.relay(pick, upstream, buf, head, plan).await,
-            Err(err) => self.send_error(&err, plan).await,
+            Ok((pick, (upstream, buf, head))) => {
+                self.relay(pick, upstream, buf, head, plan, trace).await
+            }
+            Err(err) => self.send_error(&err, plan, trace).await,
         }
     }
 
@@ -259,6 +277,7 @@ impl Session<'_, '_> {
         mut buf: BytesMut,
         head: ResponseHead,
         plan: &RequestPlan,
+        trace: &mut Trace,
     ) -> Result<bool, Broken> {
         let framing = match head.framing {
             _ if plan.head_method || head.status == 204 || head.status == 304 => Framing::Empty,
@@ -271,6 +290,10 @@ impl Session<'_, '_> {
             let held = format!("{}: {}\r\n\r\n", HELD_HEADER, pick.held.as_millis());
             first.extend_from_slice(held.as_bytes());
         }
+        first.truncate(first.len() - 2);
+        first.extend_from_slice(b"x-request-id: ");
+        first.extend_from_slice(trace.id.as_bytes());
+        first.extend_from_slice(b"\r\n\r\n");
         if close {
             first.truncate(first.len() - 2);
             first.extend_from_slice(b"connection: close\r\n\r\n");
@@ -287,14 +310,16 @@ impl Session<'_, '_> {
                     sent: Sent::Response,
                 };
                 drop(pick);
-                return self.send_error(&err, plan).await;
+                return self.send_error(&err, plan, trace).await;
             }
         };
         first.extend_from_slice(&buf[..taken]);
         let mut extra = buf.len() > taken;
+        trace.status = head.status;
         if self.stream.write_all(&first).await.is_err() {
             return Err(Broken);
         }
+        trace.bytes += taken as u64;
         drop(first);
         while !body.done() {
             buf.clear();
@@ -303,17 +328,20 @@ impl Session<'_, '_> {
             }
             let n = match upstream.read_buf(&mut buf).await {
                 Ok(0) if framing == Framing::UntilClose => break,
-                Ok(0) => return Err(self.body_failed(&pick, "the replica closed mid-body")),
+                Ok(0) => {
+                    return Err(self.body_failed(&pick, "the replica closed mid-body", trace));
+                }
                 Ok(n) => n,
-                Err(e) => return Err(self.body_failed(&pick, &e.to_string())),
+                Err(e) => return Err(self.body_failed(&pick, &e.to_string(), trace)),
             };
             let taken = body
                 .take(&buf[..n])
-                .map_err(|e| self.body_failed(&pick, &e))?;
+                .map_err(|e| self.body_failed(&pick, &e, trace))?;
             extra = n > taken;
             if self.stream.write_all(&buf[..taken]).await.is_err() {
                 return Err(Broken);
             }
+            trace.bytes += taken as u64;
         }
         // Bytes beyond the response: the connection is out of step.
         if head.keep && !extra && framing != Framing::UntilClose {
@@ -324,7 +352,8 @@ impl Session<'_, '_> {
 
     /// Logs a response body the replica broke off; the client connection
     /// is closed, which is all a client can be told once the head is sent.
-    fn body_failed(&self, pick: &Pick, why: &str) -> Broken {
+    fn body_failed(&self, pick: &Pick, why: &str, trace: &mut Trace) -> Broken {
+        trace.error = Some(ErrorKind::Upstream);
         tracing::warn!(
             peer = %self.client.peer,
             "replica {} broke off a response: {why}",
@@ -334,10 +363,19 @@ impl Session<'_, '_> {
     }
 
     /// Answers with the proxy's own error response.
-    async fn send_error(&mut self, err: &ProxyError, plan: &RequestPlan) -> Result<bool, Broken> {
+    async fn send_error(
+        &mut self,
+        err: &ProxyError,
+        plan: &RequestPlan,
+        trace: &mut Trace,
+    ) -> Result<bool, Broken> {
         tracing::warn!(peer = %self.client.peer, "{err}");
         let close = plan.close || self.stop.is_cancelled();
-        let bytes = err.to_http1(close, plan.head_method);
+        let mut bytes = err.to_http1(close, plan.head_method);
+        trace.failed(err);
+        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
+        trace.bytes = head_end.map_or(0, |at| bytes.len() - at - 4) as u64;
+        request_id::insert_after_start_line(&mut bytes, request_id::HEADER, trace.id.as_bytes());
         match self.stream.write_all(&bytes).await {
             Ok(()) => Ok(close),
             Err(_) => Err(Broken),

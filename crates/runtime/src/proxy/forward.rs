@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
 use crate::config::ProxyConfig;
+use crate::ops::{HoldReason, Ops, RetryReason, Trace};
 use crate::proxy::balance::{self, Pick};
 use crate::supervisor::Supervisor;
 use crate::supervisor::replica::Replica;
@@ -114,7 +115,10 @@ pub(super) trait Attempt {
 /// the client gets. `response_deadline` bounds each attempt by
 /// `response_timeout` (a [`LazyDeadline`] a connection reuses). A request
 /// with a session `key` (hashed, [`crate::proxy::affinity`]) goes to the
-/// key's owner.
+/// key's owner. `trace` gets the service, each attempt's replica and the
+/// retries; `ops` holds the request first while traffic is paused.
+// The settings, the service and the request's own parts, each used once.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward<A: Attempt>(
     config: &ProxyConfig,
     service: &Supervisor,
@@ -122,19 +126,44 @@ pub(super) async fn forward<A: Attempt>(
     replay: Replay,
     response_deadline: &mut LazyDeadline,
     attempt: &mut A,
+    trace: &mut Trace,
+    ops: &Ops,
 ) -> Result<(Pick, A::Output), ProxyError> {
+    trace.routed(service);
+    ops.admit(trace).await?;
     let deadline = Instant::now() + config.queue_timeout;
     let mut tried: Vec<Arc<Replica>> = Vec::new();
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let pick = match (key, service.affinity()) {
-            (Some(key), Some(affinity)) => affinity.pick(service, key, &tried, deadline).await,
-            _ => balance::pick(service, &tried, deadline).await,
+        let pick = {
+            // A pick not ready at its first poll waited for a replica.
+            let picking = async {
+                match (key, service.affinity()) {
+                    (Some(key), Some(affinity)) => {
+                        affinity.pick(service, key, &tried, deadline).await
+                    }
+                    _ => balance::pick(service, &tried, deadline).await,
+                }
+            };
+            tokio::pin!(picking);
+            let mut waiting_since = None;
+            let picked = std::future::poll_fn(|cx| {
+                let polled = picking.as_mut().poll(cx);
+                if polled.is_pending() {
+                    waiting_since.get_or_insert_with(Instant::now);
+                }
+                polled
+            })
+            .await;
+            if let Some(since) = waiting_since {
+                trace.held(HoldReason::Queue, since.elapsed());
+            }
+            picked.map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?
         };
-        let pick =
-            pick.map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?;
-        response_deadline.set(Instant::now() + config.response_timeout);
+        trace.attempt(&pick.replica);
+        let started = Instant::now();
+        response_deadline.set(started + config.response_timeout);
         let result = {
             let run = attempt.send(&pick);
             tokio::pin!(run);
@@ -147,7 +176,10 @@ pub(super) async fn forward<A: Attempt>(
             .await
         };
         let failure = match result {
-            Some(Ok(value)) => return Ok((pick, value)),
+            Some(Ok(value)) => {
+                trace.upstream = Some(started.elapsed());
+                return Ok((pick, value));
+            }
             Some(Err(failure)) => failure,
             None => {
                 return Err(ProxyError::Timeout {
@@ -173,6 +205,13 @@ pub(super) async fn forward<A: Attempt>(
             return Err(err);
         }
         tracing::info!("{err}; sending it again (attempt {})", attempts + 1);
+        trace.retry(if failure.reused {
+            RetryReason::StaleConnection
+        } else if failure.sent == Sent::Nothing {
+            RetryReason::NotSent
+        } else {
+            RetryReason::Idempotent
+        });
         if !failure.reused {
             tried.push(Arc::clone(&pick.replica));
         }

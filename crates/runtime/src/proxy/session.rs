@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::forward::{self, AttemptError, Sent};
 use super::front::{ActiveGuard, Activity};
 use super::{ClientInfo, Proxy, ProxyBody, ProxyError, error_chain, headers, upload, websocket};
+use crate::ops::{Trace, TracedBody, request_id};
 use crate::proxy::affinity;
 use crate::proxy::balance::Pick;
 use crate::proxy::pool::{PoolError, PooledBody, UpstreamBody};
@@ -63,20 +64,31 @@ impl Proxy {
         })
     }
 
-    async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
-        match self.forward(req, client).await {
+    async fn handle(&self, mut req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
+        let given = req.headers().get(request_id::HEADER);
+        let id = request_id::keep_or_generate(given.map(http::HeaderValue::as_bytes));
+        req.headers_mut().insert(request_id::HEADER, id.clone());
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut trace = self.ops.begin(req.method().as_str(), path, id);
+        let mut resp = match self.forward(req, client, &mut trace).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(peer = %client.peer, "{e}");
+                trace.failed(&e);
                 e.response()
             }
-        }
+        };
+        trace.status = resp.status().as_u16();
+        resp.headers_mut()
+            .insert(request_id::HEADER, trace.id.clone());
+        resp.map(|body| TracedBody::new(body, trace, Arc::clone(&self.ops)).boxed())
     }
 
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         client: &ClientInfo,
+        trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if req.method() == http::Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not proxied"));
@@ -155,6 +167,8 @@ impl Proxy {
             replay,
             &mut response_deadline,
             &mut attempt,
+            trace,
+            &self.ops,
         )
         .await;
         match forwarded {

@@ -3,7 +3,9 @@
 //! (`STATE_DIR/logs/<replica>.<run>.log`, mode 0600), rotated at
 //! `logs.max_bytes` (`FILE` → `FILE.1` → … → `FILE.<keep>`, the oldest
 //! dropped). The run in the name (start time and pid of `serve`) means two
-//! runs never write to the same file.
+//! runs never write to the same file. Each line starts with the time it
+//! was read from the pipe (RFC 3339, UTC, milliseconds, then a space), so
+//! that `dropless logs` ([`reader`]) can interleave the replicas' lines.
 //!
 //! The copier only reads and writes: a replica writing fast never waits
 //! long on a full pipe, and one the disk cannot take (full) is read and
@@ -18,6 +20,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::LogsConfig;
 use crate::desired::{DIR_MODE, FILE_MODE};
+
+pub mod reader;
+
+/// Length of the time stamp at the start of each line, its space included
+/// (`2026-12-01T10:00:00.000Z `).
+pub const STAMP_LEN: usize = 25;
 
 /// Bytes read from a replica's pipe at a time.
 const CHUNK: usize = 64 * 1024;
@@ -143,7 +151,7 @@ pub fn run_id() -> String {
 
 /// The last `lines` lines of the log at `path`, read from at most its last
 /// `max_bytes` bytes (a line cut by that bound is left out), without their
-/// line ends; empty when the file is.
+/// line ends and time stamps; empty when the file is.
 pub fn tail(path: &Path, lines: usize, max_bytes: u64) -> std::io::Result<Vec<String>> {
     use std::io::{Seek, SeekFrom};
     let mut file = File::open(path)?;
@@ -160,8 +168,34 @@ pub fn tail(path: &Path, lines: usize, max_bytes: u64) -> std::io::Result<Vec<St
     let start = all.len().saturating_sub(lines);
     Ok(all[start..]
         .iter()
-        .map(|l| l.trim_end().to_string())
+        .map(|l| split_stamp(l).1.trim_end().to_string())
         .collect())
+}
+
+/// Appends `data` to `out`, each line that starts in it prefixed with the
+/// time now; `at_line_start` carries whether the next byte starts a line.
+fn stamp(data: &[u8], out: &mut Vec<u8>, at_line_start: &mut bool) {
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if *at_line_start {
+            out.extend_from_slice(now.as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(line);
+        *at_line_start = line.ends_with(b"\n");
+    }
+}
+
+/// A log line's time stamp and its text; no time for a line without one.
+pub fn split_stamp(line: &str) -> (Option<std::time::SystemTime>, &str) {
+    let stamped = line
+        .get(..STAMP_LEN)
+        .filter(|s| s.ends_with(' '))
+        .and_then(|s| humantime::parse_rfc3339(&s[..STAMP_LEN - 1]).ok());
+    match stamped {
+        Some(at) => (Some(at), &line[STAMP_LEN..]),
+        None => (None, line),
+    }
 }
 
 /// The file being written and its size.
@@ -180,6 +214,7 @@ impl Rotating {
         // never cuts a line in two.
         let mut pending: Vec<u8> = Vec::new();
         let mut failing = false;
+        let mut at_line_start = true;
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) => {
@@ -194,7 +229,7 @@ impl Rotating {
                     return;
                 }
             };
-            pending.extend_from_slice(&buf[..n]);
+            stamp(&buf[..n], &mut pending, &mut at_line_start);
             let whole = match pending.iter().rposition(|&b| b == b'\n') {
                 Some(i) => i + 1,
                 None if pending.len() >= CHUNK => pending.len(),
@@ -329,8 +364,17 @@ mod tests {
             assert!(part.len() <= 100, "{}", part.len());
             assert!(part.ends_with('\n'), "cut at a line end: {part:?}");
         }
-        // The three files are the end of the output, in order.
-        assert!(text.ends_with(&format!("{two}{one}{current}")));
+        // The three files are the end of the output, in order, each line
+        // stamped.
+        let unstamped: String = [&two, &one, &current]
+            .iter()
+            .flat_map(|part| part.lines())
+            .map(|l| match split_stamp(l) {
+                (Some(_), text) => format!("{text}\n"),
+                (None, _) => panic!("line without a time stamp: {l:?}"),
+            })
+            .collect();
+        assert!(text.ends_with(&unstamped), "{unstamped}");
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -359,12 +403,14 @@ mod tests {
     #[test]
     fn with_keep_0_the_full_file_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogFile::new(dir.path(), "web-1", "run", &config(10, 0));
+        // One stamped line fits.
+        let log = LogFile::new(dir.path(), "web-1", "run", &config(30, 0));
         let (mut writer, copier) = log.start().unwrap();
         writer.write_all(b"aaaa\nbbbb\ncccc\n").unwrap();
         drop(writer);
         copier.join().unwrap();
-        assert_eq!(std::fs::read_to_string(log.path()).unwrap(), "cccc\n");
+        let left = std::fs::read_to_string(log.path()).unwrap();
+        assert_eq!((left.len(), &left[STAMP_LEN..]), (30, "cccc\n"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -413,9 +459,14 @@ mod tests {
             std::fs::metadata(PathBuf::from(p)).map(|m| m.len())
         };
         assert!(size("").unwrap() <= 64 * 1024);
-        // Full: cut at the last line end that fitted (lines of 17 bytes).
+        // Full: cut at the last line end that fitted (lines of 17 bytes
+        // after their stamp).
         let rotated = size(".1").unwrap();
-        assert!((64 * 1024 - 17..=64 * 1024).contains(&rotated), "{rotated}");
+        let line = (17 + STAMP_LEN) as u64;
+        assert!(
+            (64 * 1024 - line..=64 * 1024).contains(&rotated),
+            "{rotated}"
+        );
         assert!(size(".2").is_err(), "keep = 1");
     }
 }

@@ -200,11 +200,26 @@ impl Harness {
         config: Config,
         tcp: Option<dropless_runtime::control::TcpControl>,
     ) -> Self {
+        Self::start_with(config, |runtime| match tcp {
+            Some(tcp) => runtime.with_tcp_control(tcp),
+            None => runtime,
+        })
+        .await
+    }
+
+    /// The same, with metrics served on a port of their own: the runtime
+    /// and that address.
+    pub async fn start_with_metrics(config: Config) -> (Self, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let h = Self::start_with(config, |runtime| runtime.with_metrics(listener)).await;
+        (h, addr)
+    }
+
+    /// Starts a runtime for `config`, changed by `tweak` before it runs.
+    async fn start_with(config: Config, tweak: impl FnOnce(Runtime) -> Runtime) -> Self {
         let control = config.control_path();
-        let mut runtime = Runtime::new(config).expect("runtime");
-        if let Some(tcp) = tcp {
-            runtime = runtime.with_tcp_control(tcp);
-        }
+        let runtime = tweak(Runtime::new(config).expect("runtime"));
         let router = runtime.router().clone();
         let reloader = runtime.reloader();
         let events = runtime.subscribe();

@@ -9,6 +9,7 @@ mod fast;
 mod fixtures;
 mod limits;
 mod once;
+mod ops;
 mod proxy;
 mod reload;
 mod rollout;

@@ -92,6 +92,7 @@ pub fn load_report(failures: &[(&str, u64)]) -> Report {
         count: 100,
     };
     Report {
+        schema_version: dropless_load::SCHEMA_VERSION,
         target: "http://127.0.0.1:1/sum?a=1&b=2".into(),
         model: "open".into(),
         vus: None,

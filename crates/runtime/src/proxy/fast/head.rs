@@ -5,6 +5,7 @@
 use std::mem::MaybeUninit;
 
 use crate::config::ProxyConfig;
+use crate::ops::request_id;
 use crate::proxy::forward::{IDEMPOTENCY_KEY, Replay};
 use crate::proxy::{ClientInfo, headers};
 
@@ -30,6 +31,12 @@ pub(super) struct RequestPlan {
     pub(super) replay: Replay,
     /// The head the replica gets (the body follows it as it came).
     pub(super) upstream: Vec<u8>,
+    /// Index of the method and of the path in the head buffer, for the
+    /// access log.
+    pub(super) method: std::ops::Range<usize>,
+    pub(super) path: std::ops::Range<usize>,
+    /// Its `X-Request-Id`: the client's, or generated.
+    pub(super) request_id: http::HeaderValue,
 }
 
 /// How the body of a response ends.
@@ -98,6 +105,7 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
     let mut close = false;
     let mut has_key = false;
     let mut chunked = false;
+    let mut given_id = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -136,6 +144,8 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
             return Parsed::NotFast;
         } else if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY) {
             has_key = true;
+        } else if name.eq_ignore_ascii_case(request_id::HEADER) {
+            given_id.get_or_insert(h.value);
         }
     }
     let Some(host) = host else {
@@ -150,8 +160,23 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
     if body_len.unwrap_or(0) > config.retry_body_limit {
         return Parsed::NotFast;
     }
-    let upstream = upstream_head(&req, &input[host.clone()], body_len, head_len, client);
+    let request_id = request_id::keep_or_generate(given_id);
+    let upstream = upstream_head(
+        &req,
+        &input[host.clone()],
+        body_len,
+        head_len,
+        client,
+        &request_id,
+    );
+    let offset = |s: &str| {
+        let start = s.as_ptr() as usize - input.as_ptr() as usize;
+        start..start + s.len()
+    };
     Parsed::Complete(RequestPlan {
+        method: offset(method),
+        path: offset(path),
+        request_id,
         host,
         head_len,
         body_len: body_len.unwrap_or(0),
@@ -193,13 +218,15 @@ fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
 /// headers without the hop-by-hop ones; `Host` and `Content-Length` written
 /// from the proxy's own parse (whatever `Connection` names), every
 /// `X-Forwarded-For` value the client sent kept in order with the client
-/// appended, `X-Forwarded-Proto` and `-Host` (`host`) set.
+/// appended, `X-Forwarded-Proto` and `-Host` (`host`) set, and
+/// `X-Request-Id` set to `request_id`.
 fn upstream_head(
     req: &httparse::Request<'_, '_>,
     host: &[u8],
     body_len: Option<usize>,
     head_len: usize,
     client: &ClientInfo,
+    request_id: &http::HeaderValue,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(head_len + 128);
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
@@ -224,6 +251,7 @@ fn upstream_head(
             }
         } else if !(name.eq_ignore_ascii_case(headers::X_FORWARDED_PROTO.as_str())
             || name.eq_ignore_ascii_case(headers::X_FORWARDED_HOST.as_str())
+            || name.eq_ignore_ascii_case(request_id::HEADER)
             || is_hop_by_hop(name, &named))
         {
             push_header(&mut out, name.as_bytes(), h.value);
@@ -239,6 +267,11 @@ fn upstream_head(
     out.extend_from_slice(client.proto.as_bytes());
     out.extend_from_slice(b"\r\n");
     push_header(&mut out, b"x-forwarded-host", host);
+    push_header(
+        &mut out,
+        request_id::HEADER.as_bytes(),
+        request_id.as_bytes(),
+    );
     out.extend_from_slice(b"\r\n");
     out
 }
@@ -461,9 +494,12 @@ mod tests {
         let out = [&p.upstream[..], &input[p.head_len..]].concat();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\nContent-Length: 2\r\n\
-             x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: example.test\r\n\r\nhi"
+            format!(
+                "POST /p?q=1 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\nContent-Length: 2\r\n\
+                 x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+                 x-forwarded-host: example.test\r\nx-request-id: {}\r\n\r\nhi",
+                p.request_id.to_str().unwrap()
+            )
         );
     }
 
