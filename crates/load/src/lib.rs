@@ -30,6 +30,12 @@
 //! # drop(stopper); Ok(()) }
 //! ```
 //!
+//! Sessions mode ([`Config::sessions`]) plays N stateful sessions instead
+//! of one request: each client checks that every move number is the
+//! previous plus one, and the report gets [`Sessions`] (resets, lost
+//! updates, duplicates, and with [`Config::websocket`] stream gaps,
+//! disconnects and reconnects).
+//!
 //! Main types: [`Config`] (validated before any socket opens), [`Run`] and
 //! [`Stopper`], [`Snapshot`], [`Report`] (the JSON of `dropless load --json`),
 //! [`Thresholds`], and [`Workers`] (dedicated sending threads, for
@@ -43,6 +49,7 @@ mod outcome;
 mod report;
 mod run;
 mod schedule;
+mod sessions;
 mod stats;
 mod summary;
 mod threshold;
@@ -55,7 +62,8 @@ pub use config::{
 };
 pub use outcome::FailureClass;
 pub use report::{
-    Latency, Percentiles, Rate, Report, Requests, Second, Snapshot, failure_list, nonzero_failures,
+    Latency, Percentiles, Rate, Report, Requests, Second, SessionSecond, Sessions, Snapshot,
+    failure_list, nonzero_failures,
 };
 pub use run::{Error, Run, Stopper, run, start, start_on};
 pub use threshold::Thresholds;
