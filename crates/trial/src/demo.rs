@@ -60,6 +60,8 @@ fn scenario(name: &str, strategy: Strategy) -> Scenario {
             rate: RATE,
             duration: DURATION,
             client: ClientMode::Keepalive,
+            sessions: None,
+            websocket: false,
         },
         events: vec![
             at(4, Action::Restart),

@@ -117,6 +117,8 @@ pub fn scenario(profile: Profile, strategy: Strategy) -> Scenario {
             rate: CELL_RATE,
             duration: CELL_DURATION,
             client: ClientMode::Keepalive,
+            sessions: None,
+            websocket: false,
         },
         events: vec![
             Event {

@@ -156,12 +156,14 @@ pub async fn run(
     }
 
     progress.phase("load");
-    let load = load_config(
-        format!("http://127.0.0.1:{port}{}", scenario.load.path),
+    let mut load = load_config(
+        format!("http://127.0.0.1:{port}{}", scenario.load.url_path()),
         scenario.load.rate,
         scenario.load.duration,
         scenario.load.client,
     );
+    load.sessions = scenario.load.sessions;
+    load.websocket = scenario.load.websocket;
     let run = dropless_load::start(&load).await?;
     progress.load_started(scenario.load.duration);
     let started = Instant::now();
