@@ -6,4 +6,5 @@ mod help;
 mod load;
 mod reload;
 mod serve;
+mod sessions;
 mod trial;

@@ -1,0 +1,134 @@
+//! Stateful sessions end to end: `dropless serve --affinity path:/game/{id}`
+//! with the demo's game, `dropless load --sessions 200` at 100 moves/s, and
+//! a rolling restart in the middle. Needs the runtime half (affinity, held
+//! handoff, the stash socket: branch `sessrt`).
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::fixtures::{Serve, dropless, run, stderr};
+
+/// When the restart is issued, from the start of the load: a scripted
+/// event, as a trial's `at`.
+const RESTART_AT: Duration = Duration::from_secs(3);
+
+/// The demo's game as a replica command: graceful (v9) with no pre-stop
+/// delay, and `--handoff` when asked.
+fn game(handoff: bool) -> Vec<&'static str> {
+    let mut command = vec![
+        env!("CARGO_BIN_EXE_dropless"),
+        "demo-service",
+        "--profile",
+        "v9",
+        "--pre-stop",
+        "0s",
+    ];
+    if handoff {
+        command.push("--handoff");
+    }
+    command
+}
+
+/// 200 sessions at 100 moves/s for 10 s against `serve`, a rolling restart
+/// at [`RESTART_AT`]; the load's JSON report.
+fn sessions_through_a_restart(handoff: bool, websocket: bool) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_command(
+        dir.path(),
+        &game(handoff),
+        &["--affinity", "path:/game/{id}"],
+        &[],
+    );
+    let report = dir.path().join("load.json");
+    let url = format!("http://127.0.0.1:{}/", serve.port);
+    let mut load_args = vec![
+        "load",
+        &url,
+        "--sessions",
+        "200",
+        "--rate",
+        "100",
+        "--duration",
+        "10s",
+        "--quiet",
+        "--json",
+    ];
+    let report_arg = report.display().to_string();
+    load_args.push(&report_arg);
+    if websocket {
+        load_args.push("--websocket");
+    }
+    let mut load: Child = dropless()
+        .args(&load_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(RESTART_AT);
+    let restart = run(&["restart", "--control", &serve.control]);
+    assert!(restart.status.success(), "restart: {}", stderr(&restart));
+    let status = load.wait().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap())
+        .unwrap_or_else(|e| panic!("load report ({status:?}): {e}"));
+    drop(serve);
+    json
+}
+
+#[test]
+#[ignore = "needs sessrt"]
+fn without_handoff_every_session_resets_at_a_rolling_restart() {
+    let report = sessions_through_a_restart(false, false);
+    let sessions = &report["sessions"];
+    assert_eq!(sessions["total"], 200, "{sessions}");
+    // The failure being fixed: state in memory only dies with its replica.
+    assert_eq!(sessions["resets"], 200, "{sessions}");
+}
+
+#[test]
+#[ignore = "needs sessrt"]
+fn with_handoff_no_session_resets_at_a_rolling_restart() {
+    let report = sessions_through_a_restart(true, false);
+    let sessions = &report["sessions"];
+    assert_eq!(report["requests"]["failed"], 0, "{report}");
+    assert_eq!(
+        (
+            &sessions["resets"],
+            &sessions["lost_updates"],
+            &sessions["duplicates"]
+        ),
+        (&0.into(), &0.into(), &0.into()),
+        "{sessions}"
+    );
+    assert!(
+        sessions["max_hold_ms"].as_u64().unwrap() > 0,
+        "a hold is reported: {sessions}"
+    );
+}
+
+#[test]
+#[ignore = "needs sessrt"]
+fn with_handoff_websocket_clients_are_closed_with_1012_and_reconnect_without_a_gap() {
+    let report = sessions_through_a_restart(true, true);
+    let sessions = &report["sessions"];
+    assert_eq!(report["requests"]["failed"], 0, "{report}");
+    assert_eq!(
+        (&sessions["resets"], &sessions["gaps"]),
+        (&0.into(), &0.into()),
+        "{sessions}"
+    );
+    let disconnects = sessions["disconnects"].as_u64().unwrap();
+    assert!(
+        disconnects >= 200,
+        "every stream was closed by the restart: {sessions}"
+    );
+    assert_eq!(
+        sessions["restart_closes"].as_u64().unwrap(),
+        disconnects,
+        "all with 1012: {sessions}"
+    );
+    assert_eq!(
+        sessions["reconnects"].as_u64().unwrap(),
+        disconnects,
+        "{sessions}"
+    );
+}
