@@ -2,7 +2,6 @@
 //! `rollback`, `status`, `events` and `reload`. Rollouts wait for their end: exit 0 when
 //! completed, 1 when aborted (the message names the replica and the probe).
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -292,14 +291,7 @@ pub fn events(args: EventsArgs) -> ExitCode {
 /// Colours only on a terminal and without `NO_COLOR`: a log file or a CI
 /// log must not fill with escape codes.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && !no_color)
-        .try_init();
+    dropless_lifecycle::logging::init();
 }
 
 /// `Ok` when the runtime has a service `name`; else the usage error that

@@ -144,6 +144,14 @@ fn finish(result: Result<TrialReport, TrialError>, out: &Path) -> ExitCode {
         }
         Err(error) => {
             eprintln!("dropless trial: {error}");
+            let json = out.join("report.json");
+            if json.exists() {
+                eprintln!(
+                    "  what it has: {}, {}",
+                    json.display(),
+                    out.join("report.html").display()
+                );
+            }
             exit_code(&error)
         }
     }

@@ -8,9 +8,9 @@ use crate::Profile;
 
 /// Default port when neither `--port` nor `PORT` is given.
 pub const DEFAULT_PORT: u16 = 8080;
-/// Default time `/sum` takes (seed 000's calc sleeps 100 ms).
+/// Default time `/sum` takes (the Elixir graceful-shutdown demo's calculation sleeps 100 ms).
 pub const DEFAULT_WORK_MS: u64 = 100;
-/// Default delay of `GET /` in seconds (seed 004).
+/// Default delay of `GET /` in seconds (the "Adventures in zero-downtime" talk's hello app).
 pub const DEFAULT_HELLO_DELAY_S: f64 = 1.0;
 
 /// The demo service: calc (`/sum`), `/datetime` and hello (`/`) on
@@ -25,7 +25,7 @@ pub const DEFAULT_HELLO_DELAY_S: f64 = 1.0;
 /// response has `x-version`. Once the port is bound the service prints
 /// `listening on http://ADDR` on stdout.
 ///
-/// Profiles (seed 000's versions):
+/// Profiles (the v1..v9 table of the Elixir graceful-shutdown talk, reproduced):
 ///   v1  no health endpoints; SIGTERM ignored (lives until SIGKILL)
 ///   v2  health endpoints; SIGTERM ignored
 ///   v3  graceful on SIGTERM: stop accepting, finish in-flight, Connection: close

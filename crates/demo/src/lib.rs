@@ -1,4 +1,4 @@
-//! dropless-demo: the seeds' apps on `dropless-lifecycle`.
+//! dropless-demo: the apps of the graceful-shutdown talks, on `dropless-lifecycle`.
 //!
 //! - calc: `GET /sum?a=1&b=2` → `{"result":3}` after `--work-ms`, with an
 //!   `x-op-id` per calculation that the calculation log records;

@@ -1,4 +1,4 @@
-//! Profiles v1..v9: which graceful parts are on (seed 000's versions).
+//! Profiles v1..v9: which graceful parts are on (the v1..v9 versions of the Elixir graceful-shutdown talk).
 
 use std::{fmt, str::FromStr};
 

@@ -1,11 +1,6 @@
 //! The whole service: sink, listener, lifecycle, signals per profile.
 
-use std::{
-    io::{IsTerminal, Write},
-    net::SocketAddr,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
 use dropless_lifecycle::{
     BatchConfig, Config, Lifecycle, STASH_ENV, Stash,
@@ -25,14 +20,7 @@ use crate::{
 /// `info`), a tokio runtime, [`run`], and the exit code; errors are printed
 /// as one line prefixed with `name`.
 pub fn main(args: Args, name: &str) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    dropless_lifecycle::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

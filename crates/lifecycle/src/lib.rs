@@ -54,6 +54,8 @@ mod health;
 mod hooks;
 mod lifecycle;
 pub mod listen;
+#[cfg(feature = "logging")]
+pub mod logging;
 mod phase;
 mod serve;
 pub mod signal;

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Config, Model};
+
 /// The classes of `failures` with a non-zero count, in class order.
 pub fn nonzero_failures(failures: &BTreeMap<String, u64>) -> impl Iterator<Item = (&str, u64)> {
     failures
@@ -220,7 +222,42 @@ pub struct Snapshot {
     pub done: bool,
 }
 
+/// How a model is reported: its name, the virtual users (closed) and the
+/// target rate (open).
+pub(crate) fn model_fields(model: Model) -> (&'static str, Option<usize>, Option<f64>) {
+    match model {
+        Model::Open { rate } => ("open", None, Some(rate)),
+        Model::Closed { vus } => ("closed", Some(vus), None),
+    }
+}
+
 impl Report {
+    /// The report of a run that never started (its target never became
+    /// ready, it was stopped first): nothing sent, latency rows empty.
+    pub fn not_started(config: &Config) -> Report {
+        let (model, vus, target_per_s) = model_fields(config.model);
+        Report {
+            target: config.url.clone(),
+            model: model.to_owned(),
+            vus,
+            rate: Rate {
+                target_per_s,
+                achieved_per_s: 0.0,
+            },
+            duration_s: 0.0,
+            requests: Requests::default(),
+            failures: BTreeMap::new(),
+            other_samples: Vec::new(),
+            dropped_iterations: 0,
+            retries: 0,
+            interrupted: false,
+            latency_ms: Latency::default(),
+            service_time_ms: Percentiles::default(),
+            timeline: Vec::new(),
+            sessions: None,
+        }
+    }
+
     /// The JSON form, pretty-printed.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report always serializes")

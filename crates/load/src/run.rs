@@ -258,10 +258,7 @@ fn report<T: Transport>(
     recorder.seal_before(u64::MAX);
     let duration_s = end.saturating_duration_since(shared.start).as_secs_f64();
     let requests = recorder.requests();
-    let (model, vus, target_per_s) = match plan.model {
-        Model::Open { rate } => ("open", None, Some(rate)),
-        Model::Closed { vus } => ("closed", Some(vus), None),
-    };
+    let (model, vus, target_per_s) = crate::report::model_fields(plan.model);
     let achieved_per_s = match duration_s > 0.0 {
         true => requests.total as f64 / duration_s,
         false => 0.0,

@@ -1,4 +1,4 @@
-//! `dropless trial --matrix`: seed 000's table. Each profile v1..v9 under
+//! `dropless trial --matrix`: the v1..v9 table of the Elixir graceful-shutdown talk. Each profile v1..v9 under
 //! each strategy (the Kubernetes emulation without and with a pre-stop
 //! delay, and dropless) gets a short trial with a scale-up and a rolling
 //! restart under load, and an audit of its calculation log.

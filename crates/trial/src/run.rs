@@ -115,9 +115,6 @@ pub async fn run(
         .prefix("dropless-trial-")
         .tempdir()
         .map_err(io("cannot create a temporary directory"))?;
-    let port = dropless_runtime::supervisor::process::free_port()
-        .map_err(io("cannot find a free port"))?
-        .port();
     let release = Release {
         scenario: scenario.clone(),
         env: env.clone(),
@@ -126,7 +123,7 @@ pub async fn run(
             .map(|s| s.demo_flags.clone())
             .unwrap_or_default(),
     };
-    let config = runtime_config(scenario, &release, state.path(), port);
+    let config = runtime_config(scenario, &release, state.path());
     let config_path = out.join("serve.toml");
     let text =
         toml::to_string_pretty(&config).map_err(|e| TrialError::Serve(format!("config: {e}")))?;
@@ -144,20 +141,25 @@ pub async fn run(
         () = stop.cancelled() => {
             progress.phase("interrupted: stopping dropless serve");
             stop_serve(&mut serve, serve_patience(scenario)).await;
+            write_reports(&unfinished(scenario, crate::report::INTERRUPTED.into(), true), out)?;
             return Err(TrialError::Interrupted);
         }
     };
-    if let Err(why) = ready {
-        stop_serve(&mut serve, Duration::from_secs(5)).await;
-        return Err(TrialError::Serve(format!(
-            "{why} (see {})",
-            out.join("serve.log").display()
-        )));
-    }
+    let address = match ready {
+        Ok(address) => address,
+        Err(why) => {
+            stop_serve(&mut serve, Duration::from_secs(5)).await;
+            let why = format!("{why} (see {})", out.join("serve.log").display());
+            // What it has: a report that says the load never started.
+            let reason = format!("dropless serve did not become ready: {why}");
+            write_reports(&unfinished(scenario, reason, false), out)?;
+            return Err(TrialError::Serve(why));
+        }
+    };
 
     progress.phase("load");
     let mut load = load_config(
-        format!("http://127.0.0.1:{port}{}", scenario.load.url_path()),
+        format!("http://{address}{}", scenario.load.url_path()),
         scenario.load.rate,
         scenario.load.duration,
         scenario.load.client,
@@ -251,6 +253,12 @@ pub async fn run(
         audit,
     );
     report.replicas = replicas;
+    // An event still running when the load ended was not proven.
+    if !interrupted {
+        for reason in uncovered(&report.events, report.load.duration_s) {
+            report.fail(reason);
+        }
+    }
     // Stopped in the events' tail, after the load had ended as planned.
     if interrupted && !report.load.interrupted {
         report.load.interrupted = true;
@@ -258,6 +266,46 @@ pub async fn run(
     }
     write_reports(&report, out)?;
     Ok(report)
+}
+
+/// The report of a trial whose load never started: no request, the reason.
+fn unfinished(scenario: &Scenario, reason: String, interrupted: bool) -> TrialReport {
+    let load = load_config(
+        format!("http://127.0.0.1{}", scenario.load.path),
+        scenario.load.rate,
+        scenario.load.duration,
+        scenario.load.client,
+    );
+    let mut load = dropless_load::Report::not_started(&load);
+    load.interrupted = interrupted;
+    let mut report = TrialReport::new(
+        scenario.name.clone(),
+        describe_service(scenario),
+        scenario.service.strategy.name().to_owned(),
+        load,
+        Vec::new(),
+        None,
+    );
+    if !interrupted {
+        report.fail(reason);
+    }
+    report
+}
+
+/// Why each event that ended after the load (at `load_s` seconds) fails the
+/// trial: the requests that would have shown its effect were never sent.
+fn uncovered(events: &[EventRecord], load_s: f64) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.ended_s > load_s && e.as_expected())
+        .map(|e| {
+            format!(
+                "the load ended before {}: the load ran {load_s:.1} s, it ended at {:.1} s; give the load a longer duration",
+                e.name(),
+                e.ended_s
+            )
+        })
+        .collect()
 }
 
 /// Tells `progress` of a step of the script; keeps the records.

@@ -7,15 +7,15 @@ use dropless_runtime::config::{Config as RuntimeConfig, ServiceConfig, Version};
 
 use crate::{run::Env, scenario::Scenario};
 
-/// The runtime configuration of a trial: one service on `port`.
+/// The runtime configuration of a trial: one service, the proxy on
+/// 127.0.0.1 port 0 (serve prints the port it bound).
 pub(crate) fn runtime_config(
     scenario: &Scenario,
     release: &Release,
     state: &Path,
-    port: u16,
 ) -> RuntimeConfig {
     let mut config = RuntimeConfig::default();
-    config.proxy.listen = ([127, 0, 0, 1], port).into();
+    config.proxy.listen = ([127, 0, 0, 1], 0).into();
     config.state_dir = state.to_path_buf();
     config.control = Some(state.join("control.sock"));
     let service = &scenario.service;

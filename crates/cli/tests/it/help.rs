@@ -40,10 +40,19 @@ fn help_lists_the_demo_service_and_uses_no_internal_jargon() {
     let top = run(&["--help"]);
     let text = String::from_utf8_lossy(&top.stdout);
     assert!(text.contains("demo-service"), "{text}");
-    // demo-service's own help is written in crates/demo.
     for command in [
-        "load", "serve", "deploy", "restart", "scale", "rollback", "status", "events", "trial",
-        "demo", "k8s",
+        "load",
+        "serve",
+        "deploy",
+        "restart",
+        "scale",
+        "rollback",
+        "status",
+        "events",
+        "trial",
+        "demo",
+        "k8s",
+        "demo-service",
     ] {
         let help = run(&[command, "--help"]);
         assert!(help.status.success(), "{command}");

@@ -446,11 +446,12 @@ sink = "influx"
     // database: stop the trial's private influxd, as an outage would.
     let deadline = Instant::now() + Duration::from_secs(60);
     let influxd = loop {
-        let listen = std::fs::read_to_string(out.join("serve.toml"))
+        // serve listens on port 0 and prints the address it bound.
+        let listen = std::fs::read_to_string(out.join("serve.log"))
             .ok()
             .and_then(|text| {
-                let start = text.find("listen = \"")? + "listen = \"".len();
-                let end = start + text[start..].find('"')?;
+                let start = text.find("proxy on http://")? + "proxy on http://".len();
+                let end = start + text[start..].find(',')?;
                 Some(text[start..end].to_owned())
             });
         if let Some(listen) = listen
@@ -994,4 +995,78 @@ replicas = 1
         "the step line"
     );
     assert!(html.contains(">v1 + v2</text>") || html.contains(">v2</text>"));
+}
+
+#[test]
+fn an_event_that_outlives_the_load_fails_the_verdict() {
+    // The restart takes the 2 s pre-stop of the only replica, started at
+    // 1 s of a 2 s load: it ends after the load, so the load did not prove it.
+    let (report, _stdout, _dir) = trial_scenario(
+        r#"
+name = "outlives"
+[service]
+demo = "v9"
+replicas = 1
+pre_stop = "2s"
+work_ms = 10
+[audit]
+sink = "none"
+[load]
+rate = 20
+duration = "2s"
+[[event]]
+at = "1s"
+action = "restart"
+"#,
+        3,
+    );
+    assert_eq!(report["verdict"], "fail");
+    assert_eq!(report["events"][0]["outcome"], "ok");
+    assert_eq!(report["requests"]["failed"], 0);
+    let reasons = reasons(&report);
+    assert!(
+        reasons.contains("the load ended before event[0] restart"),
+        "{reasons}"
+    );
+}
+
+#[test]
+fn a_serve_that_never_gets_ready_still_writes_a_failing_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "never-ready"
+[service]
+command = ["sh", "-c", "echo cannot start >&2; exit 2"]
+replicas = 1
+[audit]
+sink = "none"
+[load]
+rate = 20
+duration = "2s"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = run(&[
+        "trial",
+        scenario.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("dropless serve"), "{err}");
+    let report = report(&out);
+    assert_eq!(report["verdict"], "fail");
+    assert_eq!(report["requests"]["total"], 0);
+    let reasons = reasons(&report);
+    assert!(
+        reasons.contains("dropless serve did not become ready"),
+        "{reasons}"
+    );
+    assert!(out.join("report.html").exists());
 }

@@ -195,7 +195,7 @@ async fn deploy_of_a_crashing_test_backend_is_aborted() {
     .await;
 }
 
-/// The Kubernetes emulation reproduces seed 004: routing stops only after
+/// The Kubernetes emulation reproduces the "Adventures in zero-downtime" talk: routing stops only after
 /// the endpoint delay, so a replica that exits at once on SIGTERM (v4) fails
 /// requests unless the pre-stop delay outlasts the endpoint delay.
 async fn restart_like_kubernetes(pre_stop: Duration) -> dropless_load::Report {
