@@ -93,6 +93,9 @@ fn sessions_through(event: Event, handoff: bool, websocket: bool) -> serde_json:
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap())
         .unwrap_or_else(|e| panic!("load report ({status:?}): {e}"));
     drop(serve);
+    let mut sessions = json["sessions"].clone();
+    sessions.as_object_mut().map(|s| s.remove("timeline"));
+    eprintln!("requests {}, sessions {sessions}", json["requests"]);
     json
 }
 
