@@ -228,11 +228,28 @@ pub fn status(args: StatusArgs) -> ExitCode {
         }
         for s in services {
             let d = &s.desired;
-            let what = describe(&d.current.version);
-            println!(
-                "service {}: {} replica(s) of generation {} ({what})",
-                s.name, d.replicas, d.current.generation
-            );
+            match &s.discovery {
+                Some(found) => {
+                    let addrs: Vec<String> = found.addrs.iter().map(|a| a.to_string()).collect();
+                    println!(
+                        "service {}: replicas from {} ({} address(es): {})",
+                        s.name,
+                        found.source,
+                        addrs.len(),
+                        list(&addrs)
+                    );
+                    if let Some(e) = &found.failing {
+                        println!("  resolving fails, the addresses above are kept: {e}");
+                    }
+                }
+                None => println!(
+                    "service {}: {} replica(s) of generation {} ({})",
+                    s.name,
+                    d.replicas,
+                    d.current.generation,
+                    describe(&d.current.version)
+                ),
+            }
             if let Some((id, phase)) = s.rollout {
                 println!("  last rollout {id}: {phase}");
             }

@@ -11,6 +11,7 @@ use clap::Args;
 use dropless_runtime::config::{Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version};
 use dropless_runtime::control::{ControlListener, TcpControl};
 use dropless_runtime::serve::{Resumed, Runtime, StartFrom};
+use dropless_runtime::supervisor::discover::{DiscoverConfig, DnsSource};
 
 use crate::control::describe;
 
@@ -43,6 +44,15 @@ pub struct ServeArgs {
     /// never signalled).
     #[arg(long, conflicts_with = "command", value_parser = crate::value::socket_addr)]
     target: Option<SocketAddr>,
+    /// Take the replicas from DNS instead of starting them: every address
+    /// NAME resolves to (A/AAAA, asked again every 500 ms) is a replica on
+    /// PORT, probed, routed to once ready, drained when it leaves the
+    /// answer, never signalled. For Docker Swarm (dns:tasks.app:8080),
+    /// Kubernetes headless services, Consul DNS; deploy, scale and restart
+    /// are the orchestrator's then. Interval and nameserver: [service.discover]
+    /// in --config (docs/config.md).
+    #[arg(long, value_name = "dns:NAME:PORT", conflicts_with_all = ["command", "target", "replicas"], value_parser = discover_source)]
+    discover: Option<DnsSource>,
     /// Time a new replica has to pass its probe, e.g. 30s.
     #[arg(long, value_parser = crate::value::duration)]
     ready_timeout: Option<Duration>,
@@ -223,6 +233,7 @@ fn ignored(resumed: &Resumed, asked_by: &str, state: &std::path::Path) -> String
 /// probe), rather than the config file alone.
 fn describes_service(args: &ServeArgs) -> bool {
     args.target.is_some()
+        || args.discover.is_some()
         || !args.command.is_empty()
         || args.replicas.is_some()
         || args.health_path.is_some()
@@ -275,8 +286,13 @@ fn config(args: ServeArgs) -> Result<Config, String> {
         let service = &mut config.services[0];
         if let Some(target) = args.target {
             service.version = Version::target(target);
+            service.discover = None;
+        } else if let Some(source) = args.discover {
+            service.version = Version::default();
+            service.discover = Some(DiscoverConfig::new(source));
         } else if !args.command.is_empty() {
             service.version = Version::command(args.command);
+            service.discover = None;
         }
         if let Some(n) = args.replicas {
             service.replicas = n;
@@ -308,4 +324,10 @@ fn config(args: ServeArgs) -> Result<Config, String> {
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// `dns:NAME:PORT`; the error says how to write it.
+fn discover_source(text: &str) -> Result<DnsSource, String> {
+    text.parse()
+        .map_err(|e: dropless_runtime::supervisor::discover::SourceError| e.to_string())
 }

@@ -191,6 +191,10 @@ pub struct ServiceConfig {
     pub max_replicas: usize,
     /// What a replica runs (a command) or where it is (a target address).
     pub version: Version,
+    /// Replicas from DNS instead of a version: the addresses a name resolves
+    /// to (none by default; see docs/runtime.md, "Discovery").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discover: Option<crate::supervisor::discover::DiscoverConfig>,
     /// Health probes.
     pub probe: ProbeConfig,
     /// Retirement of a replica.
@@ -384,6 +388,7 @@ impl Default for ServiceConfig {
             replicas: DEFAULT_REPLICAS,
             max_replicas: DEFAULT_MAX_REPLICAS,
             version: Version::default(),
+            discover: None,
             probe: ProbeConfig::default(),
             retire: RetireConfig::default(),
             rollout: RolloutConfig::default(),
@@ -531,7 +536,19 @@ impl ServiceConfig {
         {
             return bad("name must be letters, digits, '-' or '_'".into());
         }
-        self.version.validate().or_else(bad)?;
+        match &self.discover {
+            Some(d) if self.version != Version::default() => {
+                return bad(format!(
+                    "discover.from {} and a version.command or version.target given: give one",
+                    d.from
+                ));
+            }
+            Some(d) if d.interval.is_zero() => {
+                return bad("discover.interval must be above 0 (500ms is the default)".into());
+            }
+            Some(_) => {}
+            None => self.version.validate().or_else(bad)?,
+        }
         if self.max_replicas == 0 {
             return bad("max_replicas must be at least 1".into());
         }
@@ -682,6 +699,10 @@ mod tests {
         config.control = Some("c.sock".into());
         config.services[0].version.target = Some("127.0.0.1:1".parse().unwrap());
         config.services[0].retire.kubernetes_endpoint_delay = Some(Duration::from_secs(1));
+        let mut discover =
+            crate::supervisor::discover::DiscoverConfig::new("dns:a:1".parse().unwrap());
+        discover.nameserver = Some("127.0.0.1:53".parse().unwrap());
+        config.services[0].discover = Some(discover);
         let value = toml::Value::try_from(&config).unwrap();
         let mut missing = Vec::new();
         fn walk(v: &toml::Value, docs: &str, missing: &mut Vec<String>) {

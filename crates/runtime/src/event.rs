@@ -125,6 +125,16 @@ pub enum EventKind {
         /// Why, when there is more to say.
         detail: Option<String>,
     },
+    /// The discovery of a service's replicas (DNS) started or retired
+    /// replicas, or its health changed (failing, resolving again).
+    Discovery {
+        /// `dns:NAME:PORT`.
+        source: String,
+        /// `replicas` (some added or retired), `failing` or `resolving`.
+        state: String,
+        /// The addresses added and removed, or the resolution error.
+        detail: String,
+    },
 }
 
 impl Event {
@@ -159,6 +169,11 @@ impl fmt::Display for Event {
                     write!(f, ": {d}")?;
                 }
             }
+            EventKind::Discovery {
+                source,
+                state,
+                detail,
+            } => write!(f, "{}: discovery {source} {state}: {detail}", self.service)?,
         }
         Ok(())
     }

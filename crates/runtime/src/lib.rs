@@ -15,7 +15,8 @@
 //!   [`supervisor::replica::Replica`] moves through
 //!   [`event::ReplicaState`]. Their output goes to rotated log files
 //!   ([`supervisor::logs`]); [`supervisor::leftovers`] records the replica
-//!   processes and retires those a killed `serve` left.
+//!   processes and retires those a killed `serve` left;
+//!   [`supervisor::discover`] takes a service's replicas from DNS instead.
 //! - [`rollout`] runs rolling, blue-green, scale, restart and rollback,
 //!   through [`event::RolloutPhase`]; [`control`] serves the HTTP+JSON
 //!   control API on a Unix socket (or TCP with a token) and has its client.

@@ -145,6 +145,12 @@ impl Reloader {
         let running = router.services();
         for s in &new.services {
             if let Some(sup) = running.iter().find(|r| r.name() == s.name) {
+                if sup.config().discover.is_some() != s.discover.is_some() {
+                    return Err(ReloadError::Invalid(format!(
+                        "service {:?} would switch between discover and version: restart serve for that (or add it under another name)",
+                        s.name
+                    )));
+                }
                 let replicas = sup.desired().replicas;
                 if replicas > s.max_replicas {
                     return Err(ReloadError::Invalid(format!(
@@ -178,10 +184,13 @@ impl Reloader {
         let mut next = Vec::new();
         for s in &new.services {
             if let Some(sup) = added.iter().find(|a| a.name() == s.name) {
-                lines.push(format!(
-                    "service {} added: {} replica(s) starting",
-                    s.name, s.replicas
-                ));
+                lines.push(match &s.discover {
+                    Some(d) => format!("service {} added: replicas from {}", s.name, d.from),
+                    None => format!(
+                        "service {} added: {} replica(s) starting",
+                        s.name, s.replicas
+                    ),
+                });
                 next.push(sup.clone());
                 continue;
             }
@@ -233,16 +242,19 @@ impl Reloader {
                 version: s.version.clone(),
             },
             previous: None,
-            replicas: s.replicas,
+            replicas: if s.discover.is_some() { 0 } else { s.replicas },
         };
         // Its own log run: a service removed and added again never writes
         // to the files of its replicas still draining.
         let mut options = self.inner.options.clone();
         options.log_run = crate::supervisor::logs::run_id();
         let sup = Supervisor::new(s.clone(), desired.clone(), options);
-        sup.commit_desired(desired)
-            .await
-            .map_err(|e| format!("service {:?}: {e}", s.name))?;
+        // A discovered service's desired state is not persisted (see serve).
+        if s.discover.is_none() {
+            sup.commit_desired(desired)
+                .await
+                .map_err(|e| format!("service {:?}: {e}", s.name))?;
+        }
         if let Err(e) = sup.start() {
             sup.shutdown(true).await;
             return Err(format!("service {:?}: {e}", s.name));
@@ -281,6 +293,7 @@ fn apply_service(sup: &Supervisor, new: &ServiceConfig) -> Vec<String> {
     let mut lines = Vec::new();
     let parts = [
         ("hosts", old.hosts != new.hosts),
+        ("discover", old.discover != new.discover),
         ("max_replicas", old.max_replicas != new.max_replicas),
         ("probe", old.probe != new.probe),
         ("retire", old.retire != new.retire),
@@ -293,6 +306,9 @@ fn apply_service(sup: &Supervisor, new: &ServiceConfig) -> Vec<String> {
         lines.push(format!("service {name}: {} applied", changed.join(", ")));
     }
     let desired = sup.desired();
+    if new.discover.is_some() {
+        return lines;
+    }
     if desired.current.version != new.version {
         lines.push(format!(
             "service {name}: the file's version (command/env) differs from the one running; reload does not deploy it: run `dropless deploy`"

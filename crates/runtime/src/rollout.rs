@@ -110,6 +110,20 @@ pub async fn run(
     supervisor: &Supervisor,
     request: RolloutRequest,
 ) -> Result<RolloutReport, RolloutError> {
+    // Its replicas are the orchestrator's: a rollout here would fight it.
+    if let Some(discover) = &supervisor.config().discover {
+        let action = match request {
+            RolloutRequest::Deploy { .. } => "deploy",
+            RolloutRequest::Restart { .. } => "restart",
+            RolloutRequest::Scale { .. } => "scale",
+            RolloutRequest::Rollback { .. } => "rollback",
+        };
+        return Err(RolloutError::Invalid(format!(
+            "service {} takes its replicas from {}: {action} it with the orchestrator that owns them (e.g. `docker service update`), not with dropless",
+            supervisor.name(),
+            discover.from
+        )));
+    }
     if let RolloutRequest::Scale {
         replicas,
         allow_zero,

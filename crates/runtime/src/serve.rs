@@ -118,6 +118,7 @@ impl Runtime {
         for s in &config.services {
             if let Some(d) = persisted.services.get(&s.name)
                 && from == StartFrom::Saved
+                && s.discover.is_none()
                 && d.replicas > s.max_replicas
             {
                 return Err(ConfigError::Invalid(format!(
@@ -137,7 +138,12 @@ impl Runtime {
                 .services
                 .iter()
                 .map(|s| {
-                    let saved = persisted.services.get(&s.name);
+                    // A discovered service's replicas are DNS's, never
+                    // a persisted release.
+                    let saved = persisted
+                        .services
+                        .get(&s.name)
+                        .filter(|_| s.discover.is_none());
                     let desired = match (saved, from) {
                         (Some(saved), StartFrom::Saved) => {
                             if saved.current.version != s.version || saved.replicas != s.replicas {
@@ -175,7 +181,7 @@ impl Runtime {
                                 version: s.version.clone(),
                             },
                             previous: None,
-                            replicas: s.replicas,
+                            replicas: if s.discover.is_some() { 0 } else { s.replicas },
                         },
                     };
                     (s.name.clone(), desired)
@@ -183,7 +189,21 @@ impl Runtime {
                 .collect(),
         };
         let registry = Arc::new(Registry::new(config.state_dir.join("replicas.json"))?);
-        let state_file = Arc::new(StateFile::create(state_path, initial.clone())?);
+        // A discovered service has nothing to resume: kept out of the file,
+        // it cannot leave an empty release behind for a later config that
+        // gives the same name a command.
+        let saved = State {
+            services: initial
+                .services
+                .iter()
+                .filter(|(name, _)| {
+                    let service = config.services.iter().find(|s| s.name == **name);
+                    service.is_none_or(|s| s.discover.is_none())
+                })
+                .map(|(name, d)| (name.clone(), d.clone()))
+                .collect(),
+        };
+        let state_file = Arc::new(StateFile::create(state_path, saved)?);
         let events = Events::new(EVENT_BUFFER);
         let options = SupervisorOptions {
             log_dir: config.state_dir.join("logs"),

@@ -3,6 +3,7 @@
 //! own (with backoff), retires them, and publishes the set of routable
 //! replicas to the proxy.
 
+pub mod discover;
 pub mod leftovers;
 pub mod logs;
 pub mod probe;
@@ -72,6 +73,9 @@ pub struct ServiceStatus {
     pub rollout: Option<(u64, RolloutPhase)>,
     /// Replicas not yet gone.
     pub replicas: Vec<ReplicaStatus>,
+    /// Where its replicas come from, for a discovered service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<discover::DiscoveryStatus>,
 }
 
 /// A snapshot of one replica for `status`.
@@ -115,6 +119,8 @@ struct Inner {
     phase: Mutex<Option<(u64, RolloutPhase)>>,
     next_rollout: AtomicU64,
     shutdown: CancellationToken,
+    /// The last resolution of a discovered service.
+    discovery: Mutex<Option<discover::DiscoveryStatus>>,
 }
 
 impl Inner {
@@ -142,12 +148,13 @@ impl Supervisor {
         Self {
             inner: Arc::new(Inner {
                 name: config.name.clone(),
-                config: ArcSwap::from_pointee(config),
                 options,
                 replicas: Mutex::new(Vec::new()),
                 routable: ArcSwap::from_pointee(Vec::new()),
                 topology: watch::Sender::new(0),
-                scaled_to_zero: AtomicBool::new(desired.replicas == 0),
+                // A discovered service has no desired count: with no address
+                // yet, requests wait for one.
+                scaled_to_zero: AtomicBool::new(desired.replicas == 0 && config.discover.is_none()),
                 desired: watch::Sender::new(desired),
                 next_replica: AtomicU64::new(1),
                 restarts: AtomicU32::new(0),
@@ -155,12 +162,20 @@ impl Supervisor {
                 phase: Mutex::new(None),
                 next_rollout: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
+                discovery: Mutex::new(None),
+                config: ArcSwap::from_pointee(config),
             }),
         }
     }
 
     /// Starts the desired replicas as members; they get traffic once ready.
+    /// A discovered service starts its discovery instead, which adds them.
     pub fn start(&self) -> Result<Vec<Arc<Replica>>, SpawnError> {
+        if self.config().discover.is_some() {
+            let shutdown = self.inner.shutdown.clone();
+            tokio::spawn(discover::run(self.clone(), shutdown));
+            return Ok(Vec::new());
+        }
         let desired = self.desired();
         let mut started = Vec::with_capacity(desired.replicas);
         for _ in 0..desired.replicas {
@@ -418,6 +433,7 @@ impl Supervisor {
             hosts: self.config().hosts.clone(),
             desired: self.desired(),
             rollout: *self.inner.phase.lock().expect("phase lock"),
+            discovery: self.inner.discovery.lock().expect("discovery lock").clone(),
             replicas: self
                 .replicas()
                 .iter()
@@ -433,6 +449,10 @@ impl Supervisor {
                 })
                 .collect(),
         }
+    }
+
+    pub(crate) fn set_discovery(&self, status: discover::DiscoveryStatus) {
+        *self.inner.discovery.lock().expect("discovery lock") = Some(status);
     }
 
     pub(crate) fn rollout_lock(&self) -> &tokio::sync::Mutex<()> {
@@ -525,7 +545,11 @@ impl Supervisor {
                 process.signal_group(nix::sys::signal::Signal::SIGKILL);
             }
             self.remove(&replica);
-            self.replace(release).await;
+            // A discovered address gets a new replica from its discovery,
+            // while the name still resolves to it.
+            if self.config().discover.is_none() {
+                self.replace(release).await;
+            }
         }
     }
 

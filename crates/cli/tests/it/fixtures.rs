@@ -228,6 +228,30 @@ impl Serve {
 }
 
 impl Serve {
+    /// A `serve --discover SOURCE`: replicas from DNS, none waited for.
+    pub fn discovering(source: &str) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control.sock").display().to_string();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = dropless()
+            .args(["serve", "--listen", "127.0.0.1:0", "--control", &control])
+            .args(["--state-dir", dir.path().to_str().unwrap()])
+            .args(["--discover", source])
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let (port, control_tcp) = read_bound(&mut child);
+        Serve {
+            child,
+            port,
+            control,
+            control_tcp,
+            stderr: log,
+            _dir: Some(dir),
+        }
+    }
+
     /// What it has logged on stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.stderr.path()).unwrap()

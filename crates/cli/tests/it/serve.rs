@@ -283,7 +283,11 @@ fn serve_listens_on_a_host_name() {
 
 #[test]
 fn bad_flag_values_exit_2_naming_the_flag_and_an_example() {
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["serve", "--discover", "tasks.app:8080"],
+            &["--discover", "write dns:NAME:PORT"],
+        ),
         (
             &["serve", "--ready-timeout", "abc", "--", "true"],
             &[
@@ -512,5 +516,32 @@ fn events_prints_the_recent_history_before_following() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+    assert_eq!(serve.stop().code(), Some(0));
+}
+
+#[test]
+fn a_discovered_service_refuses_rollouts_and_shows_its_source() {
+    let serve = Serve::discovering("dns:localhost:1");
+    let control = serve.control.clone();
+    for args in [
+        &["deploy", "--cmd", "./v2"][..],
+        &["scale", "2"],
+        &["restart"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--control", &control]);
+        let text = refused_in_one_line(&run(&all));
+        assert!(
+            text.contains("takes its replicas from dns:localhost:1")
+                && text.contains("with the orchestrator"),
+            "{args:?}: {text}"
+        );
+    }
+    let status = run(&["status", "--control", &control]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("service web: replicas from dns:localhost:1"),
+        "{text}"
+    );
     assert_eq!(serve.stop().code(), Some(0));
 }

@@ -171,6 +171,22 @@ impl fmt::Display for Probe {
 /// `success_threshold` probes in a row (then marks it `Ready`), exits, or the
 /// ready timeout passes (then marks it `Failed`).
 pub async fn wait_ready(replica: &Replica, config: &ProbeConfig) -> Result<(), NotReady> {
+    let probe = Probe::new(replica.addr(), config);
+    wait_ready_with(replica, config, &probe.to_string(), || probe.check()).await
+}
+
+/// [`wait_ready`] with the probe given as `check` (named `probe` in
+/// errors): the counting and the timing, apart from the network.
+async fn wait_ready_with<F, Fut>(
+    replica: &Replica,
+    config: &ProbeConfig,
+    probe: &str,
+    mut check: F,
+) -> Result<(), NotReady>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProbeError>>,
+{
     if config.ready_on_start {
         // Kubernetes without a readiness probe: started is ready.
         if replica.state() == ReplicaState::Starting {
@@ -189,7 +205,6 @@ pub async fn wait_ready(replica: &Replica, config: &ProbeConfig) -> Result<(), N
             }),
         };
     }
-    let probe = Probe::new(replica.addr(), config);
     let deadline = tokio::time::Instant::now() + config.ready_timeout;
     let mut state = replica.watch_state();
     let mut successes = 0;
@@ -217,7 +232,7 @@ pub async fn wait_ready(replica: &Replica, config: &ProbeConfig) -> Result<(), N
             replica.set_state(ReplicaState::Failed, Some(err.to_string()));
             return Err(err);
         }
-        match probe.check().await {
+        match check().await {
             Ok(()) => {
                 successes += 1;
                 if successes >= config.success_threshold {
@@ -252,6 +267,24 @@ pub async fn watch_ready(
     replica: &Replica,
     config: impl Fn() -> ProbeConfig,
 ) -> Option<ProbeError> {
+    let addr = replica.addr();
+    watch_ready_with(replica, config, |config| async move {
+        Probe::new(addr, &config).check().await
+    })
+    .await
+}
+
+/// [`watch_ready`] with the probe given as `check` (called with the settings
+/// of its moment): the counting and the timing, apart from the network.
+async fn watch_ready_with<F, Fut>(
+    replica: &Replica,
+    config: impl Fn() -> ProbeConfig,
+    mut check: F,
+) -> Option<ProbeError>
+where
+    F: FnMut(ProbeConfig) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProbeError>>,
+{
     let mut state = replica.watch_state();
     if config().ready_on_start {
         // Never probed: it stays ready until it leaves on its own.
@@ -268,7 +301,8 @@ pub async fn watch_ready(
         if replica.state() != ReplicaState::Ready {
             return None;
         }
-        match Probe::new(replica.addr(), &config).check().await {
+        let threshold = config.failure_threshold;
+        match check(config).await {
             Ok(()) => failures = 0,
             Err(e @ ProbeError::Local { .. }) => {
                 warn_throttled!("replica {}: {e}", replica.name());
@@ -276,10 +310,207 @@ pub async fn watch_ready(
             Err(e) => {
                 failures += 1;
                 tracing::warn!(replica = replica.name(), "{e}");
-                if failures >= config.failure_threshold {
+                if failures >= threshold {
                     return Some(e);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::supervisor::replica::testing;
+
+    fn config() -> ProbeConfig {
+        ProbeConfig {
+            interval: Duration::from_secs(1),
+            fast_interval: Duration::from_millis(100),
+            ready_timeout: Duration::from_secs(10),
+            success_threshold: 3,
+            failure_threshold: 3,
+            ..ProbeConfig::default()
+        }
+    }
+
+    fn refused() -> ProbeError {
+        ProbeError::Connect {
+            probe: "GET /healthz on 127.0.0.1:9".into(),
+            reason: "connection refused".into(),
+        }
+    }
+
+    fn local() -> ProbeError {
+        ProbeError::Local {
+            probe: "GET /healthz on 127.0.0.1:9".into(),
+            reason: "too many open files".into(),
+        }
+    }
+
+    /// A probe that answers from `script` (then keeps answering its last
+    /// answer) and records when it was asked, from `start`.
+    #[derive(Clone)]
+    struct Scripted {
+        answers: Arc<Mutex<VecDeque<Result<(), ProbeError>>>>,
+        asked: Arc<Mutex<Vec<Duration>>>,
+        start: Instant,
+    }
+
+    impl Scripted {
+        fn new(script: Vec<Result<(), ProbeError>>) -> Self {
+            Self {
+                answers: Arc::new(Mutex::new(script.into())),
+                asked: Arc::default(),
+                start: Instant::now(),
+            }
+        }
+
+        fn answer(&self) -> Result<(), ProbeError> {
+            self.asked.lock().unwrap().push(self.start.elapsed());
+            let mut answers = self.answers.lock().unwrap();
+            match answers.len() {
+                0 => unreachable!("a script has at least one answer"),
+                1 => answers[0].clone(),
+                _ => answers.pop_front().unwrap(),
+            }
+        }
+
+        fn asked(&self) -> Vec<Duration> {
+            self.asked.lock().unwrap().clone()
+        }
+    }
+
+    fn ms(list: &[u64]) -> Vec<Duration> {
+        list.iter().map(|n| Duration::from_millis(*n)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_starting_replica_is_ready_after_the_success_threshold_in_a_row() {
+        let (replica, _events) = testing::replica("web-1", "127.0.0.1:9", || {});
+        // A failure resets the count; a probe that could not run here
+        // counts neither way.
+        let probe = Scripted::new(vec![
+            Ok(()),
+            Err(refused()),
+            Ok(()),
+            Err(local()),
+            Ok(()),
+            Ok(()),
+        ]);
+        let result = wait_ready_with(&replica, &config(), "probe", || {
+            let probe = probe.clone();
+            async move { probe.answer() }
+        })
+        .await;
+        assert_eq!(result, Ok(()));
+        assert_eq!(replica.state(), ReplicaState::Ready);
+        // Every fast interval, until the third success after the failure.
+        assert_eq!(probe.asked(), ms(&[0, 100, 200, 300, 400, 500]));
+        assert_eq!(probe.start.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_never_ready_fails_at_the_ready_timeout_with_the_last_error() {
+        let (replica, _events) = testing::replica("web-1", "127.0.0.1:9", || {});
+        let probe = Scripted::new(vec![Err(refused())]);
+        let result = wait_ready_with(&replica, &config(), "probe", || {
+            let probe = probe.clone();
+            async move { probe.answer() }
+        })
+        .await;
+        let Err(NotReady::Timeout { timeout, last, .. }) = result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(timeout, Duration::from_secs(10));
+        assert_eq!(last, refused().to_string());
+        assert_eq!(replica.state(), ReplicaState::Failed);
+        assert_eq!(probe.start.elapsed(), Duration::from_secs(10));
+        // Probes at 0, 100 ms, …, 9.9 s: one per fast interval.
+        assert_eq!(probe.asked().len(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_exits_while_starting_stops_the_wait_at_once() {
+        let (replica, _events) = testing::replica("web-1", "127.0.0.1:9", || {});
+        let probe = Scripted::new(vec![Err(refused())]);
+        let stopper = {
+            let replica = Arc::clone(&replica);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                replica.set_state(ReplicaState::Exited, Some("exit status: 2".into()));
+            })
+        };
+        let result = wait_ready_with(&replica, &config(), "probe", || {
+            let probe = probe.clone();
+            async move { probe.answer() }
+        })
+        .await;
+        stopper.await.unwrap();
+        assert!(
+            matches!(
+                result,
+                Err(NotReady::Exited {
+                    state: ReplicaState::Exited,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(probe.start.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_replica_is_given_up_after_the_failure_threshold_in_a_row() {
+        let (replica, _events) = testing::replica("web-1", "127.0.0.1:9", || {});
+        replica.set_state(ReplicaState::Ready, None);
+        let probe = Scripted::new(vec![
+            Ok(()),
+            Err(refused()),
+            Err(refused()),
+            Ok(()),
+            Err(refused()),
+            Err(local()),
+            Err(refused()),
+            Err(refused()),
+        ]);
+        let failed = watch_ready_with(&replica, config, |_| {
+            let probe = probe.clone();
+            async move { probe.answer() }
+        })
+        .await;
+        assert_eq!(failed, Some(refused()));
+        // One probe per interval; the success at 4 s resets the count and
+        // the one that could not run at 6 s does not count.
+        let seconds: Vec<_> = (1..=8).map(Duration::from_secs).collect();
+        assert_eq!(probe.asked(), seconds);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_leaves_ready_ends_the_watch_without_an_error() {
+        let (replica, _events) = testing::replica("web-1", "127.0.0.1:9", || {});
+        replica.set_state(ReplicaState::Ready, None);
+        let probe = Scripted::new(vec![Ok(())]);
+        let drainer = {
+            let replica = Arc::clone(&replica);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                replica.set_state(ReplicaState::Draining, None);
+            })
+        };
+        let failed = watch_ready_with(&replica, config, |_| {
+            let probe = probe.clone();
+            async move { probe.answer() }
+        })
+        .await;
+        drainer.await.unwrap();
+        assert_eq!(failed, None);
+        assert_eq!(probe.asked(), ms(&[1000, 2000]));
+        assert_eq!(probe.start.elapsed(), Duration::from_millis(2500));
     }
 }

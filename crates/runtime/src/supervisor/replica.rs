@@ -278,3 +278,36 @@ impl Drop for InFlight {
         }
     }
 }
+
+/// Replicas for unit tests: no process, an address dropless does not own.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{OnChange, Replica, ReplicaParts};
+    use crate::event::{Event, Events};
+
+    /// A `Starting` replica `name` of service `web` at `addr`, and a
+    /// receiver of its events; `on_change` runs after each change.
+    pub(crate) fn replica(
+        name: &str,
+        addr: &str,
+        on_change: impl Fn() + Send + Sync + 'static,
+    ) -> (Arc<Replica>, tokio::sync::broadcast::Receiver<Event>) {
+        let events = Events::new(64);
+        let receiver = events.subscribe();
+        let replica = Replica::new(ReplicaParts {
+            name: name.into(),
+            service: "web".into(),
+            generation: 1,
+            addr: addr.parse().unwrap(),
+            process: None,
+            log: None,
+            events,
+            on_change: OnChange(Arc::new(on_change)),
+            pool_idle_timeout: Duration::from_secs(30),
+        });
+        (replica, receiver)
+    }
+}

@@ -135,27 +135,15 @@ mod tests {
 
     use super::*;
     use crate::event::{Event, EventKind};
-    use crate::supervisor::replica::{OnChange, ReplicaParts};
 
     /// A `Ready` replica that routes to an address dropless does not own
     /// (no process: retirement drains it and does not signal).
     fn ready_target() -> (Arc<Replica>, tokio::sync::broadcast::Receiver<Event>) {
-        let events = crate::event::Events::new(64);
-        let receiver = events.subscribe();
-        let replica = Replica::new(ReplicaParts {
-            name: "web-1".into(),
-            service: "web".into(),
-            generation: 1,
-            addr: "127.0.0.1:9".parse().unwrap(),
-            process: None,
-            log: None,
-            events,
-            on_change: OnChange(Arc::new(|| {})),
-            pool_idle_timeout: Duration::from_secs(30),
-        });
+        let (replica, events) =
+            crate::supervisor::replica::testing::replica("web-1", "127.0.0.1:9", || {});
         replica.set_member(true);
         replica.set_state(ReplicaState::Ready, None);
-        (replica, receiver)
+        (replica, events)
     }
 
     fn config(drain_timeout: u64, pre_stop: u64) -> RetireConfig {

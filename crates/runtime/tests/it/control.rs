@@ -452,7 +452,7 @@ async fn the_event_stream_starts_with_the_recent_history_asked_for() {
     h.wait_routable(1).await;
     let state = |e: &dropless_runtime::event::Event| match &e.kind {
         EventKind::Replica { replica, state, .. } => Some((replica.clone(), *state)),
-        EventKind::Rollout { .. } => None,
+        _ => None,
     };
     let started = Some(("web-1".to_string(), ReplicaState::Starting));
     let ready = Some(("web-1".to_string(), ReplicaState::Ready));

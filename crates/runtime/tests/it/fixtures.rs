@@ -4,6 +4,7 @@
 //! directory.
 
 pub mod backend;
+pub mod discovery;
 pub mod load;
 pub mod raw;
 pub mod serve;

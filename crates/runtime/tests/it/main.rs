@@ -2,6 +2,7 @@
 //! 127.0.0.1 port 0 only, every load bounded in rate and time.
 
 mod control;
+mod discover;
 mod disk;
 mod fast;
 mod fixtures;
