@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use dropless_runtime::config::{Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version};
+use dropless_runtime::config::{
+    AffinityConfig, Config, DEFAULT_SERVICE_NAME, ServiceConfig, Version,
+};
 use dropless_runtime::control::{ControlListener, TcpControl};
 use dropless_runtime::serve::{Resumed, Runtime, StartFrom};
 use dropless_runtime::supervisor::discover::{DiscoverConfig, DnsSource};
@@ -34,6 +36,11 @@ pub struct ServeArgs {
     /// [default: /healthz].
     #[arg(long)]
     health_path: Option<String>,
+    /// Session affinity for the service: requests with the same key go to
+    /// the same replica, held while it hands its sessions off; KEY is
+    /// cookie:NAME, header:NAME or path:/prefix/{id} (see docs/sessions.md).
+    #[arg(long, value_name = "KEY", value_parser = affinity_key)]
+    affinity: Option<String>,
     /// Control socket [default: STATE_DIR/dropless.sock].
     #[arg(long, env = "DROPLESS_CONTROL")]
     control: Option<PathBuf>,
@@ -237,6 +244,12 @@ fn describes_service(args: &ServeArgs) -> bool {
         || !args.command.is_empty()
         || args.replicas.is_some()
         || args.health_path.is_some()
+        || args.affinity.is_some()
+}
+
+/// An affinity key spec, checked.
+fn affinity_key(spec: &str) -> Result<String, String> {
+    dropless_runtime::proxy::affinity::KeySpec::parse(spec).map(|_| spec.to_string())
 }
 
 /// The config file (or the defaults) with the flags applied, validated.
@@ -299,6 +312,12 @@ fn config(args: ServeArgs) -> Result<Config, String> {
         }
         if let Some(path) = args.health_path {
             service.probe.path = path;
+        }
+        if let Some(key) = args.affinity {
+            match &mut service.affinity {
+                Some(affinity) => affinity.key = key,
+                None => service.affinity = Some(AffinityConfig::new(key)),
+            }
         }
     }
     // Timing flags apply to every service of the config.

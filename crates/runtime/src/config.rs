@@ -87,6 +87,12 @@ pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_LOG_KEEP: usize = 3;
 /// Default name of a service described by flags.
 pub const DEFAULT_SERVICE_NAME: &str = "web";
+/// Default most session keys an affinity table remembers (least recently
+/// used keys are forgotten beyond it).
+pub const DEFAULT_AFFINITY_MAX_KEYS: usize = 1_000_000;
+/// Default longest time requests for a retiring owner's sessions are held
+/// before their keys get a new owner.
+pub const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The whole runtime: one proxy, one control socket, one or more services.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -203,6 +209,81 @@ pub struct ServiceConfig {
     pub rollout: RolloutConfig,
     /// Replacement of replicas that die on their own.
     pub restart: RestartConfig,
+    /// Session affinity (none by default): `affinity = "cookie:NAME"`, or
+    /// a table with `key`, `max_keys` and `handoff_timeout`. A service with
+    /// affinity also gets a stash (`DROPLESS_STASH`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityConfig>,
+    /// A stash for the replicas (`DROPLESS_STASH`) even without affinity
+    /// (default false).
+    pub stash: bool,
+}
+
+/// Session affinity of a service: requests with the same key go to the same
+/// ready replica, and are held while that replica hands its sessions off.
+/// In TOML, a key spec string alone, or a table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(from = "AffinityToml")]
+pub struct AffinityConfig {
+    /// Where the key is: `cookie:NAME`, `header:NAME` or
+    /// `path:/prefix/{id}`.
+    pub key: String,
+    /// Most keys remembered ([`DEFAULT_AFFINITY_MAX_KEYS`]).
+    pub max_keys: usize,
+    /// Longest hold of a retiring owner's requests
+    /// ([`DEFAULT_HANDOFF_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub handoff_timeout: Duration,
+}
+
+/// The two TOML forms of [`AffinityConfig`].
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AffinityToml {
+    Key(String),
+    Table {
+        key: String,
+        #[serde(default = "default_max_keys")]
+        max_keys: usize,
+        #[serde(default = "default_handoff", with = "duration")]
+        handoff_timeout: Duration,
+    },
+}
+
+fn default_max_keys() -> usize {
+    DEFAULT_AFFINITY_MAX_KEYS
+}
+
+fn default_handoff() -> Duration {
+    DEFAULT_HANDOFF_TIMEOUT
+}
+
+impl From<AffinityToml> for AffinityConfig {
+    fn from(toml: AffinityToml) -> Self {
+        match toml {
+            AffinityToml::Key(key) => Self::new(key),
+            AffinityToml::Table {
+                key,
+                max_keys,
+                handoff_timeout,
+            } => Self {
+                key,
+                max_keys,
+                handoff_timeout,
+            },
+        }
+    }
+}
+
+impl AffinityConfig {
+    /// Affinity on `key` (a spec such as `cookie:sid`) with the defaults.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            max_keys: DEFAULT_AFFINITY_MAX_KEYS,
+            handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
+        }
+    }
 }
 
 /// A version of a service: a command with its environment, or an address
@@ -393,6 +474,8 @@ impl Default for ServiceConfig {
             retire: RetireConfig::default(),
             rollout: RolloutConfig::default(),
             restart: RestartConfig::default(),
+            affinity: None,
+            stash: false,
         }
     }
 }
@@ -576,6 +659,14 @@ impl ServiceConfig {
         {
             return bad("probe intervals and timeout must be above 0".into());
         }
+        if let Some(affinity) = &self.affinity {
+            if let Err(e) = crate::proxy::affinity::KeySpec::parse(&affinity.key) {
+                return bad(e);
+            }
+            if affinity.max_keys == 0 {
+                return bad("affinity.max_keys must be at least 1 (default 1000000)".into());
+            }
+        }
         Ok(())
     }
 }
@@ -703,6 +794,7 @@ mod tests {
             crate::supervisor::discover::DiscoverConfig::new("dns:a:1".parse().unwrap());
         discover.nameserver = Some("127.0.0.1:53".parse().unwrap());
         config.services[0].discover = Some(discover);
+        config.services[0].affinity = Some(AffinityConfig::new("cookie:sid"));
         let value = toml::Value::try_from(&config).unwrap();
         let mut missing = Vec::new();
         fn walk(v: &toml::Value, docs: &str, missing: &mut Vec<String>) {
@@ -721,6 +813,36 @@ mod tests {
         }
         walk(&value, docs, &mut missing);
         assert!(missing.is_empty(), "not in docs/config.md: {missing:?}");
+    }
+
+    #[test]
+    fn affinity_is_a_key_or_a_table() {
+        let config: Config = toml::from_str(
+            r#"
+            [[service]]
+            name = "a"
+            version.command = ["x"]
+            affinity = "cookie:sid"
+            [[service]]
+            name = "b"
+            hosts = ["b"]
+            version.command = ["x"]
+            affinity = { key = "path:/game/{id}", handoff_timeout = "3s" }
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.services[0].affinity,
+            Some(AffinityConfig::new("cookie:sid"))
+        );
+        let b = config.services[1].affinity.as_ref().unwrap();
+        assert_eq!(b.handoff_timeout, Duration::from_secs(3));
+        assert_eq!(b.max_keys, DEFAULT_AFFINITY_MAX_KEYS);
+        let mut bad = config.clone();
+        bad.services[0].affinity = Some(AffinityConfig::new("query:sid"));
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("query:sid"), "{err}");
     }
 
     #[test]

@@ -209,6 +209,12 @@ impl ControlListener {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The listening socket (for another server on a private socket, such
+    /// as the stash; the socket file goes when this is dropped).
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
 }
 
 impl TcpControl {

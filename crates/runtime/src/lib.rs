@@ -44,5 +44,6 @@ pub mod reload;
 pub mod rollout;
 pub mod serve;
 pub mod signal;
+pub mod stash;
 pub mod supervisor;
 pub mod throttle;

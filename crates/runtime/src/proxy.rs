@@ -4,6 +4,7 @@
 //! connections finish (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2)
 //! within a grace period.
 
+pub mod affinity;
 pub mod balance;
 mod error;
 mod fast;
@@ -16,6 +17,7 @@ mod session;
 mod threads;
 pub mod tls;
 mod upload;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -305,6 +305,13 @@ fn apply_service(sup: &Supervisor, new: &ServiceConfig) -> Vec<String> {
         sup.update_config(new.clone());
         lines.push(format!("service {name}: {} applied", changed.join(", ")));
     }
+    if old.affinity != new.affinity || old.stash != new.stash {
+        let was = old.affinity.as_ref().map_or("none", |a| a.key.as_str());
+        lines.push(format!(
+            "service {name}: affinity and stash cannot change without a restart: still affinity {was}, stash {}",
+            old.stash || old.affinity.is_some()
+        ));
+    }
     let desired = sup.desired();
     if new.discover.is_some() {
         return lines;

@@ -390,12 +390,42 @@ impl Rollout<'_> {
                 }
             }
         }
-        if failure.is_none() {
+        let mut port_retries = PORT_TAKEN_RETRIES;
+        while failure.is_none() {
             let waits = fresh.iter().map(|r| self.supervisor.await_ready(r));
-            failure = futures_util::future::join_all(waits)
-                .await
-                .into_iter()
-                .find_map(Result::err);
+            let results = futures_util::future::join_all(waits).await;
+            // A command given a port that another process took between our
+            // check and its bind: the same replica again on a new port.
+            let mut taken = Vec::new();
+            for (i, result) in results.into_iter().enumerate() {
+                match result {
+                    Err(reason) if port_taken(&reason) && port_retries > 0 => {
+                        taken.push((i, reason))
+                    }
+                    Err(reason) => {
+                        failure.get_or_insert(reason);
+                    }
+                    Ok(()) => {}
+                }
+            }
+            if failure.is_some() || taken.is_empty() {
+                break;
+            }
+            port_retries -= 1;
+            for (i, reason) in taken {
+                tracing::warn!("starting it again on another port: {reason}");
+                match self.supervisor.start_replica(release) {
+                    Ok(r) => {
+                        self.started.push(r.name().to_string());
+                        let old = std::mem::replace(&mut fresh[i], r);
+                        self.retire(old);
+                    }
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
         }
         match failure {
             None => Ok(fresh),
@@ -421,6 +451,20 @@ impl Rollout<'_> {
             }
         }
     }
+}
+
+/// How many times a rollout starts a replica again whose port was taken
+/// before it could bind it (commands without socket activation are given a
+/// port that is free when checked; see docs/runtime.md).
+const PORT_TAKEN_RETRIES: usize = 3;
+
+/// Whether a replica's failure (its detail and the last lines of its log)
+/// says it could not bind its port because another process had it.
+fn port_taken(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    ["address already in use", "eaddrinuse", "os error 98"]
+        .iter()
+        .any(|s| reason.contains(s))
 }
 
 /// Refuses a count above the service's `max_replicas`, and 0 unless

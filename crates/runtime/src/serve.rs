@@ -213,6 +213,7 @@ impl Runtime {
             events: events.clone(),
             state_file: Arc::clone(&state_file),
             registry: Arc::clone(&registry),
+            state_dir: config.state_dir.clone(),
         };
         let supervisors = config
             .services

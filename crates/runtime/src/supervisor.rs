@@ -31,6 +31,8 @@ use process::{Listen, Process, SpawnError};
 use replica::{OnChange, Replica, ReplicaParts};
 use retire::Retired;
 
+use crate::proxy::affinity::Affinity;
+
 /// Longest wait for a failed replica's last output to reach its log (its
 /// children may hold the pipe open) before the log's tail is read.
 pub const LOG_FLUSH_WAIT: Duration = Duration::from_millis(500);
@@ -58,6 +60,8 @@ pub struct SupervisorOptions {
     pub state_file: Arc<StateFile>,
     /// The record of the running replica processes.
     pub registry: Arc<Registry>,
+    /// The state directory (each service's stash lives in it).
+    pub state_dir: PathBuf,
 }
 
 /// A snapshot of one service for `status`.
@@ -121,6 +125,14 @@ struct Inner {
     shutdown: CancellationToken,
     /// The last resolution of a discovered service.
     discovery: Mutex<Option<discover::DiscoveryStatus>>,
+    /// Session affinity, when the service has it.
+    affinity: Option<Arc<Affinity>>,
+    /// The stash's socket, when the service has one; it is served from the
+    /// start until the last replica is retired.
+    stash: Option<PathBuf>,
+    stash_stop: CancellationToken,
+    /// The stash's server, awaited at the end of the shutdown.
+    stash_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -145,6 +157,12 @@ impl Supervisor {
     /// (from the config, or the persisted state). Nothing runs until
     /// [`Supervisor::start`].
     pub fn new(config: ServiceConfig, desired: Desired, options: SupervisorOptions) -> Self {
+        let affinity = config
+            .affinity
+            .as_ref()
+            .map(|a| Arc::new(Affinity::new(a).expect("a validated affinity key")));
+        let stash = (affinity.is_some() || config.stash)
+            .then(|| crate::stash::socket_path(&options.state_dir, &config.name));
         Self {
             inner: Arc::new(Inner {
                 name: config.name.clone(),
@@ -162,6 +180,10 @@ impl Supervisor {
                 phase: Mutex::new(None),
                 next_rollout: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
+                affinity,
+                stash,
+                stash_stop: CancellationToken::new(),
+                stash_task: Mutex::new(None),
                 discovery: Mutex::new(None),
                 config: ArcSwap::from_pointee(config),
             }),
@@ -171,6 +193,7 @@ impl Supervisor {
     /// Starts the desired replicas as members; they get traffic once ready.
     /// A discovered service starts its discovery instead, which adds them.
     pub fn start(&self) -> Result<Vec<Arc<Replica>>, SpawnError> {
+        self.start_stash()?;
         if self.config().discover.is_some() {
             let shutdown = self.inner.shutdown.clone();
             tokio::spawn(discover::run(self.clone(), shutdown));
@@ -186,6 +209,42 @@ impl Supervisor {
         Ok(started)
     }
 
+    /// Its session affinity, when it has one.
+    pub fn affinity(&self) -> Option<&Arc<Affinity>> {
+        self.inner.affinity.as_ref()
+    }
+
+    /// The socket of its stash (given to replicas as `DROPLESS_STASH`),
+    /// when it has one.
+    pub fn stash_socket(&self) -> Option<&std::path::Path> {
+        self.inner.stash.as_deref()
+    }
+
+    /// Binds its stash's socket and serves it until the service's last
+    /// replica is retired.
+    fn start_stash(&self) -> Result<(), SpawnError> {
+        let Some(socket) = &self.inner.stash else {
+            return Ok(());
+        };
+        let options = &self.inner.options;
+        let stash_err = |message: String| SpawnError::Stash {
+            path: socket.clone(),
+            message,
+        };
+        let dir = crate::stash::entries_dir(&options.state_dir, self.name());
+        let stash = crate::stash::Stash::open(&dir, self.inner.affinity.clone())
+            .map_err(|e| stash_err(e.to_string()))?;
+        let listener =
+            crate::control::ControlListener::bind(socket).map_err(|e| stash_err(e.to_string()))?;
+        let task = tokio::spawn(crate::stash::serve(
+            listener,
+            Arc::new(stash),
+            self.inner.stash_stop.clone(),
+        ));
+        *self.inner.stash_task.lock().expect("stash lock") = Some(task);
+        Ok(())
+    }
+
     /// Service name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -197,11 +256,15 @@ impl Supervisor {
     }
 
     /// Applies `config` (a reload) from now on: to the next probe of each
-    /// replica, the next retirement, rollout and replacement. The name is
-    /// kept; the version and replica count in `config` are not used after
+    /// replica, the next retirement, rollout and replacement. The name,
+    /// affinity and stash are kept; the version and replica count in `config` are not used after
     /// the start (the desired state holds them).
     pub fn update_config(&self, mut config: ServiceConfig) {
         config.name = self.inner.name.clone();
+        // Fixed at start, as the table and the stash built from them.
+        let current = self.config();
+        config.affinity = current.affinity.clone();
+        config.stash = current.stash;
         self.inner.config.store(Arc::new(config));
     }
 
@@ -302,7 +365,16 @@ impl Supervisor {
                 let addr = listen.addr().map_err(exec_error)?;
                 let options = &self.inner.options;
                 let log = LogFile::new(&options.log_dir, &name, &options.log_run, &options.logs);
-                let process = Process::spawn(&version.command, &version.env, listen, &name, &log)?;
+                let env = match &self.inner.stash {
+                    Some(socket) => {
+                        let mut env = version.env.clone();
+                        let socket = socket.to_string_lossy().into_owned();
+                        env.insert(crate::stash::STASH_ENV.to_string(), socket);
+                        std::borrow::Cow::Owned(env)
+                    }
+                    None => std::borrow::Cow::Borrowed(&version.env),
+                };
+                let process = Process::spawn(&version.command, &env, listen, &name, &log)?;
                 if let Some(start_time) = process.start_time() {
                     options.registry.add(RecordedReplica {
                         service: self.name().to_string(),
@@ -424,6 +496,13 @@ impl Supervisor {
             .map(|r| self.retire_with(r, config.clone()))
             .collect();
         futures_util::future::join_all(retirements).await;
+        // Retiring replicas stash their sessions: the stash closes last,
+        // its socket removed before `shutdown` returns.
+        self.inner.stash_stop.cancel();
+        let task = self.inner.stash_task.lock().expect("stash lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// A snapshot for `status`.

@@ -283,10 +283,14 @@ fn serve_listens_on_a_host_name() {
 
 #[test]
 fn bad_flag_values_exit_2_naming_the_flag_and_an_example() {
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 7] = [
         (
             &["serve", "--discover", "tasks.app:8080"],
             &["--discover", "write dns:NAME:PORT"],
+        ),
+        (
+            &["serve", "--affinity", "query:sid", "--", "true"],
+            &["--affinity", "cookie:NAME"],
         ),
         (
             &["serve", "--ready-timeout", "abc", "--", "true"],

@@ -26,6 +26,9 @@ pub struct Pick {
     pub pool: Pool,
     /// Counts the request on it until dropped.
     pub guard: InFlight,
+    /// How long the request was held for a session handoff before it
+    /// (zero without affinity, see [`crate::proxy::affinity`]).
+    pub held: Duration,
 }
 
 /// Why no replica was picked.
@@ -82,6 +85,7 @@ pub async fn pick(
             replica,
             pool,
             guard,
+            held: Duration::ZERO,
         });
     }
     let mut topology = service.watch_topology();
@@ -116,6 +120,7 @@ pub async fn pick(
                 replica,
                 pool,
                 guard,
+                held: Duration::ZERO,
             });
         }
         let wake = if tried.is_empty() {

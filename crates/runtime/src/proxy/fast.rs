@@ -29,6 +29,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::forward::{self, AttemptError, LazyDeadline, Sent};
 use super::{ClientInfo, Proxy, ProxyError, error_chain};
+use crate::proxy::affinity::HELD_HEADER;
 use crate::proxy::balance::Pick;
 use body::Body;
 use head::{Framing, Parsed, RequestPlan, ResponseHead, parse_request, parse_response};
@@ -212,6 +213,10 @@ impl Session<'_, '_> {
             self.input.advance(total);
             return self.send_error(&err, plan).await;
         };
+        // Only a service with affinity looks for a session key.
+        let key = service
+            .affinity()
+            .and_then(|a| a.key_of_head(&self.input[..plan.head_len]));
         let mut out = std::mem::take(&mut plan.upstream);
         out.extend_from_slice(&self.input[plan.head_len..total]);
         self.input.advance(total);
@@ -223,6 +228,7 @@ impl Session<'_, '_> {
         let forwarded = forward::forward(
             &config,
             &service,
+            key,
             plan.replay,
             &mut self.response_deadline,
             &mut Exchange(&out),
@@ -251,6 +257,11 @@ impl Session<'_, '_> {
         };
         let close = plan.close || self.stop.is_cancelled() || framing == Framing::UntilClose;
         let mut first = head.head;
+        if !pick.held.is_zero() {
+            first.truncate(first.len() - 2);
+            let held = format!("{}: {}\r\n\r\n", HELD_HEADER, pick.held.as_millis());
+            first.extend_from_slice(held.as_bytes());
+        }
         if close {
             first.truncate(first.len() - 2);
             first.extend_from_slice(b"connection: close\r\n\r\n");

@@ -112,10 +112,13 @@ pub(super) trait Attempt {
 /// another replica while a failure allows it; returns the successful
 /// attempt's replica (still counting the request) and result, or the error
 /// the client gets. `response_deadline` bounds each attempt by
-/// `response_timeout` (a [`LazyDeadline`] a connection reuses).
+/// `response_timeout` (a [`LazyDeadline`] a connection reuses). A request
+/// with a session `key` (hashed, [`crate::proxy::affinity`]) goes to the
+/// key's owner.
 pub(super) async fn forward<A: Attempt>(
     config: &ProxyConfig,
     service: &Supervisor,
+    key: Option<u64>,
     replay: Replay,
     response_deadline: &mut LazyDeadline,
     attempt: &mut A,
@@ -125,9 +128,12 @@ pub(super) async fn forward<A: Attempt>(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let pick = balance::pick(service, &tried, deadline)
-            .await
-            .map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?;
+        let pick = match (key, service.affinity()) {
+            (Some(key), Some(affinity)) => affinity.pick(service, key, &tried, deadline).await,
+            _ => balance::pick(service, &tried, deadline).await,
+        };
+        let pick =
+            pick.map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?;
         response_deadline.set(Instant::now() + config.response_timeout);
         let result = {
             let run = attempt.send(&pick);

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::forward::{self, AttemptError, Sent};
 use super::front::{ActiveGuard, Activity};
-use super::{ClientInfo, Proxy, ProxyBody, ProxyError, error_chain, headers, upload};
+use super::{ClientInfo, Proxy, ProxyBody, ProxyError, error_chain, headers, upload, websocket};
+use crate::proxy::affinity;
 use crate::proxy::balance::Pick;
 use crate::proxy::pool::{PoolError, PooledBody, UpstreamBody};
 use crate::supervisor::replica::InFlight;
@@ -131,6 +132,14 @@ impl Proxy {
         } else {
             Body::Streamed(Some(upload))
         };
+        // Only a service with affinity looks for a session key.
+        let key = service.affinity().and_then(|a| {
+            let headers = parts.headers.iter();
+            a.key_of(
+                parts.uri.path(),
+                headers.map(|(n, v)| (n.as_str(), v.as_bytes())),
+            )
+        });
         let mut attempt = HyperAttempt {
             parts,
             body,
@@ -142,13 +151,24 @@ impl Proxy {
         let forwarded = forward::forward(
             &config,
             &service,
+            key,
             replay,
             &mut response_deadline,
             &mut attempt,
         )
         .await;
         match forwarded {
-            Ok((pick, resp)) => Ok(respond(resp, pick.guard, &pick.replica, client_upgrade)),
+            Ok((pick, resp)) => {
+                let held = pick.held;
+                let mut resp = respond(resp, pick.guard, &pick.replica, client_upgrade);
+                if !held.is_zero() {
+                    resp.headers_mut().insert(
+                        affinity::HELD_HEADER,
+                        http::HeaderValue::from(held.as_millis() as u64),
+                    );
+                }
+                Ok(resp)
+            }
             // The client's body failed: the client hears of it, not of the
             // replica that was waiting for the rest.
             Err(e) => Err(failure.get().cloned().unwrap_or(e)),
@@ -352,6 +372,9 @@ fn respond(
     if let (true, Some(client)) = (switching, client_upgrade) {
         let upstream = hyper::upgrade::on(&mut resp);
         let upgrade = resp.headers().get(http::header::UPGRADE).cloned();
+        let websocket = upgrade
+            .as_ref()
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let deadline = replica.drain_deadline();
         tokio::spawn(async move {
             let _guard = guard;
@@ -359,6 +382,9 @@ fn respond(
                 return;
             };
             let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
+            if websocket {
+                return websocket::tunnel(a, b, deadline).await;
+            }
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
                 () = deadline.cancelled() => tracing::info!("upgraded connection closed at the drain deadline"),

@@ -51,6 +51,14 @@ pub enum SpawnError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The service's stash could not be opened or its socket bound.
+    #[error("cannot start the stash at {path}: {message}")]
+    Stash {
+        /// The stash's socket.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// The service is shutting down and starts no replica.
     #[error("not starting a replica: the service is shutting down")]
     ShuttingDown,

@@ -324,6 +324,27 @@ pub async fn states_of(
     }
 }
 
+/// A WebSocket upgrade of `GET /ws` through the proxy at `addr`: the
+/// connection once its 101 head is read, and that head (lowercase).
+pub async fn websocket(addr: SocketAddr) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ws = tokio::net::TcpStream::connect(addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        ws.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    (ws, head)
+}
+
 /// One GET through the proxy: status, `x-version`, body.
 pub async fn get(url: &str) -> (u16, Option<String>, String) {
     use http_body_util::BodyExt;

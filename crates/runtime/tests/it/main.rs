@@ -1,6 +1,7 @@
 //! Integration tests of dropless-runtime: real processes, real sockets,
 //! 127.0.0.1 port 0 only, every load bounded in rate and time.
 
+mod affinity;
 mod control;
 mod discover;
 mod disk;

@@ -166,20 +166,7 @@ async fn websocket_upgrade_passes_through_and_closes_at_the_drain_deadline() {
     service.retire.drain_timeout = Duration::from_millis(500);
     let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
     h.wait_routable(1).await;
-    let mut ws = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    ws.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        ws.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (mut ws, head) = fixtures::websocket(h.addr).await;
     assert!(head.contains("upgrade: websocket"), "{head}");
     ws.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];

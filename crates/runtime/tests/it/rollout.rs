@@ -295,3 +295,51 @@ async fn rolling_restart_with_max_unavailable_instead_of_surge() {
     assert_eq!(web.routable().len(), 3);
     run.finish().await;
 }
+
+/// A version whose first start finds its port taken (as when another
+/// process binds the port between the runtime's check and the command's own
+/// bind), then starts normally: the rollout starts it again on another port
+/// instead of aborting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_port_was_taken_is_started_again_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("first-start-done");
+    let backend = fixtures::backend(Mode::Graceful, "v2");
+    // The test backend binds PORT itself: no socket is passed.
+    let mut command = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!(
+            "if [ ! -e '{}' ]; then touch '{}'; echo 'Error: Address already in use (os error 98)' >&2; exit 1; fi; exec \"$@\"",
+            mark.display(),
+            mark.display()
+        ),
+        "sh".to_owned(),
+    ];
+    command.extend(backend.command.iter().cloned());
+    let mut version = dropless_runtime::config::Version::command(command);
+    version.env = backend.env.clone();
+    let run = UnderLoad::start(
+        fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1),
+        Client::KeepAlive,
+    )
+    .await;
+    let request = RolloutRequest::Deploy {
+        version,
+        plan: Plan::default(),
+    };
+    let report = run
+        .h
+        .client()
+        .rollout(None, request)
+        .await
+        .expect("the rollout completes");
+    assert!(mark.exists(), "the first start found its port taken");
+    assert_eq!(report.started.len(), 2, "{report:?}");
+    assert_eq!(
+        fixtures::get(&run.h.url("/sum?a=1&b=2")).await.1.as_deref(),
+        Some("v2")
+    );
+    let load = run.finish().await;
+    assert_eq!(load.requests.failed, 0);
+}
