@@ -95,6 +95,12 @@ pub struct Service {
     /// `["--log-delay", "1s"]` (see `dropless demo-service --help`).
     #[serde(default)]
     pub demo_args: Vec<String>,
+    /// Session affinity of the service (`"path:/game/{id}"`,
+    /// `"cookie:NAME"`, `"header:NAME"`), which also gives its replicas a
+    /// stash (`DROPLESS_STASH`): what `[load] sessions` needs to survive a
+    /// deploy, with `demo_args = ["--handoff"]`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
 }
 
 impl Service {
@@ -551,6 +557,11 @@ impl Scenario {
                 "service.health_path",
                 format!("{path:?} must start with '/' (or be \"\" for a TCP probe)"),
             );
+        }
+        if let Some(key) = &service.affinity
+            && let Err(why) = dropless_runtime::proxy::affinity::KeySpec::parse(key)
+        {
+            return invalid("service.affinity", why);
         }
         if !self.load.path.starts_with('/') {
             return invalid(

@@ -72,6 +72,11 @@ fn each_bad_field_is_named_with_the_fix() {
         ("replicas = 3", "replica = 3", "unknown field `replica`"),
         ("rate = 50", "rate = 50\nsessions = 0", "`load.sessions`"),
         (
+            "replicas = 3",
+            "replicas = 3\naffinity = \"query:sid\"",
+            "`service.affinity`",
+        ),
+        (
             "rate = 50",
             "rate = 50\nwebsocket = true",
             "`load.websocket`",
@@ -106,9 +111,20 @@ fn a_parse_error_names_the_file_and_a_missing_file_is_a_read_error() {
 }
 
 #[test]
-fn a_load_of_sessions_loads_and_requests_the_game_under_root() {
-    let scenario =
-        load(&GOOD.replace("rate = 50", "rate = 50\nsessions = 200\nwebsocket = true")).unwrap();
+fn a_load_of_sessions_with_affinity_loads_and_requests_the_game_under_root() {
+    let scenario = load(
+        &GOOD
+            .replace("rate = 50", "rate = 50\nsessions = 200\nwebsocket = true")
+            .replace(
+                "replicas = 3",
+                "replicas = 3\naffinity = \"path:/game/{id}\"",
+            ),
+    )
+    .unwrap();
+    assert_eq!(
+        scenario.service.affinity.as_deref(),
+        Some("path:/game/{id}")
+    );
     assert_eq!(scenario.load.sessions, Some(200));
     assert!(scenario.load.websocket);
     assert_eq!(
