@@ -108,22 +108,7 @@ swap_under_load nginx nginx_conf "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/
 
 # --- HAProxy ---------------------------------------------------------------
 haproxy_conf() { # backend port
-  cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread 2
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend front
-  bind 127.0.0.1:$front
-  default_backend back
-backend back
-  server b1 127.0.0.1:$1
-EOF
+  haproxy_config "$front" "" "$1" >"$work/haproxy.cfg"
 }
 log "haproxy: $SWAPS reloads under $RATE req/s"
 front=$(free_port)

@@ -40,3 +40,25 @@ need() {
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
   HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 }
+
+# haproxy_config FRONT_PORT GLOBAL_LINE BACKEND_PORT...: an HAProxy config
+# on stdout: 2 threads, HTTP, a frontend on 127.0.0.1:FRONT_PORT, one server
+# per backend port, GLOBAL_LINE (may be empty) added to `global`.
+haproxy_config() {
+  local front=$1 global=$2 i=1 port; shift 2
+  printf 'global\n  nbthread 2\n  maxconn 8000\n'
+  [ -z "$global" ] || printf '  %s\n' "$global"
+  cat <<EOF
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend front
+  bind 127.0.0.1:$front
+  default_backend back
+backend back
+EOF
+  for port in "$@"; do printf '  server b%s 127.0.0.1:%s\n' "$i" "$port"; i=$((i + 1)); done
+}

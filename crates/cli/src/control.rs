@@ -226,6 +226,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
             );
             return Ok(());
         }
+        if let Some(r) = services.first().and_then(|s| s.runtime.as_ref()) {
+            println!("{}", runtime_line(r));
+        }
         for s in services {
             let d = &s.desired;
             match &s.discovery {
@@ -368,6 +371,39 @@ async fn current_version(
     found
         .map(|s| s.desired.current.version)
         .ok_or_else(|| ControlError::Rejected("name the service with --service".into()))
+}
+
+/// One line on the runtime: its version, pid and last upgrade.
+fn runtime_line(r: &dropless_runtime::upgrade::state::RuntimeInfo) -> String {
+    let upgraded = match &r.last_upgrade {
+        Some(at) => format!("last upgraded {at} ({} upgrades)", r.upgrades),
+        None => "never upgraded".to_string(),
+    };
+    format!(
+        "runtime: dropless {} pid {}, running since {}, {upgraded}",
+        r.version, r.pid, r.running_since
+    )
+}
+
+/// For `dropless version`: the line on the runtime answering at the
+/// default control socket (`DROPLESS_CONTROL`), if one answers.
+pub fn print_runtime() {
+    let control = std::env::var_os(dropless_runtime::control::CONTROL_ENV)
+        .map_or_else(|| PathBuf::from(".dropless/dropless.sock"), PathBuf::from);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let info = runtime.block_on(async {
+        let client = ControlClient::for_target(&control).ok()?;
+        tokio::time::timeout(std::time::Duration::from_secs(2), client.runtime())
+            .await
+            .ok()?
+            .ok()
+    });
+    if let Some(info) = info {
+        println!("{} (at {})", runtime_line(&info), control.display());
+    }
 }
 
 fn block_on(work: impl Future<Output = Result<(), ControlError>>) -> ExitCode {

@@ -1,16 +1,21 @@
 //! `dropless k8s manifest`: a Deployment and a Service with zero-downtime
-//! settings.
+//! settings; `dropless k8s lint`: the same rules checked on a user's files.
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use dropless_trial::manifest::Manifest;
 
+use crate::lint::{self, LintArgs};
+
 /// `dropless k8s …`.
 #[derive(Debug, Subcommand)]
 pub enum K8sCommand {
     /// Print a Deployment and a Service with zero-downtime settings.
     Manifest(ManifestArgs),
+    /// Check Deployment files for settings that drop requests during a
+    /// rollout (exit 0 clean, 3 findings, 2 unreadable file).
+    Lint(LintArgs),
 }
 
 /// Arguments of `dropless k8s manifest`.
@@ -48,5 +53,6 @@ pub fn run(command: K8sCommand) -> ExitCode {
                 }
             }
         }
+        K8sCommand::Lint(args) => lint::run(lint::Kind::Kubernetes, args),
     }
 }

@@ -1,13 +1,17 @@
 //! `dropless`: the command line. Parsing and wiring only; every subcommand
 //! calls into a library crate.
 
+mod check;
 mod control;
 mod demo;
 mod interrupt;
 mod k8s;
+mod lint;
 mod load;
 mod serve;
+mod swarm;
 mod trial;
+mod upgrade;
 mod value;
 
 use std::process::ExitCode;
@@ -51,17 +55,27 @@ enum Command {
     /// Make `serve` read its config file again and apply what can change
     /// without a restart (as SIGHUP does).
     Reload(control::ReloadArgs),
+    Upgrade(upgrade::UpgradeArgs),
     /// Load plus deploy events against a real runtime, then a verdict.
     Trial(Box<trial::TrialArgs>),
     /// The main job: the demo service deployed under load behind dropless,
     /// then under the Kubernetes emulation, side by side.
     Demo(demo::DemoArgs),
+    /// Does a program shut down gracefully? Start it, send it SIGTERM under
+    /// load, and report what happened on the wire.
+    Check(Box<check::CheckArgs>),
     /// Kubernetes helpers.
     #[command(subcommand)]
     K8s(k8s::K8sCommand),
+    /// Docker Swarm helpers.
+    #[command(subcommand)]
+    Swarm(swarm::SwarmCommand),
     /// Run the built-in demo service: the app `dropless demo` and trials
     /// deploy, with behaviour profiles v1..v9 (see docs/demo.md).
     DemoService(Box<dropless_demo::Args>),
+    /// The process that forks the replicas of `serve` (started by `serve`).
+    #[command(hide = true)]
+    Spawner,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +84,7 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("dropless {}", env!("CARGO_PKG_VERSION"));
             println!("parts: lifecycle (crate dropless-lifecycle), demo service (dropless-demo)");
+            control::print_runtime();
             ExitCode::SUCCESS
         }
         Command::Load(args) => load::run(*args),
@@ -81,9 +96,13 @@ fn main() -> ExitCode {
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
         Command::Reload(args) => control::reload(args),
+        Command::Upgrade(args) => upgrade::run(args),
         Command::Trial(args) => trial::run(*args),
         Command::Demo(args) => demo::run(args),
+        Command::Check(args) => check::run(*args),
         Command::K8s(command) => k8s::run(command),
+        Command::Swarm(command) => swarm::run(command),
         Command::DemoService(args) => demo::service(*args),
+        Command::Spawner => serve::spawner(),
     }
 }

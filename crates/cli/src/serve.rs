@@ -14,6 +14,8 @@ use dropless_runtime::config::{
 use dropless_runtime::control::{ControlListener, TcpControl};
 use dropless_runtime::serve::{Resumed, Runtime, StartFrom};
 use dropless_runtime::supervisor::discover::{DiscoverConfig, DnsSource};
+use dropless_runtime::upgrade::adopt::{AdoptError, Adoption};
+use dropless_runtime::upgrade::spawner;
 
 use crate::control::describe;
 
@@ -136,8 +138,34 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     crate::control::init_logging();
+    // Started by `dropless upgrade`: take over from the running serve.
+    let adoption = match Adoption::receive() {
+        Some(Ok(adoption)) => Some(adoption),
+        Some(Err(e)) => {
+            eprintln!("dropless serve: {e}");
+            return ExitCode::from(1);
+        }
+        None => None,
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("dropless serve: cannot find its own binary (/proc/self/exe)");
+        return ExitCode::from(1);
+    };
+    // Replicas are forked by the spawner process, which outlives an upgrade
+    // (an adopted serve takes the old one's).
+    if adoption.is_none()
+        && let Err(e) = spawner::start(&exe, &[spawner::SUBCOMMAND])
+    {
+        eprintln!("dropless serve: cannot start the spawner process: {e}");
+        return ExitCode::from(1);
+    }
+    let upgrades = (exe, std::env::args_os().skip(1).collect());
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(serve(config, from, asked_by, reload_args)) {
+    let serving = match adoption {
+        Some(adoption) => runtime.block_on(adopt(config, adoption, upgrades, reload_args)),
+        None => runtime.block_on(serve(config, from, asked_by, reload_args, upgrades)),
+    };
+    match serving {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Library errors name their cause in their message already.
@@ -149,6 +177,14 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// Runs the spawner process (`dropless spawner`, started by `serve`).
+pub fn spawner() -> ExitCode {
+    match dropless_runtime::upgrade::spawner::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+    }
+}
+
 /// Runs `config`; `asked_by` names where the service's command and count
 /// came from (the command line or a config file), for the line saying that
 /// the saved state overrides them; `args` are read again on a reload.
@@ -157,29 +193,19 @@ async fn serve(
     from: StartFrom,
     asked_by: Option<String>,
     args: ServeArgs,
+    upgrades: (PathBuf, Vec<std::ffi::OsString>),
 ) -> anyhow::Result<()> {
     let (control_path, control_tcp) = (config.control_path(), config.control_tcp);
     let listen = config.proxy.listen;
     // First the config and the state dir (private, readable, writable):
     // nothing is created in a state dir that is refused.
-    let mut runtime = Runtime::start_from(config, from)?;
+    let mut runtime = Runtime::start_from(config, from)?.with_upgrades(upgrades.0, upgrades.1);
     if let Some(asked_by) = asked_by {
         for resumed in runtime.resumed() {
             tracing::warn!("{}", ignored(resumed, &asked_by, runtime.state_path()));
         }
     }
-    // From here SIGHUP reloads instead of ending the process.
-    let hangups = dropless_runtime::signal::hangups()?;
-    let reloader = runtime.reloader();
-    reloader.set_source(std::sync::Arc::new(move || {
-        // The file read again, with the same flags over it.
-        let args = args.clone();
-        args.config
-            .is_some()
-            .then(|| self::config(args))
-            .transpose()
-    }));
-    tokio::spawn(reloader.on_signals(hangups));
+    reload_on_hangups(&runtime, args)?;
     let control = ControlListener::bind(&control_path)?;
     let tcp_control = match control_tcp {
         Some(addr) => {
@@ -207,6 +233,66 @@ async fn serve(
     );
     runtime
         .run(listener, Some(control), dropless_runtime::signal::recv())
+        .await?;
+    Ok(())
+}
+
+/// From here SIGHUP reloads `args`' config file (with the same flags over
+/// it) instead of ending the process.
+fn reload_on_hangups(runtime: &Runtime, args: ServeArgs) -> anyhow::Result<()> {
+    let hangups = dropless_runtime::signal::hangups()?;
+    let reloader = runtime.reloader();
+    reloader.set_source(std::sync::Arc::new(move || {
+        let args = args.clone();
+        args.config
+            .is_some()
+            .then(|| self::config(args))
+            .transpose()
+    }));
+    tokio::spawn(reloader.on_signals(hangups));
+    Ok(())
+}
+
+/// Takes over from the `serve` that started this one (an upgrade): its
+/// sockets, its replicas, the saved desired state (never `--fresh`).
+async fn adopt(
+    config: Config,
+    mut adoption: Adoption,
+    upgrades: (PathBuf, Vec<std::ffi::OsString>),
+    args: ServeArgs,
+) -> anyhow::Result<()> {
+    let taken = adoption.sockets().and_then(|sockets| {
+        let runtime =
+            Runtime::start_from(config, StartFrom::Saved).map_err(|e| AdoptError(e.to_string()))?;
+        Ok((sockets, runtime))
+    });
+    let (sockets, runtime) = match taken {
+        Ok(taken) => taken,
+        Err(e) => {
+            adoption.refuse(&e.0);
+            return Err(e.into());
+        }
+    };
+    let mut runtime = runtime.with_upgrades(upgrades.0, upgrades.1);
+    reload_on_hangups(&runtime, args)?;
+    let control = match sockets.control {
+        Some((listener, path)) => Some(ControlListener::from_std(listener, path)?),
+        None => None,
+    };
+    if let Some(listener) = sockets.control_tcp {
+        let token = std::env::var(dropless_runtime::control::TOKEN_ENV).unwrap_or_default();
+        runtime = runtime.with_tcp_control(TcpControl::from_std(listener, &token)?);
+    }
+    sockets.proxy.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(sockets.proxy)?;
+    tracing::info!(
+        "upgrade: taking over proxy on http://{} from pid {}",
+        listener.local_addr()?,
+        adoption.previous().pid
+    );
+    runtime
+        .with_adoption(adoption)
+        .run(listener, control, dropless_runtime::signal::recv())
         .await?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 mod connect;
 mod http1;
+pub(crate) mod probe;
 mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,7 +111,8 @@ struct Lease {
 }
 
 /// The request, parsed once; each send clones cheap parts.
-struct Template {
+#[derive(Clone)]
+pub(crate) struct Template {
     method: Method,
     /// Absolute URI (HTTP/2 takes scheme and authority from it).
     uri: Uri,
@@ -318,7 +320,7 @@ impl Transport for HttpTransport {
 }
 
 impl Template {
-    fn new(plan: &Plan) -> Self {
+    pub(crate) fn new(plan: &Plan) -> Self {
         let mut headers = plan.headers.clone();
         if !headers.contains_key(USER_AGENT) {
             let agent = concat!("dropless-load/", env!("CARGO_PKG_VERSION"));
@@ -334,7 +336,7 @@ impl Template {
         }
     }
 
-    fn build(&self) -> Request<Full<Bytes>> {
+    pub(crate) fn build(&self) -> Request<Full<Bytes>> {
         let mut request = Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();

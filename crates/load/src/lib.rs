@@ -36,6 +36,9 @@
 //! updates, duplicates, and with [`Config::websocket`] stream gaps,
 //! disconnects and reconnects).
 //!
+//! [`Probe`] drives single connections one request at a time and reports
+//! what happened on each (`dropless check` observes shutdowns with it).
+//!
 //! Main types: [`Config`] (validated before any socket opens), [`Run`] and
 //! [`Stopper`], [`Snapshot`], [`Report`] (the JSON of `dropless load --json`),
 //! [`Thresholds`], and [`Workers`] (dedicated sending threads, for
@@ -56,6 +59,7 @@ mod threshold;
 mod timeline;
 mod workers;
 
+pub use client::probe::{Answer, Closed, GoAway, Lost, LostH2, Probe, ProbeConn, ProbeH2};
 pub use config::{
     Config, ConfigError, DEFAULT_DURATION, DEFAULT_EXPECT_STATUS, DEFAULT_GRACE,
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE, DEFAULT_TIMEOUT, Model, StatusSet,

@@ -61,22 +61,7 @@ pub async fn start(config: &Config) -> Result<Run, Error> {
 /// Start a run whose requests execute on `workers` (see [`Workers`]).
 pub async fn start_on(config: &Config, workers: &Workers) -> Result<Run, Error> {
     let plan = config.plan()?;
-    let resolve = |reason: String| Error::Resolve {
-        host: plan.host.clone(),
-        reason,
-    };
-    let addrs: Vec<_> = tokio::net::lookup_host((plan.host.as_str(), plan.port))
-        .await
-        .map_err(|e| resolve(e.to_string()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(resolve("no address".into()));
-    }
-    let connector = Connector::new(addrs, plan.tls, &plan.host, plan.insecure, plan.http2)
-        .map_err(|_| ConfigError::Url {
-            url: plan.url.clone(),
-            reason: "the host is not a valid TLS server name",
-        })?;
+    let connector = connector(&plan).await?;
     if let Some(count) = plan.sessions {
         let authority = plan
             .uri
@@ -95,6 +80,29 @@ pub async fn start_on(config: &Config, workers: &Workers) -> Result<Run, Error> 
     }
     let transport = HttpTransport::new(&plan, connector);
     Ok(start_with(plan, transport, workers))
+}
+
+/// Resolves the plan's host and builds its connector.
+pub(crate) async fn connector(plan: &Plan) -> Result<Connector, Error> {
+    let resolve = |reason: String| Error::Resolve {
+        host: plan.host.clone(),
+        reason,
+    };
+    let addrs: Vec<_> = tokio::net::lookup_host((plan.host.as_str(), plan.port))
+        .await
+        .map_err(|e| resolve(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(resolve("no address".into()));
+    }
+    Ok(
+        Connector::new(addrs, plan.tls, &plan.host, plan.insecure, plan.http2).map_err(|_| {
+            ConfigError::Url {
+                url: plan.url.clone(),
+                reason: "the host is not a valid TLS server name",
+            }
+        })?,
+    )
 }
 
 /// Start a run and wait for its report.

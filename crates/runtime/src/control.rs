@@ -8,6 +8,8 @@
 //! | POST | `/v1/rollout` | [`RolloutCall`] | [`RolloutReport`](crate::rollout::RolloutReport), or 409 with [`ErrorBody`] when aborted |
 //! | GET | `/v1/events` | | newline-delimited JSON [`Event`]s, live; with `?last=N` or `?since=5m` the recent ones first (of the last [`HISTORY`](crate::event::HISTORY) kept) |
 //! | POST | `/v1/reload` | | [`ReloadReport`](crate::reload::ReloadReport), or 422 with [`ErrorBody`] when the file is refused |
+//! | POST | `/v1/upgrade` | [`UpgradeCall`] | [`Upgraded`](crate::upgrade::handover::Upgraded), or 409 with [`ErrorBody`] when it did not happen |
+//! | GET | `/v1/runtime` | | [`RuntimeInfo`](crate::upgrade::state::RuntimeInfo) |
 //!
 //! `deploy`, `restart`, `scale` and `rollback` are rollouts; the call returns
 //! when the rollout completed or was aborted and rolled back.
@@ -39,7 +41,10 @@ use crate::event::{Event, Events, Replay};
 use crate::proxy::route::Router;
 use crate::reload::{ReloadError, Reloader};
 use crate::rollout::{self, RolloutError, RolloutRequest};
+use crate::supervisor::ServiceStatus;
 use crate::throttle::warn_throttled;
+use crate::upgrade::handover::Upgrader;
+use crate::upgrade::state::RuntimeInfo;
 
 /// Environment variable naming the control socket for the CLI clients.
 pub const CONTROL_ENV: &str = "DROPLESS_CONTROL";
@@ -82,6 +87,14 @@ pub struct RolloutCall {
     pub service: Option<String>,
     /// What to do.
     pub request: RolloutRequest,
+}
+
+/// An upgrade call: the binary to run, by default the one `serve` was
+/// started from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpgradeCall {
+    /// The new binary.
+    pub binary: Option<PathBuf>,
 }
 
 /// The body of every error answer.
@@ -215,6 +228,23 @@ impl ControlListener {
     pub fn listener(&self) -> &UnixListener {
         &self.listener
     }
+
+    /// A control socket handed over by another `serve` (an upgrade).
+    pub fn from_std(
+        listener: std::os::unix::net::UnixListener,
+        path: PathBuf,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener: UnixListener::from_std(listener)?,
+            path,
+        })
+    }
+
+    /// Its descriptor, to hand over.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
 }
 
 impl TcpControl {
@@ -238,10 +268,39 @@ impl TcpControl {
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
     }
+
+    /// A TCP control listener handed over by another `serve`, for `token`.
+    pub fn from_std(listener: std::net::TcpListener, token: &str) -> Result<Self, ControlError> {
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(ControlError::Token {
+                given: !token.is_empty(),
+            });
+        }
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener))
+            .map_err(|source| ControlError::TcpBind { addr, source })?;
+        Ok(Self {
+            listener,
+            token: Arc::from(token),
+        })
+    }
+
+    /// Its descriptor, to hand over.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
 }
 
 impl Drop for ControlListener {
     fn drop(&mut self) {
+        // A handed-over socket is the new `serve`'s now.
+        if crate::upgrade::handover::has_handed_over() {
+            return;
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -280,7 +339,10 @@ impl Default for ControlLimits {
 /// when given, within `limits`, until `shutdown` is cancelled. Rollouts run
 /// as their own tasks, so a client that goes away does not cut one short.
 /// At shutdown, event streams send what is buffered and end; open
-/// connections get [`CONTROL_GRACE`] to finish.
+/// connections get [`CONTROL_GRACE`] to finish. With `upgrader`, it also
+/// answers `/v1/upgrade` and `/v1/runtime`.
+// Each argument is a part the API serves; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: Option<ControlListener>,
     tcp: Option<TcpControl>,
@@ -289,8 +351,10 @@ pub async fn serve(
     events: Events,
     limits: ControlLimits,
     shutdown: CancellationToken,
+    upgrader: Option<Upgrader>,
 ) {
     let api = Api {
+        upgrader,
         router,
         reloader,
         events,
@@ -360,6 +424,7 @@ impl std::fmt::Display for Listening<'_> {
 
 /// What every control connection shares.
 struct Api {
+    upgrader: Option<Upgrader>,
     router: Router,
     reloader: Reloader,
     events: Events,
@@ -419,10 +484,12 @@ impl Api {
             self.shutdown.clone(),
         );
         let reloader = self.reloader.clone();
+        let upgrader = self.upgrader.clone();
         let read_timeout = self.limits.read_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let (router, events, shutdown) = (router.clone(), events.clone(), shutdown.clone());
             let reloader = reloader.clone();
+            let upgrader = upgrader.clone();
             let authorized = token.as_deref().is_none_or(|t| carries_token(&req, t));
             async move {
                 if !authorized {
@@ -437,7 +504,11 @@ impl Api {
                 if (req.method(), req.uri().path()) == (&Method::POST, "/v1/reload") {
                     return Ok(reload(&reloader).await);
                 }
-                Ok(answer(req, router, events, read_timeout, shutdown).await)
+                if req.uri().path() == "/v1/upgrade" || req.uri().path() == "/v1/runtime" {
+                    return Ok(upgrade(req, upgrader.as_ref(), read_timeout).await);
+                }
+                let runtime = upgrader.as_ref().map(Upgrader::info);
+                Ok(answer(req, router, events, read_timeout, shutdown, runtime).await)
             }
         });
         self.connections.spawn(async move {
@@ -480,10 +551,18 @@ async fn answer(
     events: Events,
     read_timeout: Duration,
     shutdown: CancellationToken,
+    runtime: Option<RuntimeInfo>,
 ) -> Response<ControlBody> {
     match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/v1/status") => {
-            let status: Vec<_> = router.services().iter().map(|s| s.status()).collect();
+            let status: Vec<_> = router
+                .services()
+                .iter()
+                .map(|s| ServiceStatus {
+                    runtime: runtime.clone(),
+                    ..s.status()
+                })
+                .collect();
             json(StatusCode::OK, &status)
         }
         (Method::GET, "/v1/events") => match replay(req.uri().query()) {
@@ -652,6 +731,53 @@ fn json_line(event: &Event) -> Result<Frame<Bytes>, Infallible> {
     let mut line = serde_json::to_vec(event).expect("events serialize");
     line.push(b'\n');
     Ok(Frame::data(Bytes::from(line)))
+}
+
+/// `POST /v1/upgrade` and `GET /v1/runtime`.
+async fn upgrade(
+    req: Request<Incoming>,
+    upgrader: Option<&Upgrader>,
+    read_timeout: Duration,
+) -> Response<ControlBody> {
+    let Some(upgrader) = upgrader else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this runtime cannot be upgraded (it runs without a spawner process)".into(),
+            None,
+        );
+    };
+    if req.method() == Method::GET {
+        return json(StatusCode::OK, &upgrader.info());
+    }
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(read_timeout, body).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        _ => Err(()),
+    };
+    let call: UpgradeCall = match body {
+        Ok(b) if b.is_empty() => UpgradeCall::default(),
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(c) => c,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid upgrade request: {e}"),
+                    None,
+                );
+            }
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "upgrade request body not received".into(),
+                None,
+            );
+        }
+    };
+    match upgrader.upgrade(call.binary).await {
+        Ok(done) => json(StatusCode::OK, &done),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string(), None),
+    }
 }
 
 #[cfg(test)]

@@ -47,3 +47,4 @@ pub mod signal;
 pub mod stash;
 pub mod supervisor;
 pub mod throttle;
+pub mod upgrade;

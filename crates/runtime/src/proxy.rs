@@ -44,6 +44,13 @@ use crate::signal::Shutdown;
 use front::{Activity, FrontStream};
 use session::until_done;
 
+/// How long a client connection that is idle (or accepted but not read
+/// yet) when the proxy stops has to send a request; it is then served
+/// (with `Connection: close`) rather than closed under a request its client
+/// is sending: a stop (a shutdown, an upgrade) does not race keep-alive
+/// clients. Quiet connections are closed after it.
+pub const STOP_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The proxy's settings, shared with the reload that replaces them: each
 /// request reads the snapshot of its moment without a lock. Settings fixed
 /// at start (the listener, threads, TLS, connection limits, hyper's header
@@ -185,9 +192,16 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let timeout = self.config.load().header_read_timeout;
+        // A connection accepted just before the proxy stopped accepting (a
+        // shutdown, an upgrade) gets its first request served: its client
+        // sent it, or is about to; closing it now would reset it.
+        let linger = async {
+            stop.cancelled().await;
+            tokio::time::sleep(STOP_LINGER).await;
+        };
         let first = tokio::select! {
             first = tokio::time::timeout(timeout, front::read_preface(&mut stream)) => first,
-            () = stop.cancelled() => return,
+            () = linger => return,
         };
         let (mut ahead, h2) = match first {
             Ok(Ok(Some(first))) => first,

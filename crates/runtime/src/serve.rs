@@ -19,6 +19,9 @@ use crate::signal::Shutdown;
 use crate::supervisor::leftovers::{InUse, Registry};
 use crate::supervisor::process::SpawnError;
 use crate::supervisor::{Supervisor, SupervisorOptions};
+use crate::upgrade::adopt::{AdoptError, Adoption};
+use crate::upgrade::handover::{Sockets, Upgrader};
+use crate::upgrade::state::RuntimeInfo;
 
 /// Events kept for a slow subscriber before it misses some.
 pub const EVENT_BUFFER: usize = 1024;
@@ -62,6 +65,9 @@ pub struct Runtime {
     tcp_control: Option<TcpControl>,
     proxy: LiveConfig,
     reloader: Reloader,
+    /// The binary and arguments an upgrade starts by default.
+    upgrades: Option<(std::path::PathBuf, Vec<std::ffi::OsString>)>,
+    adoption: Option<Adoption>,
 }
 
 /// `serve` could not start or failed.
@@ -83,6 +89,9 @@ pub enum ServeError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::proxy::tls::TlsError),
+    /// The runtime handed over by another `serve` could not be taken.
+    #[error(transparent)]
+    Adopt(#[from] AdoptError),
     /// A replica of the first release exited or was not ready in time, so
     /// the service never came up: the command or its probe is wrong.
     #[error("service {service} did not start: {reason}")]
@@ -237,7 +246,29 @@ impl Runtime {
             registry,
             tls,
             tcp_control: None,
+            upgrades: None,
+            adoption: None,
         })
+    }
+
+    /// Makes it upgradable (`dropless upgrade`, SIGUSR2): a new `serve`
+    /// is `binary` started with `args`, unless the upgrade names another
+    /// binary. It takes effect when replicas are forked by a spawner
+    /// process ([`crate::upgrade::spawner`]).
+    pub fn with_upgrades(
+        mut self,
+        binary: std::path::PathBuf,
+        args: Vec<std::ffi::OsString>,
+    ) -> Self {
+        self.upgrades = Some((binary, args));
+        self
+    }
+
+    /// Takes over the replicas handed over in `adoption` instead of
+    /// starting replicas (this `serve` was started by an upgrade).
+    pub fn with_adoption(mut self, adoption: Adoption) -> Self {
+        self.adoption = Some(adoption);
+        self
     }
 
     /// The services resumed from the persisted state whose config asks
@@ -295,30 +326,87 @@ impl Runtime {
             tcp_control,
             proxy: live_proxy,
             reloader,
+            upgrades,
+            adoption,
         } = self;
         let limits = ControlLimits::of(&config);
         live_proxy.store(Arc::new(within_fd_limit(config.proxy.clone(), limits)));
-        // Replicas a killed `serve` left go before any new one starts.
-        let grace = |service: &str| {
-            config
-                .services
-                .iter()
-                .find(|s| s.name == service)
-                .map_or(crate::config::DEFAULT_GRACE, |s| s.retire.grace)
+        let info = match &adoption {
+            Some(a) => RuntimeInfo::upgraded_from(a.previous()),
+            None => RuntimeInfo::started(),
         };
-        registry.retire_leftovers(grace).await;
-        let mut first_release = Vec::new();
-        for s in &router.services() {
-            match s.start() {
-                Ok(replicas) => first_release.extend(replicas.into_iter().map(|r| (s.clone(), r))),
-                Err(e) => {
-                    // Replicas already started must not outlive a failed start.
-                    let services = router.services();
-                    let stops = services.iter().map(|s| s.shutdown(true));
-                    futures_util::future::join_all(stops).await;
-                    return Err(e.into());
+        let upgrader = match upgrades {
+            Some((binary, args)) if crate::upgrade::spawner::client().is_some() => {
+                let sockets = Sockets {
+                    proxy: std::os::fd::AsFd::as_fd(&listener),
+                    control: control
+                        .as_ref()
+                        .map(|c| (c.as_fd(), c.path().to_path_buf())),
+                    control_tcp: tcp_control.as_ref().map(TcpControl::as_fd),
+                };
+                match Upgrader::new(router.clone(), sockets, binary, args, info) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        tracing::warn!("upgrades are off: {e}");
+                        None
+                    }
                 }
             }
+            _ => None,
+        };
+        let adopted = adoption.is_some();
+        let first_release = match adoption {
+            None => {
+                // Replicas a killed `serve` left go before any new one starts.
+                let grace = |service: &str| {
+                    config
+                        .services
+                        .iter()
+                        .find(|s| s.name == service)
+                        .map_or(crate::config::DEFAULT_GRACE, |s| s.retire.grace)
+                };
+                registry.retire_leftovers(grace).await;
+                let mut first_release = Vec::new();
+                for s in &router.services() {
+                    match s.start() {
+                        Ok(replicas) => {
+                            first_release.extend(replicas.into_iter().map(|r| (s.clone(), r)))
+                        }
+                        Err(e) => {
+                            // Replicas already started must not outlive a failed start.
+                            let services = router.services();
+                            let stops = services.iter().map(|s| s.shutdown(true));
+                            futures_util::future::join_all(stops).await;
+                            return Err(e.into());
+                        }
+                    }
+                }
+                first_release
+            }
+            Some(mut adoption) => {
+                // Adopted replicas are probed before this one reports ready;
+                // one that fails fails the upgrade, and the old one goes on.
+                let adopted = adoption.adopt(&router.services());
+                let adopted = match adopted {
+                    Ok(adopted) => adopted,
+                    Err(e) => {
+                        adoption.refuse(&e.to_string());
+                        return Err(e.into());
+                    }
+                };
+                for (service, replica) in adopted {
+                    if let Err(reason) = service.await_ready(&replica).await {
+                        let error = format!("service {}: {reason}", service.name());
+                        adoption.refuse(&error);
+                        return Err(AdoptError(error).into());
+                    }
+                }
+                tokio::spawn(adoption.committed());
+                Vec::new()
+            }
+        };
+        if let Some(u) = &upgrader {
+            tokio::spawn(u.clone().on_signals());
         }
         // The first release must come up: a replica of it that exits or is
         // never ready means a wrong command or probe, said once and clearly
@@ -332,6 +420,9 @@ impl Runtime {
                     };
                 }
             }
+            if !adopted {
+                crate::upgrade::notify::notify("READY=1");
+            }
             std::future::pending().await
         };
         let stop_background = CancellationToken::new();
@@ -344,15 +435,26 @@ impl Runtime {
                 events.clone(),
                 limits,
                 stop_background.clone(),
+                upgrader.clone(),
             ))
         });
+        let handed_over = upgrader
+            .as_ref()
+            .map(Upgrader::handed_over)
+            .unwrap_or_default();
         let mode = std::sync::Arc::new(std::sync::Mutex::new(Shutdown::Graceful));
         let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
         let recorded = std::sync::Arc::clone(&mode);
         let failed_start = std::sync::Arc::clone(&failed);
+        let (stepping_down, stop_control) = (handed_over.clone(), stop_background.clone());
         let proxy_shutdown = async move {
             let m = tokio::select! {
                 m = shutdown => m,
+                () = stepping_down.cancelled() => {
+                    // The new `serve` answers the control API from now on.
+                    stop_control.cancel();
+                    Shutdown::Graceful
+                }
                 error = startup => {
                     *failed_start.lock().expect("failure lock") = Some(error);
                     Shutdown::Fast
@@ -369,6 +471,17 @@ impl Runtime {
             proxy = proxy.with_tls(tls);
         }
         proxy.run(listener, proxy_shutdown).await;
+        if handed_over.is_cancelled() {
+            // The replicas, the sockets and the state dir are the new
+            // `serve`'s: nothing is retired, removed or signalled.
+            reloader.stop().await;
+            stop_background.cancel();
+            if let Some(c) = control {
+                let _ = c.await;
+            }
+            tracing::info!("stopped after handing the runtime over");
+            return Ok(());
+        }
         let fast = *mode.lock().expect("mode lock") == Shutdown::Fast;
         // No reload from now on: the services are the ones retired here.
         reloader.stop().await;

@@ -77,6 +77,10 @@ pub struct ServiceStatus {
     pub rollout: Option<(u64, RolloutPhase)>,
     /// Replicas not yet gone.
     pub replicas: Vec<ReplicaStatus>,
+    /// The runtime serving it (its version, pid, last upgrade), when
+    /// answered by the control API of a `dropless serve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::upgrade::state::RuntimeInfo>,
     /// Where its replicas come from, for a discovered service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<discover::DiscoveryStatus>,
@@ -375,19 +379,37 @@ impl Supervisor {
                     None => std::borrow::Cow::Borrowed(&version.env),
                 };
                 let process = Process::spawn(&version.command, &env, listen, &name, &log)?;
-                if let Some(start_time) = process.start_time() {
-                    options.registry.add(RecordedReplica {
-                        service: self.name().to_string(),
-                        replica: name.clone(),
-                        process: ProcessId {
-                            pid: process.pid(),
-                            start_time,
-                        },
-                    });
-                }
+                self.record(&name, &process);
                 (addr, Some(process), Some(log.path().to_path_buf()))
             }
         };
+        self.launch(name, release, addr, process, log)
+    }
+
+    /// Records `process` in the registry (see [`leftovers`]).
+    fn record(&self, name: &str, process: &Process) {
+        if let Some(start_time) = process.start_time() {
+            self.inner.options.registry.add(RecordedReplica {
+                service: self.name().to_string(),
+                replica: name.to_string(),
+                process: ProcessId {
+                    pid: process.pid(),
+                    start_time,
+                },
+            });
+        }
+    }
+
+    /// Makes a replica of `release` with its address, process and log,
+    /// lists it, and starts its probe and exit watcher.
+    fn launch(
+        &self,
+        name: String,
+        release: &Release,
+        addr: std::net::SocketAddr,
+        process: Option<Process>,
+        log: Option<PathBuf>,
+    ) -> Result<Arc<Replica>, SpawnError> {
         let replica = Replica::new(ReplicaParts {
             name,
             service: self.name().to_string(),
@@ -527,7 +549,79 @@ impl Supervisor {
                     member: r.is_member(),
                 })
                 .collect(),
+            runtime: None,
         }
+    }
+
+    /// The numbers the next replica and rollout get, and the last rollout.
+    pub(crate) fn counters(&self) -> (u64, u64, Option<(u64, RolloutPhase)>) {
+        (
+            self.inner.next_replica.load(Ordering::SeqCst),
+            self.inner.next_rollout.load(Ordering::SeqCst),
+            *self.inner.phase.lock().expect("phase lock"),
+        )
+    }
+
+    /// Takes over the replicas another `serve` ran (an upgrade), as
+    /// members that start in `Starting` and are probed (never restarted),
+    /// and its counters: each replica's record and its log pipe, its exit
+    /// status from `spawner`.
+    pub(crate) fn adopt(
+        &self,
+        service: &crate::upgrade::state::ServiceHandover,
+        replicas: Vec<(
+            crate::upgrade::state::ReplicaHandover,
+            Option<std::io::PipeReader>,
+        )>,
+        spawner: &crate::upgrade::spawner::SpawnerClient,
+    ) -> Result<Vec<Arc<Replica>>, SpawnError> {
+        self.inner
+            .next_replica
+            .store(service.next_replica, Ordering::SeqCst);
+        self.inner
+            .next_rollout
+            .store(service.next_rollout, Ordering::SeqCst);
+        *self.inner.phase.lock().expect("phase lock") = service.last_rollout;
+        let desired = self.desired();
+        let options = &self.inner.options;
+        let mut adopted = Vec::with_capacity(replicas.len());
+        for (record, pipe) in replicas {
+            let release = match &desired.previous {
+                Some(p) if p.generation == record.generation => p.clone(),
+                _ => desired.current.clone(),
+            };
+            let (process, log) = match &record.process {
+                None => (None, None),
+                Some(p) => {
+                    let log = LogFile::new(
+                        &options.log_dir,
+                        &record.name,
+                        &options.log_run,
+                        &options.logs,
+                    );
+                    let exit = spawner.watch_exit(p.pid);
+                    let process = Process::adopted(p.pid, p.start_time, exit, pipe, &log).map_err(
+                        |source| SpawnError::Log {
+                            path: log.path().to_path_buf(),
+                            source,
+                        },
+                    )?;
+                    self.record(&record.name, &process);
+                    (Some(process), Some(log.path().to_path_buf()))
+                }
+            };
+            let replica = self.launch(record.name, &release, record.addr, process, log)?;
+            replica.set_member(true);
+            adopted.push(replica);
+        }
+        Ok(adopted)
+    }
+
+    /// Stops replacing failed replicas and starting new ones, without
+    /// retiring any: this `serve` handed its replicas over.
+    pub(crate) fn stop_supervising(&self) {
+        let _replicas = self.inner.replicas.lock().expect("replicas lock");
+        self.inner.shutdown.cancel();
     }
 
     pub(crate) fn set_discovery(&self, status: discover::DiscoveryStatus) {

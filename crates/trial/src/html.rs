@@ -65,7 +65,8 @@ pub fn render(report: &TrialReport) -> String {
     page
 }
 
-const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1000px;color:#222}\
+/// The page style, shared with the other self-contained reports (`dropless check`).
+pub const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1000px;color:#222}\
 h1{font-size:22px;margin:0 0 8px}h2{font-size:16px;margin:24px 0 6px}\
 .verdict{display:inline-block;padding:4px 14px;border-radius:4px;font-weight:700;color:#fff;margin:0}\
 .pass{background:#2e7d32}.fail{background:#c62828}.meta{color:#555}.reasons{color:#c62828}\

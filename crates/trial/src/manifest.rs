@@ -4,6 +4,8 @@
 
 use std::{fmt::Write as _, time::Duration};
 
+use dropless_orchestrator::stack::{is_dns_label, is_image_reference};
+
 /// Default replica count.
 pub const DEFAULT_REPLICAS: u32 = 3;
 /// Default container port.
@@ -76,18 +78,10 @@ impl Manifest {
 
     /// Checks what Kubernetes would reject.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 63
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !self.name.starts_with('-')
-            && !self.name.ends_with('-');
-        if !name_ok {
+        if !is_dns_label(&self.name) {
             return Err(ManifestError::Name(self.name.clone()));
         }
-        if self.image.is_empty() || self.image.chars().any(char::is_whitespace) {
+        if !is_image_reference(&self.image) {
             return Err(ManifestError::Image(self.image.clone()));
         }
         if self.replicas == 0 {

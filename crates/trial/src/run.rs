@@ -19,7 +19,7 @@ use crate::{
     runtime_config::{Release, runtime_config},
     scenario::{ClientMode, Scenario},
     script::{Step, failed_record, run_events},
-    serve_child::{start_serve, stop_serve, wait_ready},
+    serve_child::{start_serve, stop_current_serve, stop_serve, wait_ready},
     sink::Sink,
 };
 
@@ -224,7 +224,7 @@ pub async fn run(
     follow_done.cancel();
     let replicas = follower.await.unwrap_or_default();
     progress.phase("stopping dropless serve");
-    stop_serve(&mut serve, serve_patience(scenario)).await;
+    stop_current_serve(&control, &mut serve, serve_patience(scenario)).await;
 
     // An audit that cannot run still gets its reports written: the error
     // is recorded and the verdict fails. An interrupted trial skips it.

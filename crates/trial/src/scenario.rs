@@ -280,6 +280,9 @@ pub enum Action {
         /// The new count.
         replicas: usize,
     },
+    /// `dropless upgrade`: the runtime replaces its own binary (the same
+    /// one, started again), adopting the replicas.
+    Upgrade,
 }
 
 /// An event as written in the file: one flat table, so that a misspelt
@@ -344,6 +347,10 @@ impl TryFrom<RawEvent> for Event {
                     rollout: raw.rollout.clone(),
                 }
             }
+            "upgrade" => {
+                stray(&[])?;
+                Action::Upgrade
+            }
             "scale" => {
                 stray(&["replicas"])?;
                 Action::Scale {
@@ -354,7 +361,7 @@ impl TryFrom<RawEvent> for Event {
             }
             other => {
                 return Err(format!(
-                    "unknown action {other:?}: expected \"restart\", \"deploy\" or \"scale\""
+                    "unknown action {other:?}: expected \"restart\", \"deploy\", \"scale\" or \"upgrade\""
                 ));
             }
         };
@@ -384,6 +391,7 @@ impl From<Event> for RawEvent {
         };
         match event.action {
             Action::Restart => raw.action = "restart".into(),
+            Action::Upgrade => raw.action = "upgrade".into(),
             Action::Deploy {
                 version,
                 profile,
@@ -410,6 +418,7 @@ impl Action {
     pub fn label(&self) -> String {
         match self {
             Action::Restart => "restart".into(),
+            Action::Upgrade => "upgrade".into(),
             Action::Deploy { version, .. } => format!("deploy {version}"),
             Action::Scale { replicas } => format!("scale {replicas}"),
         }

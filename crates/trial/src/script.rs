@@ -38,7 +38,22 @@ pub(crate) async fn run_events(
         if steps.send(Step::Started(name)).is_err() {
             return;
         }
+        if event.action == Action::Upgrade {
+            let (outcome, detail) = match control.upgrade(None).await {
+                Ok(done) => (
+                    Outcome::Ok,
+                    Some(format!("serve pid {} → {}", done.old_pid, done.new_pid)),
+                ),
+                Err(error) => (Outcome::Failed, Some(error.to_string())),
+            };
+            let ended = record(&event, index, began, started, outcome, detail);
+            if steps.send(Step::Ended(ended)).is_err() {
+                return;
+            }
+            continue;
+        }
         let request = match &event.action {
+            Action::Upgrade => unreachable!("handled above"),
             Action::Restart => RolloutRequest::Restart {
                 plan: Plan::default(),
             },
@@ -72,7 +87,6 @@ pub(crate) async fn run_events(
             }
         };
         let result = control.rollout(None, request).await;
-        let ended = started.elapsed();
         let (outcome, detail) = match result {
             Ok(report) => (
                 Outcome::Ok,
@@ -81,19 +95,31 @@ pub(crate) async fn run_events(
             Err(error @ ControlError::Aborted(_)) => (Outcome::Aborted, Some(error.to_string())),
             Err(error) => (Outcome::Failed, Some(error.to_string())),
         };
-        let record = EventRecord {
-            action: event.action.label(),
-            index: Some(index),
-            at_s: event.at.as_secs_f64(),
-            started_s: began.as_secs_f64(),
-            ended_s: ended.as_secs_f64(),
-            outcome,
-            expect: event.expect,
-            detail,
-        };
-        if steps.send(Step::Ended(record)).is_err() {
+        let ended = record(&event, index, began, started, outcome, detail);
+        if steps.send(Step::Ended(ended)).is_err() {
             return;
         }
+    }
+}
+
+/// The record of event `index`, begun at `began` and ending now.
+fn record(
+    event: &crate::scenario::Event,
+    index: usize,
+    began: std::time::Duration,
+    started: Instant,
+    outcome: Outcome,
+    detail: Option<String>,
+) -> EventRecord {
+    EventRecord {
+        action: event.action.label(),
+        index: Some(index),
+        at_s: event.at.as_secs_f64(),
+        started_s: began.as_secs_f64(),
+        ended_s: started.elapsed().as_secs_f64(),
+        outcome,
+        expect: event.expect,
+        detail,
     }
 }
 

@@ -149,6 +149,41 @@ pub(crate) async fn wait_ready(
     Err(format!("not ready after {READY_TIMEOUT:?}: {last}"))
 }
 
+/// [`stop_serve`] for a runtime that may have been upgraded (an `upgrade`
+/// event): the `serve` answering at `control` is stopped, whether it is
+/// `serve` or the process that took over from it.
+pub(crate) async fn stop_current_serve(
+    control: &dropless_runtime::control::ControlClient,
+    serve: &mut ServeChild,
+    patience: Duration,
+) {
+    let current = control.runtime().await.ok().map(|r| r.pid);
+    let Some(pid) = current.filter(|pid| Some(*pid) != serve.child.id()) else {
+        return stop_serve(serve, patience).await;
+    };
+    // The first `serve` handed over and exited; the current one is no
+    // child of ours: signal it and watch its /proc entry.
+    let _ = serve.child.wait().await;
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    // Gone, or a zombie its new parent has not reaped yet.
+    let running = move || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    let gone = async {
+        while running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(patience, gone).await.is_err() {
+        tracing::warn!("dropless serve (pid {pid}) did not stop within {patience:?}: killing it");
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// An exit status, or why it could not be had.
 fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     match status {

@@ -50,9 +50,11 @@ fn help_lists_the_demo_service_and_uses_no_internal_jargon() {
         "status",
         "events",
         "trial",
+        "upgrade",
         "demo",
         "k8s",
         "demo-service",
+        "check",
     ] {
         let help = run(&[command, "--help"]);
         assert!(help.status.success(), "{command}");

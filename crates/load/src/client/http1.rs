@@ -27,6 +27,9 @@ pub(crate) struct Conn<S> {
     pub(crate) used: bool,
     /// Whether it can carry another request.
     pub(crate) reusable: bool,
+    /// Whether the last response said the server closes the connection
+    /// after it (`Connection: close`, HTTP/1.0, or a body ended by the close).
+    pub(crate) closing: bool,
 }
 
 /// How the body of a response ends.
@@ -44,11 +47,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             buf: ReadBuf::new(),
             used: false,
             reusable: true,
+            closing: false,
         }
     }
 
     pub(crate) fn stream(&self) -> &S {
         &self.stream
+    }
+
+    pub(crate) fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
     }
 
     /// Send `request` (a serialized request) and read the whole response.
@@ -84,6 +92,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         // A body delimited by the close cannot be followed by another response.
         let keep = keep && !matches!(framing, Framing::UntilClose);
+        self.closing = !keep;
         match framing {
             Framing::Empty => {}
             Framing::Length(n) => self.read_exact_body(n, &mut on_body).await?,

@@ -146,6 +146,27 @@ impl ControlClient {
         self.decode(&body)
     }
 
+    /// Asks the runtime to replace its own binary (`POST /v1/upgrade`): by
+    /// default with the one it was started from; one that did not happen
+    /// is [`ControlError::Rejected`] with the reason.
+    pub async fn upgrade(
+        &self,
+        binary: Option<std::path::PathBuf>,
+    ) -> Result<crate::upgrade::handover::Upgraded, ControlError> {
+        let call = super::UpgradeCall { binary };
+        let body = serde_json::to_vec(&call).expect("the call serializes");
+        let body = self
+            .call(Method::POST, "/v1/upgrade", Bytes::from(body))
+            .await?;
+        self.decode(&body)
+    }
+
+    /// The runtime's version, pid and last upgrade (`GET /v1/runtime`).
+    pub async fn runtime(&self) -> Result<crate::upgrade::state::RuntimeInfo, ControlError> {
+        let body = self.call(Method::GET, "/v1/runtime", Bytes::new()).await?;
+        self.decode(&body)
+    }
+
     /// Subscribes to the event stream; every event from the moment this
     /// returns is delivered.
     pub async fn subscribe(&self) -> Result<EventStream, ControlError> {

@@ -135,14 +135,23 @@ impl Session<'_, '_> {
         if self.input.is_empty() {
             // Idle: no buffer held, the task parked on the socket's readiness.
             self.input = BytesMut::new();
+            // Once the proxy stops, an idle connection is closed only after
+            // `STOP_LINGER` without a request: one its client is sending
+            // now is served (with `Connection: close`), not cut.
+            let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
             let ready = poll_fn(|cx| {
                 if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
                     return Poll::Ready(r.is_ok());
                 }
-                if self.cancelled.as_mut().poll(cx).is_ready()
-                    || self.deadline.poll_expired(cx).is_ready()
-                {
+                if self.deadline.poll_expired(cx).is_ready() {
                     return Poll::Ready(false);
+                }
+                if self.cancelled.as_mut().poll(cx).is_ready() {
+                    let linger = linger
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(super::STOP_LINGER)));
+                    if linger.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
                 }
                 Poll::Pending
             })

@@ -362,6 +362,21 @@ impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
     }
 }
 
+tokio::task_local! {
+    /// The proxy's tracker of upgraded connections (WebSocket tunnels),
+    /// set around each client connection's task: a stopping proxy gives
+    /// them its grace period (a tunnel outlives its HTTP connection).
+    pub(super) static TUNNELS: tokio_util::task::TaskTracker;
+}
+
+/// Spawns a tunnel, tracked by the proxy serving its connection.
+fn spawn_tunnel(tunnel: impl Future<Output = ()> + Send + 'static) {
+    match TUNNELS.try_with(Clone::clone) {
+        Ok(tunnels) => drop(tunnels.spawn(tunnel)),
+        Err(_) => drop(tokio::spawn(tunnel)),
+    }
+}
+
 fn respond(
     mut resp: Response<PooledBody>,
     guard: InFlight,
@@ -376,7 +391,8 @@ fn respond(
             .as_ref()
             .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let deadline = replica.drain_deadline();
-        tokio::spawn(async move {
+        // Tracked, so that a stopping proxy thread gives it its grace.
+        spawn_tunnel(async move {
             let _guard = guard;
             let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
                 return;

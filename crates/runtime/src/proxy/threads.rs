@@ -41,6 +41,8 @@ struct Shared {
     stop_accepting: CancellationToken,
     /// The time connections get to finish, set before `stop_accepting`.
     grace: Arc<std::sync::Mutex<Duration>>,
+    /// The upgraded connections (tunnels), which also get that time.
+    tunnels: TaskTracker,
 }
 
 /// A connection accepted by one thread for another.
@@ -76,6 +78,7 @@ pub(super) fn start(
     let shared = Shared {
         slots: Arc::new(Semaphore::new(proxy.config.load().max_connections)),
         grace: Arc::new(std::sync::Mutex::new(proxy.config.load().shutdown_grace)),
+        tunnels: TaskTracker::new(),
         proxy,
         builders,
         loads: Loads::new(threads),
@@ -200,14 +203,17 @@ impl Shared {
             self.adopt(index, handoff, &connections, &stop);
         }
         connections.close();
-        let open = connections.len();
+        // Tunnels live on after their connection's task: wait for them too.
+        let tunnels = self.tunnels.clone();
+        tunnels.close();
+        let open = connections.len() + tunnels.len();
         if open > 0 {
             tracing::info!("proxy stopped accepting; {open} connection(s) finishing");
         }
         stop.cancel();
         let grace = *self.grace.lock().expect("grace lock");
         tokio::select! {
-            () = connections.wait() => {}
+            _ = futures_util::future::join(connections.wait(), tunnels.wait()) => {}
             () = tokio::time::sleep(grace) => tracing::warn!(
                 "proxy connections forced closed after {grace:?}"
             ),
@@ -290,10 +296,11 @@ impl Shared {
             Arc::clone(&self.builders),
             stop.clone(),
         );
-        connections.spawn(async move {
+        let tunnels = self.tunnels.clone();
+        connections.spawn(super::session::TUNNELS.scope(tunnels, async move {
             proxy.serve_connection(&builders, stream, &stop, peer).await;
             drop((slot, load));
-        });
+        }));
     }
 }
 

@@ -78,7 +78,16 @@ impl Registry {
     pub fn new(path: PathBuf) -> Result<Self, InUse> {
         let previous = read(&path);
         let me = std::process::id();
-        if let Some(other) = previous.serve.filter(|s| s.pid != me && is_alive(*s)) {
+        // The `serve` handing its runtime over to this one (an upgrade) is
+        // its parent, and still runs until this one serves.
+        let parent = match crate::upgrade::adopt::is_adopting() {
+            true => nix::unistd::getppid().as_raw() as u32,
+            false => me,
+        };
+        if let Some(other) = previous
+            .serve
+            .filter(|s| s.pid != me && s.pid != parent && is_alive(*s))
+        {
             return Err(InUse {
                 dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
                 pid: other.pid,

@@ -35,6 +35,9 @@ pub const TAIL_BYTES: u64 = 4096;
 pub struct Copier {
     thread: std::thread::JoinHandle<()>,
     done: tokio::sync::watch::Receiver<bool>,
+    /// Another handle on the pipe's read end, for a new `serve` that takes
+    /// the copying over (an upgrade).
+    pipe: Option<std::os::fd::OwnedFd>,
 }
 
 impl Copier {
@@ -51,6 +54,11 @@ impl Copier {
     /// Becomes `true` once the copier has written all the output there is.
     pub fn done(&self) -> tokio::sync::watch::Receiver<bool> {
         self.done.clone()
+    }
+
+    /// Another handle on the pipe's read end (see [`LogFile::copy`]).
+    pub fn take_pipe(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.pipe.take()
     }
 }
 
@@ -82,6 +90,14 @@ impl LogFile {
     /// pipe's write end, for the replica's stdout and stderr, and the
     /// copier thread, which ends once every write end is closed.
     pub fn start(&self) -> std::io::Result<(PipeWriter, Copier)> {
+        let (reader, writer) = std::io::pipe()?;
+        Ok((writer, self.copy(reader)?))
+    }
+
+    /// Creates the file (which must not exist yet) and starts the thread
+    /// that copies `reader` into it: [`LogFile::start`] with a pipe that
+    /// exists already (one a replica adopted in an upgrade writes to).
+    pub fn copy(&self, reader: PipeReader) -> std::io::Result<Copier> {
         if let Some(dir) = self.path.parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -89,7 +105,7 @@ impl LogFile {
                 .create(dir)?;
         }
         let file = open(&self.path, true)?;
-        let (reader, writer) = std::io::pipe()?;
+        let pipe = Some(reader.try_clone()?.into());
         let mut out = Rotating {
             log: self.clone(),
             file: Some(file),
@@ -107,7 +123,7 @@ impl LogFile {
                 out.copy_from(reader);
                 copied.send_replace(true);
             })?;
-        Ok((writer, Copier { thread, done }))
+        Ok(Copier { thread, done, pipe })
     }
 }
 

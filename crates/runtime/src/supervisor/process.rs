@@ -30,6 +30,8 @@ pub struct Process {
     exit: watch::Receiver<Option<ExitStatus>>,
     /// `true` once its log has all its output.
     logged: watch::Receiver<bool>,
+    /// Another handle on its log pipe's read end, for an upgrade.
+    log_pipe: Option<std::os::fd::OwnedFd>,
 }
 
 /// A child process that could not be started.
@@ -101,9 +103,12 @@ impl Process {
             source,
         };
         // The copier thread ends by itself when the replica's pipe closes.
-        let (output, copier) = log.start().map_err(log_err)?;
+        let (output, mut copier) = log.start().map_err(log_err)?;
+        let log_pipe = copier.take_pipe();
         let logged = copier.done();
         let errors = output.try_clone().map_err(log_err)?;
+        // For the spawner process, which needs the pipe's write end itself.
+        let command_output = output.try_clone().map_err(log_err)?;
         let (program, args) = command.split_first().ok_or_else(|| SpawnError::Exec {
             program: String::new(),
             source: std::io::Error::other("empty command"),
@@ -145,65 +150,87 @@ impl Process {
             .stderr(errors)
             .process_group(0)
             .kill_on_drop(false);
-        let parent = nix::unistd::getpid();
         // The open-file limit `serve` found, not the one it raised for itself.
         let nofile = crate::fds::child_limit();
-        // SAFETY: between fork and exec the closure makes at most four
-        // system calls (prctl, getppid, dup2 or fcntl, setrlimit), all
-        // async-signal-safe, and allocates nothing (its errors are raw
-        // errnos). The socket's fd stays open in the parent until the spawn
-        // returns (`listen` is dropped after it).
-        // The crate's only unsafe code.
-        #[allow(unsafe_code)]
-        unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
-                // The runtime died between the fork and the prctl. (An
-                // error from a raw errno: no allocation after the fork.)
-                if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(
-                        nix::errno::Errno::ESRCH as i32,
-                    ));
-                }
-                // The listening socket becomes fd 3, open across exec.
-                if let Some(fd) = listen_fd {
-                    let moved = if fd == LISTEN_FD {
-                        nix::libc::fcntl(LISTEN_FD, nix::libc::F_SETFD, 0)
-                    } else {
-                        nix::libc::dup2(fd, LISTEN_FD)
-                    };
-                    if moved == -1 {
-                        return Err(std::io::Error::last_os_error());
+        let spawned = match crate::upgrade::spawner::client() {
+            // Forked by the spawner process, which outlives an upgrade.
+            Some(spawner) => {
+                let output = std::os::fd::AsFd::as_fd(&command_output);
+                let listen_fd = listen_fd.map(|fd| {
+                    // SAFETY: `listen` owns the fd and outlives this call.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        std::os::fd::BorrowedFd::borrow_raw(fd)
                     }
-                }
-                crate::fds::restore_limit(nofile)
-            });
-        }
-        let mut child = spawn_on_spawner(command).map_err(|source| SpawnError::Exec {
+                });
+                let spawned = spawner.spawn(command.as_std(), output, listen_fd, nofile);
+                // The pipe's write ends are the replica's now.
+                drop(command);
+                spawned
+            }
+            None => {
+                prepare_child(command.as_std_mut(), listen_fd, nofile);
+                spawn_on_spawner(command).map(|mut child| {
+                    let pid = child.id().unwrap_or_default();
+                    // Read before the child is waited for: the pid is surely still its.
+                    let start_time = crate::supervisor::leftovers::start_time(pid);
+                    let (tx, exit) = watch::channel(None);
+                    tokio::spawn(async move {
+                        let status = child.wait().await;
+                        // A wait error leaves the status unknown; report it as a failure.
+                        let status = status.unwrap_or_else(|_| {
+                            use std::os::unix::process::ExitStatusExt;
+                            ExitStatus::from_raw(1 << 8)
+                        });
+                        tx.send_replace(Some(status));
+                    });
+                    (pid, start_time, exit)
+                })
+            }
+        };
+        let (pid, start_time, exit) = spawned.map_err(|source| SpawnError::Exec {
             program: program.clone(),
             source,
         })?;
         // The replica has its own copy of the socket now.
         drop(listen);
-        let pid = child.id().unwrap_or_default();
-        // Read before the child is waited for: the pid is surely still its.
-        let start_time = crate::supervisor::leftovers::start_time(pid);
-        let (tx, exit) = watch::channel(None);
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            // A wait error leaves the status unknown; report it as a failure.
-            let status = status.unwrap_or_else(|_| {
-                use std::os::unix::process::ExitStatusExt;
-                ExitStatus::from_raw(1 << 8)
-            });
-            tx.send_replace(Some(status));
-        });
         Ok(Self {
             pid,
             start_time,
             exit,
             logged,
+            log_pipe,
         })
+    }
+
+    /// A process another `serve` started (an upgrade): its exit status
+    /// comes from `exit`, its output from `log_pipe` copied to `log`.
+    pub fn adopted(
+        pid: u32,
+        start_time: Option<u64>,
+        exit: watch::Receiver<Option<ExitStatus>>,
+        log_pipe: Option<std::io::PipeReader>,
+        log: &LogFile,
+    ) -> std::io::Result<Self> {
+        let (logged, log_pipe) = match log_pipe {
+            Some(reader) => {
+                let mut copier = log.copy(reader)?;
+                (copier.done(), copier.take_pipe())
+            }
+            None => (watch::Sender::new(true).subscribe(), None),
+        };
+        Ok(Self {
+            pid,
+            start_time,
+            exit,
+            logged,
+            log_pipe,
+        })
+    }
+
+    /// Its log pipe's read end, to hand over.
+    pub fn log_pipe(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.log_pipe.as_ref().map(std::os::fd::AsFd::as_fd)
     }
 
     /// The process id, also the process group id.
@@ -253,6 +280,48 @@ impl Process {
         if let Err(e) = killpg(Pid::from_raw(pid), signal) {
             tracing::debug!(pid, %signal, error = %e, "signal to process group");
         }
+    }
+}
+
+/// Prepares `command` for a replica: SIGTERM when its parent (thread)
+/// dies, refused if that parent is already gone, `listen_fd` as fd 3 and
+/// the open-file limits `nofile` restored.
+pub(crate) fn prepare_child(
+    command: &mut std::process::Command,
+    listen_fd: Option<std::os::fd::RawFd>,
+    nofile: Option<(nix::libc::rlim_t, nix::libc::rlim_t)>,
+) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
+    // SAFETY: between fork and exec the closure makes at most four
+    // system calls (prctl, getppid, dup2 or fcntl, setrlimit), all
+    // async-signal-safe, and allocates nothing (its errors are raw
+    // errnos). The caller keeps the socket's fd open until the spawn
+    // returns.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            // The parent died between the fork and the prctl. (An error
+            // from a raw errno: no allocation after the fork.)
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(
+                    nix::errno::Errno::ESRCH as i32,
+                ));
+            }
+            // The listening socket becomes fd 3, open across exec.
+            if let Some(fd) = listen_fd {
+                let moved = if fd == LISTEN_FD {
+                    nix::libc::fcntl(LISTEN_FD, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(fd, LISTEN_FD)
+                };
+                if moved == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            crate::fds::restore_limit(nofile)
+        });
     }
 }
 
