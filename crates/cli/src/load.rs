@@ -99,6 +99,15 @@ pub struct LoadArgs {
     /// before any response byte, as browsers do (counted in retries)
     #[arg(long)]
     retry_reused: bool,
+    /// Sessions mode: N clients, each with its own key, play moves (POST
+    /// URL/game/{id}/move, round robin at --rate) and check that every move
+    /// number is the previous plus one: resets, lost updates, duplicates
+    #[arg(long, value_name = "N")]
+    sessions: Option<String>,
+    /// With --sessions: each client also follows its session's WebSocket
+    /// (URL/game/{id}/ws), reconnects when it is closed, and counts gaps
+    #[arg(long, requires = "sessions")]
+    websocket: bool,
     /// Write the JSON report to FILE ('-' for stdout; the summary then goes
     /// to stderr)
     #[arg(long, value_name = "FILE")]
@@ -258,10 +267,21 @@ async fn progress(mut snapshots: watch::Receiver<Snapshot>, duration: Duration, 
         }
         let rate = s.requests.total as f64 / s.elapsed_s.max(0.001);
         bar.set_position(s.elapsed_s as u64);
-        bar.set_message(format!(
+        let mut message = format!(
             "{rate:.0} req/s  ok {}  failed {}  in flight {}",
             s.requests.ok, s.requests.failed, s.in_flight
-        ));
+        );
+        if let Some(sessions) = &s.sessions {
+            message.push_str(&format!(
+                "  sessions: resets {} lost {} dup {} gaps {} reconnects {}",
+                sessions.resets,
+                sessions.lost_updates,
+                sessions.duplicates,
+                sessions.gaps,
+                sessions.reconnects
+            ));
+        }
+        bar.set_message(message);
     }
     bar.finish_and_clear();
 }
@@ -320,6 +340,12 @@ impl LoadArgs {
         config.timeout = duration("--timeout", &self.timeout)?;
         config.grace = duration("--grace", &self.grace)?;
         config.retry_reused = self.retry_reused;
+        config.sessions = self
+            .sessions
+            .as_deref()
+            .map(|n| number("--sessions", n))
+            .transpose()?;
+        config.websocket = self.websocket;
         let thresholds = Thresholds {
             max_failures: self
                 .max_failures

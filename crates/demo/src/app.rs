@@ -1,4 +1,4 @@
-//! The routes: calc, datetime, hello.
+//! The routes: calc, datetime, hello, and the game's.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use crate::calclog::CalcLog;
+use crate::{calclog::CalcLog, game::Games};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -22,12 +22,13 @@ pub(crate) struct AppState {
 }
 
 /// The demo's routes, each response stamped with `x-version`.
-pub(crate) fn router(state: AppState, version: HeaderValue) -> Router {
+pub(crate) fn router(state: AppState, games: Games, version: HeaderValue) -> Router {
     Router::new()
         .route("/sum", get(sum))
         .route("/datetime", get(datetime))
         .route("/", get(hello))
         .with_state(Arc::new(state))
+        .merge(games.router())
         .layer(axum::middleware::map_response(
             move |mut response: Response| {
                 let version = version.clone();

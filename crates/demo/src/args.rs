@@ -18,7 +18,9 @@ pub const DEFAULT_HELLO_DELAY_S: f64 = 1.0;
 /// off and on to reproduce each failure of a deploy.
 ///
 /// Routes: `GET /sum?a=1&b=2` → `{"result":3}` (with `x-op-id`),
-/// `GET /datetime` → `{"datetime":"<RFC 3339>"}`, `GET /` → `Hello World!`;
+/// `GET /datetime` → `{"datetime":"<RFC 3339>"}`, `GET /` → `Hello World!`,
+/// `POST /game/{id}/move` → the session's move number, `GET /game/{id}/ws`
+/// → the session's moves on a WebSocket (`?after=N` replays from N+1);
 /// probes `/healthz` (readiness) and `/livez` (liveness) except in v1. Every
 /// response has `x-version`. Once the port is bound the service prints
 /// `listening on http://ADDR` on stdout.
@@ -110,6 +112,12 @@ pub struct Args {
     /// v8/v9: flush the calculation log at this many records.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
+
+    /// Game sessions survive a restart: stash every session at shutdown and
+    /// take it back on first touch, through DROPLESS_STASH (set by dropless
+    /// serve, or dir:/some/path). Off: sessions start again at move 1.
+    #[arg(long)]
+    pub handoff: bool,
 
     /// v8/v9: flush the calculation log at this interval.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]

@@ -3,7 +3,11 @@
 //! - calc: `GET /sum?a=1&b=2` → `{"result":3}` after `--work-ms`, with an
 //!   `x-op-id` per calculation that the calculation log records;
 //! - `GET /datetime` → the current time in RFC 3339, as JSON;
-//! - `GET /` → `Hello World!` after `HELLO_REST_REQUEST_DELAY` seconds.
+//! - `GET /` → `Hello World!` after `HELLO_REST_REQUEST_DELAY` seconds;
+//! - the game: `POST /game/{id}/move` → the session's move number (memory
+//!   only), `GET /game/{id}/ws` → every move of the session on a
+//!   WebSocket; `--handoff` stashes the sessions at shutdown and takes them
+//!   back on first touch (`DROPLESS_STASH`).
 //!
 //! Every response carries `x-version`. The [`Profile`] (`v1`..`v9`)
 //! switches the graceful parts off and on, to reproduce each failure of a
@@ -18,6 +22,7 @@ mod app;
 mod args;
 mod calclog;
 mod error;
+mod game;
 mod influx;
 mod logfile;
 mod opid;

@@ -3,7 +3,7 @@
 use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
 use dropless_lifecycle::{
-    BatchConfig, Config, Lifecycle,
+    BatchConfig, Config, Lifecycle, STASH_ENV, Stash,
     signal::{Signal, Signals},
 };
 
@@ -11,6 +11,7 @@ use crate::{
     Args, CalcLogMode, Error, OnSigterm, Profile,
     app::{self, AppState},
     calclog::{CalcLog, Sink},
+    game::Games,
     influx::Influx,
     logfile::LogFile,
 };
@@ -46,6 +47,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut signals = Signals::listen()?;
     args.validate()?;
     let profile = args.profile;
+    let stash = handoff_stash(&args)?;
 
     let sink = match (&args.influx_url, &args.log_file) {
         (Some(url), _) => Some(Sink::Influx(Box::new(
@@ -90,12 +92,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
             args.version_label
         ))
     })?;
+    let games = Games::new(&lifecycle, stash);
     let app = app::router(
         AppState {
             work: Duration::from_millis(args.work_ms),
             hello_delay: args.hello_delay(),
             calc_log: calc_log.clone(),
         },
+        games,
         version,
     );
 
@@ -134,6 +138,20 @@ pub async fn run(args: Args) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// With `--handoff`, the stash `DROPLESS_STASH` names; it must name one.
+fn handoff_stash(args: &Args) -> Result<Option<Stash>, Error> {
+    if !args.handoff {
+        return Ok(None);
+    }
+    match Stash::from_env() {
+        Ok(Some(stash)) => Ok(Some(stash)),
+        Ok(None) => Err(Error::Usage(format!(
+            "--handoff needs {STASH_ENV}: run under dropless serve, or set {STASH_ENV}=dir:/some/path"
+        ))),
+        Err(error) => Err(Error::Usage(format!("--handoff: {error}"))),
+    }
 }
 
 /// The lifecycle settings of a profile.

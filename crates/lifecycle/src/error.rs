@@ -40,12 +40,17 @@ pub struct Unfinished {
     pub tasks: Vec<(String, usize)>,
     /// Shutdown hooks that did not finish or never ran, by name.
     pub hooks: Vec<String>,
+    /// WebSockets still open (their [`crate::WebSocketGuard`] not dropped).
+    pub websockets: usize,
 }
 
 impl Unfinished {
     /// Whether nothing was left running.
     pub fn is_empty(&self) -> bool {
-        self.connections == 0 && self.tasks.is_empty() && self.hooks.is_empty()
+        self.connections == 0
+            && self.tasks.is_empty()
+            && self.hooks.is_empty()
+            && self.websockets == 0
     }
 }
 
@@ -60,6 +65,9 @@ impl fmt::Display for Unfinished {
         }
         for name in &self.hooks {
             parts.push(format!("hook {name:?}"));
+        }
+        if self.websockets > 0 {
+            parts.push(format!("{} WebSocket(s)", self.websockets));
         }
         if parts.is_empty() {
             f.write_str("nothing")

@@ -27,6 +27,10 @@
 //! - [`Batcher`]: collects items and flushes them in batches, and flushes
 //!   the rest at shutdown.
 //! - [`signal::Signals`]: SIGTERM and SIGINT mapped to [`signal::Signal`].
+//! - [`Stash`]: hands a session's state from a retiring replica to its
+//!   successor (`DROPLESS_STASH`: the runtime's socket, or a directory).
+//! - [`WebSocketGuard`] ([`Lifecycle::websocket`]): open WebSockets close
+//!   with code 1012 after the shutdown hooks.
 //! - [`listen::bind`]: the listening socket a supervisor passed (socket
 //!   activation), or one bound on an address.
 //!
@@ -35,7 +39,9 @@
 //! requests are still served; the listener is closed; connections drain
 //! (HTTP/1.1 responses carry `Connection: close`, idle connections are
 //! closed, HTTP/2 connections get GOAWAY and their open streams finish);
-//! tracked tasks are awaited; hooks run in reverse order of registration.
+//! tracked tasks are awaited; hooks run in reverse order of registration
+//! (a hook may [`Stash::put`] the sessions' state); open WebSockets are told
+//! to close with 1012 and awaited.
 //! What did not finish within the grace period is logged by name and count
 //! and [`Lifecycle::serve`] returns [`Error::GraceExceeded`].
 #![forbid(unsafe_code)]
@@ -53,7 +59,9 @@ pub mod logging;
 mod phase;
 mod serve;
 pub mod signal;
+mod stash;
 mod tasks;
+mod websocket;
 
 pub use batch::{BatchConfig, Batcher, DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_MAX_ITEMS};
 pub use config::{
@@ -64,3 +72,5 @@ pub use error::{Error, Unfinished, error_chain};
 pub use lifecycle::Lifecycle;
 pub use phase::Phase;
 pub use serve::{BoxError, HttpBody, HttpService};
+pub use stash::{MAX_STASH_BYTES, STASH_ENV, STASH_REQUEST_TIMEOUT, Stash, StashError, encode_key};
+pub use websocket::{CLOSE_REASON, CLOSE_SERVICE_RESTART, WebSocketGuard};

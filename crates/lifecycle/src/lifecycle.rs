@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, Phase, hooks::Hooks, tasks::Tasks};
+use crate::{Config, Phase, hooks::Hooks, tasks::Tasks, websocket::WebSockets};
 
 /// Graceful lifecycle of one service. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
@@ -25,6 +25,7 @@ pub(crate) struct Inner {
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) tasks: Tasks,
     pub(crate) hooks: Hooks,
+    pub(crate) websockets: WebSockets,
     pub(crate) shutdown: CancellationToken,
     pub(crate) served: AtomicBool,
     /// Mirrors `phase.is_shutting_down()` for the per-response check, which
@@ -41,6 +42,7 @@ impl Lifecycle {
                 phase: watch::Sender::new(Phase::Starting),
                 tasks: Tasks::default(),
                 hooks: Hooks::default(),
+                websockets: WebSockets::default(),
                 shutdown: CancellationToken::new(),
                 served: AtomicBool::new(false),
                 closing: AtomicBool::new(false),

@@ -91,8 +91,9 @@ enum Drain {
 impl Lifecycle {
     /// Serves `app` on `listener` (HTTP/1.1 and h2c on the same port) until
     /// `shutdown` resolves, then shuts down in order: readiness off, pre-stop
-    /// delay, stop accepting, drain, tracked tasks, hooks; all of it within
-    /// the grace period.
+    /// delay, stop accepting, drain, tracked tasks, hooks, then WebSockets
+    /// are asked to close (code 1012, see [`Lifecycle::websocket`]); all of
+    /// it within the grace period.
     ///
     /// `shutdown` is any future whose output converts into a [`Signal`]:
     /// [`crate::signal::Signals::recv`] in production, a oneshot or a
@@ -188,6 +189,20 @@ impl Lifecycle {
             if timeout_at(deadline, hook()).await.is_err() {
                 unfinished.hooks.push(name);
             }
+        }
+
+        // After the hooks (state stashed): WebSockets close with 1012.
+        let websockets = &self.inner.websockets;
+        websockets.close.cancel();
+        websockets.open.close();
+        if !websockets.open.is_empty() {
+            tracing::info!(
+                open = websockets.open.len(),
+                "closing WebSockets: service restart"
+            );
+        }
+        if timeout_at(deadline, websockets.open.wait()).await.is_err() {
+            unfinished.websockets = websockets.open.len();
         }
 
         self.advance(Phase::Stopped);

@@ -60,6 +60,17 @@ pub(crate) trait Transport: Send + Sync + 'static {
         session: &'a mut Self::Session,
         marks: &'a mut Marks,
     ) -> impl Future<Output = Result<Answer, Failure>> + Send + 'a;
+
+    /// Called once scheduling has ended and the requests have finished,
+    /// before the report (sessions mode: the streams catch up and stop).
+    fn finish(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// What the sessions saw so far (sessions mode only).
+    fn sessions(&self) -> Option<crate::report::Sessions> {
+        None
+    }
 }
 
 /// The real HTTP transport of a run.

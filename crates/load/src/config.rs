@@ -83,6 +83,13 @@ pub struct Config {
     /// Retry once a request whose reused keep-alive connection was closed
     /// before any response byte, as browsers do; default false.
     pub retry_reused: bool,
+    /// Sessions mode: this many clients, each with its own key, play moves
+    /// (`POST {url path}/game/{id}/move`, round robin at the model's rate)
+    /// and check every move number; default none.
+    pub sessions: Option<usize>,
+    /// Sessions mode: each client also follows its session's WebSocket
+    /// stream (`GET {url path}/game/{id}/ws`); default false.
+    pub websocket: bool,
 }
 
 /// A configuration that cannot run, with the input at fault.
@@ -149,6 +156,8 @@ pub(crate) struct Plan {
     pub(crate) timeout: Duration,
     pub(crate) grace: Duration,
     pub(crate) retry_reused: bool,
+    pub(crate) sessions: Option<usize>,
+    pub(crate) websocket: bool,
 }
 
 impl Config {
@@ -172,6 +181,8 @@ impl Config {
             timeout: DEFAULT_TIMEOUT,
             grace: DEFAULT_GRACE,
             retry_reused: false,
+            sessions: None,
+            websocket: false,
         }
     }
 
@@ -203,6 +214,23 @@ impl Config {
         }
         if self.timeout.is_zero() {
             return Err(range("timeout", "longer than 0", "0s"));
+        }
+        if self.sessions == Some(0) {
+            return Err(range("sessions", "at least 1", 0));
+        }
+        if self.websocket && self.sessions.is_none() {
+            return Err(range(
+                "websocket",
+                "used with sessions (--sessions N)",
+                "no sessions",
+            ));
+        }
+        if self.sessions.is_some() && self.http2 {
+            return Err(range(
+                "sessions",
+                "used over HTTP/1.1 (without --http2)",
+                "--http2",
+            ));
         }
         let method = Method::from_bytes(self.method.as_bytes())
             .map_err(|_| ConfigError::Method(self.method.clone()))?;
@@ -239,6 +267,8 @@ impl Config {
             timeout: self.timeout,
             grace: self.grace,
             retry_reused: self.retry_reused,
+            sessions: self.sessions,
+            websocket: self.websocket,
         })
     }
 }

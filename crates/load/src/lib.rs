@@ -30,6 +30,12 @@
 //! # drop(stopper); Ok(()) }
 //! ```
 //!
+//! Sessions mode ([`Config::sessions`]) plays N stateful sessions instead
+//! of one request: each client checks that every move number is the
+//! previous plus one, and the report gets [`Sessions`] (resets, lost
+//! updates, duplicates, and with [`Config::websocket`] stream gaps,
+//! disconnects and reconnects).
+//!
 //! [`Probe`] drives single connections one request at a time and reports
 //! what happened on each (`dropless check` observes shutdowns with it).
 //!
@@ -47,6 +53,7 @@ mod outcome;
 mod report;
 mod run;
 mod schedule;
+mod sessions;
 mod stats;
 mod summary;
 mod threshold;
@@ -60,8 +67,8 @@ pub use config::{
 };
 pub use outcome::FailureClass;
 pub use report::{
-    Latency, Percentiles, Rate, Report, Requests, SCHEMA_VERSION, Second, Snapshot, failure_list,
-    nonzero_failures,
+    Latency, Percentiles, Rate, Report, Requests, SCHEMA_VERSION, Second, SessionSecond, Sessions,
+    Snapshot, failure_list, nonzero_failures,
 };
 pub use run::{Error, Run, Stopper, run, start, start_on};
 pub use threshold::Thresholds;

@@ -68,6 +68,70 @@ pub struct Report {
     pub service_time_ms: Percentiles,
     /// One entry per second of the run, by the second each request was due.
     pub timeline: Vec<Second>,
+    /// Sessions mode (`--sessions N`): what the sessions saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Sessions>,
+}
+
+/// What the sessions of a sessions-mode run saw. `resets`, `lost_updates`,
+/// `duplicates` and `gaps` count sessions (a session with two resets counts
+/// once); `disconnects` and `reconnects` count events.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sessions {
+    /// Sessions played.
+    pub total: u64,
+    /// Sessions that saw none of the anomalies below.
+    pub ok: u64,
+    /// Sessions whose move number went back (their state was lost).
+    pub resets: u64,
+    /// Sessions whose move number skipped.
+    pub lost_updates: u64,
+    /// Sessions that got the same move number twice.
+    pub duplicates: u64,
+    /// Sessions whose WebSocket stream missed or repeated a move.
+    pub gaps: u64,
+    /// WebSocket streams closed by the server or cut.
+    pub disconnects: u64,
+    /// WebSocket streams connected again after a disconnect.
+    pub reconnects: u64,
+    /// Of the disconnects, close frames with code 1012 (service restart).
+    #[serde(default)]
+    pub restart_closes: u64,
+    /// The longest a move was held for a handoff (`x-dropless-held-ms`), 0
+    /// when none was.
+    pub max_hold_ms: u64,
+    /// Events per second of the run, by the second they were seen.
+    #[serde(default)]
+    pub timeline: Vec<SessionSecond>,
+}
+
+/// The session events of one second.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSecond {
+    /// Seconds since the start of the run.
+    pub t_s: u64,
+    /// Moves whose number followed on.
+    pub moves: u64,
+    /// Moves whose number went back.
+    pub resets: u64,
+    /// Moves whose number skipped.
+    pub lost_updates: u64,
+    /// Moves whose number repeated.
+    pub duplicates: u64,
+    /// Stream messages that did not follow on.
+    pub gaps: u64,
+    /// Streams closed.
+    pub disconnects: u64,
+    /// Streams connected again.
+    pub reconnects: u64,
+}
+
+impl Sessions {
+    /// Whether any session saw a reset, a lost update, a duplicate or a gap:
+    /// what fails a trial.
+    pub fn broken(&self) -> u64 {
+        self.resets + self.lost_updates + self.duplicates + self.gaps
+    }
 }
 
 /// Request rates.
@@ -159,6 +223,8 @@ pub struct Snapshot {
     /// The timeline so far; the last few seconds still fill in as their
     /// requests finish.
     pub timeline: Vec<Second>,
+    /// Sessions mode: what the sessions saw so far.
+    pub sessions: Option<Sessions>,
     /// Whether this is the last snapshot (the report is ready).
     pub done: bool,
 }
@@ -196,6 +262,7 @@ impl Report {
             latency_ms: Latency::default(),
             service_time_ms: Percentiles::default(),
             timeline: Vec::new(),
+            sessions: None,
         }
     }
 

@@ -15,6 +15,7 @@ use crate::client::{Connector, HttpTransport, Transport};
 use crate::config::{Config, ConfigError, Model, Plan};
 use crate::report::{Latency, Rate, Report, Snapshot};
 use crate::schedule::{self, Shared, Until};
+use crate::sessions::SessionsTransport;
 use crate::workers::Workers;
 
 /// Why a run could not start or finish.
@@ -61,6 +62,22 @@ pub async fn start(config: &Config) -> Result<Run, Error> {
 pub async fn start_on(config: &Config, workers: &Workers) -> Result<Run, Error> {
     let plan = config.plan()?;
     let connector = connector(&plan).await?;
+    if let Some(count) = plan.sessions {
+        let authority = plan
+            .uri
+            .authority()
+            .expect("checked by the plan")
+            .to_string();
+        let transport = SessionsTransport::new(
+            connector,
+            authority,
+            plan.uri.path(),
+            count,
+            plan.websocket,
+            Instant::now(),
+        );
+        return Ok(start_with(plan, transport, workers));
+    }
     let transport = HttpTransport::new(&plan, connector);
     Ok(start_with(plan, transport, workers))
 }
@@ -202,6 +219,7 @@ async fn drive<T: Transport>(
             _ = tick.tick() => publish(&shared, &tx, &plan, false),
         }
     }
+    shared.transport.finish().await;
     let report = report(
         &plan,
         &shared,
@@ -231,6 +249,7 @@ fn publish<T: Transport>(
         retries: recorder.retries(),
         failures: recorder.failures(),
         timeline: recorder.timeline().rows(),
+        sessions: shared.transport.sessions(),
         done,
     };
     drop(recorder);
@@ -274,6 +293,7 @@ fn report<T: Transport>(
         },
         service_time_ms: recorder.service(),
         timeline: recorder.timeline().rows(),
+        sessions: shared.transport.sessions(),
     }
 }
 

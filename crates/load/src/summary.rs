@@ -91,7 +91,26 @@ impl Report {
             out,
             "service_time ",
             format_args!("{}", Dist(&self.service_time_ms)),
-        )
+        )?;
+        if let Some(s) = &self.sessions {
+            line(
+                out,
+                "sessions ",
+                format_args!(
+                    "{} total, {} ok, {} reset, {} lost update, {} duplicate, {} gap",
+                    s.total, s.ok, s.resets, s.lost_updates, s.duplicates, s.gaps
+                ),
+            )?;
+            line(
+                out,
+                "streams ",
+                format_args!(
+                    "{} disconnects ({} with 1012), {} reconnects; longest hold {} ms",
+                    s.disconnects, s.restart_closes, s.reconnects, s.max_hold_ms
+                ),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -188,6 +207,12 @@ mod tests {
             },
             service_time_ms: p,
             timeline: vec![],
+            sessions: Some(crate::report::Sessions {
+                total: 200,
+                ok: 198,
+                resets: 2,
+                ..Default::default()
+            }),
         };
         let text = report.summary();
         assert!(text.starts_with("  (interrupted"), "{text}");
@@ -198,5 +223,9 @@ mod tests {
         );
         assert!(text.contains("199.8/s achieved, target 200/s"), "{text}");
         assert!(text.contains("min=500µs med=12.35ms p(80)=20.00ms p(99)=1.50s max=2.00s count=9"));
+        assert!(
+            text.contains("sessions .............: 200 total, 198 ok, 2 reset, 0 lost update, 0 duplicate, 0 gap\n"),
+            "{text}"
+        );
     }
 }

@@ -54,12 +54,15 @@ fn scenario(name: &str, strategy: Strategy) -> Scenario {
             work_ms: crate::scenario::DEFAULT_WORK_MS,
             startup_delay: Some(Duration::from_millis(300)),
             demo_args: DEMO_ARGS.map(String::from).to_vec(),
+            affinity: None,
         },
         load: Load {
             path: crate::scenario::DEFAULT_PATH.into(),
             rate: RATE,
             duration: DURATION,
             client: ClientMode::Keepalive,
+            sessions: None,
+            websocket: false,
         },
         events: vec![
             at(4, Action::Restart),

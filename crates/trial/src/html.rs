@@ -402,6 +402,9 @@ fn tables(report: &TrialReport) -> String {
     );
     row(&mut t, "retries (client)", load.retries.to_string());
     t.push_str("</table>");
+    if let Some(sessions) = &load.sessions {
+        sessions_section(&mut t, sessions);
+    }
 
     t.push_str("<h2>Failures by class</h2>");
     let failures: Vec<_> = dropless_load::nonzero_failures(&load.failures).collect();
@@ -492,6 +495,53 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// The sessions' outcomes, then their events per second beside the
+/// requests of that second.
+fn sessions_section(t: &mut String, s: &dropless_load::Sessions) {
+    t.push_str("<h2>Sessions</h2><table>");
+    for (name, value) in [
+        ("sessions", s.total),
+        ("ok", s.ok),
+        ("reset", s.resets),
+        ("lost update", s.lost_updates),
+        ("duplicate", s.duplicates),
+        ("gap (stream)", s.gaps),
+        ("disconnects", s.disconnects),
+        ("of which 1012 (service restart)", s.restart_closes),
+        ("reconnects", s.reconnects),
+        ("longest hold (ms)", s.max_hold_ms),
+    ] {
+        let _ = write!(t, "<tr><td>{}</td><td>{value}</td></tr>", escape(name));
+    }
+    t.push_str("</table>");
+    let busy: Vec<_> = s
+        .timeline
+        .iter()
+        .filter(|r| {
+            r.resets + r.lost_updates + r.duplicates + r.gaps + r.disconnects + r.reconnects > 0
+        })
+        .collect();
+    if busy.is_empty() {
+        return;
+    }
+    t.push_str("<h3>Session events per second</h3><table><tr><th>s</th><th>moves</th><th>reset</th><th>lost update</th><th>duplicate</th><th>gap</th><th>disconnects</th><th>reconnects</th></tr>");
+    for r in busy {
+        let _ = write!(
+            t,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.t_s,
+            r.moves,
+            r.resets,
+            r.lost_updates,
+            r.duplicates,
+            r.gaps,
+            r.disconnects,
+            r.reconnects
+        );
+    }
+    t.push_str("</table>");
 }
 
 #[cfg(test)]

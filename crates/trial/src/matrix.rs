@@ -111,12 +111,15 @@ pub fn scenario(profile: Profile, strategy: Strategy) -> Scenario {
             demo_args: ["--pre-stop", "1s", "--log-delay", "3s", "--grace", "10s"]
                 .map(String::from)
                 .to_vec(),
+            affinity: None,
         },
         load: Load {
             path: crate::scenario::DEFAULT_PATH.into(),
             rate: CELL_RATE,
             duration: CELL_DURATION,
             client: ClientMode::Keepalive,
+            sessions: None,
+            websocket: false,
         },
         events: vec![
             Event {

@@ -126,8 +126,8 @@ impl EventRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// No failed request, no dropped iteration, no lost operation, every
-    /// event ended as asked, the audit ran.
+    /// No failed request, no dropped iteration, no lost operation, no
+    /// broken session, every event ended as asked, the audit ran.
     Pass,
     /// Something was dropped, an event did not do what it was asked, or
     /// the audit could not run.
@@ -156,6 +156,17 @@ impl TrialReport {
             reasons.push(format!(
                 "{} dropped iteration(s): the schedule could not be kept",
                 load.dropped_iterations
+            ));
+        }
+        if let Some(sessions) = load.sessions.as_ref().filter(|s| s.broken() > 0) {
+            reasons.push(format!(
+                "{} of {} session(s) broken: {} reset, {} lost update, {} duplicate, {} with a gap",
+                sessions.total - sessions.ok,
+                sessions.total,
+                sessions.resets,
+                sessions.lost_updates,
+                sessions.duplicates,
+                sessions.gaps
             ));
         }
         if load.interrupted {

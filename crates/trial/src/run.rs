@@ -161,12 +161,14 @@ pub async fn run(
     };
 
     progress.phase("load");
-    let load = load_config(
-        format!("http://{address}{}", scenario.load.path),
+    let mut load = load_config(
+        format!("http://{address}{}", scenario.load.url_path()),
         scenario.load.rate,
         scenario.load.duration,
         scenario.load.client,
     );
+    load.sessions = scenario.load.sessions;
+    load.websocket = scenario.load.websocket;
     let run = dropless_load::start(&load).await?;
     let streaming = stream_load(&env.load_out, &load.url, &run);
     progress.load_started(scenario.load.duration);

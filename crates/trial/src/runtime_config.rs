@@ -36,6 +36,10 @@ pub(crate) fn runtime_config(
     if let Some(pre_stop) = service.pre_stop {
         runtime_service.retire.pre_stop = pre_stop;
     }
+    runtime_service.affinity = service
+        .affinity
+        .as_ref()
+        .map(dropless_runtime::config::AffinityConfig::new);
     config.services = vec![runtime_service];
     crate::strategy::apply(&mut config, service);
     config

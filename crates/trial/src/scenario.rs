@@ -95,6 +95,12 @@ pub struct Service {
     /// `["--log-delay", "1s"]` (see `dropless demo-service --help`).
     #[serde(default)]
     pub demo_args: Vec<String>,
+    /// Session affinity of the service (`"path:/game/{id}"`,
+    /// `"cookie:NAME"`, `"header:NAME"`), which also gives its replicas a
+    /// stash (`DROPLESS_STASH`): what `[load] sessions` needs to survive a
+    /// deploy, with `demo_args = ["--handoff"]`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
 }
 
 impl Service {
@@ -181,6 +187,27 @@ pub struct Load {
     /// Client mode. Default keep-alive.
     #[serde(default)]
     pub client: ClientMode,
+    /// Sessions mode: this many stateful sessions play moves
+    /// (`POST {path}/game/{id}/move`, `path` a prefix, `/` when left at its
+    /// default) instead of requesting `path`; the verdict fails on any
+    /// reset, lost update, duplicate or gap. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<usize>,
+    /// With `sessions`: each session also follows its WebSocket stream.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
+}
+
+impl Load {
+    /// The path the load requests: `path`, or with sessions the prefix of
+    /// the sessions' paths (`/` when `path` was left at its default).
+    pub fn url_path(&self) -> &str {
+        match self.sessions {
+            Some(_) if self.path == DEFAULT_PATH => "/",
+            _ => &self.path,
+        }
+    }
 }
 
 impl Default for Load {
@@ -190,6 +217,8 @@ impl Default for Load {
             rate: DEFAULT_RATE,
             duration: DEFAULT_DURATION,
             client: ClientMode::default(),
+            sessions: None,
+            websocket: false,
         }
     }
 }
@@ -538,6 +567,11 @@ impl Scenario {
                 format!("{path:?} must start with '/' (or be \"\" for a TCP probe)"),
             );
         }
+        if let Some(key) = &service.affinity
+            && let Err(why) = dropless_runtime::proxy::affinity::KeySpec::parse(key)
+        {
+            return invalid("service.affinity", why);
+        }
         if !self.load.path.starts_with('/') {
             return invalid(
                 "load.path",
@@ -554,6 +588,21 @@ impl Scenario {
                     "{} must be a positive number of requests per second",
                     self.load.rate
                 ),
+            );
+        }
+        if self.load.sessions == Some(0) {
+            return invalid("load.sessions", "must be at least 1, e.g. 200".into());
+        }
+        if self.load.websocket && self.load.sessions.is_none() {
+            return invalid(
+                "load.websocket",
+                "needs load.sessions, e.g. sessions = 200".into(),
+            );
+        }
+        if self.load.sessions.is_some() && self.load.client == ClientMode::H2 {
+            return invalid(
+                "load.sessions",
+                "sessions speak HTTP/1.1: use client = \"keepalive\"".into(),
             );
         }
         if self.load.duration.is_zero() {

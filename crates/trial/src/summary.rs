@@ -44,6 +44,21 @@ pub fn render(report: &TrialReport) -> String {
     if !failures.is_empty() {
         let _ = writeln!(s, "  failures   {failures}");
     }
+    if let Some(ss) = &load.sessions {
+        let _ = writeln!(
+            s,
+            "  sessions   {} total, {} ok, {} reset, {} lost update, {} duplicate, {} gap; {} disconnects, {} reconnects; longest hold {} ms",
+            ss.total,
+            ss.ok,
+            ss.resets,
+            ss.lost_updates,
+            ss.duplicates,
+            ss.gaps,
+            ss.disconnects,
+            ss.reconnects,
+            ss.max_hold_ms
+        );
+    }
     let t = &load.latency_ms.ttlb;
     let _ = writeln!(
         s,

@@ -79,10 +79,16 @@ impl Progress for Bar {
     }
 
     fn second(&self, snapshot: &Snapshot) {
-        let text = format!(
+        let mut text = format!(
             "{} ok, {} failed, {} in flight",
             snapshot.requests.ok, snapshot.requests.failed, snapshot.in_flight
         );
+        if let Some(s) = &snapshot.sessions {
+            text.push_str(&format!(
+                "; sessions: {} reset, {} lost, {} dup, {} gap, {} reconnects",
+                s.resets, s.lost_updates, s.duplicates, s.gaps, s.reconnects
+            ));
+        }
         let second = snapshot.elapsed_s as u64;
         if second >= self.printed_s.load(Ordering::Relaxed) + PLAIN_EVERY_S {
             self.printed_s.store(second, Ordering::Relaxed);

@@ -95,6 +95,8 @@ fn help_explains_every_flag_and_the_exit_codes() {
         "--threads",
         "--max-failures",
         "--max-p99",
+        "--sessions",
+        "--websocket",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -110,7 +112,7 @@ fn help_explains_every_flag_and_the_exit_codes() {
 
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["localhost:8080"],
             "error: invalid URL 'localhost:8080': expected http://host[:port]/path",
@@ -139,6 +141,14 @@ fn bad_input_is_one_line_and_exit_code_2() {
             &["http://127.0.0.1:9/", "--expect-status", "2xx"],
             "error: invalid status set '2xx': expected codes from 100 to 599 and ranges, like 200-399 or 200,204",
         ),
+        (
+            &["http://127.0.0.1:9/", "--sessions", "0"],
+            "error: sessions must be at least 1, got 0",
+        ),
+        (
+            &["http://127.0.0.1:9/", "--sessions", "2", "--http2"],
+            "error: sessions must be used over HTTP/1.1 (without --http2), got --http2",
+        ),
     ];
     for (args, message) in cases {
         let output = dropless(args);
@@ -150,6 +160,12 @@ fn bad_input_is_one_line_and_exit_code_2() {
         both.status.code(),
         Some(2),
         "--rate and --vus exclude each other"
+    );
+    let websocket = dropless(&["http://127.0.0.1:9/", "--websocket"]);
+    assert_eq!(
+        websocket.status.code(),
+        Some(2),
+        "--websocket needs --sessions"
     );
 }
 

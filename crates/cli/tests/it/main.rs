@@ -8,5 +8,6 @@ mod load;
 mod orchestrator;
 mod reload;
 mod serve;
+mod sessions;
 mod trial;
 mod upgrade;

@@ -39,6 +39,11 @@ impl Demo {
     /// Starts the demo with `--port 0` and `args`, and waits until it says
     /// where it listens.
     pub async fn start(args: &[&str]) -> Demo {
+        Demo::start_with_env(args, &[]).await
+    }
+
+    /// As [`Demo::start`], with environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Demo {
         let dir = tempfile::tempdir().unwrap();
         let stderr = dir.path().join("stderr.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_dropless-demo"))
@@ -47,6 +52,8 @@ impl Demo {
             .env_remove("PORT")
             .env_remove("VERSION")
             .env_remove("HELLO_REST_REQUEST_DELAY")
+            .env_remove("DROPLESS_STASH")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .kill_on_drop(true)

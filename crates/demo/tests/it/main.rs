@@ -2,6 +2,7 @@
 //! 127.0.0.1, a real `influxd` where the calculation log is checked.
 
 mod fixtures;
+mod game;
 mod influx;
 mod input;
 mod profiles;

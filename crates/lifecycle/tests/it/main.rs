@@ -5,4 +5,6 @@ mod fixtures;
 mod health;
 mod http1;
 mod http2;
+mod stash;
 mod tasks;
+mod websocket;

@@ -5,6 +5,7 @@ mod api;
 mod classes;
 mod http2;
 mod open_model;
+mod sessions;
 mod support;
 mod tls;
 

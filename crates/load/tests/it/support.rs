@@ -262,3 +262,174 @@ async fn serve(mut stream: TcpStream, script: Vec<Action>) {
         }
     }
 }
+
+/// What the game server does to one session, on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Twist {
+    /// Counts every move.
+    None,
+    /// At the 3rd move, the counter starts over (the state is lost).
+    Reset,
+    /// At the 3rd move, the counter skips one.
+    Skip,
+    /// At the 3rd move, the counter does not move.
+    Repeat,
+    /// The 2nd move's response says it was held 250 ms for a handoff.
+    Held,
+    /// The stream leaves out the 2nd move.
+    StreamSkip,
+}
+
+/// A game server as the demo's: `POST /game/{id}/move` answers the move
+/// number, `GET /game/{id}/ws?after=N` streams the moves. Session keys end
+/// in `-{index}`; `twist(index)` says how it misbehaves.
+pub struct GameServer {
+    pub addr: SocketAddr,
+    /// Closes every open stream with this close code when notified.
+    pub close_streams: Arc<tokio::sync::Notify>,
+    /// Streams open now.
+    pub open_streams: Arc<AtomicUsize>,
+}
+
+/// A session: its move number, the moves played, its stream.
+type Game = (u64, u64, tokio::sync::broadcast::Sender<u64>);
+
+struct GameState {
+    twist: Box<dyn Fn(usize) -> Twist + Send + Sync>,
+    games: std::sync::Mutex<std::collections::HashMap<String, Game>>,
+    close: Arc<tokio::sync::Notify>,
+    open: Arc<AtomicUsize>,
+}
+
+impl GameServer {
+    pub async fn start(twist: impl Fn(usize) -> Twist + Send + Sync + 'static) -> GameServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let close = Arc::new(tokio::sync::Notify::new());
+        let open = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(GameState {
+            twist: Box::new(twist),
+            games: Default::default(),
+            close: close.clone(),
+            open: open.clone(),
+        });
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                let service = service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(game_answer(&state, request)) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+            }
+        });
+        GameServer {
+            addr,
+            close_streams: close,
+            open_streams: open,
+        }
+    }
+}
+
+fn game_answer(
+    state: &Arc<GameState>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (Some("game"), Some(id), Some(action)) = (parts.next(), parts.next(), parts.next()) else {
+        return hyper::Response::builder()
+            .status(404)
+            .body(Full::default())
+            .unwrap();
+    };
+    let index: usize = id.rsplit('-').next().unwrap().parse().unwrap();
+    let twist = (state.twist)(index);
+    let mut games = state.games.lock().unwrap();
+    let (moves, played, stream) = games
+        .entry(id.to_owned())
+        .or_insert_with(|| (0, 0, tokio::sync::broadcast::Sender::new(1024)));
+    match action {
+        "move" => {
+            *played += 1;
+            *moves = match (twist, *played) {
+                (Twist::Reset, 3) => 1,
+                (Twist::Skip, 3) => *moves + 2,
+                (Twist::Repeat, 3) => *moves,
+                _ => *moves + 1,
+            };
+            if !(twist == Twist::StreamSkip && *played == 2) {
+                let _ = stream.send(*moves);
+            }
+            let mut response = hyper::Response::builder();
+            if twist == Twist::Held && *played == 2 {
+                response = response.header("x-dropless-held-ms", "250");
+            }
+            response
+                .body(Full::new(Bytes::from(moves.to_string())))
+                .unwrap()
+        }
+        "ws" => {
+            let after: u64 = request
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("after="))
+                .map_or(0, |n| n.parse().unwrap());
+            let key = request.headers()["sec-websocket-key"].as_bytes().to_vec();
+            let (current, mut moves) = (*moves, stream.subscribe());
+            let (close, open) = (state.close.clone(), state.open.clone());
+            tokio::spawn(async move {
+                use futures_util::{SinkExt, StreamExt};
+                use tokio_tungstenite::tungstenite::Message;
+                use tokio_tungstenite::tungstenite::protocol::{
+                    CloseFrame, Role, frame::coding::CloseCode,
+                };
+                let upgraded = hyper::upgrade::on(request).await.unwrap();
+                let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    None,
+                )
+                .await;
+                open.fetch_add(1, Ordering::SeqCst);
+                for n in after + 1..=current {
+                    let _ = socket.send(Message::Text(n.to_string().into())).await;
+                }
+                loop {
+                    tokio::select! {
+                        () = close.notified() => {
+                            let frame = CloseFrame { code: CloseCode::Restart, reason: "service restart".into() };
+                            let _ = socket.send(Message::Close(Some(frame))).await;
+                            break;
+                        }
+                        n = moves.recv() => match n {
+                            Ok(n) => { let _ = socket.send(Message::Text(n.to_string().into())).await; }
+                            Err(_) => break,
+                        },
+                        message = socket.next() => if !matches!(message, Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)))) { break },
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+            hyper::Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .body(Full::default())
+                .unwrap()
+        }
+        _ => hyper::Response::builder()
+            .status(404)
+            .body(Full::default())
+            .unwrap(),
+    }
+}

@@ -117,5 +117,6 @@ pub fn load_report(failures: &[(&str, u64)]) -> Report {
         },
         service_time_ms: latency,
         timeline,
+        sessions: None,
     }
 }

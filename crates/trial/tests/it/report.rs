@@ -119,3 +119,61 @@ fn an_unwritable_directory_is_an_error_naming_the_file() {
         .to_string();
     assert!(error.contains("report.json"), "{error}");
 }
+
+fn with_sessions(resets: u64, gaps: u64) -> TrialReport {
+    let mut load = load_report(&[]);
+    load.sessions = Some(dropless_load::Sessions {
+        total: 200,
+        ok: 200 - resets - gaps,
+        resets,
+        gaps,
+        disconnects: 200,
+        reconnects: 200,
+        restart_closes: 200,
+        max_hold_ms: 840,
+        timeline: vec![dropless_load::SessionSecond {
+            t_s: 4,
+            moves: 90,
+            resets,
+            gaps,
+            disconnects: 200,
+            reconnects: 200,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    TrialReport::new(
+        "sessions".into(),
+        "demo v9 ×2".into(),
+        "dropless".into(),
+        load,
+        vec![restart(Outcome::Ok)],
+        None,
+    )
+}
+
+#[test]
+fn any_broken_session_fails_the_verdict_and_shows_in_the_reports() {
+    let whole = with_sessions(0, 0);
+    assert_eq!(whole.verdict, Verdict::Pass, "{:?}", whole.reasons);
+
+    let broken = with_sessions(3, 1);
+    assert_eq!(broken.verdict, Verdict::Fail);
+    assert_eq!(
+        broken.reasons,
+        ["4 of 200 session(s) broken: 3 reset, 0 lost update, 0 duplicate, 1 with a gap"]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_reports(&broken, dir.path()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["sessions"]["resets"], 3);
+    assert_eq!(json["sessions"]["max_hold_ms"], 840);
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<h2>Sessions</h2>"), "sessions section");
+    assert!(html.contains("<td>reset</td><td>3</td>"));
+    assert!(
+        html.contains("<tr><td>4</td><td>90</td><td>3</td><td>0</td><td>0</td><td>1</td><td>200</td><td>200</td></tr>"),
+        "per second"
+    );
+}

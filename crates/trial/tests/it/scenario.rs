@@ -70,6 +70,22 @@ fn each_bad_field_is_named_with_the_fix() {
         ),
         ("grace = \"5s\"", "grace = \"soon\"", "\"10s\""),
         ("replicas = 3", "replica = 3", "unknown field `replica`"),
+        ("rate = 50", "rate = 50\nsessions = 0", "`load.sessions`"),
+        (
+            "replicas = 3",
+            "replicas = 3\naffinity = \"query:sid\"",
+            "`service.affinity`",
+        ),
+        (
+            "rate = 50",
+            "rate = 50\nwebsocket = true",
+            "`load.websocket`",
+        ),
+        (
+            "rate = 50",
+            "rate = 50\nsessions = 2\nclient = \"h2\"",
+            "sessions speak HTTP/1.1",
+        ),
     ] {
         assert!(GOOD.contains(from), "{from}");
         let error = load(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
@@ -92,4 +108,30 @@ fn a_parse_error_names_the_file_and_a_missing_file_is_a_read_error() {
     let error = Scenario::load(&missing).unwrap_err();
     assert!(matches!(error, ScenarioError::Read { .. }), "{error}");
     assert!(error.to_string().contains("missing.toml"), "{error}");
+}
+
+#[test]
+fn a_load_of_sessions_with_affinity_loads_and_requests_the_game_under_root() {
+    let scenario = load(
+        &GOOD
+            .replace("rate = 50", "rate = 50\nsessions = 200\nwebsocket = true")
+            .replace(
+                "replicas = 3",
+                "replicas = 3\naffinity = \"path:/game/{id}\"",
+            ),
+    )
+    .unwrap();
+    assert_eq!(
+        scenario.service.affinity.as_deref(),
+        Some("path:/game/{id}")
+    );
+    assert_eq!(scenario.load.sessions, Some(200));
+    assert!(scenario.load.websocket);
+    assert_eq!(
+        scenario.load.url_path(),
+        "/",
+        "the default path is a prefix"
+    );
+    let plain = load(GOOD).unwrap();
+    assert_eq!(plain.load.url_path(), "/sum?a=1&b=2");
 }
