@@ -128,7 +128,6 @@ fn with_handoff_no_session_resets_at_a_rolling_restart() {
 }
 
 #[test]
-#[ignore = "needs the runtime to SIGTERM a replica whose WebSockets are open: its drain waits for the tunnels until the drain deadline, past the handoff timeout"]
 fn with_handoff_websocket_clients_are_closed_with_1012_and_reconnect_without_a_gap() {
     let report = sessions_through_a_restart(true, true);
     let sessions = &report["sessions"];

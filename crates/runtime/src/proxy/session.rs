@@ -407,10 +407,14 @@ fn respond(
         let deadline = replica.drain_deadline();
         // Tracked, so that a stopping proxy thread gives it its grace.
         spawn_tunnel(async move {
-            let _guard = guard;
             let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
                 return;
             };
+            // The upgrade was a request; the tunnel is not: the replica's
+            // drain does not wait for it (its SIGTERM would come only at the
+            // drain timeout, past a session's handoff). The retirement
+            // closes it at the end of the drain, before SIGTERM.
+            let _tunnel = guard.into_tunnel();
             let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
             if websocket {
                 return websocket::tunnel(a, b, deadline).await;

@@ -30,6 +30,9 @@ pub struct Replica {
     changed: OnChange,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Open tunnels (WebSockets): not requests, so the drain does not wait
+    /// for them; the retirement closes them and waits for that.
+    tunnels: watch::Sender<usize>,
     /// Its pools while it takes requests; read without a lock by every
     /// request, emptied when it stops being `Ready`.
     pool: ArcSwapOption<Pool>,
@@ -46,6 +49,29 @@ pub struct Replica {
 #[derive(Debug)]
 pub struct InFlight {
     replica: Arc<Replica>,
+}
+
+/// Counts an open tunnel on its replica until dropped.
+#[derive(Debug)]
+pub struct Tunnel {
+    replica: Arc<Replica>,
+}
+
+impl InFlight {
+    /// The request became a tunnel (a WebSocket after its upgrade): it no
+    /// longer counts as in flight, but as an open tunnel.
+    pub fn into_tunnel(self) -> Tunnel {
+        let replica = Arc::clone(&self.replica);
+        replica.tunnels.send_modify(|n| *n += 1);
+        drop(self);
+        Tunnel { replica }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.replica.tunnels.send_modify(|n| *n -= 1);
+    }
 }
 
 /// What a replica calls after each change of its state or membership.
@@ -98,6 +124,7 @@ impl Replica {
             changed: parts.on_change,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            tunnels: watch::Sender::new(0),
             member: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
             drain_deadline: CancellationToken::new(),
@@ -254,6 +281,15 @@ impl Replica {
     /// Ends the drain: tunnels still open are closed.
     pub fn end_drain(&self) {
         self.drain_deadline.cancel();
+    }
+
+    /// Waits until no tunnel is open, at most `timeout`; returns whether
+    /// they all closed.
+    pub async fn wait_tunnels_closed(&self, timeout: Duration) -> bool {
+        let mut open = self.tunnels.subscribe();
+        tokio::time::timeout(timeout, open.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
     }
 
     fn emit(&self, state: ReplicaState, detail: Option<String>) {

@@ -1,7 +1,10 @@
 //! Retirement of a replica, always in this order: stop routing to it, wait for
-//! its in-flight requests (drain timeout), pre-stop delay, SIGTERM to its
-//! process group, grace period, SIGKILL. An unmanaged target is drained but
+//! its in-flight requests (drain timeout), pre-stop delay, close its tunnels
+//! (WebSockets: a 1012 close), SIGTERM to its process group, grace period,
+//! SIGKILL. An unmanaged target is drained but
 //! never signalled.
+
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -9,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::RetireConfig;
 use crate::event::ReplicaState;
 use crate::supervisor::replica::Replica;
+
+/// How long a retirement waits for the tunnels it closed to end (the
+/// proxy gives a frame in progress 1 s) before SIGTERM.
+pub const TUNNELS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How a retirement went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,9 +93,18 @@ async fn retire_in_order(replica: &Replica, config: &RetireConfig) -> Retired {
             config.drain_timeout
         );
     }
-    replica.end_drain();
     if !config.pre_stop.is_zero() {
         tokio::time::sleep(config.pre_stop).await;
+    }
+    // Tunnels (WebSockets) got the drain and the pre-stop; they are closed
+    // now (a 1012 close to each side after the frame in progress), before
+    // the process is told to stop.
+    replica.end_drain();
+    if !replica.wait_tunnels_closed(TUNNELS_CLOSE_WAIT).await {
+        tracing::warn!(
+            replica = replica.name(),
+            "tunnels still open {TUNNELS_CLOSE_WAIT:?} after the drain; stopping anyway"
+        );
     }
     let Some(process) = replica.process() else {
         replica.set_state(ReplicaState::Stopping, None);

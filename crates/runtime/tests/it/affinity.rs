@@ -293,12 +293,13 @@ async fn close_code(ws: &mut tokio::net::TcpStream) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_tunnels_get_a_1012_close_at_a_frame_boundary_at_the_drain_deadline() {
+async fn websocket_tunnels_get_a_1012_close_at_a_frame_boundary_at_the_end_of_the_drain() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
     service.retire.drain_timeout = Duration::from_millis(300);
-    // The replica stays up after the deadline: the frame in progress can end.
-    service.retire.pre_stop = Duration::from_secs(2);
+    // The tunnels are closed after the pre-stop; SIGTERM waits for them, so
+    // the frame in progress can end.
+    service.retire.pre_stop = Duration::from_millis(300);
     let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
     h.wait_routable(1).await;
     let (mut idle, _) = fixtures::websocket(h.addr).await;
@@ -318,7 +319,7 @@ async fn websocket_tunnels_get_a_1012_close_at_a_frame_boundary_at_the_drain_dea
         };
         client.rollout(None, restart).await
     });
-    // The idle tunnel is at a frame boundary: it is closed at the deadline.
+    // The idle tunnel is at a frame boundary: it is closed at once.
     assert_eq!(close_code(&mut idle).await, 1012);
     // The busy one ends its frame first, then gets the close.
     busy.write_all(&frame[11..]).await.unwrap();

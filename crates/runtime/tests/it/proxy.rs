@@ -159,7 +159,7 @@ async fn toml_services_are_routed_by_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrade_passes_through_and_closes_at_the_drain_deadline() {
+async fn websocket_upgrade_passes_through_and_closes_at_the_end_of_the_drain() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let mut service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
@@ -173,20 +173,16 @@ async fn websocket_upgrade_passes_through_and_closes_at_the_drain_deadline() {
     ws.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ping");
 
-    // A restart drains the replica; the tunnel counts as in flight until the
-    // drain deadline closes it.
-    let began = std::time::Instant::now();
+    // A restart drains the replica; the tunnel is not a request in flight:
+    // the drain does not wait for it, and it is closed at the drain's end,
+    // before the replica's SIGTERM.
     let restart = dropless_runtime::rollout::RolloutRequest::Restart {
         plan: Default::default(),
     };
     h.client().rollout(None, restart).await.expect("restart");
-    assert!(
-        began.elapsed() >= Duration::from_millis(500),
-        "drained before the tunnel closed"
-    );
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(fixtures::WAIT, ws.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "tunnel closed at the drain deadline");
+    assert!(closed.is_ok(), "tunnel closed at the end of the drain");
     h.stop(Shutdown::Fast).await;
 }
 
