@@ -79,6 +79,8 @@ pub enum HoldReason {
     Queue,
     /// Traffic was paused (`dropless pause`).
     Pause,
+    /// Its session's owner was handing its sessions off (affinity).
+    Handoff,
 }
 
 /// One request as it goes: begun when its head is read, finished when its
@@ -286,13 +288,14 @@ impl RetryReason {
 
 impl HoldReason {
     /// Every reason, in the order of their values.
-    pub const ALL: [Self; 2] = [Self::Queue, Self::Pause];
+    pub const ALL: [Self; 3] = [Self::Queue, Self::Pause, Self::Handoff];
 
     /// Its name in the metrics' `reason` label.
     pub fn name(self) -> &'static str {
         match self {
             Self::Queue => "queue",
             Self::Pause => "pause",
+            Self::Handoff => "handoff",
         }
     }
 }

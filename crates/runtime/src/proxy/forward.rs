@@ -156,10 +156,16 @@ pub(super) async fn forward<A: Attempt>(
                 polled
             })
             .await;
-            if let Some(since) = waiting_since {
+            let picked = picked
+                .map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?;
+            // A hold for a handoff is its own reason; any other wait was for
+            // a ready replica.
+            if !picked.held.is_zero() {
+                trace.held(HoldReason::Handoff, picked.held);
+            } else if let Some(since) = waiting_since {
                 trace.held(HoldReason::Queue, since.elapsed());
             }
-            picked.map_err(|no| ProxyError::no_pick(no, service.name(), config.queue_timeout))?
+            picked
         };
         trace.attempt(&pick.replica);
         let started = Instant::now();
