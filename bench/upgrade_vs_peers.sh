@@ -135,7 +135,11 @@ nginx_start() {
 nginx_binary_upgrade() {
   local old; old=$(cat "$work/nginx/nginx.pid")
   kill -USR2 "$old"
-  for _ in $(seq 200); do [ -e "$work/nginx/nginx.pid.oldbin" ] && break; sleep 0.05; done
+  # The old master renames its pid file, then the new one writes its own.
+  for _ in $(seq 200); do
+    [ -e "$work/nginx/nginx.pid.oldbin" ] && [ -s "$work/nginx/nginx.pid" ] && break
+    sleep 0.05
+  done
   cat "$work/nginx/nginx.pid" >>"$work/nginx.pids"
   sleep 0.5
   kill -QUIT "$old"; wait_gone "$old"
