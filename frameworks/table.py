@@ -79,9 +79,9 @@ def main():
       f"`HELLO_REST_REQUEST_DELAY={delay}` s; each app serves `/health`. Every check ran at "
       f"{rate} req/s with a {grace} grace period, `--health-path /health`.\n")
     w("Reproduce: `scripts/frameworks` (installs the runtimes and packages, builds, checks, "
-      "and writes this file; measured here: 6 min 20 s with `dropless` already built and the "
-      "Rust apps built from scratch, 1 min 7 s with everything built; a run on a machine "
-      "where nothing is built was not timed).\n")
+      "and writes this file; measured here: 3 min 54 s on a fresh clone with nothing built "
+      "(the language runtimes installed and the pip, npm and cargo download caches warm), "
+      "1 min 7 s with everything built).\n")
     w("| framework | " + " | ".join(f"{i + 1} {c}" for i, c in enumerate(CHECKS))
       + " | Kubernetes, no preStop: failed per restart |")
     w("| --- " * (len(CHECKS) + 2) + "|")

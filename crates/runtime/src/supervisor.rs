@@ -28,7 +28,7 @@ use leftovers::{ProcessId, RecordedReplica, Registry};
 use logs::LogFile;
 use probe::Probe;
 use process::{Listen, Process, SpawnError};
-use replica::{OnChange, Replica, ReplicaParts};
+use replica::{OnChange, ProbeFailures, Replica, ReplicaParts};
 use retire::Retired;
 
 use crate::proxy::affinity::Affinity;
@@ -129,6 +129,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// The last resolution of a discovered service.
     discovery: Mutex<Option<discover::DiscoveryStatus>>,
+    /// Failed probes of its replicas, for the metrics.
+    probe_failures: Arc<ProbeFailures>,
     /// Session affinity, when the service has it.
     affinity: Option<Arc<Affinity>>,
     /// The stash's socket, when the service has one; it is served from the
@@ -189,6 +191,7 @@ impl Supervisor {
                 stash_stop: CancellationToken::new(),
                 stash_task: Mutex::new(None),
                 discovery: Mutex::new(None),
+                probe_failures: Arc::default(),
                 config: ArcSwap::from_pointee(config),
             }),
         }
@@ -337,6 +340,11 @@ impl Supervisor {
             .collect()
     }
 
+    /// Failed probes of its replicas so far: of starting ones, of ready ones.
+    pub fn probe_failures(&self) -> (u64, u64) {
+        self.inner.probe_failures.counts()
+    }
+
     /// Members that are ready: where requests go. A snapshot published on
     /// every change of a replica's state or membership; reading it takes no
     /// lock.
@@ -427,6 +435,7 @@ impl Supervisor {
                 }
             })),
             pool_idle_timeout: self.inner.options.pool_idle_timeout,
+            probe_failures: Arc::clone(&self.inner.probe_failures),
         });
         {
             // Checked under the lock `shutdown` takes: a replica is either in

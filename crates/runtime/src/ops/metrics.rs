@@ -305,6 +305,32 @@ impl prometheus_client::collector::Collector for Exporter {
                 &s.transitions
             }),
         )?;
+        let mut probes: Vec<(String, (u64, u64))> = running
+            .iter()
+            .map(|s| (s.name().to_owned(), s.probe_failures()))
+            .collect();
+        probes.sort();
+        let probe_series: Series<'_> = probes
+            .iter()
+            .flat_map(|(name, (starting, ready))| {
+                [
+                    (
+                        [("service", name.as_str()), ("replica_state", "starting")],
+                        *starting,
+                    ),
+                    (
+                        [("service", name.as_str()), ("replica_state", "ready")],
+                        *ready,
+                    ),
+                ]
+            })
+            .collect();
+        counters(
+            &mut encoder,
+            "dropless_probe_failures",
+            "Failed probes of the service's replicas, by the state of the replica probed (a probe that could not run here is not counted).",
+            probe_series,
+        )?;
         counters(
             &mut encoder,
             "dropless_rollouts",

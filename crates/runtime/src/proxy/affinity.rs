@@ -380,6 +380,7 @@ mod tests {
             events: crate::event::Events::new(16),
             on_change: OnChange(Arc::new(|| {})),
             pool_idle_timeout: Duration::from_secs(30),
+            probe_failures: Arc::default(),
         });
         replica.set_member(true);
         replica.set_state(ReplicaState::Ready, None);

@@ -247,6 +247,7 @@ where
                 last = e.to_string();
             }
             Err(e) => {
+                replica.count_probe_failure(false);
                 successes = 0;
                 last = e.to_string();
             }
@@ -308,6 +309,7 @@ where
                 warn_throttled!("replica {}: {e}", replica.name());
             }
             Err(e) => {
+                replica.count_probe_failure(true);
                 failures += 1;
                 tracing::warn!(replica = replica.name(), "{e}");
                 if failures >= threshold {
@@ -412,6 +414,9 @@ mod tests {
         assert_eq!(replica.state(), ReplicaState::Ready);
         // Every fast interval, until the third success after the failure.
         assert_eq!(probe.asked(), ms(&[0, 100, 200, 300, 400, 500]));
+        // The failure is counted for the metrics; the one that could not
+        // run is not.
+        assert_eq!(replica.probe_failure_counts(), (1, 0));
         assert_eq!(probe.start.elapsed(), Duration::from_millis(500));
     }
 
@@ -489,6 +494,7 @@ mod tests {
         // the one that could not run at 6 s does not count.
         let seconds: Vec<_> = (1..=8).map(Duration::from_secs).collect();
         assert_eq!(probe.asked(), seconds);
+        assert_eq!(replica.probe_failure_counts(), (0, 5));
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,28 @@ pub struct Replica {
     /// Slots for request bodies streamed to it, sized by the proxy on first
     /// use (`proxy.max_streamed_uploads`).
     uploads: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+    /// Its service's count of failed probes (metrics).
+    probe_failures: Arc<ProbeFailures>,
+}
+
+/// A service's failed probes (not counting those that could not run here):
+/// of starting replicas, and of ready ones.
+#[derive(Debug, Default)]
+pub struct ProbeFailures {
+    /// Probes of a starting replica that failed.
+    pub starting: AtomicU64,
+    /// Probes of a ready replica that failed.
+    pub ready: AtomicU64,
+}
+
+impl ProbeFailures {
+    /// The counts now: (starting, ready).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.starting.load(Ordering::Relaxed),
+            self.ready.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Counts one request in flight on a replica until dropped.
@@ -106,6 +128,8 @@ pub struct ReplicaParts {
     pub on_change: OnChange,
     /// Idle timeout of its connection pool.
     pub pool_idle_timeout: Duration,
+    /// Where its failed probes are counted (its service's counter).
+    pub probe_failures: Arc<ProbeFailures>,
 }
 
 impl Replica {
@@ -130,6 +154,7 @@ impl Replica {
             drain_deadline: CancellationToken::new(),
             detail: Mutex::new(None),
             uploads: std::sync::OnceLock::new(),
+            probe_failures: parts.probe_failures,
         });
         replica.emit(ReplicaState::Starting, None);
         replica
@@ -278,6 +303,21 @@ impl Replica {
         self.drain_deadline.clone()
     }
 
+    /// Counts a failed probe of this replica, `while_ready` or while it
+    /// starts.
+    pub fn count_probe_failure(&self, while_ready: bool) {
+        let counter = match while_ready {
+            true => &self.probe_failures.ready,
+            false => &self.probe_failures.starting,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Its service's failed probes so far: (starting, ready).
+    pub fn probe_failure_counts(&self) -> (u64, u64) {
+        self.probe_failures.counts()
+    }
+
     /// Ends the drain: tunnels still open are closed.
     pub fn end_drain(&self) {
         self.drain_deadline.cancel();
@@ -343,6 +383,7 @@ pub(crate) mod testing {
             events,
             on_change: OnChange(Arc::new(on_change)),
             pool_idle_timeout: Duration::from_secs(30),
+            probe_failures: Arc::default(),
         });
         (replica, receiver)
     }

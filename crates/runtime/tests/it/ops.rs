@@ -206,6 +206,13 @@ async fn metrics_during_a_rollout_under_load_agree_with_the_load() {
     // A graceful replica closes no connection under a request: nothing is
     // sent twice.
     assert_eq!(retries, 0.0, "{text}");
+    // Failed probes are exposed per service and state of the replica (the
+    // counting itself is unit-tested in supervisor::probe).
+    for state in ["starting", "ready"] {
+        let name =
+            format!(r#"dropless_probe_failures_total{{service="web",replica_state="{state}"}}"#);
+        assert!(series(&text, &name).is_some(), "{state}: {text}");
+    }
     let count = r#"dropless_request_duration_seconds_count{service="web"}"#;
     assert_eq!(series(&text, count), Some(sent), "{text}");
     let conns = r#"dropless_client_connections_total{protocol="http1"}"#;
