@@ -116,6 +116,18 @@ impl Ops {
         self
     }
 
+    /// Writes and flushes every access log line handed over so far (at
+    /// most `timeout`): `serve` calls it after its last request.
+    pub async fn flush_access_log(&self, timeout: std::time::Duration) {
+        let Some(log) = self.access_log.clone() else {
+            return;
+        };
+        let flushed = tokio::task::spawn_blocking(move || log.flush(timeout)).await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!("access log: not every line could be written within {timeout:?}");
+        }
+    }
+
     /// Begins the trace of a request with this method, path and
     /// `X-Request-Id` ([`request_id::keep_or_generate`]).
     pub fn begin(&self, method: &str, path: &str, id: HeaderValue) -> Trace {

@@ -500,11 +500,14 @@ impl Runtime {
             *recorded.lock().expect("mode lock") = m;
             m
         };
+        let access_log = Arc::clone(&ops);
         let mut proxy = Proxy::with_live_config(router.clone(), live_proxy).with_ops(ops);
         if let Some(tls) = tls {
             proxy = proxy.with_tls(tls);
         }
         proxy.run(listener, proxy_shutdown).await;
+        // Every request is answered: its access log line goes to disk now.
+        access_log.flush_access_log(ACCESS_LOG_FLUSH).await;
         if handed_over.is_cancelled() {
             // The replicas, the sockets and the state dir are the new
             // `serve`'s: nothing is retired, removed or signalled.
@@ -538,6 +541,9 @@ impl Runtime {
         }
     }
 }
+
+/// How long a stopping `serve` waits for its access log to be written.
+const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Counts every event into `ops`' metrics (replica states, rollouts).
 fn observe_events(

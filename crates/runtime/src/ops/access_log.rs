@@ -5,14 +5,16 @@
 //! the writer falls behind (a slow disk, a blocked stdout) and the channel
 //! is full, the entry is dropped, counted
 //! (`dropless_access_log_dropped_total`) and warned about once a second:
-//! the log never slows the requests it describes.
+//! the log never slows the requests it describes. When `serve` stops, it
+//! [flushes](AccessLog::flush) the log after its last request: the lines of
+//! the requests it answered are on disk before it exits.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -61,10 +63,21 @@ pub struct OpenError {
     source: std::io::Error,
 }
 
-/// The sending side of the access log; cheap to share.
+/// What the writer thread is given.
+// An entry is sent by value: no allocation per request for the rare flush.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
+enum Message {
+    /// A line to write.
+    Entry(Entry),
+    /// Write everything sent before, flush, then answer.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The sending side of the access log; cheap to share.
+#[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: SyncSender<Entry>,
+    tx: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -103,7 +116,7 @@ impl AccessLog {
 
     /// Hands `entry` to the writer, or drops it when the writer is behind.
     pub fn log(&self, entry: Entry) {
-        match self.tx.try_send(entry) {
+        match self.tx.try_send(Message::Entry(entry)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +128,27 @@ impl AccessLog {
         }
     }
 
+    /// Waits (blocking, at most `timeout`) until every entry logged before
+    /// this call is written and flushed; returns whether that happened.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = mpsc::channel();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut message = Message::Flush(done);
+        // The channel may be full: try until the deadline rather than block.
+        loop {
+            match self.tx.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                    message = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        wait.recv_timeout(left).is_ok()
+    }
+
     /// Entries dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -123,16 +157,24 @@ impl AccessLog {
 
 /// The writer thread: serializes each entry, flushes once the channel is
 /// empty, ends (flushed) when every sender is gone.
-fn write_entries(rx: Receiver<Entry>, out: Box<dyn Write + Send>) {
+fn write_entries(rx: Receiver<Message>, out: Box<dyn Write + Send>) {
     let mut out = BufWriter::new(out);
     let mut failed = false;
-    while let Ok(entry) = rx.recv() {
-        let mut next = Some(entry);
-        while let Some(entry) = next {
-            let written = serde_json::to_writer(&mut out, &entry)
-                .map_err(std::io::Error::from)
-                .and_then(|()| out.write_all(b"\n"));
-            report(&mut failed, written);
+    while let Ok(message) = rx.recv() {
+        let mut next = Some(message);
+        while let Some(message) = next {
+            match message {
+                Message::Entry(entry) => {
+                    let written = serde_json::to_writer(&mut out, &entry)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| out.write_all(b"\n"));
+                    report(&mut failed, written);
+                }
+                Message::Flush(done) => {
+                    report(&mut failed, out.flush());
+                    let _ = done.send(());
+                }
+            }
             next = rx.try_recv().ok();
         }
         report(&mut failed, out.flush());
@@ -198,6 +240,40 @@ mod tests {
             log.log(entry());
         }
         assert!(log.dropped() >= 15, "dropped {}", log.dropped());
+    }
+
+    /// A writer into a buffer the test reads.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flush_returns_once_every_line_logged_before_it_is_written() {
+        let out = Shared::default();
+        let log = AccessLog::to_writer(Box::new(out.clone()), 1024);
+        for _ in 0..500 {
+            log.log(entry());
+        }
+        assert!(log.flush(Duration::from_secs(10)));
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 500);
+    }
+
+    #[test]
+    fn a_flush_behind_a_stuck_writer_gives_up_at_its_timeout() {
+        let (_go, wait) = std::sync::mpsc::channel();
+        let log = AccessLog::to_writer(Box::new(Gate(wait)), 4);
+        log.log(entry());
+        assert!(!log.flush(Duration::from_millis(100)));
     }
 
     #[test]
