@@ -237,14 +237,9 @@ impl Affinity {
                     .await;
                 }
                 if owner.is_member()
-                    && let Some((guard, pool)) = owner.try_begin()
+                    && let Some(pick) = Pick::begin(Arc::clone(owner), held)
                 {
-                    return Ok(Pick {
-                        replica: Arc::clone(owner),
-                        pool,
-                        guard,
-                        held,
-                    });
+                    return Ok(pick);
                 }
                 if !owner.state().is_terminal() && owner.state() != ReplicaState::Starting {
                     let until = self.retiring_since(key, owner) + self.handoff_timeout;

@@ -31,6 +31,20 @@ pub struct Pick {
     pub held: Duration,
 }
 
+impl Pick {
+    /// Counts a request on `replica`, `held` after the request came; `None`
+    /// when it is no longer `Ready`.
+    pub fn begin(replica: Arc<Replica>, held: Duration) -> Option<Pick> {
+        let (guard, pool) = replica.try_begin()?;
+        Some(Pick {
+            replica,
+            pool,
+            guard,
+            held,
+        })
+    }
+}
+
 /// Why no replica was picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoPick {
@@ -78,15 +92,9 @@ pub async fn pick(
     // The common case, a ready replica at once, without subscribing to
     // topology changes; the loop below looks again after subscribing.
     if tried.is_empty()
-        && let Some(replica) = choose(&service.routable())
-        && let Some((guard, pool)) = replica.try_begin()
+        && let Some(pick) = choose(&service.routable()).and_then(|r| Pick::begin(r, Duration::ZERO))
     {
-        return Ok(Pick {
-            replica,
-            pool,
-            guard,
-            held: Duration::ZERO,
-        });
+        return Ok(pick);
     }
     let mut topology = service.watch_topology();
     let allow_tried_at = Instant::now() + RETRY_SAME_AFTER;
@@ -113,15 +121,8 @@ pub async fn pick(
         // A replica that left Ready between the snapshot and the count is
         // not taken. Its change publishes a new snapshot: the wait below
         // sees that (it may already be there) rather than spin on the old.
-        if let Some(replica) = choose(&candidates)
-            && let Some((guard, pool)) = replica.try_begin()
-        {
-            return Ok(Pick {
-                replica,
-                pool,
-                guard,
-                held: Duration::ZERO,
-            });
+        if let Some(pick) = choose(&candidates).and_then(|r| Pick::begin(r, Duration::ZERO)) {
+            return Ok(pick);
         }
         let wake = if tried.is_empty() {
             deadline
