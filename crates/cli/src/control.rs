@@ -131,9 +131,10 @@ pub struct EventsArgs {
     last: Option<usize>,
 }
 
-/// `dropless reload`.
+/// Where the runtime is: `--control` alone, for the commands that name
+/// no service.
 #[derive(Debug, Args)]
-pub struct ReloadArgs {
+pub struct Control {
     /// Control socket of `dropless serve`, or `http://HOST:PORT` for its TCP
     /// control API (the token in DROPLESS_CONTROL_TOKEN).
     #[arg(
@@ -141,14 +142,23 @@ pub struct ReloadArgs {
         env = "DROPLESS_CONTROL",
         default_value = ".dropless/dropless.sock"
     )]
-    control: PathBuf,
+    pub control: PathBuf,
+}
+
+/// `dropless reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    control: Control,
 }
 
 /// Runs `dropless reload`: prints what the reload applied and what it left
 /// as it was; a refused file exits 2 with the reason.
 pub fn reload(args: ReloadArgs) -> ExitCode {
     block_on(async move {
-        let report = ControlClient::for_target(&args.control)?.reload().await?;
+        let report = ControlClient::for_target(&args.control.control)?
+            .reload()
+            .await?;
         for line in report.lines {
             println!("{line}");
         }

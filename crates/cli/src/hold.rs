@@ -9,20 +9,7 @@ use clap::{Args, Subcommand};
 use dropless_runtime::control::ControlClient;
 use dropless_runtime::ops::hold::{DEFAULT_MAINTENANCE_MESSAGE, HoldCommand, MaintenancePage};
 
-use crate::control::block_on;
-
-/// Where the runtime is.
-#[derive(Debug, Args)]
-pub struct Control {
-    /// Control socket of `dropless serve`, or `http://HOST:PORT` for its TCP
-    /// control API (the token in DROPLESS_CONTROL_TOKEN).
-    #[arg(
-        long,
-        env = "DROPLESS_CONTROL",
-        default_value = ".dropless/dropless.sock"
-    )]
-    control: PathBuf,
-}
+use crate::control::{Control, block_on};
 
 /// `dropless pause`.
 #[derive(Debug, Args)]

@@ -18,14 +18,8 @@ pub struct UpgradeArgs {
     /// again from disk].
     #[arg(long)]
     binary: Option<PathBuf>,
-    /// Control socket of `dropless serve`, or `http://HOST:PORT` for its TCP
-    /// control API (the token in DROPLESS_CONTROL_TOKEN).
-    #[arg(
-        long,
-        env = "DROPLESS_CONTROL",
-        default_value = ".dropless/dropless.sock"
-    )]
-    control: PathBuf,
+    #[command(flatten)]
+    control: crate::control::Control,
 }
 
 /// Runs `dropless upgrade`.
@@ -45,7 +39,7 @@ pub fn run(args: UpgradeArgs) -> ExitCode {
         .build()
         .expect("tokio runtime");
     let upgraded = runtime.block_on(async move {
-        ControlClient::for_target(&args.control)?
+        ControlClient::for_target(&args.control.control)?
             .upgrade(binary)
             .await
     });
