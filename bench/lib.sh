@@ -62,3 +62,25 @@ backend back
 EOF
   for port in "$@"; do printf '  server b%s 127.0.0.1:%s\n' "$i" "$port"; i=$((i + 1)); done
 }
+
+# nginx_ok_conf DIR PORT: writes DIR/nginx.conf, one nginx worker answering
+# `return 200 "ok";` on 127.0.0.1:PORT (keep-alive, no access log), the
+# target of the load generator benchmarks. Start it with
+# `nginx -c DIR/nginx.conf -p DIR`.
+nginx_ok_conf() {
+  cat >"$1/nginx.conf" <<EOF2
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  server {
+    listen 127.0.0.1:$2;
+    location / { return 200 "ok"; }
+  }
+}
+EOF2
+}
