@@ -256,27 +256,62 @@ EOF
 
 $nice "$NGINX" -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
 wait_http "http://127.0.0.1:$backend/"
-$nice "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>"$work/nginx/stderr.log" & pids+=($!)
-declare -A pid=([nginx.plain]=$! [nginx.tls]=$!)
-$nice "$HAPROXY" -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
-pid[haproxy.plain]=$! pid[haproxy.tls]=$!
-for t in plain tls; do
-  tls_args=()
-  [ $t = plain ] || tls_args=(--tls-cert "$cert" --tls-key "$key")
-  port_var="d_$t"
-  RUST_LOG=warn $nice "$DROPLESS" serve --config "$work/dropless.toml" --proxy-threads 2 \
-    --listen "127.0.0.1:${!port_var}" --state-dir "$work/dropless-$t" \
-    --control "$work/dropless-$t.sock" --health-path "" --target "127.0.0.1:$backend" \
-    "${tls_args[@]}" >"$work/dropless-$t.log" 2>&1 & pids+=($!)
-  pid[dropless.$t]=$!
-done
-(cd "$work/traefik" && exec env GOMAXPROCS=2 $nice "$TRAEFIK" --configFile="$work/traefik/traefik.yml") \
-  >"$work/traefik/traefik.log" 2>&1 & pids+=($!)
-pid[traefik.plain]=$! pid[traefik.tls]=$!
-(cd "$work/caddy" && exec env GOMAXPROCS=2 HOME="$work/caddy" XDG_DATA_HOME="$work/caddy" \
-  XDG_CONFIG_HOME="$work/caddy" $nice "$CADDY" run --config "$work/caddy/caddy.json") \
-  >"$work/caddy/caddy.log" 2>&1 & pids+=($!)
-pid[caddy.plain]=$! pid[caddy.tls]=$!
+declare -A pid
+# start PROXY: starts it (dropless: its plain and its TLS process); sets
+# pid[PROXY.plain] and pid[PROXY.tls], the roots of the process trees
+# whose CPU time and RSS are read. Logs go to the temp dir.
+start() {
+  case $1 in
+    nginx)
+      $nice "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>>"$work/nginx/stderr.log" & ;;
+    haproxy)
+      $nice "$HAPROXY" -f "$work/haproxy.cfg" -db >>"$work/haproxy.log" 2>&1 & ;;
+    traefik)
+      (cd "$work/traefik" && exec env GOMAXPROCS=2 $nice "$TRAEFIK" --configFile="$work/traefik/traefik.yml") \
+        >>"$work/traefik/traefik.log" 2>&1 & ;;
+    caddy)
+      (cd "$work/caddy" && exec env GOMAXPROCS=2 HOME="$work/caddy" XDG_DATA_HOME="$work/caddy" \
+        XDG_CONFIG_HOME="$work/caddy" $nice "$CADDY" run --config "$work/caddy/caddy.json") \
+        >>"$work/caddy/caddy.log" 2>&1 & ;;
+    dropless)
+      local t tls_args port_var
+      for t in plain tls; do
+        tls_args=()
+        [ $t = plain ] || tls_args=(--tls-cert "$cert" --tls-key "$key")
+        port_var="d_$t"
+        RUST_LOG=warn $nice "$DROPLESS" serve --config "$work/dropless.toml" --proxy-threads 2 \
+          --listen "127.0.0.1:${!port_var}" --state-dir "$work/dropless-$t" \
+          --control "$work/dropless-$t.sock" --health-path "" --target "127.0.0.1:$backend" \
+          "${tls_args[@]}" >>"$work/dropless-$t.log" 2>&1 &
+        pids+=($!); pid[dropless.$t]=$!
+      done
+      return ;;
+  esac
+  pids+=($!); pid[$1.plain]=$! pid[$1.tls]=$!
+}
+# stop PROXY: ends its processes and waits for them (listeners closed).
+stop() {
+  local p
+  for p in $(printf '%s\n' "${pid[$1.plain]}" "${pid[$1.tls]}" | sort -u); do
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    local keep=() q
+    for q in "${pids[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+    pids=("${keep[@]}")
+  done
+}
+# ready PROXY: waits (up to 10 s) until it answers on its plain and TLS ports.
+ready() {
+  local t
+  for t in plain tls; do
+    for _ in $(seq 200); do
+      [ "$(curl -sk --max-time 1 "$(url "$t" "${port[$1.$t]}")" 2>/dev/null)" = ok ] && continue 2
+      kill -0 "${pid[$1.$t]}" 2>/dev/null || { echo "$1 exited; its log is in $work (KEEP=1 keeps it)" >&2; exit 1; }
+      sleep 0.05
+    done
+    echo "$1 does not answer on ${port[$1.$t]} ($t); its log is in $work (KEEP=1 keeps it)" >&2; exit 1
+  done
+}
 
 transport() { case $1 in tls|tls-close|h2) echo tls ;; *) echo plain ;; esac; }
 url() { case $(transport "$1") in tls) echo "https://127.0.0.1:$2/" ;; *) echo "http://127.0.0.1:$2/" ;; esac; }
@@ -299,14 +334,8 @@ check() {
   fi
 }
 
-# Waits (up to 10 s) until every proxy answers on its plain port.
-for p in "${PROXIES[@]}"; do
-  for _ in $(seq 200); do
-    [ "$(curl -s --max-time 1 "http://127.0.0.1:${port[$p.plain]}/" 2>/dev/null)" = ok ] && break
-    kill -0 "${pid[$p.plain]}" 2>/dev/null || { echo "$p exited; its log is in $work (KEEP=1 keeps it)" >&2; exit 1; }
-    sleep 0.05
-  done
-done
+for p in "${PROXIES[@]}"; do start "$p"; done
+for p in "${PROXIES[@]}"; do ready "$p"; done
 
 # CPU time (user + system, clock ticks) of a process and its descendants
 # (nginx's workers); throughput on a shared 2-CPU machine is noisy, CPU time
@@ -394,6 +423,10 @@ settled_rss() {
 if [[ " ${protocols[*]} " == *" mem "* ]]; then
   for p in "${PROXIES[@]}"; do
     for t in plain tls; do
+      # A fresh process for each measurement: memory kept from earlier
+      # connections (a Go heap, an allocator's caches) would otherwise be
+      # counted as "before" and reused by the idle clients.
+      stop "$p"; start "$p"; ready "$p"
       tree=${pid[$p.$t]}
       before=$(settled_rss "$tree")
       coproc IDLE_CLIENT { exec python3 "$HELPER" idle "${port[$p.$t]}" "$IDLE" "$t"; }
