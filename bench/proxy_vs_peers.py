@@ -175,12 +175,13 @@ def report(results, na_file, mem_file, out):
             continue
         say(f"### {PROTOCOLS[proto]} (`PROTO={proto}`)")
         say("")
-        say("| proxy | median req/s | spread (min–max) | median p99 ms | CPU µs/req | failed requests | rounds (req/s, ! = errors) |")
-        say("| --- | ---: | --- | ---: | ---: | ---: | --- |")
+        say("| proxy | median req/s | spread (min–max) | median p99 ms | CPU µs/req | failed requests "
+            "| backend connections opened | rounds (req/s, ! = errors) |")
+        say("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
         for proxy in PROXIES:
             runs = [r for r in mine if r[1] == proxy]
             if (proto, proxy) in na or not runs:
-                say(f"| {NAMES[proxy]} | n/a | | | | | {na.get((proto, proxy), 'not run')} |")
+                say(f"| {NAMES[proxy]} | n/a | | | | | | {na.get((proto, proxy), 'not run')} |")
                 continue
             rps = [float(r[3]) for r in runs]
             p99 = statistics.median(float(r[4]) for r in runs)
@@ -190,7 +191,7 @@ def report(results, na_file, mem_file, out):
             medians[(proto, proxy)] = (statistics.median(rps), p99, cpu)
             each = " ".join(f"{float(r[3]):.0f}" + ("!" if int(r[6]) else "") for r in runs)
             say(f"| {NAMES[proxy]} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} "
-                f"| {p99:.2f} | {cpu:.1f} | {errors} of {n} | {each} |")
+                f"| {p99:.2f} | {cpu:.1f} | {errors} of {n} | {sum(int(r[8]) for r in runs)} | {each} |")
         say("")
         d = medians.get((proto, "dropless"))
         rivals = [p for p in RIVALS if (proto, p) in medians]

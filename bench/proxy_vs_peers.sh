@@ -8,11 +8,14 @@
 #   dropless serve --proxy-threads 2 --target (TCP probe); a second one with
 #                  --tls-cert/--tls-key for the TLS rows (HTTPS and h2 by ALPN)
 #   nginx          worker_processes 2, proxy_pass to an upstream with
-#                  keepalive 64; h2c on a port of its own (`listen ... http2`)
+#                  keepalive; h2c on a port of its own (`listen ... http2`)
 #   HAProxy        nbthread 2, http-reuse always (h2c on the plain port,
 #                  told by the preface)
 #   Traefik        GOMAXPROCS=2, file provider
 #   Caddy          GOMAXPROCS=2, reverse_proxy, protocols h1 h2c / h1 h2
+# Each may keep CONNECTIONS x STREAMS (at least 64) idle upstream
+# connections, as many as requests in flight; the tables count the
+# connections the backend accepted in each round.
 # TLS: one self-signed ECDSA P-256 certificate made with openssl in the temp
 # dir, used by every proxy; TLS 1.3 is what the clients negotiate.
 #
@@ -92,6 +95,11 @@ export IDLE=${IDLE:-$(( fits < 10000 ? fits : 10000 ))}
 # proxy keeps an idle keep-alive client for at least this long (Traefik's
 # and Caddy's defaults are longer).
 IDLE_TIMEOUT=120
+# Idle upstream connections each proxy may keep: as many as requests in
+# flight (h2load's CONNECTIONS x STREAMS), so that none opens a connection
+# per request once warm (nginx's keepalive, Traefik's and Caddy's idle
+# connections per host; HAProxy and dropless keep what they opened).
+POOL=$(( CONNECTIONS * STREAMS > 64 ? CONNECTIONS * STREAMS : 64 ))
 
 work=$(mktemp -d)
 OUT=${OUT:-/tmp/proxy_vs_peers.$(date -u +%Y%m%d-%H%M%S).md}
@@ -153,7 +161,11 @@ events { worker_connections 8192; }
 http {
   access_log off;
   keepalive_requests 100000000;
-  server { listen 127.0.0.1:$backend; location / { return 200 "ok"; } }
+  server {
+    listen 127.0.0.1:$backend;
+    location / { return 200 "ok"; }
+    location = /backend-status { stub_status; }
+  }
 }
 EOF
 # worker_connections: all idle clients may land on one worker.
@@ -171,7 +183,7 @@ http {
   ssl_certificate $cert;
   ssl_certificate_key $key;
   ssl_protocols TLSv1.2 TLSv1.3;
-  upstream backend { server 127.0.0.1:$backend; keepalive 64; }
+  upstream backend { server 127.0.0.1:$backend; keepalive $POOL; keepalive_requests 100000000; }
   server {
     listen 127.0.0.1:$n_plain;
     listen 127.0.0.1:$n_h2c http2;
@@ -212,6 +224,7 @@ log: { level: ERROR }
 entryPoints:
   web: { address: "127.0.0.1:$t_plain" }
   websecure: { address: "127.0.0.1:$t_tls" }
+serversTransport: { maxIdleConnsPerHost: $POOL }
 providers:
   file: { filename: "$work/traefik/dynamic.yml" }
 EOF
@@ -227,9 +240,9 @@ tls:
     default: { defaultCertificate: { certFile: "$cert", keyFile: "$key" } }
 EOF
 # Caddy: JSON, so that nothing is automatic (no redirect listener, no ACME,
-# no admin endpoint); idle upstream connections kept as nginx's keepalive 64.
+# no admin endpoint).
 route='[{ "handle": [{ "handler": "reverse_proxy", "upstreams": [{ "dial": "127.0.0.1:'$backend'" }],
-          "transport": { "protocol": "http", "keep_alive": { "max_idle_conns_per_host": 64 } } }] }]'
+          "transport": { "protocol": "http", "keep_alive": { "max_idle_conns_per_host": '$POOL' } } }] }]'
 cat >"$work/caddy/caddy.json" <<EOF
 {
   "admin": { "disabled": true },
@@ -352,6 +365,9 @@ cpu_ticks() {
   echo "$total"
 }
 clk_tck=$(getconf CLK_TCK)
+# Connections the backend has accepted (each reading opens one more): a
+# proxy that reuses its upstream connections opens a few per round.
+backend_accepts() { curl -s "http://127.0.0.1:$backend/backend-status" | awk 'NR == 3 { print $1 }'; }
 
 # client PROTO PORT SECONDS: one run of the load generator; prints
 # "req/s p99_ms requests errors".
@@ -393,14 +409,16 @@ for proto in "${protocols[@]}"; do
     for i in "${!ready[@]}"; do
       p=${ready[$(( (i + round - 1) % ${#ready[@]} ))]}
       tree=${pid[$p.$(transport "$proto")]}
+      accepts=$(backend_accepts)
       before=$(cpu_ticks "$tree")
       client "$proto" "${port[$p.$proto]}" "$DURATION" >"$work/run.txt"
       read -r rps p99 n errors <"$work/run.txt"
       ticks=$(( $(cpu_ticks "$tree") - before ))
+      upstream=$(( $(backend_accepts) - accepts - 1 ))
       us=$(awk -v t="$ticks" -v hz="$clk_tck" -v n="$n" 'BEGIN { printf "%.1f", t / hz * 1e6 / (n ? n : 1) }')
-      echo "$proto $p $round $rps $p99 $n $errors $us" >>"$results"
+      echo "$proto $p $round $rps $p99 $n $errors $us $upstream" >>"$results"
       flag=""; [ "$errors" = 0 ] || flag=" -- $errors FAILED REQUESTS"
-      log "$proto round $round/$ROUNDS: $p ${rps%.*} req/s, p99 $p99 ms, $us us CPU/request$flag"
+      log "$proto round $round/$ROUNDS: $p ${rps%.*} req/s, p99 $p99 ms, $us us CPU/request, $upstream backend connections opened$flag"
     done
   done
 done
