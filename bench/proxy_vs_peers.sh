@@ -123,7 +123,7 @@ trap 'exit 143' TERM
 
 # Runs a command in the background and waits for it, so that a signal to the
 # script is handled at once (and the command killed by cleanup).
-run() { "$@" & pids+=($!); wait $!; }
+run() { "$@" & wait $!; }
 
 backend=$(free_port)
 d_plain=$(free_port); d_tls=$(free_port)
@@ -168,14 +168,17 @@ http {
   }
 }
 EOF
-# worker_connections: all idle clients may land on one worker.
+# worker_connections: all idle clients may land on one worker (nginx
+# allocates them all at start: no more than needed).
+worker_connections=$(( IDLE + POOL + 100 > 8192 ? IDLE + POOL + 100 : 8192 ))
+worker_connections=$(( worker_connections < nofile - 100 ? worker_connections : nofile - 100 ))
 cat >"$work/nginx/nginx.conf" <<EOF
 worker_processes 2;
 worker_rlimit_nofile $nofile;
 daemon off;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log warn;
-events { worker_connections $(( nofile - 100 )); }
+events { worker_connections $worker_connections; }
 http {
   access_log off;
   keepalive_requests 100000000;
