@@ -182,19 +182,44 @@ impl Proxy {
             // longer than one that never finishes its request head.
             let timeout = self.config.load().header_read_timeout;
             match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let service = Proxy::service(Arc::clone(self), peer, "https", None);
-                    let conn = builders
-                        .auto
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    until_done(conn, stop, peer).await;
-                }
+                Ok(Ok(stream)) => self.serve_tls(builders, stream, stop, peer).await,
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}"),
             }
         })
         .await;
         None
+    }
+
+    /// Serves a TLS connection after its handshake: HTTP/2 (by ALPN) with
+    /// hyper, HTTP/1.1 on the fast path (see [`fast`]) until a request needs
+    /// hyper.
+    async fn serve_tls(
+        self: &Arc<Self>,
+        builders: &Builders,
+        mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+        stop: &CancellationToken,
+        peer: SocketAddr,
+    ) {
+        let mut rest = Bytes::new();
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            let client = ClientInfo {
+                peer,
+                ip: headers::client_ip(peer.ip()),
+                proto: "https",
+                activity: None,
+            };
+            match fast::serve(self, &client, &mut stream, rest, stop).await {
+                fast::Exit::Closed | fast::Exit::Park(_) => return,
+                fast::Exit::Handoff(ahead) => rest = ahead,
+            }
+        }
+        let service = Proxy::service(Arc::clone(self), peer, "https", None);
+        let stream = FrontStream::new(stream, rest, Arc::default());
+        let conn = builders
+            .auto
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        until_done(conn, stop, peer).await;
     }
 
     /// Serves one plain-TCP client connection: h2c for its whole life, or

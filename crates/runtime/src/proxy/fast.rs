@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::forward::{self, AttemptError, LazyDeadline, Sent};
+use super::front::ClientIo;
 use super::park::StopLinger;
 use super::{ClientInfo, Proxy, ProxyError, error_chain};
 use crate::ops::{ErrorKind, Trace, request_id};
@@ -66,10 +67,10 @@ pub(super) enum Exit {
 struct Broken;
 
 /// One client connection on the fast path.
-struct Session<'a, 'c> {
+struct Session<'a, 'c, S> {
     proxy: &'a Proxy,
     client: &'a ClientInfo,
-    stream: &'a mut TcpStream,
+    stream: &'a mut S,
     stop: &'a CancellationToken,
     cancelled: Pin<&'a mut WaitForCancellationFuture<'c>>,
     /// When the request being read must have arrived.
@@ -87,10 +88,10 @@ struct Session<'a, 'c> {
 /// Serves the requests of a plain HTTP/1.1 client connection, starting with
 /// the bytes `ahead` already read from it, until it ends or sends a request
 /// the fast path leaves to hyper.
-pub(super) async fn serve(
+pub(super) async fn serve<S: ClientIo>(
     proxy: &Proxy,
     client: &ClientInfo,
-    stream: &mut TcpStream,
+    stream: &mut S,
     ahead: Bytes,
     stop: &CancellationToken,
 ) -> Exit {
@@ -114,7 +115,7 @@ pub(super) async fn serve(
     session.run().await
 }
 
-impl Session<'_, '_> {
+impl<S: ClientIo> Session<'_, '_, S> {
     async fn run(&mut self) -> Exit {
         loop {
             // The settings once per request: a reload affects the next one.
@@ -145,6 +146,10 @@ impl Session<'_, '_> {
                 Ok(close) => close || plan.close || self.stop.is_cancelled(),
                 Err(Broken) => return Exit::Closed,
             };
+            // A TLS stream may hold the end of the response.
+            if self.stream.flush().await.is_err() {
+                return Exit::Closed;
+            }
             if close {
                 let _ = self.stream.shutdown().await;
                 return Exit::Closed;
@@ -166,7 +171,7 @@ impl Session<'_, '_> {
         }
         let mut linger = StopLinger::default();
         poll_fn(|cx| {
-            if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
+            if let Poll::Ready(r) = self.stream.poll_readable(cx) {
                 return Poll::Ready(if r.is_ok() {
                     Wait::Readable
                 } else {
@@ -180,7 +185,8 @@ impl Session<'_, '_> {
                 return Poll::Ready(Wait::Close);
             }
             // A stopping proxy closes its idle connections: none is parked.
-            if !linger.stopping()
+            if S::PARKS
+                && !linger.stopping()
                 && let Some(park) = &mut self.park_after
                 && park.as_mut().poll(cx).is_ready()
             {
