@@ -265,7 +265,8 @@ impl ErrorKind {
             ProxyError::UnknownHost { .. }
             | ProxyError::ClientBody(_)
             | ProxyError::BodyTimeout(_)
-            | ProxyError::BadRequest(_) => Self::Client,
+            | ProxyError::BadRequest(_)
+            | ProxyError::HeadTooLarge(_) => Self::Client,
             ProxyError::Paused { .. } => Self::Paused,
             ProxyError::Maintenance(_) => Self::Maintenance,
         }

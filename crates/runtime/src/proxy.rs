@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -209,7 +209,7 @@ impl Proxy {
                 proto: "https",
                 activity: None,
             };
-            match fast::serve(self, &client, &mut stream, rest, stop).await {
+            match fast::serve(self, &client, &mut stream, BytesMut::new(), stop).await {
                 fast::Exit::Closed | fast::Exit::Park(_) => return,
                 fast::Exit::Handoff(ahead) => rest = ahead,
             }
@@ -265,7 +265,7 @@ impl Proxy {
         let protocol = if h2 { Protocol::H2c } else { Protocol::Http1 };
         self.ops.metrics().connection(protocol);
         if h2 {
-            Box::pin(self.serve_hyper(builders, stream, ahead, true, stop, peer)).await;
+            Box::pin(self.serve_hyper(builders, stream, ahead.freeze(), true, stop, peer)).await;
             return None;
         }
         self.serve_http1(builders, stream, ahead, stop, peer).await
@@ -279,7 +279,7 @@ impl Proxy {
         stop: &CancellationToken,
         peer: SocketAddr,
     ) -> Option<Parked> {
-        self.serve_http1(builders, stream, Bytes::new(), stop, peer)
+        self.serve_http1(builders, stream, BytesMut::new(), stop, peer)
             .await
     }
 
@@ -290,7 +290,7 @@ impl Proxy {
         self: &Arc<Self>,
         builders: &Builders,
         mut stream: TcpStream,
-        ahead: Bytes,
+        ahead: BytesMut,
         stop: &CancellationToken,
         peer: SocketAddr,
     ) -> Option<Parked> {

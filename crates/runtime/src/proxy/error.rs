@@ -85,6 +85,9 @@ pub enum ProxyError {
     /// HTTP/1.1, two of them).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request head is larger than `proxy.max_header_bytes` (this).
+    #[error("the request head is larger than {0} bytes (proxy.max_header_bytes)")]
+    HeadTooLarge(usize),
     /// Traffic is paused (`dropless pause`) and the request waited the
     /// pause's whole timeout.
     #[error("traffic is paused: the request waited {waited:?}; retry later")]
@@ -114,7 +117,8 @@ impl ProxyError {
             Self::UnknownHost { .. }
             | Self::ClientBody(_)
             | Self::BodyTimeout(_)
-            | Self::BadRequest(_) => ErrorSource::Client,
+            | Self::BadRequest(_)
+            | Self::HeadTooLarge(_) => ErrorSource::Client,
             Self::Upstream { .. } | Self::Timeout { .. } => ErrorSource::Upstream,
             Self::NoReplica { .. }
             | Self::ScaledToZero { .. }
@@ -134,6 +138,7 @@ impl ProxyError {
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }

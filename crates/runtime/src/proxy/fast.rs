@@ -8,8 +8,8 @@
 //! Everything the fast path does not handle goes to hyper with the rest of
 //! the connection ([`Exit::Handoff`], the bytes read so far in front): an
 //! upgrade, a chunked or `Expect` or larger-than-buffered body, HTTP/1.0, a
-//! request without `Host` or in absolute form, a head that does not parse or
-//! is larger than the limit (hyper answers those with 400 and 431). The
+//! request without `Host` or in absolute form. A head that does not parse or
+//! is larger than the limit is refused here (400, 431), the connection closed. The
 //! rules the proxy follows (routing, safe retries, queueing, hop-by-hop
 //! headers, `X-Forwarded-*`, in-flight counting until the last byte, drain)
 //! are the same on both paths.
@@ -92,7 +92,7 @@ pub(super) async fn serve<S: ClientIo>(
     proxy: &Proxy,
     client: &ClientInfo,
     stream: &mut S,
-    ahead: Bytes,
+    ahead: BytesMut,
     stop: &CancellationToken,
 ) -> Exit {
     let cancelled = stop.cancelled();
@@ -110,7 +110,7 @@ pub(super) async fn serve<S: ClientIo>(
         deadline: LazyDeadline::new(Instant::now() + timeout),
         response_deadline: LazyDeadline::new(Instant::now() + response_timeout),
         park_after: None,
-        input: BytesMut::from(&ahead[..]),
+        input: ahead,
     };
     session.run().await
 }
@@ -133,8 +133,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
                 Next::Request(plan) => plan,
                 Next::Closed => return Exit::Closed,
                 Next::Hyper => return Exit::Handoff(std::mem::take(&mut self.input).freeze()),
-                Next::Invalid(reason) => {
-                    let err = ProxyError::BadRequest(reason);
+                Next::Refused(err) => {
                     tracing::debug!(peer = %self.client.peer, "{err}");
                     // What follows the head cannot be told from a request.
                     let _ = self.stream.write_all(&err.to_http1(true, false)).await;
@@ -151,7 +150,11 @@ impl<S: ClientIo> Session<'_, '_, S> {
                 return Exit::Closed;
             }
             if close {
-                let _ = self.stream.shutdown().await;
+                // TLS says so (close_notify); a socket just closes, when
+                // the connection is dropped.
+                if S::CLOSE_NOTIFY {
+                    let _ = self.stream.shutdown().await;
+                }
                 return Exit::Closed;
             }
         }
@@ -206,6 +209,10 @@ impl<S: ClientIo> Session<'_, '_, S> {
             if !self.input.is_empty() {
                 let parsed = parse_request(&self.input, &config, self.client);
                 match parsed {
+                    // A head above the limit, whether it came whole or not.
+                    Parsed::Complete(plan) if plan.head_len > max_head => {
+                        return Next::Refused(ProxyError::HeadTooLarge(max_head));
+                    }
                     Parsed::Complete(plan) => {
                         let total = plan.head_len + plan.body_len;
                         while self.input.len() < total {
@@ -219,8 +226,11 @@ impl<S: ClientIo> Session<'_, '_, S> {
                         return Next::Request(plan);
                     }
                     Parsed::Partial if self.input.len() <= max_head => {}
-                    Parsed::Partial | Parsed::NotFast => return Next::Hyper,
-                    Parsed::Invalid(reason) => return Next::Invalid(reason),
+                    Parsed::Partial => return Next::Refused(ProxyError::HeadTooLarge(max_head)),
+                    Parsed::NotFast => return Next::Hyper,
+                    Parsed::Invalid(reason) => {
+                        return Next::Refused(ProxyError::BadRequest(reason));
+                    }
                 }
             }
             if self.input.capacity() == self.input.len() {
@@ -440,8 +450,8 @@ enum Next {
     Closed,
     /// A request for hyper.
     Hyper,
-    /// A request refused with a 400; the connection closes after it.
-    Invalid(&'static str),
+    /// A request refused (400, 431); the connection closes after it.
+    Refused(ProxyError),
 }
 
 /// The fast path's attempt: the request's bytes (head and body), written

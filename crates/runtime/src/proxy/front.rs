@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A client connection's byte stream, as the fast path (see
@@ -28,12 +28,17 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// [`super::park`]).
     const PARKS: bool;
 
+    /// Whether the end of the connection is said before it is closed (TLS's
+    /// close_notify); a plain socket just closes.
+    const CLOSE_NOTIFY: bool;
+
     /// Ready when a read would not wait: bytes (or the end) have come.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl ClientIo for TcpStream {
     const PARKS: bool = true;
+    const CLOSE_NOTIFY: bool = false;
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
@@ -43,6 +48,7 @@ impl ClientIo for TcpStream {
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     // Parking would save ~0.5 KB of the several KB a TLS session holds.
     const PARKS: bool = false;
+    const CLOSE_NOTIFY: bool = true;
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (tcp, tls) = self.get_ref();
@@ -57,6 +63,9 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
 
 /// How long a session waits idle before it is taken apart.
 pub const IDLE_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The first read of a connection: a whole request head, usually.
+const PREFACE_BUFFER: usize = 8 * 1024;
 
 /// The first bytes of every HTTP/2 prior-knowledge (h2c) connection.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -158,22 +167,28 @@ impl FrontStream<TcpStream> {
 }
 
 /// Reads the first bytes of a connection, enough to tell h2c (prior
-/// knowledge) from HTTP/1.1; returns them and whether it is h2c. `None` when
-/// the client closed first.
-pub async fn read_preface(stream: &mut TcpStream) -> io::Result<Option<(Bytes, bool)>> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    let mut n = 0;
+/// knowledge) from HTTP/1.1, in one read when they come together (the
+/// whole first request, usually); returns them and whether it is h2c.
+/// `None` when the client closed first. The buffer is allocated only once
+/// the socket is readable: a client that connects and sends nothing holds
+/// none.
+pub async fn read_preface(stream: &mut TcpStream) -> io::Result<Option<(BytesMut, bool)>> {
+    let mut buf = BytesMut::new();
     loop {
-        let read = stream.read(&mut buf[n..]).await?;
-        if read == 0 {
-            return Ok((n > 0).then(|| (Bytes::copy_from_slice(&buf[..n]), false)));
+        stream.readable().await?;
+        if buf.capacity() == buf.len() {
+            buf.reserve(PREFACE_BUFFER);
         }
-        n += read;
-        if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
-            return Ok(Some((
-                Bytes::copy_from_slice(&buf[..n]),
-                buf[..n] == H2_PREFACE[..],
-            )));
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return Ok((!buf.is_empty()).then_some((buf, false))),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+            let h2 = buf.starts_with(H2_PREFACE);
+            return Ok(Some((buf, h2)));
         }
     }
 }
