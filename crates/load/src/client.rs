@@ -8,11 +8,12 @@
 
 mod connect;
 mod http1;
+mod pool;
 pub(crate) mod probe;
 mod tls;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, USER_AGENT};
@@ -28,6 +29,7 @@ use crate::outcome::{Failure, FailureClass};
 
 pub(crate) use connect::Connector;
 use connect::{Stream, peer_closed};
+use pool::Pool;
 
 /// What happened on the wire during one exchange, besides its result.
 #[derive(Debug, Default)]
@@ -67,6 +69,13 @@ pub(crate) trait Transport: Send + Sync + 'static {
         async {}
     }
 
+    /// A new session for a loop on sending thread `lane` (see
+    /// [`Workers`](crate::Workers)).
+    fn session(&self, lane: usize) -> Self::Session {
+        let _ = lane;
+        Self::Session::default()
+    }
+
     /// What the sessions saw so far (sessions mode only).
     fn sessions(&self) -> Option<crate::report::Sessions> {
         None
@@ -86,11 +95,13 @@ pub(crate) struct HttpTransport {
 #[derive(Default)]
 pub(crate) struct Session {
     lease: Option<Lease>,
+    /// The sending thread the loop runs on: whose idle connections it uses.
+    lane: usize,
 }
 
 enum Mode {
     Http1 {
-        idle: Mutex<Vec<Conn1>>,
+        idle: Pool<Conn1>,
         /// One permit per connection in use: at most `connections` exist.
         permits: Arc<Semaphore>,
         keepalive: bool,
@@ -107,6 +118,8 @@ type Conn1 = http1::Conn<Stream>;
 
 struct Lease {
     conn: Conn1,
+    /// The lane whose thread opened the connection.
+    home: usize,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -125,7 +138,8 @@ pub(crate) struct Template {
 }
 
 impl HttpTransport {
-    pub(crate) fn new(plan: &Plan, connector: Connector) -> Self {
+    /// The transport of `plan`, whose requests run on `lanes` sending threads.
+    pub(crate) fn new(plan: &Plan, connector: Connector, lanes: usize) -> Self {
         let concurrency = match plan.model {
             Model::Open { .. } => plan.max_in_flight,
             Model::Closed { vus } => vus,
@@ -142,7 +156,7 @@ impl HttpTransport {
                 .unwrap_or(concurrency)
                 .min(Semaphore::MAX_PERMITS);
             Mode::Http1 {
-                idle: Mutex::new(Vec::new()),
+                idle: Pool::new(lanes),
                 permits: Arc::new(Semaphore::new(connections)),
                 keepalive: plan.keepalive,
                 sticky: plan.keepalive
@@ -174,14 +188,15 @@ impl HttpTransport {
                 Some(lease) => lease,
                 None => {
                     let permit = permits.clone().acquire_owned().await.expect("never closed");
-                    let conn = idle.lock().expect("pool lock").pop();
-                    match conn {
-                        Some(conn) => Lease {
+                    match idle.take(session.lane) {
+                        Some((conn, home)) => Lease {
                             conn,
+                            home,
                             _permit: permit,
                         },
                         None => Lease {
                             conn: self.connect1().await?,
+                            home: session.lane,
                             _permit: permit,
                         },
                     }
@@ -191,6 +206,7 @@ impl HttpTransport {
             // anything is sent, as any pooling client does.
             if lease.conn.used && peer_closed(lease.conn.stream()) {
                 lease.conn = self.connect1().await?;
+                lease.home = session.lane;
             }
             let reused = lease.conn.used;
             marks.sent = Some(Instant::now());
@@ -230,7 +246,7 @@ impl HttpTransport {
                 } else {
                     // Back to the pool before the permit is released, so the
                     // next holder of the permit finds it.
-                    idle.lock().expect("pool lock").push(lease.conn);
+                    idle.put(lease.home, lease.conn);
                 }
             }
             return Ok(Answer {
@@ -278,8 +294,11 @@ impl HttpTransport {
         }
     }
 
+    /// A new connection. The connect future (a TLS handshake's state
+    /// included) is boxed: inline, it would make every request's future as
+    /// large, and be copied with it, though keep-alive rarely connects.
     async fn connect1(&self) -> Result<Conn1, Failure> {
-        Ok(http1::Conn::new(self.connector.stream().await?))
+        Ok(http1::Conn::new(Box::pin(self.connector.stream()).await?))
     }
 
     /// Read the whole response; the head's arrival is the first byte.
@@ -311,10 +330,16 @@ impl HttpTransport {
 impl Transport for HttpTransport {
     type Session = Session;
 
+    fn session(&self, lane: usize) -> Session {
+        Session { lease: None, lane }
+    }
+
     async fn exchange(&self, session: &mut Session, marks: &mut Marks) -> Result<Answer, Failure> {
         match self.mode {
             Mode::Http1 { .. } => self.http1(session, marks).await,
-            Mode::Http2 { .. } => self.http2(marks).await,
+            // Boxed, so that HTTP/1.1 requests do not carry the size of
+            // hyper's HTTP/2 futures.
+            Mode::Http2 { .. } => Box::pin(self.http2(marks)).await,
         }
     }
 }

@@ -78,7 +78,7 @@ pub async fn start_on(config: &Config, workers: &Workers) -> Result<Run, Error> 
         );
         return Ok(start_with(plan, transport, workers));
     }
-    let transport = HttpTransport::new(&plan, connector);
+    let transport = HttpTransport::new(&plan, connector, workers.lanes());
     Ok(start_with(plan, transport, workers))
 }
 
@@ -318,6 +318,28 @@ mod tests {
                 body_ok: true,
             })
         }
+    }
+
+    /// 20 000 req/s, answered at once: every arrival is sent, in the second
+    /// it was due, and late by no more than the dispatcher's batching (0.5
+    /// ms) plus the scheduling of a loaded machine: the time to first byte,
+    /// measured from the schedule, is that lateness.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_model_arrivals_stay_on_schedule_at_a_high_rate() {
+        let mut config = Config::new("http://127.0.0.1:1/");
+        config.model = Model::Open { rate: 20_000.0 };
+        config.duration = Duration::from_secs(1);
+        let plan = config.plan().unwrap();
+        let report = start_with(plan, Instant200, &Workers::current())
+            .report()
+            .await
+            .unwrap();
+        assert_eq!((report.requests.ok, report.dropped_iterations), (20_000, 0));
+        let sent: Vec<u64> = report.timeline.iter().map(|s| s.sent).collect();
+        assert_eq!(sent, [20_000]);
+        let late = &report.latency_ms.ttfb;
+        assert!(late.p50 < 5.0, "{late:?}");
+        assert!(late.min < 1.0, "{late:?}");
     }
 
     fn resident_bytes() -> u64 {

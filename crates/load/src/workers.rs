@@ -53,6 +53,11 @@ impl Workers {
     pub(crate) fn handles(&self) -> Vec<Handle> {
         self.handles.clone()
     }
+
+    /// How many runtimes (lanes) requests are spread over.
+    pub(crate) fn lanes(&self) -> usize {
+        self.handles.len()
+    }
 }
 
 impl Drop for Workers {

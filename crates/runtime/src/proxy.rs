@@ -11,6 +11,7 @@ mod fast;
 mod forward;
 mod front;
 mod headers;
+mod park;
 pub mod pool;
 pub mod route;
 mod session;
@@ -34,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ErrorSource, ProxyError, error_chain};
+pub use fast::PARK_AFTER;
 pub use forward::Sent;
 pub use front::IDLE_LINGER;
 
@@ -44,6 +46,7 @@ use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
 use front::{Activity, FrontStream};
+use park::Parked;
 use session::until_done;
 
 /// How long a client connection that is idle (or accepted but not read
@@ -159,14 +162,15 @@ impl Proxy {
         running.stop(grace).await;
     }
 
-    /// Serves one client connection: plain TCP (h2c or HTTP/1.1), or TLS.
+    /// Serves one client connection: plain TCP (h2c or HTTP/1.1), or TLS;
+    /// returns it when it is to be parked (see [`park`]).
     async fn serve_connection(
         self: &Arc<Self>,
         builders: &Builders,
         stream: TcpStream,
         stop: &CancellationToken,
         peer: SocketAddr,
-    ) {
+    ) -> Option<Parked> {
         let Some(tls) = self.tls.clone() else {
             return self.serve_plain(builders, stream, stop, peer).await;
         };
@@ -178,18 +182,44 @@ impl Proxy {
             // longer than one that never finishes its request head.
             let timeout = self.config.load().header_read_timeout;
             match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let service = Proxy::service(Arc::clone(self), peer, "https", None);
-                    let conn = builders
-                        .auto
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    until_done(conn, stop, peer).await;
-                }
+                Ok(Ok(stream)) => self.serve_tls(builders, stream, stop, peer).await,
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}"),
             }
         })
         .await;
+        None
+    }
+
+    /// Serves a TLS connection after its handshake: HTTP/2 (by ALPN) with
+    /// hyper, HTTP/1.1 on the fast path (see [`fast`]) until a request needs
+    /// hyper.
+    async fn serve_tls(
+        self: &Arc<Self>,
+        builders: &Builders,
+        mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+        stop: &CancellationToken,
+        peer: SocketAddr,
+    ) {
+        let mut rest = Bytes::new();
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            let client = ClientInfo {
+                peer,
+                ip: headers::client_ip(peer.ip()),
+                proto: "https",
+                activity: None,
+            };
+            match fast::serve(self, &client, &mut stream, rest, stop).await {
+                fast::Exit::Closed | fast::Exit::Park(_) => return,
+                fast::Exit::Handoff(ahead) => rest = ahead,
+            }
+        }
+        let service = Proxy::service(Arc::clone(self), peer, "https", None);
+        let stream = FrontStream::new(stream, rest, Arc::default());
+        let conn = builders
+            .auto
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        until_done(conn, stop, peer).await;
     }
 
     /// Serves one plain-TCP client connection: h2c for its whole life, or
@@ -202,39 +232,97 @@ impl Proxy {
         mut stream: TcpStream,
         stop: &CancellationToken,
         peer: SocketAddr,
-    ) {
+    ) -> Option<Parked> {
         let timeout = self.config.load().header_read_timeout;
         // A connection accepted just before the proxy stopped accepting (a
         // shutdown, an upgrade) gets its first request served: its client
         // sent it, or is about to; closing it now would reset it.
-        let linger = async {
-            stop.cancelled().await;
-            tokio::time::sleep(STOP_LINGER).await;
-        };
-        let first = tokio::select! {
-            first = tokio::time::timeout(timeout, front::read_preface(&mut stream)) => first,
-            () = linger => return,
-        };
-        let (mut ahead, h2) = match first {
+        // Boxed: its timers are not held by the task for the connection's
+        // whole life.
+        let first = Box::pin(async {
+            let linger = async {
+                stop.cancelled().await;
+                tokio::time::sleep(STOP_LINGER).await;
+            };
+            tokio::select! {
+                first = tokio::time::timeout(timeout, front::read_preface(&mut stream)) => Some(first),
+                () = linger => None,
+            }
+        })
+        .await;
+        let (ahead, h2) = match first? {
             Ok(Ok(Some(first))) => first,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => return tracing::debug!(%peer, "client connection: {e}"),
-            Err(_) => return tracing::debug!(%peer, "no request within {timeout:?}"),
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "client connection: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no request within {timeout:?}");
+                return None;
+            }
         };
         let protocol = if h2 { Protocol::H2c } else { Protocol::Http1 };
         self.ops.metrics().connection(protocol);
-        if !h2 {
-            let client = ClientInfo {
-                peer,
-                ip: headers::client_ip(peer.ip()),
-                proto: "http",
-                activity: None,
-            };
-            match fast::serve(self, &client, &mut stream, ahead, stop).await {
-                fast::Exit::Closed => return,
-                fast::Exit::Handoff(rest) => ahead = rest,
-            }
+        if h2 {
+            Box::pin(self.serve_hyper(builders, stream, ahead, true, stop, peer)).await;
+            return None;
         }
+        self.serve_http1(builders, stream, ahead, stop, peer).await
+    }
+
+    /// Serves a parked connection again, its client having sent something.
+    async fn resume(
+        self: &Arc<Self>,
+        builders: &Builders,
+        stream: TcpStream,
+        stop: &CancellationToken,
+        peer: SocketAddr,
+    ) -> Option<Parked> {
+        self.serve_http1(builders, stream, Bytes::new(), stop, peer)
+            .await
+    }
+
+    /// Serves a plain HTTP/1.1 connection, starting with the bytes `ahead`
+    /// read from it: on the fast path until it is to be parked, or a
+    /// request needs hyper.
+    async fn serve_http1(
+        self: &Arc<Self>,
+        builders: &Builders,
+        mut stream: TcpStream,
+        ahead: Bytes,
+        stop: &CancellationToken,
+        peer: SocketAddr,
+    ) -> Option<Parked> {
+        let client = ClientInfo {
+            peer,
+            ip: headers::client_ip(peer.ip()),
+            proto: "http",
+            activity: None,
+        };
+        let rest = match fast::serve(self, &client, &mut stream, ahead, stop).await {
+            fast::Exit::Closed => return None,
+            fast::Exit::Park(deadline) => return Some(Parked { stream, deadline }),
+            fast::Exit::Handoff(rest) => rest,
+        };
+        // Boxed: the task of a connection on the fast path holds no hyper
+        // state.
+        Box::pin(self.serve_hyper(builders, stream, rest, false, stop, peer)).await;
+        None
+    }
+
+    /// Serves the rest of a plain-TCP connection with hyper: h2c, or
+    /// HTTP/1.1 sessions after `ahead`, the bytes the fast path read.
+    async fn serve_hyper(
+        self: &Arc<Self>,
+        builders: &Builders,
+        stream: TcpStream,
+        ahead: Bytes,
+        h2: bool,
+        stop: &CancellationToken,
+        peer: SocketAddr,
+    ) {
+        let timeout = self.config.load().header_read_timeout;
         let activity = Arc::new(Activity::default());
         let service = Proxy::service(Arc::clone(self), peer, "http", Some(Arc::clone(&activity)));
         let mut stream = FrontStream::new(stream, ahead, Arc::clone(&activity));
@@ -243,7 +331,7 @@ impl Proxy {
             let conn = builders
                 .auto
                 .serve_connection_with_upgrades(TokioIo::new(stream), service);
-            return Box::pin(until_done(conn, stop, peer)).await;
+            return until_done(conn, stop, peer).await;
         }
         loop {
             // Boxed, so that an idle connection's task holds a pointer, not a

@@ -80,3 +80,52 @@ async fn requests_beyond_max_in_flight_are_dropped_iterations() {
     // Still hanging at the end of the grace: counted as timeouts.
     assert_eq!(failures(&report), [("timeout", 5)]);
 }
+
+/// 20 000 req/s hands arrivals over in batches: the in-flight limit reached
+/// inside a batch still drops exactly every later arrival, one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_limit_within_a_batch_drops_exactly_the_rest() {
+    let server = support::misbehaving(|_| vec![Action::Hang]).await;
+    let mut config = open(&server.url("http"), 20_000.0, Duration::from_millis(500));
+    config.max_in_flight = 7;
+    config.timeout = Duration::from_secs(30);
+    config.grace = Duration::from_millis(100);
+    let report = run(&config).await;
+    assert_consistent(&report);
+    assert_eq!(report.dropped_iterations, 10_000 - 7);
+    assert_eq!(failures(&report), [("timeout", 7)]);
+}
+
+/// A request count reached in the middle of a batch ends the run on that
+/// very request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_count_within_a_batch_is_exact() {
+    let server = support::fast().await;
+    let mut config = open(&server.url("http"), 20_000.0, Duration::from_secs(10));
+    config.requests = Some(1234);
+    let report = run(&config).await;
+    assert_consistent(&report);
+    assert_eq!((report.requests.total, report.requests.ok), (1234, 1234));
+    assert_eq!(report.dropped_iterations, 0);
+}
+
+/// Two sending threads keep their idle connections apart, but never open
+/// more than `--connections` between them: a thread without an idle
+/// connection of its own takes the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sending_threads_share_the_connection_cap() {
+    let server = support::fast().await;
+    let mut config = open(&server.url("http"), 2000.0, Duration::from_secs(1));
+    config.connections = Some(3);
+    let workers = dropless_load::Workers::dedicated(2).unwrap();
+    let report = dropless_load::start_on(&config, &workers)
+        .await
+        .unwrap()
+        .report()
+        .await
+        .unwrap();
+    assert_consistent(&report);
+    assert_eq!((report.requests.total, report.requests.failed), (2000, 0));
+    let opened = server.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=3).contains(&opened), "{opened} connections");
+}

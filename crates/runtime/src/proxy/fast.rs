@@ -28,6 +28,8 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::forward::{self, AttemptError, LazyDeadline, Sent};
+use super::front::ClientIo;
+use super::park::StopLinger;
 use super::{ClientInfo, Proxy, ProxyError, error_chain};
 use crate::ops::{ErrorKind, Trace, request_id};
 use crate::proxy::affinity::HELD_HEADER;
@@ -40,9 +42,18 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Initial size of a read buffer; it grows for larger heads.
 const BUFFER: usize = 8 * 1024;
 
+/// How long a connection waits for its next request in its task before it
+/// is parked: its task ends and a much smaller one waits for the socket to
+/// be readable (see [`Exit::Park`]). A busy client's next request usually
+/// comes sooner; parking and resuming costs two task spawns.
+pub const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How a client connection left the fast path.
 #[derive(Debug)]
 pub(super) enum Exit {
+    /// Idle for [`PARK_AFTER`] with nothing read: the connection is to be
+    /// parked until it is readable, or until this header read deadline.
+    Park(Instant),
     /// The connection is finished: either side closed it, it asked to, it
     /// was idle too long, or the proxy stops.
     Closed,
@@ -56,16 +67,19 @@ pub(super) enum Exit {
 struct Broken;
 
 /// One client connection on the fast path.
-struct Session<'a, 'c> {
+struct Session<'a, 'c, S> {
     proxy: &'a Proxy,
     client: &'a ClientInfo,
-    stream: &'a mut TcpStream,
+    stream: &'a mut S,
     stop: &'a CancellationToken,
     cancelled: Pin<&'a mut WaitForCancellationFuture<'c>>,
     /// When the request being read must have arrived.
     deadline: LazyDeadline,
     /// When the replica must have started its response.
     response_deadline: LazyDeadline,
+    /// When a connection waiting for a request is parked (see [`Exit::Park`]);
+    /// made at its first wait.
+    park_after: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes read from the client and not yet handled; empty (no memory)
     /// while the connection waits for a request.
     input: BytesMut,
@@ -74,10 +88,10 @@ struct Session<'a, 'c> {
 /// Serves the requests of a plain HTTP/1.1 client connection, starting with
 /// the bytes `ahead` already read from it, until it ends or sends a request
 /// the fast path leaves to hyper.
-pub(super) async fn serve(
+pub(super) async fn serve<S: ClientIo>(
     proxy: &Proxy,
     client: &ClientInfo,
-    stream: &mut TcpStream,
+    stream: &mut S,
     ahead: Bytes,
     stop: &CancellationToken,
 ) -> Exit {
@@ -95,14 +109,26 @@ pub(super) async fn serve(
         cancelled,
         deadline: LazyDeadline::new(Instant::now() + timeout),
         response_deadline: LazyDeadline::new(Instant::now() + response_timeout),
+        park_after: None,
         input: BytesMut::from(&ahead[..]),
     };
     session.run().await
 }
 
-impl Session<'_, '_> {
+impl<S: ClientIo> Session<'_, '_, S> {
     async fn run(&mut self) -> Exit {
         loop {
+            // The settings once per request: a reload affects the next one.
+            let timeout = self.proxy.config.load().header_read_timeout;
+            let deadline = Instant::now() + timeout;
+            self.deadline.set(deadline);
+            if self.input.is_empty() {
+                match self.wait_for_request().await {
+                    Wait::Readable => {}
+                    Wait::Close => return Exit::Closed,
+                    Wait::Park => return Exit::Park(deadline),
+                }
+            }
             let mut plan = match self.read_request().await {
                 Next::Request(plan) => plan,
                 Next::Closed => return Exit::Closed,
@@ -120,6 +146,10 @@ impl Session<'_, '_> {
                 Ok(close) => close || plan.close || self.stop.is_cancelled(),
                 Err(Broken) => return Exit::Closed,
             };
+            // A TLS stream may hold the end of the response.
+            if self.stream.flush().await.is_err() {
+                return Exit::Closed;
+            }
             if close {
                 let _ = self.stream.shutdown().await;
                 return Exit::Closed;
@@ -127,41 +157,50 @@ impl Session<'_, '_> {
         }
     }
 
-    /// Waits for a request and reads its head and body.
-    async fn read_request(&mut self) -> Next {
-        // The settings once per request: a reload affects the next one.
-        let config = self.proxy.config.load_full();
-        self.deadline
-            .set(Instant::now() + config.header_read_timeout);
-        if self.input.is_empty() {
-            // Idle: no buffer held, the task parked on the socket's readiness.
-            self.input = BytesMut::new();
-            // Once the proxy stops, an idle connection is closed only after
-            // `STOP_LINGER` without a request: one its client is sending
-            // now is served (with `Connection: close`), not cut.
-            let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
-            let ready = poll_fn(|cx| {
-                if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
-                    return Poll::Ready(r.is_ok());
-                }
-                if self.deadline.poll_expired(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                if self.cancelled.as_mut().poll(cx).is_ready() {
-                    let linger = linger
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(super::STOP_LINGER)));
-                    if linger.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(false);
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
-            if !ready {
-                return Next::Closed;
-            }
-            self.input.reserve(BUFFER);
+    /// Waits, holding no buffer, until an idle connection has something to
+    /// read. It is parked after [`PARK_AFTER`] without a request; it is
+    /// closed when the header read deadline passes, or when the proxy stops
+    /// and no request comes within [`STOP_LINGER`](super::STOP_LINGER).
+    async fn wait_for_request(&mut self) -> Wait {
+        self.input = BytesMut::new();
+        // Moved later at each wait: a cheap change of a registered timer.
+        let park_after = Instant::now() + PARK_AFTER;
+        match &mut self.park_after {
+            Some(sleep) => sleep.as_mut().reset(park_after),
+            None => self.park_after = Some(Box::pin(tokio::time::sleep_until(park_after))),
         }
+        let mut linger = StopLinger::default();
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = self.stream.poll_readable(cx) {
+                return Poll::Ready(if r.is_ok() {
+                    Wait::Readable
+                } else {
+                    Wait::Close
+                });
+            }
+            if self.deadline.poll_expired(cx).is_ready() {
+                return Poll::Ready(Wait::Close);
+            }
+            if linger.poll(self.cancelled.as_mut(), cx).is_ready() {
+                return Poll::Ready(Wait::Close);
+            }
+            // A stopping proxy closes its idle connections: none is parked.
+            if S::PARKS
+                && !linger.stopping()
+                && let Some(park) = &mut self.park_after
+                && park.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Wait::Park);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Reads the head and body of a request (the connection has bytes to
+    /// read, or some already read).
+    async fn read_request(&mut self) -> Next {
+        let config = self.proxy.config.load_full();
         let max_head = config.max_header_bytes;
         loop {
             if !self.input.is_empty() {
@@ -381,6 +420,16 @@ impl Session<'_, '_> {
             Err(_) => Err(Broken),
         }
     }
+}
+
+/// How an idle connection's wait for a request ended.
+enum Wait {
+    /// It has bytes to read (or its client closed it).
+    Readable,
+    /// It is to be closed.
+    Close,
+    /// It is to be parked.
+    Park,
 }
 
 /// What comes next on a client connection.

@@ -291,16 +291,63 @@ impl Shared {
         connections: &TaskTracker,
         stop: &CancellationToken,
     ) {
-        let (proxy, builders, stop) = (
-            Arc::clone(&self.proxy),
-            Arc::clone(&self.builders),
-            stop.clone(),
-        );
+        let conn = Conn {
+            proxy: Arc::clone(&self.proxy),
+            builders: Arc::clone(&self.builders),
+            stop: stop.clone(),
+            peer,
+            connections: connections.clone(),
+            tunnels: self.tunnels.clone(),
+            _counted: (slot, load),
+        };
+        conn.start(stream, false);
+    }
+}
+
+/// A client connection served on this thread, with what its tasks need: it
+/// is served by a task, parked in a smaller one while idle (see
+/// [`super::park`]), and served again. It holds its slot and its count on the
+/// thread until the last of them ends.
+struct Conn {
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    stop: CancellationToken,
+    peer: SocketAddr,
+    /// The thread's connection tasks, which a stopping thread waits for.
+    connections: TaskTracker,
+    tunnels: TaskTracker,
+    _counted: (OwnedSemaphorePermit, LoadGuard),
+}
+
+impl Conn {
+    /// Serves a new connection (`resumed` false), or one that was parked,
+    /// in a task; parks it again when it idles.
+    fn start(self, stream: TcpStream, resumed: bool) {
         let tunnels = self.tunnels.clone();
+        let connections = self.connections.clone();
         connections.spawn(super::session::TUNNELS.scope(tunnels, async move {
-            proxy.serve_connection(&builders, stream, &stop, peer).await;
-            drop((slot, load));
+            let (proxy, builders, stop, peer) =
+                (&self.proxy, &*self.builders, &self.stop, self.peer);
+            let parked = if resumed {
+                proxy.resume(builders, stream, stop, peer).await
+            } else {
+                proxy.serve_connection(builders, stream, stop, peer).await
+            };
+            if let Some(parked) = parked {
+                self.park(parked);
+            }
         }));
+    }
+
+    /// Waits in a task of its own until the client of a parked connection
+    /// sends something, then serves it again.
+    fn park(self, parked: super::park::Parked) {
+        let connections = self.connections.clone();
+        connections.spawn(async move {
+            if parked.wait(&self.stop).await {
+                self.start(parked.stream, true);
+            }
+        });
     }
 }
 

@@ -15,13 +15,91 @@ async fn start(
     backend: &Backend,
     tweak: impl FnOnce(&mut ServiceConfig),
 ) -> (tempfile::TempDir, Harness) {
+    start_with(backend, tweak, |_| {}).await
+}
+
+/// [`start`], with the runtime's configuration changed by `config`.
+async fn start_with(
+    backend: &Backend,
+    tweak: impl FnOnce(&mut ServiceConfig),
+    config: impl FnOnce(&mut dropless_runtime::config::Config),
+) -> (tempfile::TempDir, Harness) {
     let dir = tempfile::tempdir().unwrap();
     let mut service = fixtures::service("web", Version::target(backend.addr), 1);
     service.probe.path = String::new();
     tweak(&mut service);
-    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    let mut c = fixtures::config(dir.path(), vec![service]);
+    config(&mut c);
+    let h = Harness::start(c).await;
     h.wait_routable(1).await;
     (dir, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_requests_pipelined_large_and_handed_to_hyper_on_one_tls_connection() {
+    let data = pattern(1 << 20);
+    let big = with_length("200 OK", &data);
+    let backend = Backend::start(vec![
+        ("/one", Reply::Keep(ok("one"))),
+        ("/two", Reply::Keep(ok("second"))),
+        ("/big", Reply::Keep(big.clone())),
+        ("/upload", Reply::Keep(ok("uploaded"))),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (cert, key, tls) = client_tls(tls_dir.path());
+    let (_dir, h) = start_with(
+        &backend,
+        |_| {},
+        |c| {
+            c.proxy.tls_cert = Some(cert);
+            c.proxy.tls_key = Some(key);
+        },
+    )
+    .await;
+    let mut client = Client::connect_tls(h.addr, tls).await;
+    // Two requests in one write (one TLS record): the first exactly fills
+    // the proxy's 8 KiB read buffer, so the second is decrypted with it and
+    // then waits in the TLS session, not in the socket.
+    let head = "GET /one HTTP/1.1\r\nHost: app.test\r\nx-pad: ";
+    let pad = "p".repeat(8192 - head.len() - 4);
+    let first = format!("{head}{pad}\r\n\r\n");
+    assert_eq!(first.len(), 8192);
+    client
+        .send(&[first.as_bytes(), &get("/two")].concat())
+        .await;
+    assert_eq!(lossy(&client.response(false).await.raw), lossy(&ok("one")));
+    assert_eq!(
+        lossy(&client.response(false).await.raw),
+        lossy(&ok("second"))
+    );
+    // A body larger than what a TLS session buffers.
+    client.send(&get("/big")).await;
+    let resp = client.response(false).await;
+    assert!(resp.raw == big, "the 1 MiB response differs");
+    // A chunked upload goes to hyper, and the connection goes on.
+    client
+        .send(
+            b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4\r\nabcd\r\n0\r\n\r\n",
+        )
+        .await;
+    let resp = client.response(false).await;
+    assert_eq!((resp.status, lossy(&resp.body).as_str()), (200, "uploaded"));
+    // hyper serves the rest of the connection (it adds a `date`; the fast
+    // path's answers above are the replica's bytes).
+    client.send(&get("/after")).await;
+    let resp = client.response(false).await;
+    assert_eq!((resp.status, lossy(&resp.body).as_str()), (200, "after"));
+    let received = backend.requests(5).await;
+    let paths: Vec<_> = received.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/one", "/two", "/big", "/upload", "/after"]);
+    for r in &received {
+        assert_eq!(r.all("x-forwarded-proto"), ["https"], "{}", r.path);
+    }
+    assert_eq!(lossy(&received[3].body), "abcd");
+    h.stop(Shutdown::Fast).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

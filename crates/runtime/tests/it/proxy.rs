@@ -252,3 +252,112 @@ async fn keep_alive_connections_survive_idle_release_and_pipelining() {
     assert_eq!(rest.matches("HTTP/1.1 200").count(), 3, "{rest}");
     h.stop(Shutdown::Fast).await;
 }
+
+/// Reads one response (its head and its `Content-Length` body) from `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(i) = text.find("\r\n\r\n") {
+            let len: usize = text[..i]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if text.len() >= i + 4 + len {
+                return text;
+            }
+        }
+        let read = tokio::time::timeout(fixtures::WAIT, s.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(read > 0, "closed after {text:?}");
+        out.extend_from_slice(&buf[..read]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_parked_served_again_and_closed_at_its_deadline() {
+    use dropless_runtime::proxy::PARK_AFTER;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    let timeout = Duration::from_millis(800);
+    config.proxy.header_read_timeout = timeout;
+    let h = Harness::start(config).await;
+    h.wait_routable(1).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let get = "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    for _ in 0..3 {
+        s.write_all(get.as_bytes()).await.unwrap();
+        let answer = read_response(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Idle long enough to be parked; the next request resumes it.
+        tokio::time::sleep(3 * PARK_AFTER).await;
+    }
+    // A head that comes in two parts, the connection parked in between.
+    let (a, b) = get.split_at(10);
+    s.write_all(a.as_bytes()).await.unwrap();
+    tokio::time::sleep(3 * PARK_AFTER).await;
+    s.write_all(b.as_bytes()).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Parked and silent: closed at the header read timeout, not before.
+    let idle = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(fixtures::WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("a parked connection is closed at its deadline")
+        .unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        idle.elapsed() >= timeout - Duration::from_millis(50),
+        "closed after {:?}",
+        idle.elapsed()
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_served_while_the_proxy_stops() {
+    use dropless_runtime::proxy::PARK_AFTER;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::Graceful, "v1"), 1);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let addr = h.addr;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let get = "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    s.write_all(get.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(3 * PARK_AFTER).await;
+    let stopping = tokio::spawn(h.stop(Shutdown::Graceful));
+    // Once the proxy no longer accepts, the parked client sends a request:
+    // it is answered, with `Connection: close`, not cut.
+    let stopped = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(fixtures::WAIT, stopped)
+        .await
+        .expect("the proxy stops accepting");
+    s.write_all(get.as_bytes()).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(fixtures::WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("closed after its answer")
+        .unwrap();
+    stopping.await.unwrap();
+}

@@ -1,0 +1,68 @@
+//! Idle HTTP/1.1 connections, kept apart per sending thread.
+//!
+//! A socket is registered with the event loop of the thread that opened it:
+//! used from another thread, every readiness event it gets wakes two threads
+//! (the poller's and the request's), one of them through a cross-thread
+//! wake-up. Each sending thread (a lane) therefore reuses its own
+//! connections first. It takes another lane's idle one rather than open a
+//! new connection, so no more connections exist than were ever in use at
+//! once, and a connection goes back to the lane that opened it.
+
+use std::sync::Mutex;
+
+/// Idle connections by lane (sending thread).
+pub(crate) struct Pool<C> {
+    lanes: Vec<Mutex<Vec<C>>>,
+}
+
+impl<C> Pool<C> {
+    /// A pool for `lanes` sending threads (at least one).
+    pub(crate) fn new(lanes: usize) -> Self {
+        Pool {
+            lanes: (0..lanes.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// The lane a loop on sending thread `n` uses.
+    pub(crate) fn lane(&self, n: usize) -> usize {
+        n % self.lanes.len()
+    }
+
+    /// An idle connection for `lane`, its own first, with the lane it
+    /// belongs to.
+    pub(crate) fn take(&self, lane: usize) -> Option<(C, usize)> {
+        let lane = self.lane(lane);
+        let count = self.lanes.len();
+        (0..count).map(|i| (lane + i) % count).find_map(|home| {
+            let conn = self.lanes[home].lock().expect("pool lock").pop();
+            conn.map(|conn| (conn, home))
+        })
+    }
+
+    /// Put an idle connection back into the lane it belongs to.
+    pub(crate) fn put(&self, home: usize, conn: C) {
+        self.lanes[self.lane(home)]
+            .lock()
+            .expect("pool lock")
+            .push(conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_reuses_its_own_connections_first_then_another_lanes() {
+        let pool = Pool::new(2);
+        pool.put(0, "a0");
+        pool.put(1, "b1");
+        pool.put(1, "b2");
+        assert_eq!(pool.take(1), Some(("b2", 1)));
+        assert_eq!(pool.take(0), Some(("a0", 0)));
+        // Lane 0 has none left: it takes lane 1's rather than connect.
+        assert_eq!(pool.take(0), Some(("b1", 1)));
+        assert_eq!(pool.take(0), None);
+        assert_eq!(pool.take(1), None);
+    }
+}
