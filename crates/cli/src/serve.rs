@@ -239,9 +239,13 @@ async fn serve(
         println!("metrics on http://{}/metrics", listener.local_addr()?);
         runtime = runtime.with_metrics(listener);
     }
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {listen} ({e}): pick another --listen address")
-    })?;
+    // An accept queue of listen::BACKLOG, not tokio's 128, which a burst of
+    // new client connections overflows (each then waits a second).
+    let listener = dropless_lifecycle::listen::bind_addr(listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on {listen} ({e}): pick another --listen address")
+        })?;
     println!(
         "proxy on http://{}, control socket {}",
         listener.local_addr()?,

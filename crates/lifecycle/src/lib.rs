@@ -32,7 +32,8 @@
 //! - [`WebSocketGuard`] ([`Lifecycle::websocket`]): open WebSockets close
 //!   with code 1012 after the shutdown hooks.
 //! - [`listen::bind`]: the listening socket a supervisor passed (socket
-//!   activation), or one bound on an address.
+//!   activation), or one bound on an address with an accept queue of
+//!   [`listen::BACKLOG`] (not 128).
 //!
 //! Shutdown runs in this order, all of it bounded by the grace period: the
 //! readiness probe turns 503; the optional pre-stop delay passes while

@@ -67,8 +67,8 @@ pub use config::{
 };
 pub use outcome::FailureClass;
 pub use report::{
-    Latency, Percentiles, Rate, Report, Requests, SCHEMA_VERSION, Second, SessionSecond, Sessions,
-    Snapshot, failure_list, nonzero_failures,
+    Latency, Percentiles, Rate, Report, Requests, SCHEMA_VERSION, SLOW_MS, Second, SessionSecond,
+    Sessions, Snapshot, failure_list, nonzero_failures,
 };
 pub use run::{Error, Run, Stopper, run, start, start_on};
 pub use threshold::Thresholds;

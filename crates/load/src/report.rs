@@ -161,7 +161,17 @@ pub struct Latency {
     pub ttfb: Percentiles,
     /// Time to last byte.
     pub ttlb: Percentiles,
+    /// Requests whose time to last byte was above each of [`SLOW_MS`]
+    /// milliseconds, keyed by that bound: a stall shows here even when it
+    /// is too rare to move p99.
+    #[serde(default)]
+    pub over_ms: BTreeMap<u64, u64>,
 }
+
+/// The bounds (ms) of [`Latency::over_ms`]: 100 ms is slow for a request to
+/// a service answering in a few, 900 ms catches the one-second stalls of a
+/// retransmitted SYN or a one-second timer.
+pub const SLOW_MS: [u64; 2] = [100, 900];
 
 /// A latency distribution in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -197,6 +207,10 @@ pub struct Second {
     /// 99th percentile of time to last byte from the schedule, if any
     /// response arrived.
     pub p99_ms: Option<f64>,
+    /// The slowest time to last byte from the schedule, if any response
+    /// arrived: a stall at a moment of the run shows in its second.
+    #[serde(default)]
+    pub max_ms: Option<f64>,
     /// Failed requests by class.
     #[serde(default)]
     pub failures: BTreeMap<String, u64>,

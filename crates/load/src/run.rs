@@ -290,6 +290,7 @@ fn report<T: Transport>(
         latency_ms: Latency {
             ttfb: recorder.ttfb(),
             ttlb: recorder.ttlb(),
+            over_ms: recorder.over_ms(),
         },
         service_time_ms: recorder.service(),
         timeline: recorder.timeline().rows(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 
 use crate::outcome::{Failure, FailureClass, STANDARD_CLASSES};
-use crate::report::{Percentiles, Requests};
+use crate::report::{Percentiles, Requests, SLOW_MS};
 use crate::timeline::Timeline;
 
 /// Largest latency the histograms tell apart (1 hour, in µs).
@@ -129,6 +129,21 @@ impl Recorder {
         percentiles(&self.ttlb)
     }
 
+    /// Time to last byte above each of [`SLOW_MS`] ms, by bound.
+    pub(crate) fn over_ms(&self) -> BTreeMap<u64, u64> {
+        SLOW_MS
+            .iter()
+            .map(|&ms| {
+                let above = if self.ttlb.max() > ms * 1000 {
+                    self.ttlb.count_between(ms * 1000 + 1, self.ttlb.max())
+                } else {
+                    0
+                };
+                (ms, above)
+            })
+            .collect()
+    }
+
     pub(crate) fn service(&self) -> Percentiles {
         percentiles(&self.service)
     }
@@ -197,5 +212,23 @@ mod tests {
         assert_eq!(r.other_samples().len(), OTHER_SAMPLES);
         assert_eq!(r.ttlb().count, 2);
         assert_eq!(r.service().max, 1.5);
+    }
+
+    #[test]
+    fn requests_above_the_slow_bounds_are_counted() {
+        let mut r = Recorder::new();
+        for ttlb_ms in [3, 99, 101, 500, 901, 1_020] {
+            let t = Timings {
+                ttfb_us: 1_000,
+                ttlb_us: ttlb_ms * 1_000,
+                service_us: 1_000,
+            };
+            r.record(0, None, Some(t), false);
+        }
+        assert_eq!(r.over_ms(), BTreeMap::from([(100, 4), (900, 2)]));
+        assert_eq!(
+            Recorder::new().over_ms(),
+            BTreeMap::from([(100, 0), (900, 0)])
+        );
     }
 }

@@ -204,6 +204,7 @@ mod tests {
             latency_ms: Latency {
                 ttfb: p.clone(),
                 ttlb: p.clone(),
+                ..Default::default()
             },
             service_time_ms: p,
             timeline: vec![],

@@ -29,6 +29,7 @@ struct Bucket {
     failures: BTreeMap<FailureClass, u64>,
     latency: Option<Histogram<u32>>,
     p99_us: Option<u64>,
+    max_us: Option<u64>,
 }
 
 impl Timeline {
@@ -49,6 +50,7 @@ impl Timeline {
             }
         }
         if let Some(us) = ttlb_us {
+            bucket.max_us = bucket.max_us.max(Some(us));
             match &mut bucket.latency {
                 Some(h) => h.saturating_record(us.max(1)),
                 // A bucket sealed early (a request outlived the seal window)
@@ -97,6 +99,7 @@ impl Timeline {
                     Some(h) => Some(ms(h.value_at_quantile(0.99))),
                     None => b.p99_us.map(ms),
                 },
+                max_ms: b.max_us.map(ms),
                 failures: b
                     .failures
                     .iter()
@@ -133,6 +136,7 @@ mod tests {
         assert_eq!((rows[0].sent, rows[0].ok, rows[0].failed), (3, 2, 1));
         assert_eq!(rows[0].failures["http_503"], 1);
         assert_eq!(rows[0].p99_ms, Some(900.0));
+        assert_eq!(rows[0].max_ms, Some(900.0));
         assert_eq!((rows[1].sent, rows[1].p99_ms), (0, None));
         assert_eq!(
             (rows[2].failed, rows[2].dropped, rows[2].p99_ms),

@@ -368,8 +368,8 @@ impl Supervisor {
                 // The socket itself when the command takes it; else a port
                 // that is free now, which the command binds.
                 let listen = if version.socket_activation {
-                    let listener =
-                        std::net::TcpListener::bind("127.0.0.1:0").map_err(exec_error)?;
+                    let listener = dropless_lifecycle::listen::bind_std(([127, 0, 0, 1], 0).into())
+                        .map_err(exec_error)?;
                     Listen::Socket(listener)
                 } else {
                     Listen::Port(process::free_port().map_err(exec_error)?)

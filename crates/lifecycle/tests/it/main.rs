@@ -5,6 +5,7 @@ mod fixtures;
 mod health;
 mod http1;
 mod http2;
+mod listen;
 mod stash;
 mod tasks;
 mod websocket;

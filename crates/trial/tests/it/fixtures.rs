@@ -75,6 +75,7 @@ pub fn load_report(failures: &[(&str, u64)]) -> Report {
                 failed: failed_now,
                 dropped: 0,
                 p99_ms: Some(4.0),
+                max_ms: Some(4.0),
                 failures: if t == 3 {
                     failures.clone()
                 } else {
@@ -114,6 +115,7 @@ pub fn load_report(failures: &[(&str, u64)]) -> Report {
         latency_ms: Latency {
             ttfb: latency.clone(),
             ttlb: latency.clone(),
+            ..Default::default()
         },
         service_time_ms: latency,
         timeline,
