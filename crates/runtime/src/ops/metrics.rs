@@ -55,6 +55,8 @@ pub enum Protocol {
 pub struct Metrics {
     services: ArcSwap<HashMap<String, Arc<ServiceStats>>>,
     connections: [AtomicU64; 3],
+    /// Idle client connections parked now (see `proxy::park`).
+    parked: AtomicU64,
     /// Start of each rollout in progress, by service and id.
     rollouts: Mutex<HashMap<(String, u64), Instant>>,
 }
@@ -111,6 +113,16 @@ impl Metrics {
     /// Counts a client connection.
     pub fn connection(&self, protocol: Protocol) {
         self.connections[protocol as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client connection was parked (`true`) or resumed or closed
+    /// from parking (`false`).
+    pub fn parked(&self, parked: bool) {
+        if parked {
+            self.parked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.parked.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts what `event` says: replica state changes, rollouts ended and
@@ -396,6 +408,13 @@ impl prometheus_client::collector::Collector for Exporter {
             let n = metrics.connections[i].load(Ordering::Relaxed);
             ConstCounter::new(n).encode(conns.encode_family(&[("protocol", *p)])?)?;
         }
+        ConstGauge::new(metrics.parked.load(Ordering::Relaxed) as i64)
+            .encode(encoder.encode_descriptor(
+            "dropless_connections_parked",
+            "Idle keep-alive client connections parked in a small task until their next request.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let dropped = self.ops.access_log.as_ref().map_or(0, |l| l.dropped());
         ConstCounter::new(dropped).encode(encoder.encode_descriptor(
             "dropless_access_log_dropped",

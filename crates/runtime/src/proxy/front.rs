@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A client connection's byte stream, as the fast path (see
@@ -179,11 +179,11 @@ pub async fn read_preface(stream: &mut TcpStream) -> io::Result<Option<(BytesMut
         if buf.capacity() == buf.len() {
             buf.reserve(PREFACE_BUFFER);
         }
-        match stream.try_read_buf(&mut buf) {
-            Ok(0) => return Ok((!buf.is_empty()).then_some((buf, false))),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        // `read_buf`, not `try_read_buf`: a short read clears the socket's
+        // readiness, so the wait for the next request waits (and parks)
+        // instead of finding the readiness of this one.
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok((!buf.is_empty()).then_some((buf, false)));
         }
         let n = buf.len().min(H2_PREFACE.len());
         if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {

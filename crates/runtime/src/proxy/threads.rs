@@ -351,7 +351,11 @@ impl Conn {
     fn park(self, parked: super::park::Parked) {
         let connections = self.connections.clone();
         connections.spawn(async move {
-            if parked.wait(&self.stop).await {
+            let metrics = self.proxy.ops.metrics();
+            metrics.parked(true);
+            let readable = parked.wait(&self.stop).await;
+            metrics.parked(false);
+            if readable {
                 self.start(parked.stream, true);
             }
         });

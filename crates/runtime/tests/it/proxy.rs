@@ -291,16 +291,27 @@ async fn an_idle_connection_is_parked_served_again_and_closed_at_its_deadline() 
     let mut config = fixtures::config(dir.path(), vec![service]);
     let timeout = Duration::from_millis(800);
     config.proxy.header_read_timeout = timeout;
-    let h = Harness::start(config).await;
+    let (h, metrics) = Harness::start_with_metrics(config).await;
     h.wait_routable(1).await;
+    let parked = || async move {
+        let (_, _, body) = fixtures::get(&format!("http://{metrics}/metrics")).await;
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("dropless_connections_parked "))
+            .unwrap_or_else(|| panic!("no parked gauge in {body}"))
+            .to_string();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
     let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     let get = "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
     for _ in 0..3 {
         s.write_all(get.as_bytes()).await.unwrap();
         let answer = read_response(&mut s).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        // Idle long enough to be parked; the next request resumes it.
+        // Idle long enough to be parked (the scrape's own connection is
+        // not: it closes); the next request resumes it.
         tokio::time::sleep(3 * PARK_AFTER).await;
+        assert_eq!(parked().await, 1, "the idle connection is parked");
     }
     // A head that comes in two parts, the connection parked in between.
     let (a, b) = get.split_at(10);
@@ -311,6 +322,8 @@ async fn an_idle_connection_is_parked_served_again_and_closed_at_its_deadline() 
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Parked and silent: closed at the header read timeout, not before.
     let idle = std::time::Instant::now();
+    tokio::time::sleep(3 * PARK_AFTER).await;
+    assert_eq!(parked().await, 1);
     let mut rest = Vec::new();
     tokio::time::timeout(fixtures::WAIT, s.read_to_end(&mut rest))
         .await
@@ -322,6 +335,7 @@ async fn an_idle_connection_is_parked_served_again_and_closed_at_its_deadline() 
         "closed after {:?}",
         idle.elapsed()
     );
+    assert_eq!(parked().await, 0, "closed, not parked");
     h.stop(Shutdown::Fast).await;
 }
 
