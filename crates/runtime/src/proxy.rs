@@ -215,6 +215,14 @@ impl Proxy {
             }
         }
         let service = Proxy::service(Arc::clone(self), peer, "https", None);
+        if rest.is_empty() {
+            // HTTP/2: the TLS stream as it is.
+            let conn = builders
+                .auto
+                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+            return until_done(conn, stop, peer).await;
+        }
+        // The bytes of the request the fast path left to hyper first.
         let stream = FrontStream::new(stream, rest, Arc::default());
         let conn = builders
             .auto
