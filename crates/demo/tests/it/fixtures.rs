@@ -124,7 +124,8 @@ impl Demo {
 pub enum Outcome {
     /// A response: status, and `x-op-id` when present.
     Response { status: u16, op_id: Option<String> },
-    /// The connection was refused: nothing was sent.
+    /// The connection was refused (or reset before it was established):
+    /// nothing was sent.
     Refused,
     /// Connected and sent, but the connection ended without a response
     /// (EOF or reset): a cut request.
@@ -135,7 +136,15 @@ pub enum Outcome {
 pub async fn get_once(addr: SocketAddr, path: &str) -> Outcome {
     let stream = match TcpStream::connect(addr).await {
         Ok(stream) => stream,
-        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+        // Reset while connecting: the kernel had completed the handshake
+        // and queued the connection when the listener closed. Nothing was
+        // sent either, as with a refusal.
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
             return Outcome::Refused;
         }
         Err(error) => return Outcome::Cut(format!("connect: {error}")),
