@@ -279,18 +279,6 @@ impl Proxy {
         self.serve_http1(builders, stream, ahead, stop, peer).await
     }
 
-    /// Serves a parked connection again, its client having sent something.
-    async fn resume(
-        self: &Arc<Self>,
-        builders: &Builders,
-        stream: TcpStream,
-        stop: &CancellationToken,
-        peer: SocketAddr,
-    ) -> Option<Parked> {
-        self.serve_http1(builders, stream, BytesMut::new(), stop, peer)
-            .await
-    }
-
     /// Serves a plain HTTP/1.1 connection, starting with the bytes `ahead`
     /// read from it: on the fast path until it is to be parked, or a
     /// request needs hyper.

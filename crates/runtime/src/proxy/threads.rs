@@ -336,7 +336,8 @@ impl Conn {
             let (proxy, builders, stop, peer) =
                 (&self.proxy, &*self.builders, &self.stop, self.peer);
             let parked = if resumed {
-                proxy.resume(builders, stream, stop, peer).await
+                // Nothing read yet: the client's next request follows.
+                (proxy.serve_http1(builders, stream, bytes::BytesMut::new(), stop, peer)).await
             } else {
                 proxy.serve_connection(builders, stream, stop, peer).await
             };
