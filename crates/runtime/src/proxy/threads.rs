@@ -337,7 +337,9 @@ impl Conn {
                 (&self.proxy, &*self.builders, &self.stop, self.peer);
             let parked = if resumed {
                 // Nothing read yet: the client's next request follows.
-                (proxy.serve_http1(builders, stream, bytes::BytesMut::new(), stop, peer)).await
+                proxy
+                    .serve_http1(builders, stream, bytes::BytesMut::new(), stop, peer)
+                    .await
             } else {
                 proxy.serve_connection(builders, stream, stop, peer).await
             };
