@@ -398,13 +398,20 @@ fn game_answer(
                     None,
                 )
                 .await;
+                // Registered before the stream counts as open, and kept
+                // across the loop: `notify_waiters` wakes only registered
+                // waiters, and a `notified()` made per iteration missed it
+                // while a move was being sent.
+                let closing = close.notified();
+                tokio::pin!(closing);
+                closing.as_mut().enable();
                 open.fetch_add(1, Ordering::SeqCst);
                 for n in after + 1..=current {
                     let _ = socket.send(Message::Text(n.to_string().into())).await;
                 }
                 loop {
                     tokio::select! {
-                        () = close.notified() => {
+                        () = closing.as_mut() => {
                             let frame = CloseFrame { code: CloseCode::Restart, reason: "service restart".into() };
                             let _ = socket.send(Message::Close(Some(frame))).await;
                             break;
