@@ -45,7 +45,7 @@ use crate::ops::metrics::Protocol;
 use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
-use front::{Activity, FrontStream};
+use front::{Activity, Batched, FrontStream};
 use park::Parked;
 use session::until_done;
 
@@ -63,7 +63,7 @@ pub const STOP_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub type LiveConfig = Arc<arc_swap::ArcSwap<ProxyConfig>>;
 
 /// The body of a response to a client.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, pool::BoxError>;
 
 /// The front proxy of the runtime.
 #[derive(Debug, Clone)]
@@ -216,10 +216,10 @@ impl Proxy {
         }
         let service = Proxy::service(Arc::clone(self), peer, "https", None);
         if rest.is_empty() {
-            // HTTP/2: the TLS stream as it is.
+            // HTTP/2: the TLS stream, its writes batched.
             let conn = builders
                 .auto
-                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                .serve_connection_with_upgrades(TokioIo::new(Batched::new(stream)), service);
             return until_done(conn, stop, peer).await;
         }
         // The bytes of the request the fast path left to hyper first.
@@ -326,7 +326,7 @@ impl Proxy {
         if h2 {
             let conn = builders
                 .auto
-                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                .serve_connection_with_upgrades(TokioIo::new(Batched::new(stream)), service);
             return until_done(conn, stop, peer).await;
         }
         loop {

@@ -35,7 +35,18 @@ pub fn generate() -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(rand::random);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}")).expect("hex digits are a header value")
+    let mut id = [0u8; 32];
+    hex(prefix, &mut id[..16]);
+    hex(n, &mut id[16..]);
+    HeaderValue::from_bytes(&id).expect("hex digits are a header value")
+}
+
+/// `n` as 16 lowercase hex digits into `out`.
+fn hex(n: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[(n >> (60 - 4 * i) & 0xf) as usize];
+    }
 }
 
 /// Inserts `name: value` into a serialized HTTP/1.1 message right after its
@@ -58,6 +69,9 @@ mod tests {
         assert_eq!(keep_or_generate(Some(b"abc-123")), "abc-123");
         let generated = keep_or_generate(None);
         assert_eq!(generated.len(), 32);
+        let mut digits = [0u8; 16];
+        hex(0x0123_4567_89ab_cdef, &mut digits);
+        assert_eq!(&digits, b"0123456789abcdef");
         assert_ne!(generated, keep_or_generate(None));
         for bad in [&b""[..], b"has space", b"\x01", &[b'a'; MAX_LEN + 1]] {
             let id = keep_or_generate(Some(bad));

@@ -16,6 +16,7 @@
 
 mod body;
 mod head;
+pub(super) mod upstream;
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -27,15 +28,15 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use super::forward::{self, AttemptError, LazyDeadline, Sent};
+use super::forward::{self, LazyDeadline, Sent};
 use super::front::ClientIo;
 use super::park::StopLinger;
-use super::{ClientInfo, Proxy, ProxyError, error_chain};
+use super::{ClientInfo, Proxy, ProxyError};
 use crate::ops::{ErrorKind, Trace, request_id};
 use crate::proxy::affinity::HELD_HEADER;
 use crate::proxy::balance::Pick;
 use body::Body;
-use head::{Framing, Parsed, RequestPlan, ResponseHead, parse_request, parse_response};
+use head::{Framing, Parsed, RequestPlan, ResponseHead, parse_request};
 
 /// Largest response head accepted from a replica.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -303,7 +304,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
             key,
             plan.replay,
             &mut self.response_deadline,
-            &mut Exchange(&out),
+            &mut upstream::Exchange(&out),
             trace,
             &self.proxy.ops,
         )
@@ -452,126 +453,4 @@ enum Next {
     Hyper,
     /// A request refused (400, 431); the connection closes after it.
     Refused(ProxyError),
-}
-
-/// The fast path's attempt: the request's bytes (head and body), written
-/// as they are.
-struct Exchange<'a>(&'a [u8]);
-
-impl forward::Attempt for Exchange<'_> {
-    type Output = (TcpStream, BytesMut, ResponseHead);
-
-    fn send(
-        &mut self,
-        pick: &Pick,
-    ) -> impl Future<Output = Result<Self::Output, AttemptError>> + Send {
-        exchange(pick, self.0)
-    }
-}
-
-/// Sends `request` to the picked replica on a pooled socket (or a new one)
-/// and reads the response head: one attempt, whose failure says how far the
-/// request got (see [`forward`] for what follows from it).
-async fn exchange(
-    pick: &Pick,
-    request: &[u8],
-) -> Result<(TcpStream, BytesMut, ResponseHead), AttemptError> {
-    let addr = pick.pool.addr();
-    let (mut upstream, reused) = match pick.pool.sockets().take() {
-        Some(s) => (s, true),
-        None => match pick.pool.sockets().connect().await {
-            Ok(s) => (s, false),
-            Err(e) => return Err(failed(Sent::Nothing, error_chain(&e), false)),
-        },
-    };
-    let mut written = 0;
-    while written < request.len() {
-        match upstream.write(&request[written..]).await {
-            Ok(0) => break,
-            Ok(n) => written += n,
-            Err(e) => {
-                let sent = if written == 0 {
-                    Sent::Nothing
-                } else {
-                    Sent::Request
-                };
-                let message = format!("writing the request to {addr}: {e}");
-                return Err(failed(sent, message, reused));
-            }
-        }
-    }
-    if written < request.len() {
-        let message = format!("writing the request to {addr}: the connection closed");
-        return Err(failed(Sent::Request, message, reused));
-    }
-    let mut buf = BytesMut::with_capacity(BUFFER);
-    match read_response_head(&mut upstream, &mut buf).await {
-        Ok(head) => Ok((upstream, buf, head)),
-        Err((sent, message)) => Err(failed(sent, format!("{addr}: {message}"), reused)),
-    }
-}
-
-/// A failed fast-path attempt (its body is buffered: never gone).
-fn failed(sent: Sent, message: String, reused: bool) -> AttemptError {
-    AttemptError {
-        sent,
-        message,
-        reused,
-        body_gone: false,
-    }
-}
-
-/// Reads a response head from a replica. Interim (1xx) responses are
-/// skipped, as a client skips them: the fast path never sends `Expect`, and
-/// a 103 is only a hint. A failure says whether any response byte came.
-async fn read_response_head(
-    upstream: &mut TcpStream,
-    buf: &mut BytesMut,
-) -> Result<ResponseHead, (Sent, String)> {
-    let mut responded = false;
-    let sent = |responded: bool| {
-        if responded {
-            Sent::Response
-        } else {
-            Sent::Request
-        }
-    };
-    loop {
-        let n = match upstream.read_buf(buf).await {
-            Ok(n) => n,
-            Err(e) => return Err((sent(responded), format!("reading the response: {e}"))),
-        };
-        if n == 0 {
-            let message = if responded {
-                "the connection closed in the response head"
-            } else {
-                "the connection closed before a response"
-            };
-            return Err((sent(responded), message.into()));
-        }
-        responded = true;
-        loop {
-            match parse_response(buf) {
-                Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
-                    buf.advance(head.len);
-                }
-                Ok(Some(head)) if head.status == 101 => {
-                    let message = "the replica switched protocols without being asked";
-                    return Err((Sent::Response, message.into()));
-                }
-                Ok(Some(head)) => return Ok(head),
-                Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err((Sent::Response, "response head too large".into()));
-                }
-                Ok(None) => break,
-                Err(e) => return Err((Sent::Response, e)),
-            }
-            if buf.is_empty() {
-                break;
-            }
-        }
-        if buf.capacity() == buf.len() {
-            buf.reserve(BUFFER);
-        }
-    }
 }

@@ -21,13 +21,14 @@ use hyper_util::server::conn::auto;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::fast::upstream::{BufferedRequest, ReplicaBody};
 use super::forward::{self, AttemptError, Sent};
 use super::front::{ActiveGuard, Activity};
 use super::{ClientInfo, Proxy, ProxyBody, ProxyError, error_chain, headers, upload, websocket};
 use crate::ops::{Trace, TracedBody, request_id};
 use crate::proxy::affinity;
 use crate::proxy::balance::Pick;
-use crate::proxy::pool::{PoolError, PooledBody, UpstreamBody};
+use crate::proxy::pool::{BoxError, PoolError, PooledBody, UpstreamBody};
 use crate::supervisor::replica::InFlight;
 
 impl Proxy {
@@ -55,7 +56,10 @@ impl Proxy {
             let (proxy, client) = (Arc::clone(&proxy), Arc::clone(&client));
             let active = client.activity.as_ref().map(Activity::begin);
             async move {
-                let resp = proxy.handle(req, &client).await;
+                // Boxed: hyper moves the future of each request a few times
+                // (into its stream task, into the task's cell); a pointer is
+                // cheaper to move than the whole forwarding state.
+                let resp = Box::pin(proxy.handle(req, &client)).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     inner: body,
                     _active: active,
@@ -123,26 +127,29 @@ impl Proxy {
             &config,
         );
         let failure = upload::ClientFailure::default();
-        let upload = upload::Upload::new(body, config.body_read_timeout, Arc::clone(&failure));
         // A body small enough to buffer makes the request safe to resend.
         let limit = config.retry_body_limit as u64;
-        let body = if upload.is_end_stream() {
+        let body = if body.is_end_stream() {
+            // No upload to follow: the common case costs no allocation.
             Body::Buffered(Bytes::new())
-        } else if upload.size_hint().upper().is_some_and(|n| n <= limit) {
-            match Limited::new(upload, config.retry_body_limit)
-                .collect()
-                .await
-            {
-                Ok(collected) => Body::Buffered(collected.to_bytes()),
-                Err(e) => {
-                    return Err(failure
-                        .get()
-                        .cloned()
-                        .unwrap_or_else(|| ProxyError::ClientBody(e.to_string())));
-                }
-            }
         } else {
-            Body::Streamed(Some(upload))
+            let upload = upload::Upload::new(body, config.body_read_timeout, Arc::clone(&failure));
+            if upload.size_hint().upper().is_some_and(|n| n <= limit) {
+                match Limited::new(upload, config.retry_body_limit)
+                    .collect()
+                    .await
+                {
+                    Ok(collected) => Body::Buffered(collected.to_bytes()),
+                    Err(e) => {
+                        return Err(failure
+                            .get()
+                            .cloned()
+                            .unwrap_or_else(|| ProxyError::ClientBody(e.to_string())));
+                    }
+                }
+            } else {
+                Body::Streamed(Some(upload))
+            }
         };
         // Only a service with affinity looks for a session key.
         let key = service.affinity().and_then(|a| {
@@ -155,11 +162,16 @@ impl Proxy {
         let mut attempt = HyperAttempt {
             parts,
             body,
+            upgrade: client_upgrade.is_some(),
             pending: None,
             upload_limit: config.max_streamed_uploads,
             queue_deadline: Instant::now() + config.queue_timeout,
         };
-        let mut response_deadline = forward::LazyDeadline::new(Instant::now());
+        // Its timer armed at a deadline ahead, not now: one that expires at
+        // once is armed twice, and a timer earlier than the thread's next
+        // one wakes the thread's event loop with a system call.
+        let mut response_deadline =
+            forward::LazyDeadline::new(Instant::now() + config.response_timeout);
         let forwarded = forward::forward(
             &config,
             &service,
@@ -222,6 +234,8 @@ enum Body {
 struct HyperAttempt {
     parts: http::request::Parts,
     body: Body,
+    /// The client asks for an upgrade: only a hyper connection carries it.
+    upgrade: bool,
     /// A request a failed attempt handed back unwritten.
     pending: Option<Request<UpstreamBody>>,
     upload_limit: usize,
@@ -286,12 +300,19 @@ impl HyperAttempt {
 }
 
 impl forward::Attempt for HyperAttempt {
-    type Output = Response<PooledBody>;
+    type Output = Response<FromReplica>;
 
-    async fn send(&mut self, pick: &Pick) -> Result<Response<PooledBody>, AttemptError> {
+    async fn send(&mut self, pick: &Pick) -> Result<Response<FromReplica>, AttemptError> {
+        // A buffered body, no upgrade: bytes on a plain socket, as the fast
+        // path sends (no hyper client connection, its task and channels).
+        if let (Body::Buffered(body), false) = (&self.body, self.upgrade) {
+            let mut request = BufferedRequest::new(&self.parts, body);
+            let resp = forward::Attempt::send(&mut request, pick).await?;
+            return Ok(resp.map(FromReplica::Socket));
+        }
         let req = self.request(pick).await?;
         let failure = match pick.pool.conns().send(req).await {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => return Ok(resp.map(FromReplica::Hyper)),
             Err(failure) => failure,
         };
         let message = error_chain(&failure.error);
@@ -391,8 +412,45 @@ fn spawn_tunnel(tunnel: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
+/// A response body from a replica: read by a hyper client connection (a
+/// streamed request's response, an upgrade's), or from a plain socket.
+#[derive(Debug)]
+pub(super) enum FromReplica {
+    Hyper(PooledBody),
+    Socket(ReplicaBody),
+}
+
+impl hyper::body::Body for FromReplica {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Socket(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Socket(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Socket(b) => b.size_hint(),
+        }
+    }
+}
+
 fn respond(
-    mut resp: Response<PooledBody>,
+    mut resp: Response<FromReplica>,
     guard: InFlight,
     replica: &crate::supervisor::replica::Replica,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,

@@ -1,7 +1,12 @@
 //! Where a response body ends, found as its bytes pass through unchanged:
 //! a `Content-Length` count, or a small state machine over chunked framing.
+//! The same machine decodes a chunked body for the hyper path
+//! ([`Body::take_data`]): its data, and its trailer section.
 
 use super::head::Framing;
+
+/// Largest trailer section kept from a decoded chunked body.
+const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Follows a response body as it passes through, to find where it ends.
 #[derive(Debug)]
@@ -10,6 +15,9 @@ pub(super) struct Body {
     /// Bytes left of a `Content-Length` body or of the current chunk.
     remaining: u64,
     chunk: ChunkState,
+    /// The trailer section of a chunked body being decoded, once it began
+    /// (`None` while passing bytes through).
+    trailers: Option<Vec<u8>>,
 }
 
 /// Where a chunked body is, between the bytes seen so far and the next.
@@ -48,7 +56,64 @@ impl Body {
                 _ => 0,
             },
             chunk: ChunkState::Size { digits: 0 },
+            trailers: None,
         }
+    }
+
+    /// A body to decode: [`Body::take_data`] separates the data of a chunked
+    /// body from its framing, and keeps its trailer section.
+    pub(super) fn decoding(framing: Framing) -> Self {
+        Self {
+            trailers: Some(Vec::new()),
+            ..Self::new(framing)
+        }
+    }
+
+    /// The framing of the body.
+    pub(super) fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Bytes of the body still to come, when its length is known.
+    pub(super) fn remaining(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Empty => Some(0),
+            Framing::Length(_) => Some(self.remaining),
+            Framing::Chunked | Framing::UntilClose => None,
+        }
+    }
+
+    /// The trailer section of a decoded chunked body (its lines, each with
+    /// its CRLF, and the final CRLF), once the body is done; empty when it
+    /// had none.
+    pub(super) fn take_trailers(&mut self) -> Vec<u8> {
+        self.trailers.take().unwrap_or_default()
+    }
+
+    /// Takes bytes from the front of `bytes` up to the end of the next run
+    /// of body data (a chunked body's framing is consumed, not returned);
+    /// returns how many were taken and where the data is among them (an
+    /// empty range when only framing was). A decoding body (see
+    /// [`Body::decoding`]) keeps the trailer section.
+    pub(super) fn take_data(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<(usize, std::ops::Range<usize>), String> {
+        if self.framing != Framing::Chunked {
+            let n = self.take(bytes)?;
+            return Ok((n, 0..n));
+        }
+        let mut i = 0;
+        while i < bytes.len() && self.chunk != ChunkState::Done {
+            if self.chunk == ChunkState::Data {
+                let start = i;
+                i += self.take_chunk_data(bytes.len() - i);
+                return Ok((i, start..i));
+            }
+            self.step(bytes[i])?;
+            i += 1;
+        }
+        Ok((i, i..i))
     }
 
     /// Whether the whole body went by.
@@ -79,47 +144,66 @@ impl Body {
     }
 
     fn take_chunked(&mut self, bytes: &[u8]) -> Result<usize, String> {
-        use ChunkState::*;
         let mut i = 0;
-        while i < bytes.len() && self.chunk != Done {
-            if self.chunk == Data {
-                let n =
-                    (bytes.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-                self.remaining -= n as u64;
-                i += n;
-                if self.remaining == 0 {
-                    self.chunk = DataCr;
-                }
+        while i < bytes.len() && self.chunk != ChunkState::Done {
+            if self.chunk == ChunkState::Data {
+                i += self.take_chunk_data(bytes.len() - i);
                 continue;
             }
-            let b = bytes[i];
+            self.step(bytes[i])?;
             i += 1;
-            self.chunk = match (self.chunk, b) {
-                (Size { digits }, b) if b.is_ascii_hexdigit() => {
-                    if digits >= 15 {
-                        return Err("chunk size too large".into());
-                    }
-                    let d = (b as char).to_digit(16).unwrap_or_default();
-                    self.remaining = self.remaining * 16 + u64::from(d);
-                    Size { digits: digits + 1 }
-                }
-                (Size { digits }, b';' | b' ' | b'\t') if digits > 0 => Extension,
-                (Size { digits }, b'\r') if digits > 0 => SizeLf,
-                (Extension, b'\r') => SizeLf,
-                (Extension, _) => Extension,
-                (SizeLf, b'\n') if self.remaining == 0 => TrailerStart,
-                (SizeLf, b'\n') => Data,
-                (DataCr, b'\r') => DataLf,
-                (DataLf, b'\n') => Size { digits: 0 },
-                (TrailerStart, b'\r') => EndLf,
-                (Trailer, b'\r') => TrailerLf,
-                (TrailerStart | Trailer, _) => Trailer,
-                (TrailerLf, b'\n') => TrailerStart,
-                (EndLf, b'\n') => Done,
-                (state, b) => return Err(format!("invalid chunked body at {state:?} ({b:#04x})")),
-            };
         }
         Ok(i)
+    }
+
+    /// Takes up to `available` bytes of the current chunk's data; returns
+    /// how many.
+    fn take_chunk_data(&mut self, available: usize) -> usize {
+        let n = available.min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        self.remaining -= n as u64;
+        if self.remaining == 0 {
+            self.chunk = ChunkState::DataCr;
+        }
+        n
+    }
+
+    /// Moves the chunked framing's state over one byte that is not chunk
+    /// data.
+    fn step(&mut self, b: u8) -> Result<(), String> {
+        use ChunkState::*;
+        if let (Some(trailers), TrailerStart | Trailer | TrailerLf | EndLf) =
+            (&mut self.trailers, self.chunk)
+        {
+            if trailers.len() >= MAX_TRAILERS {
+                return Err("trailer section too large".into());
+            }
+            trailers.push(b);
+        }
+        self.chunk = match (self.chunk, b) {
+            (Size { digits }, b) if b.is_ascii_hexdigit() => {
+                if digits >= 15 {
+                    return Err("chunk size too large".into());
+                }
+                let d = (b as char).to_digit(16).unwrap_or_default();
+                self.remaining = self.remaining * 16 + u64::from(d);
+                Size { digits: digits + 1 }
+            }
+            (Size { digits }, b';' | b' ' | b'\t') if digits > 0 => Extension,
+            (Size { digits }, b'\r') if digits > 0 => SizeLf,
+            (Extension, b'\r') => SizeLf,
+            (Extension, _) => Extension,
+            (SizeLf, b'\n') if self.remaining == 0 => TrailerStart,
+            (SizeLf, b'\n') => Data,
+            (DataCr, b'\r') => DataLf,
+            (DataLf, b'\n') => Size { digits: 0 },
+            (TrailerStart, b'\r') => EndLf,
+            (Trailer, b'\r') => TrailerLf,
+            (TrailerStart | Trailer, _) => Trailer,
+            (TrailerLf, b'\n') => TrailerStart,
+            (EndLf, b'\n') => Done,
+            (state, b) => return Err(format!("invalid chunked body at {state:?} ({b:#04x})")),
+        };
+        Ok(())
     }
 }
 

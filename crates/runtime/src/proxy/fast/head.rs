@@ -10,7 +10,7 @@ use crate::proxy::forward::{IDEMPOTENCY_KEY, Replay};
 use crate::proxy::{ClientInfo, headers};
 
 /// Most headers parsed in a request or response head (hyper's default).
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 
 /// Most header names a `Connection` header may list on the fast path.
 const MAX_CONNECTION_TOKENS: usize = 8;
