@@ -3,37 +3,11 @@
 //! checked, and the backend can tell which of its connections a request
 //! came on.
 
-use dropless_runtime::config::{ServiceConfig, Version};
+use dropless_runtime::config::Version;
 use dropless_runtime::signal::Shutdown;
 
 use crate::fixtures::raw::*;
 use crate::fixtures::{self, Harness};
-
-/// A runtime whose only service routes to `backend` (a target probed with a
-/// TCP connect), changed by `tweak`, with its replica routable.
-async fn start(
-    backend: &Backend,
-    tweak: impl FnOnce(&mut ServiceConfig),
-) -> (tempfile::TempDir, Harness) {
-    start_with(backend, tweak, |_| {}).await
-}
-
-/// [`start`], with the runtime's configuration changed by `config`.
-async fn start_with(
-    backend: &Backend,
-    tweak: impl FnOnce(&mut ServiceConfig),
-    config: impl FnOnce(&mut dropless_runtime::config::Config),
-) -> (tempfile::TempDir, Harness) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = fixtures::service("web", Version::target(backend.addr), 1);
-    service.probe.path = String::new();
-    tweak(&mut service);
-    let mut c = fixtures::config(dir.path(), vec![service]);
-    config(&mut c);
-    let h = Harness::start(c).await;
-    h.wait_routable(1).await;
-    (dir, h)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_requests_pipelined_large_and_handed_to_hyper_on_one_tls_connection() {
@@ -549,11 +523,6 @@ async fn a_replica_that_never_answers_gets_a_504_after_the_response_timeout_on_b
         .count();
     assert_eq!(silent, 2);
     h.stop(Shutdown::Fast).await;
-}
-
-/// Executions of requests to `path` the backend received.
-fn executions(backend: &Backend, path: &str) -> usize {
-    backend.received().iter().filter(|r| r.path == path).count()
 }
 
 fn post(path: &str, extra: &str) -> Vec<u8> {

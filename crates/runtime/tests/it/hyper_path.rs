@@ -1,0 +1,464 @@
+//! The hyper path's exchange on the fast path's sockets, attacked from an
+//! HTTP/2 client: a request whose body is buffered goes to the replica as
+//! HTTP/1.1 bytes on a pooled plain socket and its response body is read
+//! from that socket. An h2c client (prior knowledge) talks to the proxy in
+//! front of the scripted raw backend, which tells which of its connections
+//! each request came on: a socket the proxy reused carries the next request.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use dropless_runtime::signal::Shutdown;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::fixtures::WAIT;
+use crate::fixtures::raw::*;
+
+/// An h2c connection to the proxy (HTTP/2 with prior knowledge); its
+/// sender is cloned for concurrent streams.
+async fn h2(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect to the proxy");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("an h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// A request for `path` on `app.test` (its `:authority`), with `body`.
+fn request(method: &str, path: &str, body: &[u8]) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://app.test{path}"))
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap()
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    request("GET", path, b"")
+}
+
+/// A response as the h2 client got it.
+#[derive(Debug)]
+struct Got {
+    /// 0 when the stream failed before a response head.
+    status: u16,
+    headers: HeaderMap,
+    /// The data of the body, as far as it came.
+    data: Vec<u8>,
+    trailers: Option<HeaderMap>,
+    /// What ended the body's stream when it did not end cleanly.
+    error: Option<String>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The body as text, after asserting a clean end of stream.
+    fn text(&self) -> String {
+        assert_eq!(self.error, None, "the stream ended cleanly");
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+/// Sends `req` on `sender` and reads the whole response.
+async fn send(sender: &SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
+    let mut sender = sender.clone();
+    let what = format!("{} {}", req.method(), req.uri());
+    tokio::time::timeout(WAIT, async move {
+        let mut got = Got {
+            status: 0,
+            headers: HeaderMap::new(),
+            data: Vec::new(),
+            trailers: None,
+            error: None,
+        };
+        let (parts, mut body) = match sender.send_request(req).await {
+            Ok(resp) => resp.into_parts(),
+            Err(e) => {
+                got.error = Some(format!("{e:?}"));
+                return got;
+            }
+        };
+        got.status = parts.status.as_u16();
+        got.headers = parts.headers;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => got.data.extend_from_slice(&data),
+                    Err(frame) => got.trailers = frame.into_trailers().ok(),
+                },
+                Err(e) => {
+                    got.error = Some(format!("{e:?}"));
+                    break;
+                }
+            }
+        }
+        got
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no whole response to {what} in time"))
+}
+
+/// Asserts whether the request to `next` came on the backend connection
+/// the one to `first` came on: whether the proxy reused that socket.
+fn assert_reused(backend: &Backend, first: &str, next: &str, reused: bool) {
+    let (a, b) = (conn_of(backend, first), conn_of(backend, next));
+    assert_eq!(
+        a == b,
+        reused,
+        "{first} came on backend connection {a}, {next} on {b}"
+    );
+}
+
+/// The backend connection the first request to `path` came on.
+fn conn_of(backend: &Backend, path: &str) -> usize {
+    backend
+        .received()
+        .iter()
+        .find(|r| r.path == path)
+        .unwrap_or_else(|| panic!("no request to {path} received"))
+        .conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_s_data_and_trailers_reach_an_h2_client_and_its_socket_is_reused() {
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kind: chunks\r\n\r\n\
+        5;name=value\r\nhello\r\n1;a=\"q;x\"\r\n,\r\n6\r\n world\r\n0;last\r\n\
+        x-checksum: abc\r\nx-more: 1\r\n\r\n";
+    let backend = Backend::start(vec![
+        ("/chunked", Reply::Keep(response.to_vec())),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/chunked")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "hello, world"));
+    assert_eq!(got.header("x-kind"), Some("chunks"));
+    assert_eq!(got.header("transfer-encoding"), None);
+    let trailers = got.trailers.expect("trailers");
+    assert_eq!(trailers.len(), 2, "{trailers:?}");
+    assert_eq!(trailers["x-checksum"], "abc");
+    assert_eq!(trailers["x-more"], "1");
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    assert_reused(&backend, "/chunked", "/after", true);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mebibyte_bodies_with_a_length_and_chunked_reach_an_h2_client_intact() {
+    let data = pattern(1 << 20);
+    let mut chunked_response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    chunked_response.extend_from_slice(&chunked(&data));
+    let backend = Backend::start(vec![
+        ("/big", Reply::Keep(with_length("200 OK", &data))),
+        ("/big-chunked", Reply::Keep(chunked_response)),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    for path in ["/big", "/big-chunked"] {
+        let got = send(&client, get(path)).await;
+        assert_eq!((got.status, &got.error), (200, &None), "{path}");
+        assert_eq!(got.data.len(), data.len(), "{path}");
+        assert!(got.data == data, "the body of {path} differs");
+        assert!(got.trailers.is_none(), "{path}: {:?}", got.trailers);
+    }
+    // A chunked body's end is read with its last chunk: the socket is
+    // given back.
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    assert_reused(&backend, "/big-chunked", "/after", true);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_until_close_reaches_an_h2_client_whole_and_the_next_request_connects_anew() {
+    let body = pattern(200 * 1024);
+    let mut response =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    response.extend_from_slice(&body);
+    let backend = Backend::start(vec![
+        ("/until-close", Reply::Close(response)),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/until-close")).await;
+    assert_eq!((got.status, &got.error), (200, &None), "a clean end");
+    assert!(
+        got.data == body,
+        "body of {} bytes, {} expected",
+        got.data.len(),
+        body.len()
+    );
+    assert_eq!(got.header("content-length"), None);
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    assert_reused(&backend, "/until-close", "/after", false);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_reach_an_h2_client_without_a_body_and_the_socket_is_reused_after_each() {
+    let backend = Backend::start(vec![
+        (
+            "/head",
+            Reply::Keep(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nx-n: 0\r\n\r\n".to_vec()),
+        ),
+        (
+            "/no-content",
+            Reply::Keep(b"HTTP/1.1 204 No Content\r\nx-n: 1\r\n\r\n".to_vec()),
+        ),
+        (
+            "/not-modified",
+            Reply::Keep(
+                b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            ),
+        ),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, request("HEAD", "/head", b"")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, ""));
+    assert_eq!(
+        got.header("content-length"),
+        Some("1234"),
+        "the announced length"
+    );
+    assert_eq!(got.header("x-n"), Some("0"));
+    let got = send(&client, get("/no-content")).await;
+    assert_eq!((got.status, got.text().as_str()), (204, ""));
+    assert_eq!(got.header("x-n"), Some("1"));
+    let got = send(&client, get("/not-modified")).await;
+    assert_eq!((got.status, got.text().as_str()), (304, ""));
+    assert_eq!(got.header("etag"), Some("\"v1\""));
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    let received = backend.requests(4).await;
+    assert_eq!(received[0].method, "HEAD");
+    assert!(
+        received.iter().all(|r| r.conn == received[0].conn),
+        "one upstream connection: {:?}",
+        received
+            .iter()
+            .map(|r| (&r.path, r.conn))
+            .collect::<Vec<_>>()
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_breaking_off_mid_body_fails_only_that_h2_stream_and_its_socket_is_dropped() {
+    let body = pattern(100);
+    let mut partial = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec();
+    partial.extend_from_slice(&body[..50]);
+    // Framing that breaks mid-body on a connection the replica keeps open:
+    // only the proxy can decide not to use it again.
+    let bad_chunk =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".to_vec();
+    let backend = Backend::start(vec![
+        ("/broken", Reply::Close(partial)),
+        ("/bad-chunk", Reply::Keep(bad_chunk)),
+        ("/other", Reply::Keep(ok("other"))),
+        ("/after", Reply::Keep(ok("after"))),
+        ("/after-chunk", Reply::Keep(ok("after chunk"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    // Two streams at once on one h2 connection: one breaks.
+    let (broken, other) = tokio::join!(send(&client, get("/broken")), send(&client, get("/other")));
+    // The stream is reset, with or without its head and part of its body
+    // (hyper's h2 server drops frames it had not sent yet).
+    assert!(
+        broken.error.is_some(),
+        "a clean end after {} of 100 bytes",
+        broken.data.len()
+    );
+    assert!(
+        body.starts_with(&broken.data) && broken.data.len() <= 50,
+        "{} bytes",
+        broken.data.len()
+    );
+    assert_eq!(other.text(), "other");
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    assert_reused(&backend, "/broken", "/after", false);
+    let got = send(&client, get("/bad-chunk")).await;
+    assert!(got.error.is_some(), "a clean end after {:?}", got.data);
+    assert_eq!(
+        send(&client, get("/after-chunk")).await.text(),
+        "after chunk"
+    );
+    assert_reused(&backend, "/bad-chunk", "/after-chunk", false);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_length_body_are_not_given_to_the_h2_client_and_the_socket_is_not_reused() {
+    // What follows the body looks like the next response: on a reused
+    // socket it would answer the next request.
+    let mut response = ok("body");
+    response.extend_from_slice(&with_length("200 OK", b"forged"));
+    let backend = Backend::start(vec![
+        ("/extra", Reply::Keep(response)),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/extra")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "body"));
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    assert_reused(&backend, "/extra", "/after", false);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_100_and_103_responses_before_the_final_one_are_skipped() {
+    let response = b"HTTP/1.1 100 Continue\r\n\r\n\
+        HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+        HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-final: 1\r\n\r\nok";
+    let backend = Backend::start(vec![
+        ("/hints", Reply::Keep(response.to_vec())),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/hints")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "ok"));
+    assert_eq!(got.header("x-final"), Some("1"));
+    assert_eq!(
+        got.header("link"),
+        None,
+        "the hint's header is not the response's"
+    );
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    assert_reused(&backend, "/hints", "/after", true);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_h2_post_reaches_the_replica_with_its_exact_length_and_not_chunked() {
+    let backend = Backend::start(vec![
+        (
+            "/upload?x=1",
+            Reply::Keep(with_length("201 Created", b"stored")),
+        ),
+        ("/empty", Reply::Keep(ok("empty"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    // With the bytes that end an HTTP/1.1 head, and what looks like a
+    // request after them.
+    let mut body = pattern(3000);
+    body[100..104].copy_from_slice(b"\r\n\r\n");
+    body[104..139].copy_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
+    let got = send(&client, request("POST", "/upload?x=1", &body)).await;
+    assert_eq!((got.status, got.text().as_str()), (201, "stored"));
+    let got = send(&client, request("POST", "/empty", b"")).await;
+    assert_eq!(got.text(), "empty");
+    let received = backend.requests(2).await;
+    let r = &received[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/upload?x=1")
+    );
+    assert_eq!(r.all("content-length"), [body.len().to_string()]);
+    assert!(r.all("transfer-encoding").is_empty(), "{:?}", r.headers);
+    assert!(r.body == body, "body of {} bytes forwarded", r.body.len());
+    assert!(r.raw.ends_with(&body), "{}", lossy(&r.raw));
+    assert_eq!(r.all("host"), ["app.test"]);
+    assert_eq!(r.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(r.all("x-forwarded-host"), ["app.test"]);
+    // A POST without a body says so.
+    let r = &received[1];
+    assert_eq!(r.all("content-length"), ["0"]);
+    assert!(r.all("transfer-encoding").is_empty(), "{:?}", r.headers);
+    assert!(r.body.is_empty());
+    assert_eq!(received.len(), 2, "nothing smuggled");
+    assert_eq!(backend.received().len(), 2, "nothing smuggled");
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_post_the_replica_read_and_then_dropped_is_executed_once_and_answered_502() {
+    let backend = Backend::start(vec![
+        ("/crash", Reply::Close(Vec::new())),
+        ("/reset", Reply::Reset),
+        ("/warm", Reply::Keep(ok("warm"))),
+        ("/stale", Reply::Close(Vec::new())),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    for path in ["/crash", "/reset"] {
+        let got = send(&client, request("POST", path, b"hi")).await;
+        assert_eq!(
+            (got.status, got.header("x-dropless-error")),
+            (502, Some("upstream")),
+            "{path}"
+        );
+    }
+    // A pooled socket that the replica closes after reading the request.
+    assert_eq!(send(&client, get("/warm")).await.text(), "warm");
+    let got = send(&client, request("POST", "/stale", b"hi")).await;
+    assert_eq!(got.status, 502);
+    assert_reused(&backend, "/warm", "/stale", true);
+    for path in ["/crash", "/reset", "/stale"] {
+        assert_eq!(executions(&backend, path), 1, "{path} executed once");
+    }
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_get_the_replica_dropped_is_sent_again_and_succeeds() {
+    let backend = Backend::start(vec![
+        ("/flaky-get", Reply::FailFirst(ok("second try"))),
+        ("/flaky-put", Reply::FailFirst(ok("second try"))),
+        ("/flaky-post", Reply::FailFirst(ok("second try"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/flaky-get")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "second try"));
+    assert_eq!(executions(&backend, "/flaky-get"), 2);
+    let got = send(&client, request("PUT", "/flaky-put", b"hi")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "second try"));
+    assert_eq!(executions(&backend, "/flaky-put"), 2);
+    // Not idempotent: once, and the client is told.
+    let got = send(&client, request("POST", "/flaky-post", b"hi")).await;
+    assert_eq!(got.status, 502);
+    assert_eq!(executions(&backend, "/flaky-post"), 1);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_request_without_authority_or_host_gets_the_replica_address_as_host() {
+    let backend = Backend::start(vec![("/who", Reply::Keep(ok("me")))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    // A relative URI in an HTTP/1.1-versioned request: hyper's h2 client
+    // sends `:scheme http` and `:path`, no `:authority`; no `Host` either.
+    let req = Request::get("/who").body(Full::new(Bytes::new())).unwrap();
+    let got = send(&client, req).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "me"));
+    let r = &backend.requests(1).await[0];
+    assert_eq!(r.all("host"), [backend.addr.to_string()]);
+    assert!(r.all("x-forwarded-host").is_empty(), "{:?}", r.headers);
+    h.stop(Shutdown::Fast).await;
+}
