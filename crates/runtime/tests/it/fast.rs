@@ -21,17 +21,7 @@ async fn https_requests_pipelined_large_and_handed_to_hyper_on_one_tls_connectio
         ("/after", Reply::Keep(ok("after"))),
     ])
     .await;
-    let tls_dir = tempfile::tempdir().unwrap();
-    let (cert, key, tls) = client_tls(tls_dir.path());
-    let (_dir, h) = start_with(
-        &backend,
-        |_| {},
-        |c| {
-            c.proxy.tls_cert = Some(cert);
-            c.proxy.tls_key = Some(key);
-        },
-    )
-    .await;
+    let (_dir, h, tls) = start_tls(&backend).await;
     let mut client = Client::connect_tls(h.addr, tls).await;
     // Two requests in one write (one TLS record): the first exactly fills
     // the proxy's 8 KiB read buffer, so the second is decrypted with it and

@@ -462,3 +462,151 @@ async fn an_h2_request_without_authority_or_host_gets_the_replica_address_as_hos
     assert!(r.all("x-forwarded-host").is_empty(), "{:?}", r.headers);
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_says_it_closes_does_not_give_its_socket_back_even_if_left_open() {
+    // Both keep their connection open: only their heads say they close.
+    let backend = Backend::start(vec![
+        (
+            "/says-close",
+            Reply::Keep(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            ),
+        ),
+        (
+            "/http10",
+            Reply::Keep(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+        ),
+        ("/after", Reply::Keep(ok("after"))),
+        ("/after-10", Reply::Keep(ok("after 1.0"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/says-close")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "ok"));
+    assert_eq!(got.header("connection"), None);
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    assert_reused(&backend, "/says-close", "/after", false);
+    assert_eq!(send(&client, get("/http10")).await.text(), "ok");
+    assert_eq!(send(&client, get("/after-10")).await.text(), "after 1.0");
+    assert_reused(&backend, "/http10", "/after-10", false);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_h2_streams_each_get_their_own_body_and_share_the_pooled_sockets() {
+    const STREAMS: usize = 24;
+    // Bodies of different sizes, every third one chunked.
+    let bodies: Vec<Vec<u8>> = (0..STREAMS)
+        .map(|i| {
+            let mut b = pattern(1000 + i * 7919);
+            b[..8].copy_from_slice(format!("body{i:04}").as_bytes());
+            b
+        })
+        .collect();
+    let paths: Vec<String> = (0..STREAMS).map(|i| format!("/p{i}")).collect();
+    let script = paths
+        .iter()
+        .zip(&bodies)
+        .enumerate()
+        .map(|(i, (path, body))| {
+            let response = if i % 3 == 0 {
+                let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                r.extend_from_slice(&chunked(body));
+                r
+            } else {
+                with_length("200 OK", body)
+            };
+            (path.as_str(), Reply::Keep(response))
+        })
+        .collect();
+    let backend = Backend::start(script).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    for round in 0..3 {
+        let all = paths.iter().map(|p| send(&client, get(p)));
+        let got = futures_util::future::join_all(all).await;
+        for (i, got) in got.iter().enumerate() {
+            assert_eq!(
+                (got.status, &got.error),
+                (200, &None),
+                "round {round} /p{i}"
+            );
+            assert!(
+                got.data == bodies[i],
+                "round {round}: /p{i} got {} bytes starting {:?}",
+                got.data.len(),
+                lossy(&got.data[..got.data.len().min(8)])
+            );
+        }
+    }
+    let received = backend.requests(3 * STREAMS).await;
+    let mut conns: Vec<_> = received.iter().map(|r| r.conn).collect();
+    conns.sort_unstable();
+    conns.dedup();
+    assert!(
+        conns.len() < 3 * STREAMS,
+        "no socket reused: {} connections for {} requests",
+        conns.len(),
+        3 * STREAMS
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_answers_an_h2_request_gets_a_504_after_the_response_timeout() {
+    let backend = Backend::start(vec![
+        ("/silent", Reply::Silent),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let timeout = std::time::Duration::from_millis(300);
+    let (_dir, h) = start_with(&backend, |_| {}, |c| c.proxy.response_timeout = timeout).await;
+    let client = h2(h.addr).await;
+    let began = std::time::Instant::now();
+    let got = send(&client, get("/silent")).await;
+    assert_eq!(
+        (got.status, got.header("x-dropless-error")),
+        (504, Some("upstream"))
+    );
+    assert!(
+        began.elapsed() >= timeout,
+        "504 after {:?}",
+        began.elapsed()
+    );
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    // Not sent again: the replica may be working on it.
+    assert_eq!(executions(&backend, "/silent"), 1);
+    assert_reused(&backend, "/silent", "/after", false);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_gets_chunked_data_and_trailers_and_reuses_the_socket() {
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;ext\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n";
+    let backend = Backend::start(vec![
+        ("/chunked", Reply::Keep(response.to_vec())),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h, tls) = start_tls(&backend).await;
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let stream = tls_connect(h.addr, std::sync::Arc::new(tls)).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("an h2 handshake");
+    tokio::spawn(conn);
+    let got = send(&client, get("/chunked")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "hello"));
+    assert_eq!(got.trailers.expect("trailers")["x-checksum"], "abc");
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    assert_reused(&backend, "/chunked", "/after", true);
+    let received = backend.requests(2).await;
+    assert_eq!(received[0].all("x-forwarded-proto"), ["https"]);
+    h.stop(Shutdown::Fast).await;
+}
