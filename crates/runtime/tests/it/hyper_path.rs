@@ -610,3 +610,59 @@ async fn h2_over_tls_gets_chunked_data_and_trailers_and_reuses_the_socket() {
     assert_eq!(received[0].all("x-forwarded-proto"), ["https"]);
     h.stop(Shutdown::Fast).await;
 }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_of_a_length_body_longer_than_a_read_is_reused() {
+    let data = pattern(1 << 20);
+    let backend = Backend::start(vec![
+        ("/big", Reply::Keep(with_length("200 OK", &data))),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/big")).await;
+    assert_eq!((got.status, &got.error), (200, &None));
+    assert!(got.data == data, "the body differs");
+    assert_eq!(send(&client, get("/after")).await.text(), "after");
+    // The body ended cleanly with nothing after it: its socket goes back
+    // to the pool (as a chunked body's does).
+    assert_reused(&backend, "/big", "/after", true);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_cookie_fields_reach_the_replica_as_one_cookie_header() {
+    let backend = Backend::start(vec![("/cookies", Reply::Keep(ok("ok")))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    // HTTP/2 clients send each cookie as its own field (RFC 9113 §8.2.3,
+    // for compression); HTTP/1.1 has one `Cookie` line.
+    let mut req = get("/cookies");
+    req.headers_mut().append("cookie", "a=1".parse().unwrap());
+    req.headers_mut().append("cookie", "b=2".parse().unwrap());
+    assert_eq!(send(&client, req).await.text(), "ok");
+    let r = &backend.requests(1).await[0];
+    assert_eq!(r.all("cookie"), ["a=1; b=2"], "{}", lossy(&r.raw));
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_specific_trailer_fields_are_dropped_and_the_h2_stream_ends_cleanly() {
+    // Connection-specific fields make an HTTP/2 message malformed (RFC
+    // 9113 §8.2.2): a proxy translating from HTTP/1.1 removes them, from
+    // trailers as from headers (h2 refuses to send them and resets).
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n0\r\nx-checksum: abc\r\nconnection: close\r\nkeep-alive: timeout=5\r\n\r\n";
+    let backend = Backend::start(vec![("/trailers", Reply::Keep(response.to_vec()))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/trailers")).await;
+    assert_eq!(
+        (got.status, got.error.as_deref(), lossy(&got.data).as_str()),
+        (200, None, "hello")
+    );
+    let trailers = got.trailers.expect("trailers");
+    assert_eq!(trailers.len(), 1, "{trailers:?}");
+    assert_eq!(trailers["x-checksum"], "abc");
+    h.stop(Shutdown::Fast).await;
+}
