@@ -120,6 +120,15 @@ fn assert_reused(backend: &Backend, first: &str, next: &str, reused: bool) {
     );
 }
 
+/// Asserts that the backend received all of `received` on one connection.
+fn assert_one_connection(received: &[Received]) {
+    let conns: Vec<_> = received.iter().map(|r| (&r.path, r.conn)).collect();
+    assert!(
+        conns.iter().all(|(_, c)| *c == conns[0].1),
+        "one upstream connection: {conns:?}"
+    );
+}
+
 /// The backend connection the first request to `path` came on.
 fn conn_of(backend: &Backend, path: &str) -> usize {
     backend
@@ -248,14 +257,7 @@ async fn head_204_and_304_reach_an_h2_client_without_a_body_and_the_socket_is_re
     assert_eq!(send(&client, get("/after")).await.text(), "after");
     let received = backend.requests(4).await;
     assert_eq!(received[0].method, "HEAD");
-    assert!(
-        received.iter().all(|r| r.conn == received[0].conn),
-        "one upstream connection: {:?}",
-        received
-            .iter()
-            .map(|r| (&r.path, r.conn))
-            .collect::<Vec<_>>()
-    );
+    assert_one_connection(&received);
     h.stop(Shutdown::Fast).await;
 }
 
@@ -610,6 +612,53 @@ async fn h2_over_tls_gets_chunked_data_and_trailers_and_reuses_the_socket() {
     assert_eq!(received[0].all("x-forwarded-proto"), ["https"]);
     h.stop(Shutdown::Fast).await;
 }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_requests_handed_to_hyper_get_head_lengths_and_chunked_bodies_on_a_reused_socket() {
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n".to_vec();
+    let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        .to_vec();
+    let backend = Backend::start(vec![
+        ("/head", Reply::Keep(head)),
+        ("/chunked", Reply::Keep(chunked)),
+        ("/after", Reply::Keep(ok("after"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = Client::connect(h.addr).await;
+    // `Expect` makes the fast path hand the connection to hyper.
+    client
+        .send(b"HEAD /head HTTP/1.1\r\nHost: app.test\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let resp = client.response(true).await;
+    assert!(
+        resp.header("date").is_some(),
+        "hyper answered: {}",
+        lossy(&resp.raw)
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-length"),
+        Some("1234"),
+        "{}",
+        lossy(&resp.raw)
+    );
+    client.send(&crate::fixtures::raw::get("/chunked")).await;
+    let resp = client.response(false).await;
+    assert_eq!(resp.status, 200, "{}", lossy(&resp.raw));
+    let body = match resp.header("transfer-encoding") {
+        Some(_) => dechunk(&resp.body).expect("a whole chunked body").0,
+        None => resp.body.clone(),
+    };
+    assert_eq!(lossy(&body), "hello world");
+    client.send(&crate::fixtures::raw::get("/after")).await;
+    assert_eq!(lossy(&client.response(false).await.body), "after");
+    assert!(client.buf.is_empty(), "nothing beyond the responses");
+    let received = backend.requests(3).await;
+    assert_one_connection(&received);
+    h.stop(Shutdown::Fast).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_of_a_length_body_longer_than_a_read_is_reused() {
     let data = pattern(1 << 20);
