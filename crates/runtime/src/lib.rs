@@ -29,8 +29,9 @@
 //!
 //! Dependencies go one way: event ← replica ← probe/retire ← supervisor ←
 //! rollout ← control ← serve; the proxy reads supervisors and replicas.
-// Not `forbid`: `supervisor::process` needs one unsafe block (a `pre_exec`
-// hook).
+// Not `forbid`: `supervisor::process` needs unsafe blocks (a `pre_exec`
+// hook), and `proxy::threads` one (registering its listener with tokio's
+// `AsyncFd`, whose safety rests on the fd staying open).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -45,7 +45,7 @@ use crate::ops::metrics::Protocol;
 use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
-use front::{Activity, Batched, FrontStream};
+use front::{Activity, Batched, ClientSocket, FrontStream};
 use park::Parked;
 use session::until_done;
 
@@ -167,7 +167,7 @@ impl Proxy {
     async fn serve_connection(
         self: &Arc<Self>,
         builders: &Builders,
-        stream: TcpStream,
+        stream: ClientSocket,
         stop: &CancellationToken,
         peer: SocketAddr,
     ) -> Option<Parked> {
@@ -175,6 +175,14 @@ impl Proxy {
             return self.serve_plain(builders, stream, stop, peer).await;
         };
         self.ops.metrics().connection(Protocol::Https);
+        // The handshake waits for the client at least once anyway.
+        let stream = match stream.into_registered() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(%peer, "client connection: {e}");
+                return None;
+            }
+        };
         // Boxed: the TLS and HTTP/2 state would otherwise size the task of
         // every plain connection too, idle ones included.
         Box::pin(async {
@@ -237,7 +245,7 @@ impl Proxy {
     async fn serve_plain(
         self: &Arc<Self>,
         builders: &Builders,
-        mut stream: TcpStream,
+        mut stream: ClientSocket,
         stop: &CancellationToken,
         peer: SocketAddr,
     ) -> Option<Parked> {
@@ -285,7 +293,7 @@ impl Proxy {
     async fn serve_http1(
         self: &Arc<Self>,
         builders: &Builders,
-        mut stream: TcpStream,
+        mut stream: ClientSocket,
         ahead: BytesMut,
         stop: &CancellationToken,
         peer: SocketAddr,
@@ -298,7 +306,11 @@ impl Proxy {
         };
         let rest = match fast::serve(self, &client, &mut stream, ahead, stop).await {
             fast::Exit::Closed => return None,
-            fast::Exit::Park(deadline) => return Some(Parked { stream, deadline }),
+            // It waited for a request: registered already.
+            fast::Exit::Park(deadline) => {
+                let stream = stream.into_registered().ok()?;
+                return Some(Parked { stream, deadline });
+            }
             fast::Exit::Handoff(rest) => rest,
         };
         // Boxed: the task of a connection on the fast path holds no hyper
@@ -312,13 +324,17 @@ impl Proxy {
     async fn serve_hyper(
         self: &Arc<Self>,
         builders: &Builders,
-        stream: TcpStream,
+        stream: ClientSocket,
         ahead: Bytes,
         h2: bool,
         stop: &CancellationToken,
         peer: SocketAddr,
     ) {
         let timeout = self.config.load().header_read_timeout;
+        let stream = match stream.into_registered() {
+            Ok(stream) => stream,
+            Err(e) => return tracing::debug!(%peer, "client connection: {e}"),
+        };
         let activity = Arc::new(Activity::default());
         let service = Proxy::service(Arc::clone(self), peer, "http", Some(Arc::clone(&activity)));
         let mut stream = FrontStream::new(stream, ahead, Arc::clone(&activity));

@@ -83,8 +83,11 @@ impl Proxy {
             }
         };
         trace.status = resp.status().as_u16();
-        resp.headers_mut()
-            .insert(request_id::HEADER, trace.id.clone());
+        // Never indexed by HTTP/2's header compression: an id is used once,
+        // and indexing it costs a table insertion and eviction per response.
+        let mut id = trace.id.clone();
+        id.set_sensitive(true);
+        resp.headers_mut().insert(request_id::HEADER, id);
         resp.map(|body| TracedBody::new(body, trace, Arc::clone(&self.ops)).boxed())
     }
 
@@ -135,10 +138,7 @@ impl Proxy {
         } else {
             let upload = upload::Upload::new(body, config.body_read_timeout, Arc::clone(&failure));
             if upload.size_hint().upper().is_some_and(|n| n <= limit) {
-                match Limited::new(upload, config.retry_body_limit)
-                    .collect()
-                    .await
-                {
+                match Box::pin(Limited::new(upload, config.retry_body_limit).collect()).await {
                     Ok(collected) => Body::Buffered(collected.to_bytes()),
                     Err(e) => {
                         return Err(failure
@@ -299,6 +299,18 @@ impl HyperAttempt {
     }
 }
 
+impl HyperAttempt {
+    /// Sends the request on a hyper client connection (a streamed body, an
+    /// upgrade); `Err` when there is no request to send.
+    async fn send_on_hyper(
+        &mut self,
+        pick: &Pick,
+    ) -> Result<Result<Response<PooledBody>, crate::proxy::pool::SendFailure>, AttemptError> {
+        let req = self.request(pick).await?;
+        Ok(pick.pool.conns().send(req).await)
+    }
+}
+
 impl forward::Attempt for HyperAttempt {
     type Output = Response<FromReplica>;
 
@@ -310,8 +322,9 @@ impl forward::Attempt for HyperAttempt {
             let resp = forward::Attempt::send(&mut request, pick).await?;
             return Ok(resp.map(FromReplica::Socket));
         }
-        let req = self.request(pick).await?;
-        let failure = match pick.pool.conns().send(req).await {
+        // Boxed: the hyper client's futures would otherwise size the future
+        // of every request.
+        let failure = match Box::pin(self.send_on_hyper(pick)).await? {
             Ok(resp) => return Ok(resp.map(FromReplica::Hyper)),
             Err(failure) => failure,
         };

@@ -13,12 +13,60 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::front::ClientSocket;
 use super::{Builders, Proxy};
+
+/// Most connections accepted in one go before the thread serves others.
+const ACCEPT_BATCH: usize = 32;
+
+/// A thread's handle on the shared listening socket. Connections are
+/// accepted non-blocking and not registered with the thread's event loop
+/// (see [`ClientSocket`]): tokio's listener would register each at once.
+struct Listener(AsyncFd<socket2::Socket>);
+
+impl Listener {
+    fn new(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let socket = socket2::Socket::from(listener);
+        // SAFETY: the socket owns its fd and the `AsyncFd` owns the socket:
+        // the fd stays open, and the same, for as long as it is registered.
+        #[allow(unsafe_code)]
+        let registered = unsafe { AsyncFd::register(socket) };
+        registered.map(Self).map_err(std::io::Error::from)
+    }
+
+    /// Accepts the connections waiting (up to [`ACCEPT_BATCH`]), each given
+    /// to `accepted`; returns an accept error, after which the caller backs
+    /// off.
+    fn accept_ready(
+        &self,
+        ready: &mut AsyncFdReadyGuard<'_, socket2::Socket>,
+        mut accepted: impl FnMut(std::net::TcpStream, SocketAddr),
+    ) -> Option<std::io::Error> {
+        use nix::sys::socket::SockFlag;
+        let flags = (SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC).bits();
+        for _ in 0..ACCEPT_BATCH {
+            match ready.try_io(|l| l.get_ref().accept4(flags)) {
+                Ok(Ok((socket, addr))) => {
+                    if let Some(peer) = addr.as_socket() {
+                        accepted(socket.into(), peer);
+                    }
+                }
+                // Taken by another thread, or none left: readiness cleared.
+                Err(_would_block) => return None,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+                Ok(Err(e)) => return Some(e),
+            }
+        }
+        None
+    }
+}
 
 /// How many fewer connections another thread must serve for a connection to
 /// be handed to it. A hand-over costs the two threads four system calls
@@ -113,7 +161,7 @@ pub(super) fn start(
         // No thread would start: serve on the caller's runtime instead
         // (hand-overs to the threads fail, so it serves everything).
         let (_, inbox) = mpsc::unbounded_channel();
-        match TcpListener::from_std(listener) {
+        match Listener::new(listener) {
             Ok(l) => finished.push(shared.clone().spawn_here(0, l, inbox)),
             Err(e) => tracing::error!("proxy listener unusable: {e}"),
         }
@@ -151,7 +199,7 @@ impl Shared {
             .spawn(move || {
                 crate::proxy::pool::use_slot(index);
                 runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
+                    match Listener::new(listener) {
                         Ok(listener) => self.accept(index, listener, inbox).await,
                         Err(e) => tracing::error!("proxy thread {index}: {e}"),
                     }
@@ -167,7 +215,7 @@ impl Shared {
     fn spawn_here(
         self,
         index: usize,
-        listener: TcpListener,
+        listener: Listener,
         inbox: mpsc::UnboundedReceiver<Handoff>,
     ) -> oneshot::Receiver<()> {
         let (done, finished) = oneshot::channel();
@@ -183,16 +231,21 @@ impl Shared {
     async fn accept(
         self,
         index: usize,
-        listener: TcpListener,
+        listener: Listener,
         mut inbox: mpsc::UnboundedReceiver<Handoff>,
     ) {
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.accepted(index, stream, peer, &connections, &stop),
-                    Err(e) => {
+                ready = listener.0.readable() => {
+                    let failed = match ready {
+                        Ok(mut ready) => listener.accept_ready(&mut ready, |stream, peer| {
+                            self.accepted(index, stream, peer, &connections, &stop);
+                        }),
+                        Err(e) => Some(e),
+                    };
+                    if let Some(e) = failed {
                         // Out of file descriptors and the like: back off, keep serving.
                         crate::throttle::warn_throttled!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -232,7 +285,7 @@ impl Shared {
     fn accepted(
         &self,
         index: usize,
-        stream: TcpStream,
+        stream: std::net::TcpStream,
         peer: SocketAddr,
         connections: &TaskTracker,
         stop: &CancellationToken,
@@ -248,10 +301,6 @@ impl Shared {
             return self.serve(stream, peer, slot, load, connections, stop);
         }
         let target = load.thread;
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(%peer, "cannot hand a connection over: {e}"),
-        };
         let handoff = Handoff {
             stream,
             peer,
@@ -275,23 +324,20 @@ impl Shared {
         if handoff.load.thread != index {
             handoff.load = self.loads.count(index);
         }
-        match TcpStream::from_std(handoff.stream) {
-            Ok(stream) => self.serve(
-                stream,
-                handoff.peer,
-                handoff.slot,
-                handoff.load,
-                connections,
-                stop,
-            ),
-            Err(e) => tracing::warn!(peer = %handoff.peer, "cannot take a connection over: {e}"),
-        }
+        self.serve(
+            handoff.stream,
+            handoff.peer,
+            handoff.slot,
+            handoff.load,
+            connections,
+            stop,
+        );
     }
 
     /// Serves a connection on this thread, counted until it ends.
     fn serve(
         &self,
-        stream: TcpStream,
+        stream: std::net::TcpStream,
         peer: SocketAddr,
         slot: OwnedSemaphorePermit,
         load: LoadGuard,
@@ -307,7 +353,7 @@ impl Shared {
             tunnels: self.tunnels.clone(),
             _counted: (slot, load),
         };
-        conn.start(stream, false);
+        conn.start(ClientSocket::raw(stream), false);
     }
 }
 
@@ -329,7 +375,7 @@ struct Conn {
 impl Conn {
     /// Serves a new connection (`resumed` false), or one that was parked,
     /// in a task; parks it again when it idles.
-    fn start(self, stream: TcpStream, resumed: bool) {
+    fn start(self, stream: ClientSocket, resumed: bool) {
         let tunnels = self.tunnels.clone();
         let connections = self.connections.clone();
         connections.spawn(super::session::TUNNELS.scope(tunnels, async move {
@@ -359,7 +405,7 @@ impl Conn {
             let readable = parked.wait(&self.stop).await;
             metrics.parked(false);
             if readable {
-                self.start(parked.stream, true);
+                self.start(ClientSocket::registered(parked.stream), true);
             }
         });
     }
