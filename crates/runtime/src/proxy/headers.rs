@@ -52,6 +52,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
     }
 }
 
+/// Joins a request's `Cookie` fields into one, as an HTTP/1.1 replica
+/// expects: an HTTP/2 client may send each cookie as a field of its own,
+/// which must be joined with `; ` before HTTP/1.1 (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// The `Upgrade` header of a request that asks for a protocol upgrade.
 pub fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers

@@ -117,6 +117,7 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+        headers::join_cookies(&mut parts.headers);
         headers::set_forwarded(&mut parts.headers, &client.ip, client.proto, host.as_ref());
         if let Some(host) = &host {
             parts.headers.insert(http::header::HOST, host.clone());

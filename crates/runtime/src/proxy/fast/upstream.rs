@@ -19,9 +19,9 @@ use super::body::Body;
 use super::head::{Framing, ResponseHead, parse_response};
 use super::{BUFFER, MAX_RESPONSE_HEAD};
 use crate::proxy::balance::Pick;
-use crate::proxy::error_chain;
 use crate::proxy::forward::{self, AttemptError, Sent};
 use crate::proxy::pool::{BoxError, SocketPool};
+use crate::proxy::{error_chain, headers};
 
 /// The fast path's attempt: the request's bytes (head and body), written
 /// as they are.
@@ -314,16 +314,16 @@ impl ReplicaBody {
             let (taken, data) = self.framing.take_data(&self.buf)?;
             let chunk = self.buf.split_to(taken);
             if !data.is_empty() {
+                // hyper may drop a body without polling it again once it
+                // says it has ended: the socket is given back now.
+                self.end_if_done();
                 return Ok(Some(Frame::data(chunk.freeze().slice(data))));
             }
         }
         if !self.framing.done() {
             return Ok(None);
         }
-        if self.upstream.is_some() {
-            let clean = self.buf.is_empty() && self.framing.framing() != Framing::UntilClose;
-            self.finish(clean);
-        }
+        self.end_if_done();
         if !self.trailers_sent {
             self.trailers_sent = true;
             if let Some(trailers) = trailers(&self.framing.take_trailers())? {
@@ -331,6 +331,15 @@ impl ReplicaBody {
             }
         }
         Ok(None)
+    }
+
+    /// Once the whole body is read, gives the socket back (when nothing
+    /// follows the body in the buffer) or closes it.
+    fn end_if_done(&mut self) {
+        if self.framing.done() && self.upstream.is_some() {
+            let clean = self.buf.is_empty() && self.framing.framing() != Framing::UntilClose;
+            self.finish(clean);
+        }
     }
 }
 
@@ -352,7 +361,10 @@ fn trailers(section: &[u8]) -> Result<Option<HeaderMap>, String> {
         let value = HeaderValue::from_bytes(f.value).map_err(|e| e.to_string())?;
         map.append(name, value);
     }
-    Ok(Some(map))
+    // A connection's own fields do not cross the proxy (and HTTP/2 refuses
+    // them: the stream would be reset).
+    headers::strip_hop_by_hop(&mut map, None);
+    Ok((!map.is_empty()).then_some(map))
 }
 
 impl hyper::body::Body for ReplicaBody {
