@@ -88,6 +88,15 @@ impl ClientSocket {
         }
     }
 
+    /// The client's address.
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match &self.0 {
+            Socket::Raw(stream) => stream.peer_addr(),
+            Socket::Registered(stream) => stream.peer_addr(),
+            Socket::Closed => Err(io::Error::new(io::ErrorKind::NotConnected, "socket closed")),
+        }
+    }
+
     /// Waits until the socket has something to read.
     pub async fn readable(&mut self) -> io::Result<()> {
         self.register()?.readable().await
