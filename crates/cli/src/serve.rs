@@ -233,9 +233,13 @@ async fn serve(
         runtime = runtime.with_tcp_control(tcp);
     }
     if let Some(addr) = metrics {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!("cannot serve metrics on {addr} ({e}): pick another --metrics address")
-        })?;
+        let listener = dropless_lifecycle::listen::bind_addr(addr)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot serve metrics on {addr} ({e}): pick another --metrics address"
+                )
+            })?;
         println!("metrics on http://{}/metrics", listener.local_addr()?);
         runtime = runtime.with_metrics(listener);
     }
@@ -362,7 +366,9 @@ fn affinity_key(spec: &str) -> Result<String, String> {
 fn config(args: ServeArgs) -> Result<Config, String> {
     let describes_service = describes_service(&args);
     let mut config = match &args.config {
-        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        // Validated once the flags are applied: `--target` may give the
+        // service a file without `[[service]]` lacks.
+        Some(path) => Config::parse_file(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     if let Some(listen) = args.listen {

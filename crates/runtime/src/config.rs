@@ -543,16 +543,23 @@ impl Default for RestartConfig {
 impl Config {
     /// Reads and validates a TOML config file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let config = Self::parse_file(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The file at `path`, parsed but not validated: for a caller that
+    /// completes it first (`serve`'s flags may give the service a file
+    /// without `[[service]]` lacks), then calls [`Config::validate`].
+    pub fn parse_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.message().to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// The control socket path: `control`, or `dropless.sock` in `state_dir`.

@@ -258,7 +258,9 @@ impl TcpControl {
                 given: !token.is_empty(),
             });
         }
-        let listener = TcpListener::bind(addr)
+        // The proxy's accept queue, not tokio's 128: a deploy script's burst
+        // of calls is not left to SYN retransmits.
+        let listener = dropless_lifecycle::listen::bind_addr(addr)
             .await
             .map_err(|source| ControlError::TcpBind { addr, source })?;
         Ok(Self {

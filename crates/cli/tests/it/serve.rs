@@ -549,3 +549,54 @@ fn a_discovered_service_refuses_rollouts_and_shows_its_source() {
     );
     assert_eq!(serve.stop().code(), Some(0));
 }
+
+#[test]
+fn a_config_file_without_a_service_takes_it_from_target_and_refuses_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(&file, "[proxy]\nheader_read_timeout = \"5s\"\n").unwrap();
+    let out = dir.path().join("serve.out");
+    let serve = |extra: &[&str], stdout: Stdio| {
+        dropless()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&file)
+            .arg("--control")
+            .arg(dir.path().join("c.sock"))
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(extra)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Without a service anywhere: one line saying how to give one.
+    let refused = serve(&[], Stdio::null()).wait_with_output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        refused_in_one_line(&refused).contains("--target"),
+        "{refused:?}"
+    );
+    // `--target` gives it: serve starts its proxy.
+    let mut child = serve(
+        &["--target", "127.0.0.1:9", "--health-path", ""],
+        std::fs::File::create(&out).unwrap().into(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("proxy on http://")
+        {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited {status}");
+        }
+        assert!(Instant::now() < deadline, "serve did not start its proxy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.wait().unwrap();
+}
