@@ -342,6 +342,59 @@ mod tests {
         assert!(late.min < 1.0, "{late:?}");
     }
 
+    /// Answers every request at `release`: until then, every request sent
+    /// is in flight at once. The response head is marked when the request
+    /// starts, so the time to first byte (from the schedule) is how late the
+    /// request started.
+    struct HeldUntil {
+        release: Instant,
+    }
+
+    impl Transport for HeldUntil {
+        type Session = ();
+
+        async fn exchange(&self, _: &mut (), marks: &mut Marks) -> Result<Answer, Failure> {
+            let now = Instant::now();
+            (marks.sent, marks.head) = (Some(now), Some(now));
+            tokio::time::sleep_until(self.release).await;
+            Ok(Answer {
+                status: 200,
+                body_ok: true,
+            })
+        }
+    }
+
+    /// 2 000 req/s for 0.2 s on two sending threads while no request ends:
+    /// every arrival still starts when it is due (no request waits for an
+    /// earlier one to finish), and once `--max-in-flight` requests are in
+    /// flight, every later arrival is a dropped iteration, exactly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_model_arrivals_start_on_schedule_while_none_has_finished() {
+        for (max_in_flight, dropped) in [(10_000, 0), (150, 250)] {
+            let mut config = Config::new("http://127.0.0.1:1/");
+            config.model = Model::Open { rate: 2_000.0 };
+            config.duration = Duration::from_millis(200);
+            config.max_in_flight = max_in_flight;
+            let plan = config.plan().unwrap();
+            let release = Instant::now() + Duration::from_millis(600);
+            let workers = Workers::dedicated(2).unwrap();
+            let report = start_with(plan, HeldUntil { release }, &workers)
+                .report()
+                .await
+                .unwrap();
+            let sent = 400 - dropped;
+            assert_eq!(
+                (report.requests.ok, report.dropped_iterations),
+                (sent, dropped)
+            );
+            let late = &report.latency_ms.ttfb;
+            assert_eq!(late.count, sent);
+            assert!(late.max < 100.0, "{late:?}");
+            let ttlb = &report.latency_ms.ttlb;
+            assert!(ttlb.min >= 350.0, "{ttlb:?}");
+        }
+    }
+
     fn resident_bytes() -> u64 {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
         let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
