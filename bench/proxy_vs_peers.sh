@@ -426,14 +426,15 @@ for proto in "${protocols[@]}"; do
   done
 done
 
-# settled_rss PID: the RSS (KB) of the process tree once two readings 250 ms
+# settled_rss PID: the RSS (KB) of the process tree once two readings 1 s
 # apart agree within 0.5 % (a proxy may free a connection's buffers a moment
-# after its last request), or after 5 s.
+# after its last request, and an allocator return freed pages to the system
+# a second later: jemalloc's decay in dropless), or after 10 s.
 settled_rss() {
   local a b
   a=$(python3 "$HELPER" rss "$1")
-  for _ in $(seq 20); do
-    sleep 0.25
+  for _ in $(seq 10); do
+    sleep 1
     b=$(python3 "$HELPER" rss "$1")
     [ $(( (a > b ? a - b : b - a) * 200 )) -le "$b" ] && break
     a=$b
