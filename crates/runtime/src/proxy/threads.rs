@@ -6,7 +6,8 @@
 //! Whichever thread wakes first would take a whole burst of new connections
 //! (a load test opening 50 at once), leaving the others idle; so a thread
 //! that accepts a connection while another thread serves fewer hands it to
-//! the least loaded one, which registers it with its own epoll.
+//! the least loaded one (a connection is registered with a thread's epoll
+//! only once it must wait, see [`ClientSocket`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,10 +70,10 @@ impl Listener {
 }
 
 /// How many fewer connections another thread must serve for a connection to
-/// be handed to it. A hand-over costs the two threads four system calls
-/// (the socket leaves one epoll for the other, and the other is woken); an
-/// imbalance of one connection is not worth them, and under a load opening
-/// a connection per request it happens all the time.
+/// be handed to it. A hand-over wakes the other thread (a system call for
+/// each, and a context switch when it slept); an imbalance of one
+/// connection is not worth it, and under a load opening a connection per
+/// request it happens all the time.
 const HANDOVER_MARGIN: usize = 2;
 
 /// The running proxy threads.
