@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::front::ClientSocket;
+use super::park::{Parked, ParkedStream};
 use super::{Builders, Proxy};
 
 /// Most connections accepted in one go before the thread serves others.
@@ -353,7 +354,7 @@ impl Served {
             served: Arc::clone(self),
             _counted: (slot, load),
         };
-        conn.start(ClientSocket::raw(stream), Some(peer));
+        conn.start(Start::Accepted(ClientSocket::raw(stream), peer));
     }
 }
 
@@ -368,29 +369,28 @@ struct Conn {
     _counted: (OwnedSemaphorePermit, LoadGuard),
 }
 
+/// How a connection's serving task begins.
+enum Start {
+    /// Just accepted, from this client.
+    Accepted(ClientSocket, SocketAddr),
+    /// Parked, and now readable: the client's next request follows.
+    Resumed(ParkedStream),
+}
+
 impl Conn {
-    /// Serves a new connection from client `peer`, or (`None`) one that was
-    /// parked, in a task; parks it again when it idles.
-    fn start(self, stream: ClientSocket, peer: Option<SocketAddr>) {
+    /// Serves a connection in a task; parks it when it idles.
+    fn start(self, start: Start) {
         let served = Arc::clone(&self.served);
         served.connections.spawn(super::session::TUNNELS.scope(
             served.tunnels.clone(),
             async move {
                 let served = &*self.served;
                 let (proxy, builders, stop) = (&served.proxy, &*served.builders, &served.stop);
-                let parked = match peer {
-                    Some(peer) => proxy.serve_connection(builders, stream, stop, peer).await,
-                    // Nothing read yet: the client's next request follows.
-                    None => match stream.peer_addr() {
-                        Ok(peer) => {
-                            let ahead = bytes::BytesMut::new();
-                            proxy.serve_http1(builders, stream, ahead, stop, peer).await
-                        }
-                        Err(e) => {
-                            tracing::debug!("resumed connection: {e}");
-                            None
-                        }
-                    },
+                let parked = match start {
+                    Start::Accepted(stream, peer) => {
+                        proxy.serve_connection(builders, stream, stop, peer).await
+                    }
+                    Start::Resumed(stream) => proxy.resume(builders, stream, stop).await,
                 };
                 if let Some(parked) = parked {
                     self.park(parked);
@@ -401,7 +401,7 @@ impl Conn {
 
     /// Waits in a task of its own until the client of a parked connection
     /// sends something, then serves it again.
-    fn park(self, parked: super::park::Parked) {
+    fn park(self, parked: Parked) {
         let served = Arc::clone(&self.served);
         served.connections.spawn(async move {
             let metrics = self.served.proxy.ops.metrics();
@@ -409,7 +409,7 @@ impl Conn {
             let readable = parked.wait(&self.served.stop).await;
             metrics.parked(false);
             if readable {
-                self.start(ClientSocket::registered(parked.stream), None);
+                self.start(Start::Resumed(parked.stream));
             }
         });
     }
