@@ -72,7 +72,7 @@ impl Listener {
 
 /// Sets `TCP_NODELAY` on the listening socket, which the sockets it accepts
 /// inherit (Linux copies the option to each): one system call for all
-/// connections rather than one each, a twelfth of what a `Connection:
+/// connections rather than one each, of the seven or so a `Connection:
 /// close` request costs. `false` when it could not be set (each accepted
 /// socket is then set itself).
 fn nodelay_on_accept(listener: &std::net::TcpListener) -> bool {

@@ -680,8 +680,8 @@ async fn an_idle_tls_connection_is_parked_with_its_session_and_served_again() {
         assert_eq!(lossy(&client.response(false).await.raw), lossy(&ok("one")));
     }
     assert_eq!(executions(&backend, "/one"), 3);
-    // A stopping proxy closes a parked TLS connection with close_notify
-    // (read as the end of the stream, not an error).
+    // A stopping proxy closes a parked TLS connection that sends nothing
+    // (after its linger), with no response on it.
     idle().await;
     let stopped = tokio::spawn(h.stop(Shutdown::Graceful));
     let rest = tokio::time::timeout(Duration::from_secs(10), client.read_to_close())
