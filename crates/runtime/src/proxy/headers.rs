@@ -6,16 +6,17 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
-/// Headers that describe one connection and never cross a proxy (RFC 9110),
-/// as names (removing by a `&str` would parse and hash it on every request).
-pub(super) const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers that describe one connection and never cross a proxy (RFC 9110
+/// §7.6.1), as names (removing by a `&str` would parse and hash it on every
+/// request). `Trailer` is not one: it announces the fields a chunked body's
+/// trailer section carries, which the proxy passes on.
+pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];

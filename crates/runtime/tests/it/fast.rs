@@ -93,7 +93,9 @@ async fn pipelined_requests_get_complete_responses_in_order_on_one_connection() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_response_passes_byte_exact_and_its_upstream_connection_is_reused() {
-    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kind: chunks\r\n\r\n\
+    // `Trailer` announces the trailer fields: end to end, not hop by hop.
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kind: chunks\r\n\
+        Trailer: x-checksum, x-more\r\n\r\n\
         5;name=value\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\nx-more: 1\r\n\r\n"
         .to_vec();
     let backend = Backend::start(vec![

@@ -141,7 +141,8 @@ fn conn_of(backend: &Backend, path: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_response_s_data_and_trailers_reach_an_h2_client_and_its_socket_is_reused() {
-    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kind: chunks\r\n\r\n\
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kind: chunks\r\n\
+        Trailer: x-checksum, x-more\r\n\r\n\
         5;name=value\r\nhello\r\n1;a=\"q;x\"\r\n,\r\n6\r\n world\r\n0;last\r\n\
         x-checksum: abc\r\nx-more: 1\r\n\r\n";
     let backend = Backend::start(vec![
@@ -155,6 +156,8 @@ async fn a_chunked_response_s_data_and_trailers_reach_an_h2_client_and_its_socke
     assert_eq!((got.status, got.text().as_str()), (200, "hello, world"));
     assert_eq!(got.header("x-kind"), Some("chunks"));
     assert_eq!(got.header("transfer-encoding"), None);
+    // End to end (RFC 9110 §6.6.2): the client learns what trailers come.
+    assert_eq!(got.header("trailer"), Some("x-checksum, x-more"));
     let trailers = got.trailers.expect("trailers");
     assert_eq!(trailers.len(), 2, "{trailers:?}");
     assert_eq!(trailers["x-checksum"], "abc");
