@@ -9,7 +9,6 @@
 //! and costs no thread and no cross-thread wake-up. Where no timerfd can be
 //! had, tokio's sleep stands in.
 
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -56,14 +55,18 @@ impl LaneTimer {
         if arm(&fd.get_ref().0, left).is_err() {
             return tokio::time::sleep_until(at).await;
         }
-        // The timerfd reads as ready once it expired; reading it clears it.
-        let expired = fd
-            .async_io(tokio::io::Interest::READABLE, |fd| {
-                fd.0.wait().map_err(io::Error::from)
-            })
-            .await;
-        if expired.is_err() {
-            tokio::time::sleep_until(at).await;
+        // The timerfd reads as ready once it expired; one read clears it.
+        // Readiness is waited for before the first read, and cleared after
+        // it, so a wait costs one read.
+        loop {
+            let Ok(mut ready) = fd.readable().await else {
+                return tokio::time::sleep_until(at).await;
+            };
+            match fd.get_ref().0.wait() {
+                Ok(()) => return ready.clear_ready(),
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(_) => return tokio::time::sleep_until(at).await,
+            }
         }
     }
 }

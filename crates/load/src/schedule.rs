@@ -224,13 +224,26 @@ impl<T: Transport> Lane<T> {
             seen: 0,
             deadline: until.deadline,
         };
+        // Each request's timeout is a timer of this thread's tokio runtime,
+        // and tokio wakes its own thread (an eventfd write) for every timer
+        // set while its thread is awake that is due before all the timers
+        // pending when it last slept: with none pending (the thread sleeps
+        // on the timerfd between batches, its requests all answered), that
+        // is every request. A timer kept pending, due before any request's
+        // timeout, spares those writes.
+        let guard_period = shared.timeout / 2;
+        let guard = tokio::time::sleep(guard_period);
+        tokio::pin!(guard);
         let mut last = shared.start;
         while let Some((first, end)) = batches.next_of(&self) {
             // A batch is sent at once, when its last arrival is due.
-            tokio::select! {
-                biased;
-                () = &mut stop => return Instant::now(),
-                () = timer.sleep_until(self.due_at(end)) => {}
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut stop => return Instant::now(),
+                    () = &mut guard => guard.as_mut().reset(Instant::now() + guard_period),
+                    () = timer.sleep_until(self.due_at(end)) => break,
+                }
             }
             let now = Instant::now();
             for n in first..=end {
