@@ -4,8 +4,31 @@
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# A free port on 127.0.0.1 (bound, then released).
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A free port on 127.0.0.1 for a peer whose configuration needs a number
+# (bound, then released). It is picked at random below the kernel's
+# ephemeral range, which port 0 and every outgoing connection draw from:
+# a benchmark's own clients, opening thousands of connections, cannot take
+# it before the peer binds it.
+free_port() {
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(1000):
+    port = random.randrange(10000 if low > 11000 else 1024, low)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port below the ephemeral range")
+PY
+}
 
 # Waits up to 10 s (polling every 50 ms) until URL answers 2xx; exits the
 # script otherwise.

@@ -15,6 +15,7 @@ mod park;
 pub mod pool;
 pub mod route;
 mod session;
+mod streams;
 mod threads;
 pub mod tls;
 mod upload;
@@ -28,7 +29,7 @@ use std::task::Poll;
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -46,7 +47,7 @@ use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
 use front::{Activity, Batched, ClientSocket, FrontStream};
-use park::Parked;
+use park::{Parked, ParkedStream};
 use session::until_done;
 
 /// How long a client connection that is idle (or accepted but not read
@@ -80,7 +81,7 @@ pub struct Proxy {
 /// The connection builders, configured once: HTTP/1.1 sessions on plain
 /// TCP, and HTTP/1.1 or HTTP/2 for TLS and h2c connections.
 struct Builders {
-    auto: auto::Builder<TokioExecutor>,
+    auto: auto::Builder<streams::InConnection>,
     h1: http1::Builder,
 }
 
@@ -132,7 +133,7 @@ impl Proxy {
     /// its own single-threaded runtime (see [`threads`]).
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = Shutdown>) {
         let config = self.config.load_full();
-        let mut auto = auto::Builder::new(TokioExecutor::new());
+        let mut auto = auto::Builder::new(streams::InConnection);
         auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
@@ -191,24 +192,58 @@ impl Proxy {
             let timeout = self.config.load().header_read_timeout;
             match tokio::time::timeout(timeout, tls.accept(stream)).await {
                 Ok(Ok(stream)) => self.serve_tls(builders, stream, stop, peer).await,
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}"),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out after {timeout:?}");
+                    None
+                }
             }
         })
-        .await;
-        None
+        .await
     }
 
-    /// Serves a TLS connection after its handshake: HTTP/2 (by ALPN) with
-    /// hyper, HTTP/1.1 on the fast path (see [`fast`]) until a request needs
-    /// hyper.
+    /// Serves again a connection that was parked: nothing was read from it
+    /// since, the client's next request follows.
+    async fn resume(
+        self: &Arc<Self>,
+        builders: &Builders,
+        stream: ParkedStream,
+        stop: &CancellationToken,
+    ) -> Option<Parked> {
+        // Asked of the socket rather than kept by every parked connection.
+        let peer = match stream.socket().peer_addr() {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::debug!("resumed connection: {e}");
+                return None;
+            }
+        };
+        match stream {
+            ParkedStream::Plain(stream) => {
+                let stream = ClientSocket::registered(stream);
+                self.serve_http1(builders, stream, BytesMut::new(), stop, peer)
+                    .await
+            }
+            // Boxed: a TLS session would size every resumed task.
+            ParkedStream::Tls(stream) => {
+                Box::pin(self.serve_tls(builders, *stream, stop, peer)).await
+            }
+        }
+    }
+
+    /// Serves a TLS connection after its handshake (or parked after a
+    /// request): HTTP/2 (by ALPN) with hyper, HTTP/1.1 on the fast path (see
+    /// [`fast`]) until it is to be parked, or a request needs hyper.
     async fn serve_tls(
         self: &Arc<Self>,
         builders: &Builders,
         mut stream: tokio_rustls::server::TlsStream<TcpStream>,
         stop: &CancellationToken,
         peer: SocketAddr,
-    ) {
+    ) -> Option<Parked> {
         let mut rest = Bytes::new();
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             let client = ClientInfo {
@@ -218,10 +253,30 @@ impl Proxy {
                 activity: None,
             };
             match fast::serve(self, &client, &mut stream, BytesMut::new(), stop).await {
-                fast::Exit::Closed | fast::Exit::Park(_) => return,
+                fast::Exit::Closed => return None,
+                fast::Exit::Park(deadline) => {
+                    let stream = ParkedStream::Tls(Box::new(stream));
+                    return Some(Parked { stream, deadline });
+                }
                 fast::Exit::Handoff(ahead) => rest = ahead,
             }
         }
+        // Boxed: the task of a connection on the fast path holds no hyper
+        // state.
+        Box::pin(self.serve_tls_hyper(builders, stream, rest, stop, peer)).await;
+        None
+    }
+
+    /// Serves the rest of a TLS connection with hyper: HTTP/2, or HTTP/1.1
+    /// after `rest`, the bytes the fast path read.
+    async fn serve_tls_hyper(
+        self: &Arc<Self>,
+        builders: &Builders,
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        rest: Bytes,
+        stop: &CancellationToken,
+        peer: SocketAddr,
+    ) {
         let service = Proxy::service(Arc::clone(self), peer, "https", None);
         if rest.is_empty() {
             // HTTP/2: the TLS stream, its writes batched.
@@ -308,7 +363,7 @@ impl Proxy {
             fast::Exit::Closed => return None,
             // It waited for a request: registered already.
             fast::Exit::Park(deadline) => {
-                let stream = stream.into_registered().ok()?;
+                let stream = ParkedStream::Plain(stream.into_registered().ok()?);
                 return Some(Parked { stream, deadline });
             }
             fast::Exit::Handoff(rest) => rest,

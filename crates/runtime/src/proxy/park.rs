@@ -1,10 +1,12 @@
-//! Parked connections. A plain HTTP/1.1 client connection that waits for
-//! its next request longer than [`PARK_AFTER`](super::fast::PARK_AFTER)
-//! leaves its task (sized for serving a request: the parse, the forwarding,
-//! the relay, about 1 KB) for a task that only waits for the socket to be
-//! readable, a few hundred bytes: what 10 000 idle keep-alive clients cost
-//! is mostly these. When the client sends its next request, the connection
-//! is resumed in a serving task again.
+//! Parked connections. An HTTP/1.1 client connection (plain or TLS) that
+//! waits for its next request longer than
+//! [`PARK_AFTER`](super::fast::PARK_AFTER) leaves its task (sized for
+//! serving a request: the parse, the forwarding, the relay, about 1 KB; a
+//! TLS connection's several KB, with its handshake's and hyper's states)
+//! for a task that only waits for the socket to be readable, a few hundred
+//! bytes: what 10 000 idle keep-alive clients cost is mostly these (and a
+//! TLS connection's session, kept on the heap). When the client sends its
+//! next request, the connection is resumed in a serving task again.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -12,15 +14,36 @@ use std::task::{Context, Poll};
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// An idle client connection between two requests.
 #[derive(Debug)]
 pub(super) struct Parked {
-    /// The client's socket, nothing read from it.
-    pub(super) stream: TcpStream,
+    /// The client's connection, nothing read from it.
+    pub(super) stream: ParkedStream,
     /// When it is closed if no request has come (the header read timeout).
     pub(super) deadline: Instant,
+}
+
+/// What a parked connection keeps.
+#[derive(Debug)]
+pub(super) enum ParkedStream {
+    /// A plain socket.
+    Plain(TcpStream),
+    /// A TLS session with no plaintext waiting in it (boxed: the session is
+    /// a kilobyte, a plain parked connection a few hundred bytes).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ParkedStream {
+    /// The client's socket.
+    pub(super) fn socket(&self) -> &TcpStream {
+        match self {
+            Self::Plain(stream) => stream,
+            Self::Tls(stream) => stream.get_ref().0,
+        }
+    }
 }
 
 impl Parked {
@@ -37,7 +60,7 @@ impl Parked {
         tokio::pin!(cancelled);
         let mut linger = StopLinger::default();
         poll_fn(|cx| {
-            if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
+            if let Poll::Ready(r) = self.stream.socket().poll_read_ready(cx) {
                 return Poll::Ready(r.is_ok());
             }
             if deadline.as_mut().poll(cx).is_ready() {

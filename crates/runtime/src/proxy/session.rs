@@ -16,7 +16,7 @@ use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -356,7 +356,7 @@ impl forward::Attempt for HyperAttempt {
 /// Drives an HTTP/1.1-or-HTTP/2 connection to its end; on shutdown, asks it
 /// to finish gracefully (`Connection: close`, GOAWAY) and keeps driving it.
 pub(super) async fn until_done<I, S>(
-    conn: auto::UpgradeableConnection<'_, I, S, TokioExecutor>,
+    conn: auto::UpgradeableConnection<'_, I, S, super::streams::InConnection>,
     stop: &CancellationToken,
     peer: SocketAddr,
 ) where
@@ -369,13 +369,17 @@ pub(super) async fn until_done<I, S>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // HTTP/2 streams are served in this task (see `streams`).
+    let result = super::streams::serve(async {
+        tokio::select! {
+            result = conn.as_mut() => result,
+            () = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
-    };
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!(%peer, "client connection: {e}");
     }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::front::ClientSocket;
+use super::park::{Parked, ParkedStream};
 use super::{Builders, Proxy};
 
 /// Most connections accepted in one go before the thread serves others.
@@ -69,6 +70,19 @@ impl Listener {
     }
 }
 
+/// Sets `TCP_NODELAY` on the listening socket, which the sockets it accepts
+/// inherit (Linux copies the option to each): one system call for all
+/// connections rather than one each, of the seven or so a `Connection:
+/// close` request costs. `false` when it could not be set (each accepted
+/// socket is then set itself).
+fn nodelay_on_accept(listener: &std::net::TcpListener) -> bool {
+    let set = socket2::SockRef::from(listener).set_tcp_nodelay(true);
+    if let Err(e) = &set {
+        tracing::debug!("TCP_NODELAY on the listener: {e}");
+    }
+    set.is_ok()
+}
+
 /// How many fewer connections another thread must serve for a connection to
 /// be handed to it. A hand-over wakes the other thread (a system call for
 /// each, and a context switch when it slept); an imbalance of one
@@ -99,6 +113,8 @@ struct Shared {
     grace: Arc<std::sync::Mutex<Duration>>,
     /// The upgraded connections (tunnels), which also get that time.
     tunnels: TaskTracker,
+    /// Whether accepted sockets have `TCP_NODELAY` from the listener.
+    nodelay_inherited: bool,
 }
 
 /// A connection accepted by one thread for another.
@@ -131,7 +147,7 @@ pub(super) fn start(
     let threads = threads.max(1);
     let (inboxes, receivers): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
-    let shared = Shared {
+    let mut shared = Shared {
         slots: Arc::new(Semaphore::new(proxy.config.load().max_connections)),
         grace: Arc::new(std::sync::Mutex::new(proxy.config.load().shutdown_grace)),
         tunnels: TaskTracker::new(),
@@ -140,6 +156,7 @@ pub(super) fn start(
         loads: Loads::new(threads),
         inboxes: inboxes.into(),
         stop_accepting: CancellationToken::new(),
+        nodelay_inherited: false,
     };
     let mut finished = Vec::new();
     let listener = match listener.into_std() {
@@ -149,6 +166,7 @@ pub(super) fn start(
             return Running { shared, finished };
         }
     };
+    shared.nodelay_inherited = nodelay_on_accept(&listener);
     for (i, inbox) in receivers.into_iter().enumerate() {
         let spawned = listener
             .try_clone()
@@ -301,7 +319,9 @@ impl Shared {
             tracing::warn!(%peer, "connection limit {max} reached; closing");
             return;
         };
-        let _ = stream.set_nodelay(true);
+        if !self.nodelay_inherited {
+            let _ = stream.set_nodelay(true);
+        }
         let load = self.loads.place(index);
         if load.thread == index {
             return served.serve(stream, peer, slot, load);
@@ -353,7 +373,7 @@ impl Served {
             served: Arc::clone(self),
             _counted: (slot, load),
         };
-        conn.start(ClientSocket::raw(stream), Some(peer));
+        conn.start(Start::Accepted(ClientSocket::raw(stream), peer));
     }
 }
 
@@ -368,29 +388,28 @@ struct Conn {
     _counted: (OwnedSemaphorePermit, LoadGuard),
 }
 
+/// How a connection's serving task begins.
+enum Start {
+    /// Just accepted, from this client.
+    Accepted(ClientSocket, SocketAddr),
+    /// Parked, and now readable: the client's next request follows.
+    Resumed(ParkedStream),
+}
+
 impl Conn {
-    /// Serves a new connection from client `peer`, or (`None`) one that was
-    /// parked, in a task; parks it again when it idles.
-    fn start(self, stream: ClientSocket, peer: Option<SocketAddr>) {
+    /// Serves a connection in a task; parks it when it idles.
+    fn start(self, start: Start) {
         let served = Arc::clone(&self.served);
         served.connections.spawn(super::session::TUNNELS.scope(
             served.tunnels.clone(),
             async move {
                 let served = &*self.served;
                 let (proxy, builders, stop) = (&served.proxy, &*served.builders, &served.stop);
-                let parked = match peer {
-                    Some(peer) => proxy.serve_connection(builders, stream, stop, peer).await,
-                    // Nothing read yet: the client's next request follows.
-                    None => match stream.peer_addr() {
-                        Ok(peer) => {
-                            let ahead = bytes::BytesMut::new();
-                            proxy.serve_http1(builders, stream, ahead, stop, peer).await
-                        }
-                        Err(e) => {
-                            tracing::debug!("resumed connection: {e}");
-                            None
-                        }
-                    },
+                let parked = match start {
+                    Start::Accepted(stream, peer) => {
+                        proxy.serve_connection(builders, stream, stop, peer).await
+                    }
+                    Start::Resumed(stream) => proxy.resume(builders, stream, stop).await,
                 };
                 if let Some(parked) = parked {
                     self.park(parked);
@@ -401,7 +420,7 @@ impl Conn {
 
     /// Waits in a task of its own until the client of a parked connection
     /// sends something, then serves it again.
-    fn park(self, parked: super::park::Parked) {
+    fn park(self, parked: Parked) {
         let served = Arc::clone(&self.served);
         served.connections.spawn(async move {
             let metrics = self.served.proxy.ops.metrics();
@@ -409,7 +428,7 @@ impl Conn {
             let readable = parked.wait(&self.served.stop).await;
             metrics.parked(false);
             if readable {
-                self.start(ClientSocket::registered(parked.stream), None);
+                self.start(Start::Resumed(parked.stream));
             }
         });
     }
@@ -475,6 +494,28 @@ mod tests {
         assert_eq!(counts(&loads), [0, 0, 0]);
         let here = loads.place(2);
         assert_eq!(here.thread, 2, "all equal: served where accepted");
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_get_tcp_nodelay_from_the_listener() {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(nodelay_on_accept(&std_listener));
+        let addr = std_listener.local_addr().unwrap();
+        let listener = Listener::new(std_listener).unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut accepted = Vec::new();
+        while accepted.is_empty() {
+            let mut ready = listener.0.readable().await.unwrap();
+            assert!(
+                listener
+                    .accept_ready(&mut ready, |s, _| accepted.push(s))
+                    .is_none()
+            );
+        }
+        assert!(
+            accepted[0].nodelay().unwrap(),
+            "inherited from the listener"
+        );
     }
 
     #[test]

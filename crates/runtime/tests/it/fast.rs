@@ -629,3 +629,64 @@ async fn a_post_with_an_idempotency_key_is_sent_again_only_when_configured() {
     assert_eq!(executions(&backend, "/unkeyed"), 1);
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_is_parked_with_its_session_and_served_again() {
+    use dropless_runtime::proxy::PARK_AFTER;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start(vec![("/one", Reply::Keep(ok("one")))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, tls) = client_tls(dir.path());
+    let mut service = fixtures::service("web", Version::target(backend.addr), 1);
+    service.probe.path = String::new();
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.proxy.tls_cert = Some(cert);
+    config.proxy.tls_key = Some(key);
+    let (h, metrics) = Harness::start_with_metrics(config).await;
+    h.wait_routable(1).await;
+    let idle = || tokio::time::sleep(3 * PARK_AFTER);
+
+    // Idle after its handshake: parked. The first request comes as half a
+    // TLS record (the session resumed keeps it: a request under way, not
+    // parked again), then the rest.
+    let mut stream = tls_connect(h.addr, tls).await;
+    idle().await;
+    assert_eq!(
+        fixtures::parked(metrics).await,
+        1,
+        "parked after its handshake"
+    );
+    let mut record = Vec::new();
+    let (tcp, session) = stream.get_mut();
+    std::io::Write::write_all(&mut session.writer(), &get("/one")).unwrap();
+    while session.wants_write() {
+        session.write_tls(&mut record).unwrap();
+    }
+    tcp.write_all(&record[..10]).await.unwrap();
+    idle().await;
+    assert_eq!(fixtures::parked(metrics).await, 0, "a request under way");
+    tcp.write_all(&record[10..]).await.unwrap();
+    let mut client = Client {
+        stream: Box::new(stream),
+        buf: Vec::new(),
+    };
+    assert_eq!(lossy(&client.response(false).await.raw), lossy(&ok("one")));
+    // Parked after each request, its session kept: the next is served.
+    for _ in 0..2 {
+        idle().await;
+        assert_eq!(fixtures::parked(metrics).await, 1, "parked after a request");
+        client.send(&get("/one")).await;
+        assert_eq!(lossy(&client.response(false).await.raw), lossy(&ok("one")));
+    }
+    assert_eq!(executions(&backend, "/one"), 3);
+    // A stopping proxy closes a parked TLS connection that sends nothing
+    // (after its linger), with no response on it.
+    idle().await;
+    let stopped = tokio::spawn(h.stop(Shutdown::Graceful));
+    let rest = tokio::time::timeout(Duration::from_secs(10), client.read_to_close())
+        .await
+        .expect("closed after the stop's linger");
+    assert!(rest.is_empty(), "{:?}", lossy(&rest));
+    stopped.await.unwrap();
+}

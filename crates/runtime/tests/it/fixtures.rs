@@ -360,6 +360,17 @@ pub async fn websocket(addr: SocketAddr) -> (tokio::net::TcpStream, String) {
     (ws, head)
 }
 
+/// The proxy's parked connections, by the gauge its metrics listener at
+/// `metrics` serves.
+pub async fn parked(metrics: SocketAddr) -> u64 {
+    let (_, _, body) = get(&format!("http://{metrics}/metrics")).await;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("dropless_connections_parked "))
+        .unwrap_or_else(|| panic!("no parked gauge in {body}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// One GET through the proxy: status, `x-version`, body.
 pub async fn get(url: &str) -> (u16, Option<String>, String) {
     use http_body_util::BodyExt;

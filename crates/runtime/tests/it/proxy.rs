@@ -293,15 +293,7 @@ async fn an_idle_connection_is_parked_served_again_and_closed_at_its_deadline() 
     config.proxy.header_read_timeout = timeout;
     let (h, metrics) = Harness::start_with_metrics(config).await;
     h.wait_routable(1).await;
-    let parked = || async move {
-        let (_, _, body) = fixtures::get(&format!("http://{metrics}/metrics")).await;
-        let line = body
-            .lines()
-            .find(|l| l.starts_with("dropless_connections_parked "))
-            .unwrap_or_else(|| panic!("no parked gauge in {body}"))
-            .to_string();
-        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
-    };
+    let parked = || fixtures::parked(metrics);
     let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     let get = "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
     for _ in 0..3 {
