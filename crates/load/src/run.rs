@@ -395,6 +395,70 @@ mod tests {
         }
     }
 
+    /// Answers at once and counts the requests each thread sent.
+    type Counts = std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, u64>>;
+
+    struct PerThread {
+        sent: Arc<Counts>,
+    }
+
+    impl Transport for PerThread {
+        type Session = ();
+
+        async fn exchange(&self, _: &mut (), marks: &mut Marks) -> Result<Answer, Failure> {
+            let now = Instant::now();
+            (marks.sent, marks.head) = (Some(now), Some(now));
+            let thread = std::thread::current().id();
+            *self.sent.lock().unwrap().entry(thread).or_default() += 1;
+            Ok(Answer {
+                status: 200,
+                body_ok: true,
+            })
+        }
+    }
+
+    /// Each sending thread times its own share of the schedule: together
+    /// they send every arrival once (the whole rate, none twice, none
+    /// dropped), every thread takes its turn (below one arrival per batch
+    /// too, where the batches would otherwise all fall to one thread), and
+    /// arrivals leave on time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_model_threads_split_the_schedule_and_keep_the_whole_rate() {
+        for (threads, rate) in [(2, 1_000.0), (2, 20_000.0), (3, 15_000.0)] {
+            let mut config = Config::new("http://127.0.0.1:1/");
+            config.model = Model::Open { rate };
+            config.duration = Duration::from_millis(400);
+            let plan = config.plan().unwrap();
+            let workers = Workers::dedicated(threads).unwrap();
+            let counts = Arc::new(Counts::default());
+            let transport = PerThread {
+                sent: Arc::clone(&counts),
+            };
+            let report = start_with(plan, transport, &workers)
+                .report()
+                .await
+                .unwrap();
+            let total = (rate * 0.4) as u64;
+            assert_eq!(
+                (report.requests.ok, report.dropped_iterations),
+                (total, 0),
+                "{threads} threads at {rate} req/s"
+            );
+            let sent = counts.lock().unwrap().clone();
+            assert_eq!(sent.len(), threads, "{sent:?}");
+            // The batches (every 0.5 ms) go to the threads in turn.
+            let batch = (rate * 0.0005).ceil() as u64;
+            for count in sent.values() {
+                assert!(
+                    count.abs_diff(total / threads as u64) <= batch + 1,
+                    "{threads} threads at {rate} req/s: {sent:?}"
+                );
+            }
+            let late = &report.latency_ms.ttfb;
+            assert!(late.min < 1.0 && late.p50 < 5.0, "{late:?}");
+        }
+    }
+
     fn resident_bytes() -> u64 {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
         let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();

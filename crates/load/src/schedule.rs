@@ -1,9 +1,9 @@
 //! The scheduler, written once for every transport and stop condition.
 //!
-//! Two arrival models feed one `execute`: the open model's dispatcher starts
-//! a task per due instant, handed over in batches to the sending threads (so
-//! a slow server never delays the schedule), the closed model's loops send
-//! back to back. Both stop on the same [`Until`]:
+//! Two arrival models feed one `execute`: in the open model each sending
+//! thread starts a task per due instant of its share of the schedule, in
+//! batches (so a slow server never delays the schedule), the closed model's
+//! loops send back to back. Both stop on the same [`Until`]:
 //! the deadline, a request count, or a stop from the caller.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,19 +18,21 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::{Marks, Transport};
 use crate::config::{Plan, StatusSet};
+use crate::lane_timer::LaneTimer;
 use crate::outcome::{Failure, FailureClass};
 use crate::stats::{Recorder, Timings};
 
 /// Waiters on the abandon signal are spread over this many tokens, so that
 /// thousands of requests in flight do not queue on one lock.
 const ABANDON_SHARDS: usize = 16;
-/// The open dispatcher's longest sleep: how late it may notice a stop.
-const MAX_NAP: Duration = Duration::from_millis(20);
-/// The open dispatcher's shortest period between two wake-ups: an arrival
-/// is sent at most this late (and its latency, measured from the schedule,
-/// shows it), in exchange for one hand-over per batch of arrivals. At
-/// 20 000 req/s that is 10 requests per batch; below 2 000 req/s every
-/// request goes alone, on time.
+/// The open model's batch period: the arrivals due within one `TICK` of
+/// the schedule form a batch, sent at once when its last arrival is due,
+/// by one sending thread (the batches go to the threads in turn). An
+/// arrival is so sent at most this late (and its latency, measured from
+/// the schedule, shows it), in exchange for one wake-up per batch. At
+/// 20 000 req/s that is 10 requests per batch, and each of two threads
+/// wakes every millisecond; below 2 000 req/s every request goes alone, on
+/// time.
 const TICK: Duration = Duration::from_micros(500);
 
 /// What every request of a run shares.
@@ -125,113 +127,174 @@ impl Until {
 /// Open model: a request due every `1/rate` s from the start. Returns when
 /// scheduling ended.
 ///
-/// The dispatcher runs on a thread of its own and sleeps with the OS timer:
-/// tokio's timer wheel has millisecond ticks and would add up to two of them
-/// to every latency measured from the schedule; `thread::sleep` is late by
-/// tens of microseconds. It wakes at most once per [`TICK`] and hands every
-/// arrival due by then, in one batch, to one sending thread (the next in
-/// turn), which starts them there: one cross-thread wake-up per batch, not
-/// per request, and requests of a batch that go out together come back
-/// together, so the sending thread wakes once for several responses.
+/// Each sending thread (lane) times its own share of the schedule, so no
+/// arrival crosses threads: arrival `i` is due at `i / rate`, the batches
+/// ([`TICK`]) go to the lanes in turn, and the lanes together keep the
+/// whole rate and every arrival its exact instant. A lane sleeps on a timer
+/// of its own event loop ([`LaneTimer`]: sub-millisecond, no thread of its
+/// own) until its next batch is due, and starts the batch's requests in
+/// that one poll: no dispatcher thread, no cross-thread hand-over, one
+/// wake-up per batch; requests of a batch that go out together come back
+/// together, so the thread wakes once for several responses.
 pub(crate) async fn open<T: Transport>(
     shared: &Arc<Shared<T>>,
     rate: f64,
     max_in_flight: usize,
     tracker: &TaskTracker,
 ) -> Instant {
-    let (shared, tracker) = (Arc::clone(shared), tracker.clone());
-    let dispatcher =
-        tokio::task::spawn_blocking(move || dispatch(&shared, rate, max_in_flight, &tracker));
-    dispatcher.await.expect("the dispatcher does not panic")
+    let lanes = shared.handles.len();
+    let schedules: Vec<_> = (0..lanes)
+        .map(|lane| {
+            let lane = Lane {
+                shared: Arc::clone(shared),
+                tracker: tracker.clone(),
+                lane,
+                lanes,
+                rate,
+                max_in_flight,
+            };
+            shared.handles[lane.lane].spawn(lane.run())
+        })
+        .collect();
+    let mut end = shared.start;
+    for schedule in schedules {
+        // A lane whose runtime was shut down ended its schedule then.
+        end = end.max(schedule.await.unwrap_or_else(|_| Instant::now()));
+    }
+    end
 }
 
-/// One arrival handed to a sending thread: its number and when it was due.
-type Arrival = (u64, Instant);
-
-fn dispatch<T: Transport>(
-    shared: &Arc<Shared<T>>,
+/// One sending thread's share of the open model's schedule.
+struct Lane<T> {
+    shared: Arc<Shared<T>>,
+    tracker: TaskTracker,
+    lane: usize,
+    lanes: usize,
     rate: f64,
     max_in_flight: usize,
-    tracker: &TaskTracker,
-) -> Instant {
-    let until = &shared.until;
-    let due_at = |n: u64| shared.start + Duration::from_secs_f64(n as f64 / rate);
-    let mut last = shared.start;
-    let mut woke: Option<Instant> = None;
-    let mut batches = 0usize;
-    let mut n = 0u64;
-    loop {
-        let next = due_at(n);
-        if next >= until.deadline {
-            return last.max(until.deadline);
-        }
-        let now = loop {
-            if until.stop.is_cancelled() {
-                return Instant::now();
-            }
-            let now = Instant::now();
-            let wake = woke.map_or(next, |woke| next.max(woke + TICK));
-            if wake <= now {
-                break now;
-            }
-            // Short naps, so that a stop is seen within one.
-            std::thread::sleep((wake - now).min(MAX_NAP));
-        };
-        woke = Some(now);
-        let mut batch = Vec::new();
+}
+
+/// A lane's walk through the schedule's batches: the arrivals due within
+/// one [`TICK`] form a batch, and the batches that have any arrival go to
+/// the lanes in turn (so below one arrival per tick, arrivals go to the
+/// lanes in turn, each alone and on time).
+struct Batches {
+    /// The first arrival not walked yet.
+    next: u64,
+    /// Batches walked so far (by every lane: the walk is the same).
+    seen: u64,
+    /// Arrivals due from then on are not sent.
+    deadline: Instant,
+}
+
+impl Batches {
+    /// The first and last arrival of this lane's next batch; `None` when
+    /// the schedule ends before it.
+    fn next_of<T: Transport>(&mut self, lane: &Lane<T>) -> Option<(u64, u64)> {
         loop {
-            let due = due_at(n);
-            if due > now || due >= until.deadline {
-                break;
+            let first = self.next;
+            if lane.due_at(first) >= self.deadline {
+                return None;
             }
-            if !until.ticket() {
-                send(shared, tracker, batches, batch);
-                return last;
+            let batch = lane.batch(first);
+            let mut end = first;
+            while lane.batch(end + 1) == batch && lane.due_at(end + 1) < self.deadline {
+                end += 1;
             }
-            last = now;
-            n += 1;
-            if shared.in_flight.load(Ordering::Relaxed) >= max_in_flight {
-                shared
-                    .recorder
-                    .lock()
-                    .expect("recorder lock")
-                    .drop_iteration(shared.second(due));
-                continue;
+            self.next = end + 1;
+            self.seen += 1;
+            if (self.seen - 1) % lane.lanes as u64 == lane.lane as u64 {
+                return Some((first, end));
             }
-            shared.in_flight.fetch_add(1, Ordering::Relaxed);
-            batch.push((n - 1, due));
         }
-        send(shared, tracker, batches, batch);
-        batches += 1;
     }
 }
 
-/// Start `batch` on the sending thread whose turn it is: one task crosses
-/// threads, and it spawns each request's task where it runs.
-fn send<T: Transport>(
-    shared: &Arc<Shared<T>>,
-    tracker: &TaskTracker,
-    turn: usize,
-    batch: Vec<Arrival>,
-) {
-    if batch.is_empty() {
-        return;
-    }
-    let (shared, local) = (Arc::clone(shared), tracker.clone());
-    let (handle, lane) = (shared.handle(turn).clone(), shared.lane(turn));
-    tracker.spawn_on(
-        async move {
-            for (n, due) in batch {
-                let task = Arc::clone(&shared);
-                local.spawn(async move {
-                    let mut session = task.transport.session(lane);
-                    task.execute(&mut session, due, n as usize).await;
-                    task.in_flight.fetch_sub(1, Ordering::Relaxed);
-                });
+impl<T: Transport> Lane<T> {
+    /// Start this lane's arrivals as they fall due; returns when its
+    /// schedule ended (the deadline, or the instant it stopped).
+    async fn run(self) -> Instant {
+        let shared = &self.shared;
+        let until = &shared.until;
+        let timer = LaneTimer::new();
+        let stop = until.stop.cancelled();
+        tokio::pin!(stop);
+        let mut batches = Batches {
+            next: 0,
+            seen: 0,
+            deadline: until.deadline,
+        };
+        // Each request's timeout is a timer of this thread's tokio runtime,
+        // and tokio wakes its own thread (an eventfd write) for every timer
+        // set while its thread is awake that is due before all the timers
+        // pending when it last slept: with none pending (the thread sleeps
+        // on the timerfd between batches, its requests all answered), that
+        // is every request. A timer kept pending, due before any request's
+        // timeout, spares those writes.
+        let guard_period = shared.timeout / 2;
+        let guard = tokio::time::sleep(guard_period);
+        tokio::pin!(guard);
+        let mut last = shared.start;
+        while let Some((first, end)) = batches.next_of(&self) {
+            // A batch is sent at once, when its last arrival is due.
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut stop => return Instant::now(),
+                    () = &mut guard => guard.as_mut().reset(Instant::now() + guard_period),
+                    () = timer.sleep_until(self.due_at(end)) => break,
+                }
             }
-        },
-        &handle,
-    );
+            let now = Instant::now();
+            for n in first..=end {
+                if !until.ticket() {
+                    return last;
+                }
+                last = now;
+                self.start(self.due_at(n), n);
+            }
+        }
+        last.max(until.deadline)
+    }
+
+    /// When arrival `n` is due.
+    fn due_at(&self, n: u64) -> Instant {
+        self.shared.start + Duration::from_secs_f64(n as f64 / self.rate)
+    }
+
+    /// The batch of arrival `n`: the [`TICK`] whose end is the first at or
+    /// after its due instant.
+    fn batch(&self, n: u64) -> u64 {
+        (n as f64 / self.rate / TICK.as_secs_f64()).ceil() as u64
+    }
+
+    /// Start arrival `n`, due at `due`, in a task of its own on this
+    /// thread, or count it as dropped when `--max-in-flight` requests are
+    /// already in flight (checked and taken in one step: the lanes share
+    /// the bound).
+    fn start(&self, due: Instant, n: u64) {
+        let shared = &self.shared;
+        let taken =
+            shared
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |in_flight| {
+                    (in_flight < self.max_in_flight).then_some(in_flight + 1)
+                });
+        if taken.is_err() {
+            shared
+                .recorder
+                .lock()
+                .expect("recorder lock")
+                .drop_iteration(shared.second(due));
+            return;
+        }
+        let (task, lane) = (Arc::clone(shared), self.lane);
+        self.tracker.spawn(async move {
+            let mut session = task.transport.session(lane);
+            task.execute(&mut session, due, n as usize).await;
+            task.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
 }
 
 /// Closed model: `vus` loops back to back. Returns when scheduling ended.

@@ -15,8 +15,11 @@ use tokio_util::either::Either;
 
 use crate::outcome::{Failure, FailureClass};
 
-/// A connection's byte stream: plain TCP, or TLS over TCP.
-pub(crate) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+/// A connection's byte stream: plain TCP, or TLS over TCP. The TLS state is
+/// boxed: inline it would make every connection, and every request future
+/// holding one, kilobytes larger (and copied as such: an idle connection
+/// moves out of the pool and back for every request).
+pub(crate) type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Opens connections to the resolved target.
 pub(crate) struct Connector {
@@ -76,7 +79,7 @@ impl Connector {
         match &self.tls {
             None => Ok(Either::Left(tcp)),
             Some((tls, name)) => match tls.connect(name.clone(), tcp).await {
-                Ok(stream) => Ok(Either::Right(stream)),
+                Ok(stream) => Ok(Either::Right(Box::new(stream))),
                 Err(e) => Err(tls_failure(&e)),
             },
         }
