@@ -454,8 +454,10 @@ mod tests {
                     "{threads} threads at {rate} req/s: {sent:?}"
                 );
             }
+            // On time: within a batch period, with room for a busy machine
+            // (the precision itself is a benchmark's, not a test's).
             let late = &report.latency_ms.ttfb;
-            assert!(late.min < 1.0 && late.p50 < 5.0, "{late:?}");
+            assert!(late.min < 1.0 && late.p50 < 20.0, "{late:?}");
         }
     }
 
