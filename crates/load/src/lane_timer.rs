@@ -7,7 +7,9 @@
 //! every latency measured from the schedule). A Linux timerfd registered
 //! with the thread's reactor wakes its `epoll_wait` at the instant asked,
 //! and costs no thread and no cross-thread wake-up. Where no timerfd can be
-//! had, tokio's sleep stands in.
+//! had, tokio's sleep stands in. The timerfd runs on the real clock: a
+//! runtime whose time is paused (`tokio::time::pause`) does not drive it,
+//! so the open model's schedule is tested in real time.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
