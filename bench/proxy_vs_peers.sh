@@ -316,17 +316,39 @@ stop() {
     pids=("${keep[@]}")
   done
 }
-# ready PROXY: waits (up to 10 s) until it answers on its plain and TLS ports.
-ready() {
-  local t
+# log_of PROXY: its log files.
+log_of() {
+  case $1 in
+    nginx) echo "$work/nginx/stderr.log" ;;
+    haproxy) echo "$work/haproxy.log" ;;
+    traefik|caddy) echo "$work/$1/$1.log" ;;
+    dropless) echo "$work/dropless-plain.log $work/dropless-tls.log" ;;
+  esac
+}
+# answers PROXY: waits (up to 10 s) until it answers on its plain and TLS
+# ports; says why not (and the end of its log) otherwise.
+answers() {
+  local t f
   for t in plain tls; do
     for _ in $(seq 200); do
       [ "$(curl -sk --max-time 1 "$(url "$t" "${port[$1.$t]}")" 2>/dev/null)" = ok ] && continue 2
-      kill -0 "${pid[$1.$t]}" 2>/dev/null || { echo "$1 exited; its log is in $work (KEEP=1 keeps it)" >&2; exit 1; }
+      kill -0 "${pid[$1.$t]}" 2>/dev/null || { echo "$1 exited" >&2; break; }
       sleep 0.05
     done
-    echo "$1 does not answer on ${port[$1.$t]} ($t); its log is in $work (KEEP=1 keeps it)" >&2; exit 1
+    echo "$1 does not answer \"ok\" on ${port[$1.$t]} ($t): $(curl -sk --max-time 1 -o /dev/null -w '%{http_code}' "$(url "$t" "${port[$1.$t]}")" 2>&1)" >&2
+    # shellcheck disable=SC2046 # one path per word
+    for f in $(log_of "$1"); do [ -s "$f" ] && tail -n 20 "$f" >&2; done
+    return 1
   done
+}
+# ready PROXY: waits until it answers; started once more if it does not (a
+# peer that failed to come up once, for a reason its log shows, should not
+# cost the whole run).
+ready() {
+  answers "$1" && return
+  log "$1 did not come up; starting it again"
+  stop "$1"; start "$1"
+  answers "$1" || { echo "$1 did not come up twice; its logs are in $work (KEEP=1 keeps them)" >&2; exit 1; }
 }
 
 transport() { case $1 in tls|tls-close|h2) echo tls ;; *) echo plain ;; esac; }
