@@ -243,6 +243,28 @@ fn scale_refuses_zero_unless_asked_and_counts_above_the_limit() {
 }
 
 /// The one line of a run that exited 2.
+/// Waits (up to 20 s) until the file `path` that the running `child` writes
+/// says what `ready` looks for; returns its text. Fails if the child exits
+/// first.
+fn wait_for_file(
+    child: &mut std::process::Child,
+    path: &std::path::Path,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap();
+        if ready(&text) {
+            return text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited {status}: {text}");
+        }
+        assert!(Instant::now() < deadline, "not there yet: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn refused_in_one_line(output: &std::process::Output) -> String {
     let text = stderr(output);
     assert_eq!(output.status.code(), Some(2), "{text}");
@@ -377,19 +399,10 @@ fn logs_written_to_a_file_carry_no_escape_codes() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap();
-        // The replica's start is logged (the addresses go to stdout).
-        if text.contains(" INFO ") && text.contains("web-1") {
-            break text;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("serve exited {status}: {text}");
-        }
-        assert!(Instant::now() < deadline, "no INFO line: {text}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // The replica's start is logged (the addresses go to stdout).
+    let text = wait_for_file(&mut child, &log, |t| {
+        t.contains(" INFO ") && t.contains("web-1")
+    });
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     child.wait().unwrap();
@@ -582,20 +595,7 @@ fn a_config_file_without_a_service_takes_it_from_target_and_refuses_without_one(
         &["--target", "127.0.0.1:9", "--health-path", ""],
         std::fs::File::create(&out).unwrap().into(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if std::fs::read_to_string(&out)
-            .unwrap()
-            .contains("proxy on http://")
-        {
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("serve exited {status}");
-        }
-        assert!(Instant::now() < deadline, "serve did not start its proxy");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&mut child, &out, |t| t.contains("proxy on http://"));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     child.wait().unwrap();
