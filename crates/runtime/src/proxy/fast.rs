@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::forward::{self, LazyDeadline, Sent};
-use super::front::ClientIo;
+use super::front::{self, ClientIo};
 use super::park::StopLinger;
 use super::{ClientInfo, Proxy, ProxyError};
 use crate::ops::{ErrorKind, Trace, request_id};
@@ -126,7 +126,10 @@ impl<S: ClientIo> Session<'_, '_, S> {
             if self.input.is_empty() {
                 match self.wait_for_request().await {
                     Wait::Readable => {}
-                    Wait::Close => return Exit::Closed,
+                    Wait::Close => {
+                        front::close_idle(self.stream);
+                        return Exit::Closed;
+                    }
                     Wait::Park => return Exit::Park(deadline),
                 }
             }

@@ -36,6 +36,19 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
+/// Closes an idle connection (its deadline passed, or the proxy stops): a
+/// TLS session first says so with a close_notify (RFC 8446 §6.1), so that
+/// its client tells the end from a truncation, if the socket takes it at
+/// once (an idle connection's send buffer is empty); a connection whose
+/// client reads nothing is not waited for.
+pub(super) fn close_idle<S: ClientIo>(stream: &mut S) {
+    use futures_util::FutureExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    if S::CLOSE_NOTIFY {
+        let _ = stream.shutdown().now_or_never();
+    }
+}
+
 /// A client's plain socket, registered with its thread's event loop only
 /// once an operation on it would wait. A client whose request is there when
 /// its connection is accepted, and whose answer fits the socket's buffer,

@@ -44,6 +44,14 @@ impl ParkedStream {
             Self::Tls(stream) => stream.get_ref().0,
         }
     }
+
+    /// Closes it: its deadline passed, or the proxy stops (see
+    /// [`close_idle`](super::front::close_idle)).
+    pub(super) fn close(self) {
+        if let Self::Tls(mut stream) = self {
+            super::front::close_idle(&mut *stream);
+        }
+    }
 }
 
 impl Parked {

@@ -429,6 +429,8 @@ impl Conn {
             metrics.parked(false);
             if readable {
                 self.start(Start::Resumed(parked.stream));
+            } else {
+                parked.stream.close();
             }
         });
     }

@@ -638,15 +638,7 @@ async fn an_idle_tls_connection_is_parked_with_its_session_and_served_again() {
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     let backend = Backend::start(vec![("/one", Reply::Keep(ok("one")))]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, tls) = client_tls(dir.path());
-    let mut service = fixtures::service("web", Version::target(backend.addr), 1);
-    service.probe.path = String::new();
-    let mut config = fixtures::config(dir.path(), vec![service]);
-    config.proxy.tls_cert = Some(cert);
-    config.proxy.tls_key = Some(key);
-    let (h, metrics) = Harness::start_with_metrics(config).await;
-    h.wait_routable(1).await;
+    let (_dir, h, metrics, tls) = tls_proxy(&backend, |_| {}).await;
     let idle = || tokio::time::sleep(3 * PARK_AFTER);
 
     // Idle after its handshake: parked. The first request comes as half a
@@ -691,4 +683,81 @@ async fn an_idle_tls_connection_is_parked_with_its_session_and_served_again() {
         .expect("closed after the stop's linger");
     assert!(rest.is_empty(), "{:?}", lossy(&rest));
     stopped.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_is_closed_with_a_close_notify() {
+    use dropless_runtime::proxy::PARK_AFTER;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start(vec![("/one", Reply::Keep(ok("one")))]).await;
+    // Closed at its header read deadline while it waits (shorter than the
+    // time before it is parked), parked first then closed at its deadline,
+    // and parked then closed by a stopping proxy after its linger.
+    let cases = [
+        ("deadline", PARK_AFTER / 2),
+        ("parked, deadline", PARK_AFTER * 3),
+        ("parked, stop", Duration::from_secs(60)),
+    ];
+    for (case, timeout) in cases {
+        let (_dir, h, metrics, tls) =
+            tls_proxy(&backend, |c| c.proxy.header_read_timeout = timeout).await;
+        let mut stream = tls_connect(h.addr, tls).await;
+        stream.write_all(&get("/one")).await.unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.unwrap();
+        // `Ok` at the end only if the proxy said close_notify before it
+        // closed: rustls reports a bare end as an unexpected EOF (a
+        // possible truncation).
+        let mut rest = Vec::new();
+        let read = async {
+            tokio::time::timeout(fixtures::WAIT, stream.read_to_end(&mut rest))
+                .await
+                .unwrap_or_else(|_| panic!("{case}: the idle connection is closed"))
+        };
+        let closed = if case == "parked, stop" {
+            let stop = async {
+                tokio::time::timeout(fixtures::WAIT, async {
+                    while fixtures::parked(metrics).await != 1 {
+                        tokio::time::sleep(PARK_AFTER / 4).await;
+                    }
+                })
+                .await
+                .expect("parked");
+                h.stop(Shutdown::Graceful).await;
+            };
+            tokio::join!(read, stop).0
+        } else {
+            let closed = read.await;
+            h.stop(Shutdown::Fast).await;
+            closed
+        };
+        assert!(closed.is_ok(), "{case}: {closed:?}");
+        assert!(lossy(&rest).ends_with("one"), "{case}: {:?}", lossy(&rest));
+    }
+}
+
+/// A proxy serving HTTPS (a self-signed certificate for `localhost`) in
+/// front of `backend`, routable, with its metrics address and a client
+/// configuration that trusts it.
+async fn tls_proxy(
+    backend: &Backend,
+    configure: impl FnOnce(&mut dropless_runtime::config::Config),
+) -> (
+    tempfile::TempDir,
+    Harness,
+    std::net::SocketAddr,
+    std::sync::Arc<rustls::ClientConfig>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, tls) = client_tls(dir.path());
+    let mut service = fixtures::service("web", Version::target(backend.addr), 1);
+    service.probe.path = String::new();
+    let mut config = fixtures::config(dir.path(), vec![service]);
+    config.proxy.tls_cert = Some(cert);
+    config.proxy.tls_key = Some(key);
+    configure(&mut config);
+    let (h, metrics) = Harness::start_with_metrics(config).await;
+    h.wait_routable(1).await;
+    (dir, h, metrics, tls)
 }
