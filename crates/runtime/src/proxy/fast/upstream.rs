@@ -222,8 +222,10 @@ fn response(
 ) -> Result<Response<ReplicaBody>, String> {
     let mut headers = [httparse::EMPTY_HEADER; super::head::MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
+    // One buffer that every value is a slice of: no copy per header.
+    let bytes = Bytes::from(head.head);
     // The head is the proxy's own rewrite of one that parsed already.
-    if !matches!(parsed.parse(&head.head), Ok(httparse::Status::Complete(_))) {
+    if !matches!(parsed.parse(&bytes), Ok(httparse::Status::Complete(_))) {
         return Err("invalid response head".into());
     }
     let mut map = HeaderMap::with_capacity(parsed.headers.len());
@@ -234,7 +236,8 @@ fn response(
             continue;
         }
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|e| e.to_string())?;
+        let value =
+            HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|e| e.to_string())?;
         map.append(name, value);
     }
     let mut resp = Response::new(ReplicaBody::empty());
