@@ -363,11 +363,17 @@ pub async fn websocket(addr: SocketAddr) -> (tokio::net::TcpStream, String) {
 /// The proxy's parked connections, by the gauge its metrics listener at
 /// `metrics` serves.
 pub async fn parked(metrics: SocketAddr) -> u64 {
+    gauge(metrics, "dropless_connections_parked ").await
+}
+
+/// The value of the first series whose line starts with `series` that the
+/// metrics listener at `metrics` serves.
+pub async fn gauge(metrics: SocketAddr, series: &str) -> u64 {
     let (_, _, body) = get(&format!("http://{metrics}/metrics")).await;
     let line = body
         .lines()
-        .find(|l| l.starts_with("dropless_connections_parked "))
-        .unwrap_or_else(|| panic!("no parked gauge in {body}"));
+        .find(|l| l.starts_with(series))
+        .unwrap_or_else(|| panic!("no {series} in {body}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 

@@ -718,3 +718,81 @@ async fn connection_specific_trailer_fields_are_dropped_and_the_h2_stream_ends_c
     assert_eq!(trailers["x-checksum"], "abc");
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upload_larger_than_the_flow_control_windows_reaches_the_replica_whole() {
+    let backend = Backend::start(vec![(
+        "/big",
+        Reply::Keep(with_length("201 Created", b"stored")),
+    )])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    // Three times the proxy's 1 MiB windows: the client sends the rest
+    // only if the proxy gives back the window of what it read.
+    let body = pattern(3 << 20);
+    let got = send(&client, request("POST", "/big", &body)).await;
+    assert_eq!((got.status, got.text().as_str()), (201, "stored"));
+    let r = &backend.requests(1).await[0];
+    assert!(r.body == body, "{} of {} bytes", r.body.len(), body.len());
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resets_an_h2_stream_cancels_its_request_and_keeps_its_connection() {
+    use crate::fixtures::{self, Harness};
+    use dropless_runtime::config::Version;
+    let backend = Backend::start(vec![
+        ("/silent", Reply::Silent),
+        ("/one", Reply::Keep(ok("one"))),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = fixtures::service("web", Version::target(backend.addr), 1);
+    service.probe.path = String::new();
+    let (h, metrics) =
+        Harness::start_with_metrics(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let in_flight = || fixtures::gauge(metrics, "dropless_requests_in_flight{");
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    tokio::spawn(conn);
+    let request = |path: &str| {
+        Request::get(format!("http://app.test{path}"))
+            .body(())
+            .unwrap()
+    };
+    let (silent, _) = sender.send_request(request("/silent"), true).unwrap();
+    backend.requests(1).await;
+    assert_eq!(in_flight().await, 1, "the replica has the request");
+    // Dropped before its response: the client resets the stream.
+    drop(silent);
+    tokio::time::timeout(WAIT, async {
+        while in_flight().await != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the reset stream's request ends at the proxy");
+    // The connection serves on.
+    let (one, _) = sender.send_request(request("/one"), true).unwrap();
+    let resp = tokio::time::timeout(WAIT, one).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_may_open_200_streams_at_once() {
+    let backend = Backend::start(vec![("/one", Reply::Keep(ok("one")))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    tokio::spawn(conn);
+    // Once a response came, so have the proxy's settings.
+    let req = Request::get("http://app.test/one").body(()).unwrap();
+    let (resp, _) = sender.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(sender.current_max_send_streams(), 200);
+    h.stop(Shutdown::Fast).await;
+}
