@@ -129,3 +129,73 @@ async fn two_sending_threads_share_the_connection_cap() {
     let opened = server.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert!((1..=3).contains(&opened), "{opened} connections");
 }
+
+/// Two sending threads, as the CLI runs, against a server that answers
+/// each request only 600 ms after reading it: while no request finishes,
+/// every arrival of the 300 ms schedule still leaves (each on a connection
+/// of its own, none comes back), never before it is due and without
+/// waiting for a response; the requests finish after the schedule ended;
+/// and at the in-flight limit every later arrival is dropped, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sending_threads_send_every_arrival_while_nothing_finishes() {
+    let rate = 2000.0;
+    for (max_in_flight, sent) in [(10_000, 600), (250, 250)] {
+        let stall = Duration::from_millis(600);
+        let server = support::misbehaving(move |_| vec![Action::Stall(stall)]).await;
+        let mut config = open(&server.url("http"), rate, Duration::from_millis(300));
+        config.max_in_flight = max_in_flight;
+        let workers = dropless_load::Workers::dedicated(2).unwrap();
+        let before = std::time::Instant::now();
+        let report = dropless_load::start_on(&config, &workers)
+            .await
+            .unwrap()
+            .report()
+            .await
+            .unwrap();
+        assert_consistent(&report);
+        assert_eq!(
+            (report.requests.ok, report.dropped_iterations),
+            (sent, 600 - sent)
+        );
+        assert!(report.latency_ms.ttlb.min >= 600.0, "{report:?}");
+        let mut accepted = server.accepted.lock().unwrap().clone();
+        accepted.sort();
+        assert_eq!(accepted.len() as u64, sent);
+        // Never early: by the k-th connection, k arrivals were due.
+        for (k, at) in accepted.iter().enumerate() {
+            let due = before + Duration::from_secs_f64(k as f64 / rate);
+            assert!(*at >= due, "connection {k} before its arrival was due");
+        }
+        // None waited for a response: the last arrived before the first
+        // could have been answered.
+        let (first, last) = (accepted[0], accepted[accepted.len() - 1]);
+        assert!(last - first < stall, "{:?}", last - first);
+    }
+}
+
+/// Two sending threads against a server that never answers: each request
+/// ends as a timeout, by its own `--timeout` (long before the grace ends)
+/// or, with a longer timeout, when the grace ends; either way exactly once,
+/// and the run ends then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sending_threads_time_requests_out_by_timeout_or_grace() {
+    for (timeout, grace) in [(200, 20_000), (20_000, 200)] {
+        let server = support::misbehaving(|_| vec![Action::Hang]).await;
+        let mut config = open(&server.url("http"), 1000.0, Duration::from_millis(200));
+        config.timeout = Duration::from_millis(timeout);
+        config.grace = Duration::from_millis(grace);
+        let workers = dropless_load::Workers::dedicated(2).unwrap();
+        let started = std::time::Instant::now();
+        let report = dropless_load::start_on(&config, &workers)
+            .await
+            .unwrap()
+            .report()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_consistent(&report);
+        assert_eq!(failures(&report), [("timeout", 200)]);
+        assert_eq!(report.dropped_iterations, 0);
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+    }
+}

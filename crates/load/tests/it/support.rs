@@ -3,9 +3,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -36,6 +36,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub connections: Arc<AtomicUsize>,
+    /// When each connection was accepted (misbehaving server only).
+    pub accepted: Arc<Mutex<Vec<Instant>>>,
     /// Most HTTP/2 streams in progress at once (HTTP/2 server only).
     pub max_streams: Arc<AtomicUsize>,
 }
@@ -52,12 +54,14 @@ pub async fn misbehaving(script: impl Fn(usize) -> Vec<Action> + Send + Sync + '
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = server_for(&listener);
     let connections = server.connections.clone();
+    let accepted = server.accepted.clone();
     let script = Arc::new(script);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.lock().unwrap().push(Instant::now());
             let n = connections.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(serve(stream, script(n)));
         }
@@ -214,6 +218,7 @@ fn server_for(listener: &TcpListener) -> Server {
     Server {
         addr: listener.local_addr().unwrap(),
         connections: Arc::new(AtomicUsize::new(0)),
+        accepted: Arc::new(Mutex::new(Vec::new())),
         max_streams: Arc::new(AtomicUsize::new(0)),
     }
 }
