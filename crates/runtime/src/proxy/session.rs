@@ -31,6 +31,12 @@ use crate::proxy::balance::Pick;
 use crate::proxy::pool::{BoxError, PoolError, PooledBody, UpstreamBody};
 use crate::supervisor::replica::InFlight;
 
+// The names looked up in every request and response, as names: a `&str`
+// would be parsed (and checked) on every use.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(request_id::HEADER);
+const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static(forward::IDEMPOTENCY_KEY);
+const HELD: http::HeaderName = http::HeaderName::from_static(affinity::HELD_HEADER);
+
 impl Proxy {
     /// The hyper service for the requests of one client connection.
     pub(super) fn service(
@@ -69,9 +75,9 @@ impl Proxy {
     }
 
     async fn handle(&self, mut req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
-        let given = req.headers().get(request_id::HEADER);
+        let given = req.headers().get(REQUEST_ID);
         let id = request_id::keep_or_generate(given.map(http::HeaderValue::as_bytes));
-        req.headers_mut().insert(request_id::HEADER, id.clone());
+        req.headers_mut().insert(REQUEST_ID, id.clone());
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut trace = self.ops.begin(req.method().as_str(), path, id);
         let mut resp = match self.forward(req, client, &mut trace).await {
@@ -87,7 +93,7 @@ impl Proxy {
         // and indexing it costs a table insertion and eviction per response.
         let mut id = trace.id.clone();
         id.set_sensitive(true);
-        resp.headers_mut().insert(request_id::HEADER, id);
+        resp.headers_mut().insert(REQUEST_ID, id);
         resp.map(|body| TracedBody::new(body, trace, Arc::clone(&self.ops)).boxed())
     }
 
@@ -127,7 +133,7 @@ impl Proxy {
         parts.headers.remove(http::header::CONTENT_LENGTH);
         let replay = forward::Replay::of(
             parts.method.as_str().as_bytes(),
-            parts.headers.contains_key(forward::IDEMPOTENCY_KEY),
+            parts.headers.contains_key(IDEMPOTENCY_KEY),
             &config,
         );
         let failure = upload::ClientFailure::default();
@@ -189,10 +195,8 @@ impl Proxy {
                 let held = pick.held;
                 let mut resp = respond(resp, pick.guard, &pick.replica, client_upgrade);
                 if !held.is_zero() {
-                    resp.headers_mut().insert(
-                        affinity::HELD_HEADER,
-                        http::HeaderValue::from(held.as_millis() as u64),
-                    );
+                    resp.headers_mut()
+                        .insert(HELD, http::HeaderValue::from(held.as_millis() as u64));
                 }
                 Ok(resp)
             }
@@ -505,7 +509,11 @@ fn respond(
         return Response::from_parts(parts, body.boxed());
     }
     let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, None);
+    // A head read from a plain socket was rewritten without them already
+    // (`fast::head::parse_response`).
+    if let FromReplica::Hyper(_) = body {
+        headers::strip_hop_by_hop(&mut parts.headers, None);
+    }
     Response::from_parts(parts, Guarded::new(body, guard).boxed())
 }
 

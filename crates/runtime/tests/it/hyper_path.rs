@@ -796,3 +796,29 @@ async fn an_h2_client_may_open_200_streams_at_once() {
     assert_eq!(sender.current_max_send_streams(), 200);
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_and_connection_named_response_fields_do_not_reach_an_h2_client() {
+    let response = b"HTTP/1.1 200 OK\r\nConnection: x-private, keep-alive\r\n\
+X-Private: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\n\
+Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
+        .to_vec();
+    let backend = Backend::start(vec![("/fields", Reply::Keep(response))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    let got = send(&client, get("/fields")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "ok"), "{got:?}");
+    for name in [
+        "connection",
+        "x-private",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(got.header(name).is_none(), "{name} in {:?}", got.headers);
+    }
+    assert_eq!(got.header("x-kept"), Some("yes"));
+    assert_eq!(got.header("content-length"), Some("2"));
+    h.stop(Shutdown::Fast).await;
+}
