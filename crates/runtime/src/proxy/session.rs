@@ -74,135 +74,149 @@ impl Proxy {
         })
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
-        let given = req.headers().get(REQUEST_ID);
-        let id = request_id::keep_or_generate(given.map(http::HeaderValue::as_bytes));
-        req.headers_mut().insert(REQUEST_ID, id.clone());
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let mut trace = self.ops.begin(req.method().as_str(), path, id);
-        let mut resp = match self.forward(req, client, &mut trace).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                tracing::warn!(peer = %client.peer, "{e}");
-                trace.failed(&e);
-                e.response()
-            }
-        };
-        trace.status = resp.status().as_u16();
-        // Never indexed by HTTP/2's header compression: an id is used once,
-        // and indexing it costs a table insertion and eviction per response.
-        let mut id = trace.id.clone();
-        id.set_sensitive(true);
-        resp.headers_mut().insert(REQUEST_ID, id);
-        resp.map(|body| TracedBody::new(body, trace, Arc::clone(&self.ops)).boxed())
+    // Not an `async fn`, here and in `forward`: an `async fn` keeps each
+    // argument twice in its future (as captured, then as a local), and
+    // these futures are allocated and written for every request.
+    #[allow(clippy::manual_async_fn)]
+    fn handle<'a>(
+        &'a self,
+        mut req: Request<Incoming>,
+        client: &'a ClientInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+        async move {
+            let given = req.headers().get(REQUEST_ID);
+            let id = request_id::keep_or_generate(given.map(http::HeaderValue::as_bytes));
+            req.headers_mut().insert(REQUEST_ID, id.clone());
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let mut trace = self.ops.begin(req.method().as_str(), path, id);
+            let mut resp = match self.forward(req, client, &mut trace).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::warn!(peer = %client.peer, "{e}");
+                    trace.failed(&e);
+                    e.response()
+                }
+            };
+            trace.status = resp.status().as_u16();
+            // Never indexed by HTTP/2's header compression: an id is used once,
+            // and indexing it costs a table insertion and eviction per response.
+            let mut id = trace.id.clone();
+            id.set_sensitive(true);
+            resp.headers_mut().insert(REQUEST_ID, id);
+            resp.map(|body| TracedBody::new(body, trace, Arc::clone(&self.ops)).boxed())
+        }
     }
 
-    async fn forward(
-        &self,
+    #[allow(clippy::manual_async_fn)]
+    fn forward<'a>(
+        &'a self,
         mut req: Request<Incoming>,
-        client: &ClientInfo,
-        trace: &mut Trace,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        if req.method() == http::Method::CONNECT {
-            return Err(ProxyError::BadRequest("CONNECT is not proxied"));
-        }
-        // The settings of this request's moment: a reload affects the next.
-        let config = self.config.load_full();
-        let host = request_host(&req)?;
-        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-        let service = self
-            .router
-            .route(host_str)
-            .ok_or_else(|| ProxyError::UnknownHost {
-                host: host_str.unwrap_or_default().to_string(),
-            })?;
-        let upgrade = headers::upgrade_of(req.headers());
-        if let (Some(_), Some(activity)) = (&upgrade, &client.activity) {
-            activity.upgrading();
-        }
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        headers::join_cookies(&mut parts.headers);
-        headers::set_forwarded(&mut parts.headers, &client.ip, client.proto, host.as_ref());
-        if let Some(host) = &host {
-            parts.headers.insert(http::header::HOST, host.clone());
-        }
-        // The framing the replica gets is hyper's, written from the body
-        // this proxy read: never the client's header.
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-        let replay = forward::Replay::of(
-            parts.method.as_str().as_bytes(),
-            parts.headers.contains_key(IDEMPOTENCY_KEY),
-            &config,
-        );
-        let failure = upload::ClientFailure::default();
-        // A body small enough to buffer makes the request safe to resend.
-        let limit = config.retry_body_limit as u64;
-        let body = if body.is_end_stream() {
-            // No upload to follow: the common case costs no allocation.
-            Body::Buffered(Bytes::new())
-        } else {
-            let upload = upload::Upload::new(body, config.body_read_timeout, Arc::clone(&failure));
-            if upload.size_hint().upper().is_some_and(|n| n <= limit) {
-                match Box::pin(Limited::new(upload, config.retry_body_limit).collect()).await {
-                    Ok(collected) => Body::Buffered(collected.to_bytes()),
-                    Err(e) => {
-                        return Err(failure
-                            .get()
-                            .cloned()
-                            .unwrap_or_else(|| ProxyError::ClientBody(e.to_string())));
-                    }
-                }
+        client: &'a ClientInfo,
+        trace: &'a mut Trace,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a {
+        async move {
+            if req.method() == http::Method::CONNECT {
+                return Err(ProxyError::BadRequest("CONNECT is not proxied"));
+            }
+            // The settings of this request's moment: a reload affects the next.
+            let config = self.config.load_full();
+            let host = request_host(&req)?;
+            let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+            let service = self
+                .router
+                .route(host_str)
+                .ok_or_else(|| ProxyError::UnknownHost {
+                    host: host_str.unwrap_or_default().to_string(),
+                })?;
+            let upgrade = headers::upgrade_of(req.headers());
+            if let (Some(_), Some(activity)) = (&upgrade, &client.activity) {
+                activity.upgrading();
+            }
+            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+            let (mut parts, body) = req.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+            headers::join_cookies(&mut parts.headers);
+            headers::set_forwarded(&mut parts.headers, &client.ip, client.proto, host.as_ref());
+            if let Some(host) = &host {
+                parts.headers.insert(http::header::HOST, host.clone());
+            }
+            // The framing the replica gets is hyper's, written from the body
+            // this proxy read: never the client's header.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            let replay = forward::Replay::of(
+                parts.method.as_str().as_bytes(),
+                parts.headers.contains_key(IDEMPOTENCY_KEY),
+                &config,
+            );
+            let failure = upload::ClientFailure::default();
+            // A body small enough to buffer makes the request safe to resend.
+            let limit = config.retry_body_limit as u64;
+            let body = if body.is_end_stream() {
+                // No upload to follow: the common case costs no allocation.
+                Body::Buffered(Bytes::new())
             } else {
-                Body::Streamed(Some(upload))
-            }
-        };
-        // Only a service with affinity looks for a session key.
-        let key = service.affinity().and_then(|a| {
-            let headers = parts.headers.iter();
-            a.key_of(
-                parts.uri.path(),
-                headers.map(|(n, v)| (n.as_str(), v.as_bytes())),
-            )
-        });
-        let mut attempt = HyperAttempt {
-            parts,
-            body,
-            upgrade: client_upgrade.is_some(),
-            pending: None,
-            upload_limit: config.max_streamed_uploads,
-            queue_deadline: Instant::now() + config.queue_timeout,
-        };
-        // Its timer armed at a deadline ahead, not now: one that expires at
-        // once is armed twice, and a timer earlier than the thread's next
-        // one wakes the thread's event loop with a system call.
-        let mut response_deadline =
-            forward::LazyDeadline::new(Instant::now() + config.response_timeout);
-        let forwarded = forward::forward(
-            &config,
-            &service,
-            key,
-            replay,
-            &mut response_deadline,
-            &mut attempt,
-            trace,
-            &self.ops,
-        )
-        .await;
-        match forwarded {
-            Ok((pick, resp)) => {
-                let held = pick.held;
-                let mut resp = respond(resp, pick.guard, &pick.replica, client_upgrade);
-                if !held.is_zero() {
-                    resp.headers_mut()
-                        .insert(HELD, http::HeaderValue::from(held.as_millis() as u64));
+                let upload =
+                    upload::Upload::new(body, config.body_read_timeout, Arc::clone(&failure));
+                if upload.size_hint().upper().is_some_and(|n| n <= limit) {
+                    match Box::pin(Limited::new(upload, config.retry_body_limit).collect()).await {
+                        Ok(collected) => Body::Buffered(collected.to_bytes()),
+                        Err(e) => {
+                            return Err(failure
+                                .get()
+                                .cloned()
+                                .unwrap_or_else(|| ProxyError::ClientBody(e.to_string())));
+                        }
+                    }
+                } else {
+                    Body::Streamed(Some(upload))
                 }
-                Ok(resp)
+            };
+            // Only a service with affinity looks for a session key.
+            let key = service.affinity().and_then(|a| {
+                let headers = parts.headers.iter();
+                a.key_of(
+                    parts.uri.path(),
+                    headers.map(|(n, v)| (n.as_str(), v.as_bytes())),
+                )
+            });
+            let mut attempt = HyperAttempt {
+                parts,
+                body,
+                upgrade: client_upgrade.is_some(),
+                pending: None,
+                upload_limit: config.max_streamed_uploads,
+                queue_deadline: Instant::now() + config.queue_timeout,
+            };
+            // Its timer armed at a deadline ahead, not now: one that expires at
+            // once is armed twice, and a timer earlier than the thread's next
+            // one wakes the thread's event loop with a system call.
+            let mut response_deadline =
+                forward::LazyDeadline::new(Instant::now() + config.response_timeout);
+            let forwarded = forward::forward(
+                &config,
+                &service,
+                key,
+                replay,
+                &mut response_deadline,
+                &mut attempt,
+                trace,
+                &self.ops,
+            )
+            .await;
+            match forwarded {
+                Ok((pick, resp)) => {
+                    let held = pick.held;
+                    let mut resp = respond(resp, pick.guard, &pick.replica, client_upgrade);
+                    if !held.is_zero() {
+                        resp.headers_mut()
+                            .insert(HELD, http::HeaderValue::from(held.as_millis() as u64));
+                    }
+                    Ok(resp)
+                }
+                // The client's body failed: the client hears of it, not of the
+                // replica that was waiting for the rest.
+                Err(e) => Err(failure.get().cloned().unwrap_or(e)),
             }
-            // The client's body failed: the client hears of it, not of the
-            // replica that was waiting for the rest.
-            Err(e) => Err(failure.get().cloned().unwrap_or(e)),
         }
     }
 }
@@ -241,8 +255,9 @@ struct HyperAttempt {
     body: Body,
     /// The client asks for an upgrade: only a hyper connection carries it.
     upgrade: bool,
-    /// A request a failed attempt handed back unwritten.
-    pending: Option<Request<UpstreamBody>>,
+    /// A request a failed attempt handed back unwritten (boxed: rare, and
+    /// the attempt is part of every request's future).
+    pending: Option<Box<Request<UpstreamBody>>>,
     upload_limit: usize,
     /// How long a streamed body waits for an upload slot on a replica.
     queue_deadline: Instant,
@@ -252,7 +267,7 @@ impl HyperAttempt {
     /// The request for the next attempt, or why there cannot be one.
     async fn request(&mut self, pick: &Pick) -> Result<Request<UpstreamBody>, AttemptError> {
         if let Some(req) = self.pending.take() {
-            return Ok(req);
+            return Ok(*req);
         }
         let body: UpstreamBody = match &mut self.body {
             // An empty body boxes a zero-sized value: no allocation.
@@ -336,7 +351,7 @@ impl forward::Attempt for HyperAttempt {
         let message = error_chain(&failure.error);
         let gone = matches!(self.body, Body::Streamed(_));
         if let Some(req) = failure.request {
-            self.pending = Some(req);
+            self.pending = Some(Box::new(req));
             return Err(AttemptError {
                 sent: Sent::Nothing,
                 message,
