@@ -117,13 +117,7 @@ async fn two_sending_threads_share_the_connection_cap() {
     let server = support::fast().await;
     let mut config = open(&server.url("http"), 2000.0, Duration::from_secs(1));
     config.connections = Some(3);
-    let workers = dropless_load::Workers::dedicated(2).unwrap();
-    let report = dropless_load::start_on(&config, &workers)
-        .await
-        .unwrap()
-        .report()
-        .await
-        .unwrap();
+    let report = run_on_two_threads(&config).await;
     assert_consistent(&report);
     assert_eq!((report.requests.total, report.requests.failed), (2000, 0));
     let opened = server.connections.load(std::sync::atomic::Ordering::SeqCst);
@@ -131,9 +125,9 @@ async fn two_sending_threads_share_the_connection_cap() {
 }
 
 /// Two sending threads, as the CLI runs, against a server that answers
-/// each request only 1.5 s after reading it (far more than the schedule
-/// lasts, so that a loaded machine's pauses cannot make it look so): while no request finishes,
-/// every arrival of the 300 ms schedule still leaves (each on a connection
+/// each request only 1.5 s after reading it (far longer than the schedule
+/// lasts, so that a loaded machine's pauses cannot pass for waiting):
+/// while no request finishes, every arrival of the 300 ms schedule leaves (each on a connection
 /// of its own, none comes back), never before it is due and without
 /// waiting for a response; the requests finish after the schedule ended;
 /// and at the in-flight limit every later arrival is dropped, exactly.
@@ -145,14 +139,8 @@ async fn two_sending_threads_send_every_arrival_while_nothing_finishes() {
         let server = support::misbehaving(move |_| vec![Action::Stall(stall)]).await;
         let mut config = open(&server.url("http"), rate, Duration::from_millis(300));
         config.max_in_flight = max_in_flight;
-        let workers = dropless_load::Workers::dedicated(2).unwrap();
         let before = std::time::Instant::now();
-        let report = dropless_load::start_on(&config, &workers)
-            .await
-            .unwrap()
-            .report()
-            .await
-            .unwrap();
+        let report = run_on_two_threads(&config).await;
         assert_consistent(&report);
         assert_eq!(
             (report.requests.ok, report.dropped_iterations),
@@ -185,18 +173,23 @@ async fn two_sending_threads_time_requests_out_by_timeout_or_grace() {
         let mut config = open(&server.url("http"), 1000.0, Duration::from_millis(200));
         config.timeout = Duration::from_millis(timeout);
         config.grace = Duration::from_millis(grace);
-        let workers = dropless_load::Workers::dedicated(2).unwrap();
         let started = std::time::Instant::now();
-        let report = dropless_load::start_on(&config, &workers)
-            .await
-            .unwrap()
-            .report()
-            .await
-            .unwrap();
+        let report = run_on_two_threads(&config).await;
         let took = started.elapsed();
         assert_consistent(&report);
         assert_eq!(failures(&report), [("timeout", 200)]);
         assert_eq!(report.dropped_iterations, 0);
         assert!(took < Duration::from_secs(10), "took {took:?}");
     }
+}
+
+/// Runs `config` on two sending threads, as the CLI does on two CPUs.
+async fn run_on_two_threads(config: &dropless_load::Config) -> dropless_load::Report {
+    let workers = dropless_load::Workers::dedicated(2).unwrap();
+    dropless_load::start_on(config, &workers)
+        .await
+        .expect("the run starts")
+        .report()
+        .await
+        .expect("a report")
 }
