@@ -16,6 +16,13 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Default cap on requests in flight; due requests beyond it are dropped
 /// iterations.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// Default batch window of the open model: the arrivals due within one
+/// window leave together, when the last of them is due (so up to this
+/// late), for one wake-up of a sending thread per window.
+pub const DEFAULT_BATCH: Duration = Duration::from_millis(1);
+/// The longest batch window: beyond it, the lateness it allows would
+/// dominate the latencies it measures.
+pub const MAX_BATCH: Duration = Duration::from_millis(100);
 /// Default per-request timeout, connect included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time the end of a run waits for requests still in flight.
@@ -54,6 +61,11 @@ pub struct Config {
     pub requests: Option<u64>,
     /// Cap on requests in flight (open model); default [`DEFAULT_MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
+    /// Open model: the arrivals due within one window are sent together,
+    /// when the last of them is due (up to this late, which shows in their
+    /// latency from the schedule); zero sends each on its own instant.
+    /// Default [`DEFAULT_BATCH`], at most [`MAX_BATCH`].
+    pub batch: Duration,
     /// Cap on open connections; default none (one per concurrent request, or
     /// one HTTP/2 connection).
     pub connections: Option<usize>,
@@ -144,6 +156,7 @@ pub(crate) struct Plan {
     pub(crate) duration: Duration,
     pub(crate) requests: Option<u64>,
     pub(crate) max_in_flight: usize,
+    pub(crate) batch: Duration,
     pub(crate) connections: Option<usize>,
     pub(crate) keepalive: bool,
     pub(crate) http2: bool,
@@ -169,6 +182,7 @@ impl Config {
             duration: DEFAULT_DURATION,
             requests: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            batch: DEFAULT_BATCH,
             connections: None,
             keepalive: true,
             http2: false,
@@ -208,6 +222,13 @@ impl Config {
         }
         if self.max_in_flight == 0 {
             return Err(range("max-in-flight", "at least 1", 0));
+        }
+        if self.batch > MAX_BATCH {
+            return Err(range(
+                "batch",
+                "at most 100ms (0 sends every request on its own instant)",
+                format!("{:?}", self.batch),
+            ));
         }
         if self.connections == Some(0) {
             return Err(range("connections", "at least 1", 0));
@@ -251,6 +272,7 @@ impl Config {
             duration: self.duration,
             requests: self.requests,
             max_in_flight: self.max_in_flight,
+            batch: self.batch,
             connections: self.connections,
             keepalive: self.keepalive,
             http2: self.http2,

@@ -65,8 +65,8 @@ mod workers;
 
 pub use client::probe::{Answer, Closed, GoAway, Lost, LostH2, Probe, ProbeConn, ProbeH2};
 pub use config::{
-    Config, ConfigError, DEFAULT_DURATION, DEFAULT_EXPECT_STATUS, DEFAULT_GRACE,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE, DEFAULT_TIMEOUT, Model, StatusSet,
+    Config, ConfigError, DEFAULT_BATCH, DEFAULT_DURATION, DEFAULT_EXPECT_STATUS, DEFAULT_GRACE,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE, DEFAULT_TIMEOUT, MAX_BATCH, Model, StatusSet,
 };
 pub use outcome::FailureClass;
 pub use report::{

@@ -196,7 +196,7 @@ async fn drive<T: Transport>(
     let scheduling = async {
         match plan.model {
             Model::Open { rate } => {
-                schedule::open(&shared, rate, plan.max_in_flight, &tracker).await
+                schedule::open(&shared, rate, plan.max_in_flight, plan.batch, &tracker).await
             }
             Model::Closed { vus } => schedule::closed(&shared, vus, &tracker).await,
         }
@@ -321,7 +321,7 @@ mod tests {
     }
 
     /// 20 000 req/s, answered at once: every arrival is sent, in the second
-    /// it was due, and late by no more than the dispatcher's batching (0.5
+    /// it was due, and late by no more than the dispatcher's batching (1
     /// ms) plus the scheduling of a loaded machine: the time to first byte,
     /// measured from the schedule, is that lateness.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,8 +446,8 @@ mod tests {
             );
             let sent = counts.lock().unwrap().clone();
             assert_eq!(sent.len(), threads, "{sent:?}");
-            // The batches (every 0.5 ms) go to the threads in turn.
-            let batch = (rate * 0.0005).ceil() as u64;
+            // The batches (every 1 ms) go to the threads in turn.
+            let batch = (rate * 0.001).ceil() as u64;
             for count in sent.values() {
                 assert!(
                     count.abs_diff(total / threads as u64) <= batch + 1,

@@ -25,15 +25,6 @@ use crate::stats::{Recorder, Timings};
 /// Waiters on the abandon signal are spread over this many tokens, so that
 /// thousands of requests in flight do not queue on one lock.
 const ABANDON_SHARDS: usize = 16;
-/// The open model's batch period: the arrivals due within one `TICK` of
-/// the schedule form a batch, sent at once when its last arrival is due,
-/// by one sending thread (the batches go to the threads in turn). An
-/// arrival is so sent at most this late (and its latency, measured from
-/// the schedule, shows it), in exchange for one wake-up per batch. At
-/// 20 000 req/s that is 10 requests per batch, and each of two threads
-/// wakes every millisecond; below 2 000 req/s every request goes alone, on
-/// time.
-const TICK: Duration = Duration::from_micros(500);
 
 /// What every request of a run shares.
 pub(crate) struct Shared<T> {
@@ -129,8 +120,16 @@ impl Until {
 ///
 /// Each sending thread (lane) times its own share of the schedule, so no
 /// arrival crosses threads: arrival `i` is due at `i / rate`, the batches
-/// ([`TICK`]) go to the lanes in turn, and the lanes together keep the
-/// whole rate and every arrival its exact instant. A lane sleeps on a timer
+/// go to the lanes in turn, and the lanes together keep the
+/// whole rate and every arrival its exact instant. A batch is the arrivals
+/// due within one `batch` window (`--batch`), sent at once when its last
+/// arrival is due: an arrival leaves at most that late (and its latency,
+/// measured from the schedule, shows it), in exchange for one wake-up per
+/// batch. At 20 000 req/s and 1 ms that is 20 requests per batch and each
+/// of two threads waking every 2 ms; below one arrival per window each goes
+/// alone, on time. (0.5 ms cost the open model about 15 % more CPU per
+/// request at 20 000 req/s: each batch costs a timer wake-up and its
+/// responses' wake-ups, whatever its size; docs/benchmarks.md.) A lane sleeps on a timer
 /// of its own event loop ([`LaneTimer`]: sub-millisecond, no thread of its
 /// own) until its next batch is due, and starts the batch's requests in
 /// that one poll: no dispatcher thread, no cross-thread hand-over, one
@@ -140,6 +139,7 @@ pub(crate) async fn open<T: Transport>(
     shared: &Arc<Shared<T>>,
     rate: f64,
     max_in_flight: usize,
+    batch: Duration,
     tracker: &TaskTracker,
 ) -> Instant {
     let lanes = shared.handles.len();
@@ -148,12 +148,16 @@ pub(crate) async fn open<T: Transport>(
             let lane = Lane {
                 shared: Arc::clone(shared),
                 tracker: tracker.clone(),
-                lane,
-                lanes,
-                rate,
+                cadence: Cadence {
+                    start: shared.start,
+                    lane,
+                    lanes,
+                    rate,
+                    batch: batch.as_secs_f64(),
+                },
                 max_in_flight,
             };
-            shared.handles[lane.lane].spawn(lane.run())
+            shared.handles[lane.cadence.lane].spawn(lane.run())
         })
         .collect();
     let mut end = shared.start;
@@ -168,14 +172,45 @@ pub(crate) async fn open<T: Transport>(
 struct Lane<T> {
     shared: Arc<Shared<T>>,
     tracker: TaskTracker,
-    lane: usize,
-    lanes: usize,
-    rate: f64,
+    cadence: Cadence,
     max_in_flight: usize,
 }
 
+/// When a lane's arrivals are due and which of them it sends.
+#[derive(Debug, Clone, Copy)]
+struct Cadence {
+    /// The schedule's instant 0.
+    start: Instant,
+    /// This lane's number, of `lanes`.
+    lane: usize,
+    lanes: usize,
+    /// Arrivals per second (of the whole schedule).
+    rate: f64,
+    /// The batch window, in seconds (0: every arrival alone).
+    batch: f64,
+}
+
+impl Cadence {
+    /// When arrival `n` is due.
+    fn due_at(&self, n: u64) -> Instant {
+        self.start + Duration::from_secs_f64(n as f64 / self.rate)
+    }
+
+    /// The batch of arrival `n`: the window whose end is the first at or
+    /// after its due instant (without a window, its own).
+    fn batch(&self, n: u64) -> u64 {
+        if self.batch == 0.0 {
+            return n;
+        }
+        // One division by the arrivals per window: exact for round rates
+        // (20 000 req/s and 1 ms: 20.0, where n / rate / window rounds
+        // arrival 20 past the end of its window).
+        (n as f64 / (self.rate * self.batch)).ceil() as u64
+    }
+}
+
 /// A lane's walk through the schedule's batches: the arrivals due within
-/// one [`TICK`] form a batch, and the batches that have any arrival go to
+/// one batch window form a batch, and the batches that have any arrival go to
 /// the lanes in turn (so below one arrival per tick, arrivals go to the
 /// lanes in turn, each alone and on time).
 struct Batches {
@@ -190,7 +225,7 @@ struct Batches {
 impl Batches {
     /// The first and last arrival of this lane's next batch; `None` when
     /// the schedule ends before it.
-    fn next_of<T: Transport>(&mut self, lane: &Lane<T>) -> Option<(u64, u64)> {
+    fn next_of(&mut self, lane: &Cadence) -> Option<(u64, u64)> {
         loop {
             let first = self.next;
             if lane.due_at(first) >= self.deadline {
@@ -235,14 +270,15 @@ impl<T: Transport> Lane<T> {
         let guard = tokio::time::sleep(guard_period);
         tokio::pin!(guard);
         let mut last = shared.start;
-        while let Some((first, end)) = batches.next_of(&self) {
+        let cadence = self.cadence;
+        while let Some((first, end)) = batches.next_of(&cadence) {
             // A batch is sent at once, when its last arrival is due.
             loop {
                 tokio::select! {
                     biased;
                     () = &mut stop => return Instant::now(),
                     () = &mut guard => guard.as_mut().reset(Instant::now() + guard_period),
-                    () = timer.sleep_until(self.due_at(end)) => break,
+                    () = timer.sleep_until(cadence.due_at(end)) => break,
                 }
             }
             let now = Instant::now();
@@ -251,21 +287,10 @@ impl<T: Transport> Lane<T> {
                     return last;
                 }
                 last = now;
-                self.start(self.due_at(n), n);
+                self.start(cadence.due_at(n), n);
             }
         }
         last.max(until.deadline)
-    }
-
-    /// When arrival `n` is due.
-    fn due_at(&self, n: u64) -> Instant {
-        self.shared.start + Duration::from_secs_f64(n as f64 / self.rate)
-    }
-
-    /// The batch of arrival `n`: the [`TICK`] whose end is the first at or
-    /// after its due instant.
-    fn batch(&self, n: u64) -> u64 {
-        (n as f64 / self.rate / TICK.as_secs_f64()).ceil() as u64
     }
 
     /// Start arrival `n`, due at `due`, in a task of its own on this
@@ -288,7 +313,7 @@ impl<T: Transport> Lane<T> {
                 .drop_iteration(shared.second(due));
             return;
         }
-        let (task, lane) = (Arc::clone(shared), self.lane);
+        let (task, lane) = (Arc::clone(shared), self.cadence.lane);
         self.tracker.spawn(async move {
             let mut session = task.transport.session(lane);
             task.execute(&mut session, due, n as usize).await;
@@ -375,6 +400,96 @@ impl<T: Transport> Shared<T> {
             failure,
             timings,
             marks.retried,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every batch each of `lanes` lanes walks, with `batch` seconds of
+    /// window at `rate` over one second.
+    fn walk(rate: f64, batch: f64, lanes: usize) -> Vec<Vec<(u64, u64)>> {
+        let start = Instant::now();
+        (0..lanes)
+            .map(|lane| {
+                let cadence = Cadence {
+                    start,
+                    lane,
+                    lanes,
+                    rate,
+                    batch,
+                };
+                let mut batches = Batches {
+                    next: 0,
+                    seen: 0,
+                    deadline: start + Duration::from_secs(1),
+                };
+                std::iter::from_fn(|| batches.next_of(&cadence)).collect()
+            })
+            .collect()
+    }
+
+    /// The window groups the arrivals due within it, and no arrival leaves
+    /// before it is due or later than the window: each batch is sent when
+    /// its last arrival is due, and its first was due at most one window
+    /// earlier. Every arrival of the schedule is in exactly one lane's
+    /// batch, the lanes in turn.
+    #[test]
+    fn arrivals_within_one_window_leave_together_and_never_early() {
+        for (rate, batch, size) in [
+            (20_000.0, 0.001, 20),
+            (20_000.0, 0.0005, 10),
+            (2_000.0, 0.0, 1),
+        ] {
+            let lanes = walk(rate, batch, 2);
+            let cadence = Cadence {
+                start: Instant::now(),
+                lane: 0,
+                lanes: 2,
+                rate,
+                batch,
+            };
+            let mut all: Vec<(u64, u64)> = lanes.iter().flatten().copied().collect();
+            all.sort_unstable();
+            let mut next = 0;
+            for &(first, end) in &all {
+                assert_eq!(first, next, "{rate} req/s, {batch} s: a gap or a repeat");
+                next = end + 1;
+                // Arrival 0 is due at 0 and alone in the batch that ends
+                // there; the last batch ends with the second.
+                if first > 0 && end + 1 < rate as u64 {
+                    assert_eq!(end - first + 1, size, "{rate} req/s, {batch} s");
+                }
+                let early = cadence.due_at(end) - cadence.due_at(first);
+                assert!(early.as_secs_f64() < batch.max(1e-9), "{first}..={end}");
+            }
+            assert_eq!(
+                next as f64, rate,
+                "{rate} req/s, {batch} s: the whole second"
+            );
+            let (a, b) = (lanes[0].len(), lanes[1].len());
+            assert!(
+                a.abs_diff(b) <= 1,
+                "{rate} req/s, {batch} s: {a} and {b} batches"
+            );
+        }
+    }
+
+    /// A batch window of 100 ms is accepted, a longer one is refused.
+    #[test]
+    fn a_batch_window_longer_than_100_ms_is_refused() {
+        let mut config = crate::Config::new("http://127.0.0.1:1/");
+        config.batch = crate::MAX_BATCH;
+        assert!(config.plan().is_ok());
+        config.batch = crate::MAX_BATCH + Duration::from_micros(1);
+        let refused = config.plan().err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.starts_with("batch must be at most 100ms")),
+            "{refused:?}"
         );
     }
 }

@@ -77,6 +77,7 @@ fn help_explains_every_flag_and_the_exit_codes() {
         "--duration",
         "--requests",
         "--max-in-flight",
+        "--batch",
         "--connections",
         "--no-keepalive",
         "--http2",
@@ -112,7 +113,7 @@ fn help_explains_every_flag_and_the_exit_codes() {
 
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["localhost:8080"],
             "error: invalid URL 'localhost:8080': expected http://host[:port]/path",
@@ -140,6 +141,10 @@ fn bad_input_is_one_line_and_exit_code_2() {
         (
             &["http://127.0.0.1:9/", "--expect-status", "2xx"],
             "error: invalid status set '2xx': expected codes from 100 to 599 and ranges, like 200-399 or 200,204",
+        ),
+        (
+            &["http://127.0.0.1:9/", "--batch", "1s"],
+            "error: batch must be at most 100ms (0 sends every request on its own instant), got 1s",
         ),
         (
             &["http://127.0.0.1:9/", "--sessions", "0"],
