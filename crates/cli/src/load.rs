@@ -63,6 +63,11 @@ pub struct LoadArgs {
     /// per request. 0 sends every request at its own instant; at most 100ms
     #[arg(long, value_name = "D", default_value = "1ms")]
     batch: String,
+    /// Most connections being opened at once (TCP and TLS handshakes); a
+    /// request that needs a new one beyond it waits for a slot or an idle
+    /// connection, so a burst stays within the server's accept queue
+    #[arg(long, value_name = "N", default_value = "256")]
+    max_connecting: String,
     /// Most connections open at once [default: one per concurrent request;
     /// one with --http2]
     #[arg(short, long, value_name = "C")]
@@ -315,6 +320,7 @@ impl LoadArgs {
             .transpose()?;
         config.max_in_flight = number("--max-in-flight", &self.max_in_flight)?;
         config.batch = duration("--batch", &self.batch)?;
+        config.max_connecting = number("--max-connecting", &self.max_connecting)?;
         config.connections = self
             .connections
             .as_deref()

@@ -89,6 +89,8 @@ pub(crate) struct HttpTransport {
     expect_body: Option<Bytes>,
     retry_reused: bool,
     mode: Mode,
+    /// Connections being opened at once (TCP and TLS handshakes).
+    connecting: Semaphore,
 }
 
 /// The connection an HTTP/1.1 loop holds between requests (sticky mode).
@@ -169,6 +171,7 @@ impl HttpTransport {
             expect_body: plan.expect_body.clone(),
             retry_reused: plan.retry_reused,
             mode,
+            connecting: Semaphore::new(plan.max_connecting.min(Semaphore::MAX_PERMITS)),
         }
     }
 
@@ -188,17 +191,11 @@ impl HttpTransport {
                 Some(lease) => lease,
                 None => {
                     let permit = permits.clone().acquire_owned().await.expect("never closed");
-                    match idle.take(session.lane) {
-                        Some((conn, home)) => Lease {
-                            conn,
-                            home,
-                            _permit: permit,
-                        },
-                        None => Lease {
-                            conn: self.connect1().await?,
-                            home: session.lane,
-                            _permit: permit,
-                        },
+                    let (conn, home) = self.idle_or_new(idle, session.lane).await?;
+                    Lease {
+                        conn,
+                        home,
+                        _permit: permit,
                     }
                 }
             };
@@ -294,10 +291,42 @@ impl HttpTransport {
         }
     }
 
-    /// A new connection. The connect future (a TLS handshake's state
+    /// An idle connection for `lane`, or a new one once a connect slot is
+    /// free, whichever comes first: a burst of requests (the catch-up after
+    /// the generator was paused) mostly reuses the connections its first
+    /// requests give back, instead of opening one each at once, thousands
+    /// of handshakes that would overflow the server's accept queue (a SYN
+    /// dropped is sent again after 1 s, and the server is blamed for it).
+    async fn idle_or_new(
+        &self,
+        idle: &Pool<Conn1>,
+        lane: usize,
+    ) -> Result<(Conn1, usize), Failure> {
+        loop {
+            if let Some(found) = idle.take(lane) {
+                return Ok(found);
+            }
+            tokio::select! {
+                biased;
+                () = idle.returned() => {}
+                slot = self.connecting.acquire() => {
+                    let _slot = slot.expect("never closed");
+                    return Ok((self.open1().await?, lane));
+                }
+            }
+        }
+    }
+
+    /// A new connection, once a connect slot is free.
+    async fn connect1(&self) -> Result<Conn1, Failure> {
+        let _slot = self.connecting.acquire().await.expect("never closed");
+        self.open1().await
+    }
+
+    /// Opens a connection. The connect future (a TLS handshake's state
     /// included) is boxed: inline, it would make every request's future as
     /// large, and be copied with it, though keep-alive rarely connects.
-    async fn connect1(&self) -> Result<Conn1, Failure> {
+    async fn open1(&self) -> Result<Conn1, Failure> {
         Ok(http1::Conn::new(Box::pin(self.connector.stream()).await?))
     }
 

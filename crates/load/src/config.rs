@@ -23,6 +23,10 @@ pub const DEFAULT_BATCH: Duration = Duration::from_millis(1);
 /// The longest batch window: beyond it, the lateness it allows would
 /// dominate the latencies it measures.
 pub const MAX_BATCH: Duration = Duration::from_millis(100);
+/// Default cap on connections being opened at once (TCP and TLS
+/// handshakes): a burst of new connections stays within what a server's
+/// accept queue holds (511 for nginx, Node and many others).
+pub const DEFAULT_MAX_CONNECTING: usize = 256;
 /// Default per-request timeout, connect included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time the end of a run waits for requests still in flight.
@@ -66,6 +70,11 @@ pub struct Config {
     /// latency from the schedule); zero sends each on its own instant.
     /// Default [`DEFAULT_BATCH`], at most [`MAX_BATCH`].
     pub batch: Duration,
+    /// Cap on connections being opened at once (TCP and TLS handshakes);
+    /// a request that needs a new connection beyond it waits for a free
+    /// slot or an idle connection, whichever comes first. Default
+    /// [`DEFAULT_MAX_CONNECTING`].
+    pub max_connecting: usize,
     /// Cap on open connections; default none (one per concurrent request, or
     /// one HTTP/2 connection).
     pub connections: Option<usize>,
@@ -157,6 +166,7 @@ pub(crate) struct Plan {
     pub(crate) requests: Option<u64>,
     pub(crate) max_in_flight: usize,
     pub(crate) batch: Duration,
+    pub(crate) max_connecting: usize,
     pub(crate) connections: Option<usize>,
     pub(crate) keepalive: bool,
     pub(crate) http2: bool,
@@ -183,6 +193,7 @@ impl Config {
             requests: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             batch: DEFAULT_BATCH,
+            max_connecting: DEFAULT_MAX_CONNECTING,
             connections: None,
             keepalive: true,
             http2: false,
@@ -230,6 +241,9 @@ impl Config {
                 format!("{:?}", self.batch),
             ));
         }
+        if self.max_connecting == 0 {
+            return Err(range("max-connecting", "at least 1", 0));
+        }
         if self.connections == Some(0) {
             return Err(range("connections", "at least 1", 0));
         }
@@ -273,6 +287,7 @@ impl Config {
             requests: self.requests,
             max_in_flight: self.max_in_flight,
             batch: self.batch,
+            max_connecting: self.max_connecting,
             connections: self.connections,
             keepalive: self.keepalive,
             http2: self.http2,

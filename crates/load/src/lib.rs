@@ -66,7 +66,8 @@ mod workers;
 pub use client::probe::{Answer, Closed, GoAway, Lost, LostH2, Probe, ProbeConn, ProbeH2};
 pub use config::{
     Config, ConfigError, DEFAULT_BATCH, DEFAULT_DURATION, DEFAULT_EXPECT_STATUS, DEFAULT_GRACE,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE, DEFAULT_TIMEOUT, MAX_BATCH, Model, StatusSet,
+    DEFAULT_MAX_CONNECTING, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE, DEFAULT_TIMEOUT, MAX_BATCH, Model,
+    StatusSet,
 };
 pub use outcome::FailureClass;
 pub use report::{

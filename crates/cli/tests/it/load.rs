@@ -78,6 +78,7 @@ fn help_explains_every_flag_and_the_exit_codes() {
         "--requests",
         "--max-in-flight",
         "--batch",
+        "--max-connecting",
         "--connections",
         "--no-keepalive",
         "--http2",

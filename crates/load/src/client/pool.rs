@@ -10,9 +10,13 @@
 
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
+
 /// Idle connections by lane (sending thread).
 pub(crate) struct Pool<C> {
     lanes: Vec<Mutex<Vec<C>>>,
+    /// Signalled once for each connection put back.
+    returned: Notify,
 }
 
 impl<C> Pool<C> {
@@ -20,6 +24,7 @@ impl<C> Pool<C> {
     pub(crate) fn new(lanes: usize) -> Self {
         Pool {
             lanes: (0..lanes.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            returned: Notify::new(),
         }
     }
 
@@ -45,6 +50,12 @@ impl<C> Pool<C> {
             .lock()
             .expect("pool lock")
             .push(conn);
+        self.returned.notify_one();
+    }
+
+    /// Ready once a connection was put back since the last call (or now).
+    pub(crate) async fn returned(&self) {
+        self.returned.notified().await;
     }
 }
 

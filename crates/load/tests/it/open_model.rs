@@ -193,3 +193,45 @@ async fn run_on_two_threads(config: &dropless_load::Config) -> dropless_load::Re
         .await
         .expect("a report")
 }
+
+/// At most `--max-connecting` connections are opened at once: against a
+/// server that accepts connections and never answers a TLS ClientHello,
+/// the 200 requests due in 200 ms open 8 connections, and no other until
+/// those handshakes time out (at 1 s); the others wait for a slot, in
+/// their latency, and all 200 end as timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_connections_are_opened_at_once_than_max_connecting() {
+    let server = support::misbehaving(|_| vec![Action::Hang]).await;
+    let mut config = open(&server.url("https"), 1000.0, Duration::from_millis(200));
+    config.insecure = true;
+    config.max_connecting = 8;
+    config.timeout = Duration::from_secs(1);
+    let report = run(&config).await;
+    assert_consistent(&report);
+    assert_eq!(failures(&report), [("timeout", 200)]);
+    let accepted = server.accepted.lock().unwrap().clone();
+    let first = accepted[0];
+    let before_any_timeout = accepted
+        .iter()
+        .filter(|at| at.duration_since(first) < Duration::from_millis(600))
+        .count();
+    assert_eq!(before_any_timeout, 8, "{} accepted in all", accepted.len());
+}
+
+/// A burst of due requests takes the connections its first requests give
+/// back rather than wait for a connect slot each: with one slot, 200
+/// requests due at once (a 100 ms batch) open a few connections, not 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reuses_the_connections_it_gives_back() {
+    let server = support::fast().await;
+    let mut config = open(&server.url("http"), 2000.0, Duration::from_millis(200));
+    config.batch = Duration::from_millis(100);
+    config.max_connecting = 1;
+    let report = run(&config).await;
+    assert_consistent(&report);
+    assert_eq!((report.requests.ok, report.requests.failed), (400, 0));
+    let opened = server
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(opened < 100, "{opened} connections for 400 requests");
+}
