@@ -71,8 +71,8 @@ pub use config::{
 };
 pub use outcome::FailureClass;
 pub use report::{
-    Latency, Percentiles, Rate, Report, Requests, SCHEMA_VERSION, SLOW_MS, Second, SessionSecond,
-    Sessions, Snapshot, failure_list, nonzero_failures,
+    LAG_MS, LAG_NOTE_MS, Latency, Percentiles, Rate, Report, Requests, SCHEMA_VERSION, SLOW_MS,
+    Second, SessionSecond, Sessions, Snapshot, failure_list, nonzero_failures,
 };
 pub use run::{Error, Run, Stopper, run, start, start_on};
 pub use threshold::Thresholds;

@@ -66,6 +66,14 @@ pub struct Report {
     /// Time to last byte from the actual send (service time), for the same
     /// requests.
     pub service_time_ms: Percentiles,
+    /// The most the generator itself fell behind its schedule (open
+    /// model): how long after it was due it sent a batch of arrivals,
+    /// counted from [`LAG_MS`] (0 when it never fell that far behind). A
+    /// paused or starved generator shows here; the latency from the
+    /// schedule of the requests it sent late includes it, their service
+    /// time does not.
+    #[serde(default)]
+    pub generator_lag_ms: f64,
     /// One entry per second of the run, by the second each request was due.
     pub timeline: Vec<Second>,
     /// Sessions mode (`--sessions N`): what the sessions saw.
@@ -214,7 +222,20 @@ pub struct Second {
     /// Failed requests by class.
     #[serde(default)]
     pub failures: BTreeMap<String, u64>,
+    /// The most the generator fell behind its schedule sending requests
+    /// due in this second, when [`LAG_MS`] or more (open model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<f64>,
 }
+
+/// The generator's lateness counted in [`Report::generator_lag_ms`] and
+/// [`Second::lag_ms`]: below it, a batch left on time (timer precision).
+pub const LAG_MS: u64 = 1;
+
+/// The generator's lag that summaries point out: less is a busy machine's
+/// usual timer lateness, more moves latencies a reader would blame on the
+/// server.
+pub const LAG_NOTE_MS: f64 = 10.0;
 
 /// The layout version of the JSON report.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -275,6 +296,7 @@ impl Report {
             interrupted: false,
             latency_ms: Latency::default(),
             service_time_ms: Percentiles::default(),
+            generator_lag_ms: 0.0,
             timeline: Vec::new(),
             sessions: None,
         }

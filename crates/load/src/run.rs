@@ -293,6 +293,7 @@ fn report<T: Transport>(
             over_ms: recorder.over_ms(),
         },
         service_time_ms: recorder.service(),
+        generator_lag_ms: recorder.max_lag_us() as f64 / 1000.0,
         timeline: recorder.timeline().rows(),
         sessions: shared.transport.sessions(),
     }
@@ -393,6 +394,56 @@ mod tests {
             let ttlb = &report.latency_ms.ttlb;
             assert!(ttlb.min >= 350.0, "{ttlb:?}");
         }
+    }
+
+    /// Answers at once, but its `block`th request blocks its thread for
+    /// 250 ms, as a machine that pauses the generator would.
+    struct BlocksOnce {
+        seen: std::sync::atomic::AtomicUsize,
+        block: usize,
+    }
+
+    impl Transport for BlocksOnce {
+        type Session = ();
+
+        async fn exchange(&self, _: &mut (), marks: &mut Marks) -> Result<Answer, Failure> {
+            if self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == self.block {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Instant200.exchange(&mut (), marks).await
+        }
+    }
+
+    /// A generator paused for 250 ms (its one sending thread blocked) sends
+    /// the arrivals due meanwhile as soon as it can, and says how far it
+    /// fell behind: in the report and in the second those arrivals were
+    /// due. Their latency from the schedule shows the pause too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_generator_reports_how_far_it_fell_behind() {
+        let mut config = Config::new("http://127.0.0.1:1/");
+        config.model = Model::Open { rate: 1_000.0 };
+        config.duration = Duration::from_millis(600);
+        let plan = config.plan().unwrap();
+        let transport = BlocksOnce {
+            seen: Default::default(),
+            block: 200,
+        };
+        let workers = Workers::dedicated(1).unwrap();
+        let report = start_with(plan, transport, &workers)
+            .report()
+            .await
+            .unwrap();
+        assert_eq!((report.requests.ok, report.dropped_iterations), (600, 0));
+        let lag = report.generator_lag_ms;
+        assert!((200.0..2_000.0).contains(&lag), "{lag}");
+        assert_eq!(report.timeline.len(), 1);
+        assert_eq!(report.timeline[0].lag_ms, Some(lag));
+        assert!(
+            report.latency_ms.ttfb.max >= 200.0,
+            "{:?}",
+            report.latency_ms
+        );
+        assert!(report.to_json().contains("\"generator_lag_ms\""));
     }
 
     /// Answers at once and counts the requests each thread sent.

@@ -282,6 +282,12 @@ impl<T: Transport> Lane<T> {
                 }
             }
             let now = Instant::now();
+            let due = cadence.due_at(end);
+            let lag = now.saturating_duration_since(due);
+            if lag >= Duration::from_millis(crate::report::LAG_MS) {
+                let mut recorder = shared.recorder.lock().expect("recorder lock");
+                recorder.lagged(shared.second(due), lag.as_micros() as u64);
+            }
             for n in first..=end {
                 if !until.ticket() {
                     return last;

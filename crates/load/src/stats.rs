@@ -33,6 +33,7 @@ pub(crate) struct Recorder {
     other_samples: Vec<String>,
     retries: u64,
     dropped: u64,
+    max_lag_us: u64,
     timeline: Timeline,
 }
 
@@ -48,6 +49,7 @@ impl Recorder {
             other_samples: Vec::new(),
             retries: 0,
             dropped: 0,
+            max_lag_us: 0,
             timeline: Timeline::default(),
         }
     }
@@ -87,6 +89,17 @@ impl Recorder {
     pub(crate) fn drop_iteration(&mut self, second: u64) {
         self.dropped += 1;
         self.timeline.drop_iteration(second);
+    }
+
+    /// The generator sent a batch of arrivals due in `second` `us` late.
+    pub(crate) fn lagged(&mut self, second: u64, us: u64) {
+        self.max_lag_us = self.max_lag_us.max(us);
+        self.timeline.lagged(second, us);
+    }
+
+    /// The most the generator fell behind, in µs.
+    pub(crate) fn max_lag_us(&self) -> u64 {
+        self.max_lag_us
     }
 
     pub(crate) fn seal_before(&mut self, second: u64) {

@@ -2,7 +2,7 @@
 
 use std::fmt::{self, Write};
 
-use crate::report::{Percentiles, Report, failure_list};
+use crate::report::{LAG_NOTE_MS, Percentiles, Report, failure_list};
 
 /// Width of the dotted label column.
 const LABEL: usize = 22;
@@ -92,6 +92,23 @@ impl Report {
             "service_time ",
             format_args!("{}", Dist(&self.service_time_ms)),
         )?;
+        if self.generator_lag_ms >= LAG_NOTE_MS {
+            let worst = self
+                .timeline
+                .iter()
+                .filter_map(|s| s.lag_ms.map(|lag| (lag, s.t_s)))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            let at = worst.map_or(String::new(), |(_, t)| format!(" in second {t}"));
+            line(
+                out,
+                "generator_lag ",
+                format_args!(
+                    "{} behind its schedule{at}: the latency from the schedule of requests \
+                     due then includes it (the machine paused or starved this generator)",
+                    Ms(self.generator_lag_ms)
+                ),
+            )?;
+        }
         if let Some(s) = &self.sessions {
             line(
                 out,
@@ -207,6 +224,7 @@ mod tests {
                 ..Default::default()
             },
             service_time_ms: p,
+            generator_lag_ms: 0.0,
             timeline: vec![],
             sessions: Some(crate::report::Sessions {
                 total: 200,
@@ -228,5 +246,23 @@ mod tests {
             text.contains("sessions .............: 200 total, 198 ok, 2 reset, 0 lost update, 0 duplicate, 0 gap\n"),
             "{text}"
         );
+        assert!(!text.contains("generator_lag"), "{text}");
+        // A lag of the generator is pointed out, with its second, from 10 ms.
+        let mut lagged = report.clone();
+        lagged.generator_lag_ms = 212.5;
+        lagged.timeline = (0..3)
+            .map(|t| crate::report::Second {
+                t_s: t,
+                lag_ms: [Some(3.0), Some(212.5), None][t as usize],
+                ..Default::default()
+            })
+            .collect();
+        let text = lagged.summary();
+        assert!(
+            text.contains("generator_lag ........: 212.50ms behind its schedule in second 1:"),
+            "{text}"
+        );
+        lagged.generator_lag_ms = 9.0;
+        assert!(!lagged.summary().contains("generator_lag"));
     }
 }

@@ -30,6 +30,8 @@ struct Bucket {
     latency: Option<Histogram<u32>>,
     p99_us: Option<u64>,
     max_us: Option<u64>,
+    /// The most a batch of this second was sent after it was due.
+    lag_us: Option<u64>,
 }
 
 impl Timeline {
@@ -67,6 +69,12 @@ impl Timeline {
         }
     }
 
+    /// A batch of arrivals due in `second` was sent `us` after it was due.
+    pub(crate) fn lagged(&mut self, second: u64, us: u64) {
+        let bucket = self.bucket(second);
+        bucket.lag_us = bucket.lag_us.max(Some(us));
+    }
+
     /// A dropped iteration due in `second`.
     pub(crate) fn drop_iteration(&mut self, second: u64) {
         self.bucket(second).dropped += 1;
@@ -100,6 +108,7 @@ impl Timeline {
                     None => b.p99_us.map(ms),
                 },
                 max_ms: b.max_us.map(ms),
+                lag_ms: b.lag_us.map(ms),
                 failures: b
                     .failures
                     .iter()
@@ -129,6 +138,8 @@ mod tests {
         t.record(0, Some(FailureClass::Http(503)), Some(2_000));
         t.record(2, Some(FailureClass::Eof), None);
         t.drop_iteration(2);
+        t.lagged(2, 5_000);
+        t.lagged(2, 3_000);
         t.seal_before(1);
         t.record(0, None, Some(900_000));
         let rows = t.rows();
@@ -142,6 +153,7 @@ mod tests {
             (rows[2].failed, rows[2].dropped, rows[2].p99_ms),
             (1, 1, None)
         );
+        assert_eq!((rows[0].lag_ms, rows[2].lag_ms), (None, Some(5.0)));
         assert!(t.buckets[0].latency.is_none());
     }
 }

@@ -431,6 +431,13 @@ fn tables(report: &TrialReport) -> String {
         );
     }
     t.push_str("</table>");
+    if load.generator_lag_ms >= dropless_load::LAG_NOTE_MS {
+        let _ = write!(
+            t,
+            "<p>The load generator fell {:.1} ms behind its schedule at worst (the machine paused it): the latency from the schedule of the requests it sent late includes that, their service time does not.</p>",
+            load.generator_lag_ms
+        );
+    }
 
     t.push_str("<h2>Events</h2>");
     if report.events.is_empty() {

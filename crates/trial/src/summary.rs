@@ -65,6 +65,13 @@ pub fn render(report: &TrialReport) -> String {
         "  latency    ttlb min {:.1} med {:.1} p80 {:.1} p99 {:.1} max {:.1} ms (from the scheduled send)",
         t.min, t.p50, t.p80, t.p99, t.max
     );
+    if load.generator_lag_ms >= dropless_load::LAG_NOTE_MS {
+        let _ = writeln!(
+            s,
+            "  generator  fell {:.1} ms behind its schedule at worst: latency from the schedule includes it (the machine paused the load generator)",
+            load.generator_lag_ms
+        );
+    }
     for event in &report.events {
         let _ = writeln!(
             s,
@@ -116,4 +123,36 @@ pub fn render(report: &TrialReport) -> String {
         let _ = writeln!(s, "  failed in  {}", bad.join("; "));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pause of the load generator is pointed out from 10 ms, beside the
+    /// latency it moved; below, nothing is said.
+    #[test]
+    fn a_lagging_generator_is_pointed_out() {
+        let mut load =
+            dropless_load::Report::not_started(&dropless_load::Config::new("http://127.0.0.1:1/"));
+        let render_with = |load: &dropless_load::Report| {
+            let report = TrialReport::new(
+                "t".into(),
+                "web".into(),
+                "rolling".into(),
+                load.clone(),
+                Vec::new(),
+                None,
+            );
+            render(&report)
+        };
+        load.generator_lag_ms = 9.9;
+        assert!(!render_with(&load).contains("generator"));
+        load.generator_lag_ms = 212.4;
+        let text = render_with(&load);
+        assert!(
+            text.contains("  generator  fell 212.4 ms behind its schedule at worst"),
+            "{text}"
+        );
+    }
 }

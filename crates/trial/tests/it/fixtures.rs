@@ -81,6 +81,7 @@ pub fn load_report(failures: &[(&str, u64)]) -> Report {
                 } else {
                     BTreeMap::new()
                 },
+                lag_ms: None,
             }
         })
         .collect();
@@ -118,6 +119,7 @@ pub fn load_report(failures: &[(&str, u64)]) -> Report {
             ..Default::default()
         },
         service_time_ms: latency,
+        generator_lag_ms: 0.0,
         timeline,
         sessions: None,
     }
