@@ -2,8 +2,9 @@
 //! per second to InfluxDB 1.x over its line protocol
 //! (`influxdb=http://HOST:PORT[/DB]`) or to a CSV file (`csv=FILE`). Each
 //! point holds what happened since the previous one (requests sent, ok,
-//! failed by class, dropped) and the p99 latency of the last settled
-//! second, so the points of a run sum to its report.
+//! failed by class, dropped), the p99 latency of the last settled second
+//! and how far the generator fell behind its schedule since the previous
+//! point, so the points of a run sum to its report.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -96,6 +97,9 @@ struct Point {
     dropped: u64,
     failures: BTreeMap<String, u64>,
     p99_ms: Option<f64>,
+    /// The most the generator fell behind in the seconds this point covers
+    /// (from [`crate::LAG_MS`]).
+    lag_ms: Option<f64>,
 }
 
 /// Writes a point to every output at each snapshot of the run, until its
@@ -116,7 +120,7 @@ pub async fn stream(
                         path: path.clone(),
                         source,
                     })?;
-                writeln!(file, "time,sent,ok,failed,dropped,p99_ms,failures").map_err(
+                writeln!(file, "time,sent,ok,failed,dropped,p99_ms,failures,lag_ms").map_err(
                     |source| OutError::Csv {
                         path: path.clone(),
                         source,
@@ -175,6 +179,14 @@ fn delta(before: &Snapshot, now: &Snapshot) -> Point {
         dropped: now.dropped_iterations - before.dropped_iterations,
         failures,
         p99_ms: now.timeline.iter().rev().find_map(|s| s.p99_ms),
+        // The seconds since the previous point: its last (still filling
+        // then) and the ones after it.
+        lag_ms: now
+            .timeline
+            .iter()
+            .skip(before.timeline.len().saturating_sub(1))
+            .filter_map(|s| s.lag_ms)
+            .max_by(f64::total_cmp),
     }
 }
 
@@ -185,16 +197,18 @@ fn millis(at: Option<SystemTime>) -> u128 {
 
 fn write_csv(out: &mut impl Write, p: &Point) -> std::io::Result<()> {
     let failures: Vec<String> = p.failures.iter().map(|(c, n)| format!("{c}:{n}")).collect();
-    let p99 = p.p99_ms.map(|v| format!("{v:.3}")).unwrap_or_default();
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
     writeln!(
         out,
-        "{},{},{},{},{},{p99},{}",
+        "{},{},{},{},{},{},{},{}",
         millis(p.at),
         p.sent,
         p.ok,
         p.failed,
         p.dropped,
-        failures.join(";")
+        ms(p.p99_ms),
+        failures.join(";"),
+        ms(p.lag_ms)
     )?;
     out.flush()
 }
@@ -214,6 +228,9 @@ fn line(target: &str, p: &Point) -> String {
     );
     if let Some(v) = p.p99_ms {
         fields.push_str(&format!(",p99_ms={v}"));
+    }
+    if let Some(v) = p.lag_ms {
+        fields.push_str(&format!(",lag_ms={v}"));
     }
     for (class, n) in &p.failures {
         fields.push_str(&format!(",failed_{class}={n}i"));
@@ -348,5 +365,51 @@ mod tests {
             line("http://a b/,x", &p),
             "dropless_load,target=http://a\\ b/\\,x sent=10i,ok=8i,failed=2i,dropped=0i,p99_ms=1.5,failed_http_503=2i 1500\n"
         );
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &p).unwrap();
+        assert_eq!(
+            String::from_utf8(csv).unwrap(),
+            "1500,10,8,2,0,1.500,http_503:2,\n"
+        );
+        let lagged = Point {
+            lag_ms: Some(201.5),
+            ..p
+        };
+        assert!(line("t", &lagged).contains(",p99_ms=1.5,lag_ms=201.5,failed_http_503=2i "));
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &lagged).unwrap();
+        assert_eq!(
+            String::from_utf8(csv).unwrap(),
+            "1500,10,8,2,0,1.500,http_503:2,201.500\n"
+        );
+    }
+
+    /// A point's lag is the most of the seconds since the previous point:
+    /// the one that was still filling then and those after it.
+    #[test]
+    fn a_point_carries_the_lag_of_the_seconds_it_covers() {
+        let second = |t_s, lag_ms| crate::report::Second {
+            t_s,
+            lag_ms,
+            ..Default::default()
+        };
+        let before = Snapshot {
+            timeline: vec![second(0, Some(300.0)), second(1, None)],
+            ..Snapshot::default()
+        };
+        let now = Snapshot {
+            timeline: vec![
+                second(0, Some(300.0)),
+                second(1, Some(2.0)),
+                second(2, Some(5.0)),
+            ],
+            ..Snapshot::default()
+        };
+        assert_eq!(delta(&before, &now).lag_ms, Some(5.0));
+        let calm = Snapshot {
+            timeline: vec![second(0, Some(300.0)), second(1, None), second(2, None)],
+            ..Snapshot::default()
+        };
+        assert_eq!(delta(&before, &calm).lag_ms, None);
     }
 }

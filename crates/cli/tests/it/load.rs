@@ -454,7 +454,7 @@ fn out_streams_points_to_influxdb_and_csv_that_sum_to_the_report() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),
-        Some("time,sent,ok,failed,dropped,p99_ms,failures")
+        Some("time,sent,ok,failed,dropped,p99_ms,failures,lag_ms")
     );
     let csv_sent: u64 = lines
         .map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap())
