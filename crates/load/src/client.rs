@@ -302,6 +302,10 @@ impl HttpTransport {
         idle: &Pool<Conn1>,
         lane: usize,
     ) -> Result<(Conn1, usize), Failure> {
+        // One place in the slots' queue for the whole wait (a new one at
+        // each wake-up would go to the back of it).
+        let slot = self.connecting.acquire();
+        tokio::pin!(slot);
         loop {
             if let Some(found) = idle.take(lane) {
                 return Ok(found);
@@ -309,7 +313,7 @@ impl HttpTransport {
             tokio::select! {
                 biased;
                 () = idle.returned() => {}
-                slot = self.connecting.acquire() => {
+                slot = &mut slot => {
                     let _slot = slot.expect("never closed");
                     return Ok((self.open1().await?, lane));
                 }
