@@ -14,6 +14,7 @@ mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, USER_AGENT};
@@ -41,7 +42,19 @@ pub(crate) struct Marks {
     pub(crate) head: Option<Instant>,
     /// Whether the request was retried on a fresh connection.
     pub(crate) retried: bool,
+    /// Set by the scheduler: the request starts late because the generator
+    /// itself fell behind, one of a burst of overdue requests. It waits up
+    /// for a connection another request gives back, as long as one came
+    /// back within the last [`OVERDUE_WAIT`], before it opens one: the burst is the generator's doing, and
+    /// thousands of connects at once would overflow the server's accept
+    /// queue.
+    pub(crate) overdue: bool,
 }
+
+/// How long an overdue request ([`Marks::overdue`]) waits while no
+/// connection comes back before it may open one (a server that closed its
+/// keep-alive connections meanwhile gives none back).
+const OVERDUE_WAIT: Duration = Duration::from_millis(100);
 
 /// A complete response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +204,8 @@ impl HttpTransport {
                 Some(lease) => lease,
                 None => {
                     let permit = permits.clone().acquire_owned().await.expect("never closed");
-                    let (conn, home) = self.idle_or_new(idle, session.lane).await?;
+                    let patient = marks.overdue && *keepalive;
+                    let (conn, home) = self.idle_or_new(idle, session.lane, patient).await?;
                     Lease {
                         conn,
                         home,
@@ -292,20 +306,34 @@ impl HttpTransport {
     }
 
     /// An idle connection for `lane`, or a new one once a connect slot is
-    /// free, whichever comes first: a burst of requests (the catch-up after
-    /// the generator was paused) mostly reuses the connections its first
-    /// requests give back, instead of opening one each at once, thousands
-    /// of handshakes that would overflow the server's accept queue (a SYN
-    /// dropped is sent again after 1 s, and the server is blamed for it).
+    /// free, whichever comes first; a `patient` request (overdue) asks for
+    /// a slot only once no connection came back for [`OVERDUE_WAIT`]. A burst of requests (the
+    /// catch-up after the generator was paused) so reuses the connections
+    /// its first requests give back, instead of opening one each at once:
+    /// thousands of connections the server has not accepted yet would
+    /// overflow its accept queue (a SYN dropped is sent again after 1 s,
+    /// and the server is blamed for it).
     async fn idle_or_new(
         &self,
         idle: &Pool<Conn1>,
         lane: usize,
+        patient: bool,
     ) -> Result<(Conn1, usize), Failure> {
         // One place in the slots' queue for the whole wait (a new one at
         // each wake-up would go to the back of it).
         let slot = self.connecting.acquire();
         tokio::pin!(slot);
+        // A patient request waits while connections keep coming back (to
+        // any waiter): it may connect once none came back for a while. So
+        // does any request while patient ones wait: it is behind them.
+        let patient = patient || idle.draining();
+        let mut patience = patient.then(|| {
+            (
+                Box::pin(tokio::time::sleep(OVERDUE_WAIT)),
+                idle.wait_patiently(),
+            )
+        });
+        let mut returns = idle.returns();
         loop {
             if let Some(found) = idle.take(lane) {
                 return Ok(found);
@@ -313,7 +341,17 @@ impl HttpTransport {
             tokio::select! {
                 biased;
                 () = idle.returned() => {}
-                slot = &mut slot => {
+                () = async { patience.as_mut().expect("checked").0.as_mut().await }, if patience.is_some() => {
+                    let now = idle.returns();
+                    match (now != returns, patience.as_mut()) {
+                        (true, Some((timer, _))) => {
+                            returns = now;
+                            timer.as_mut().reset(Instant::now() + OVERDUE_WAIT);
+                        }
+                        _ => patience = None,
+                    }
+                }
+                slot = &mut slot, if patience.is_none() => {
                     let _slot = slot.expect("never closed");
                     return Ok((self.open1().await?, lane));
                 }

@@ -446,6 +446,102 @@ mod tests {
         assert!(report.to_json().contains("\"generator_lag_ms\""));
     }
 
+    /// A keep-alive HTTP/1.1 server on 127.0.0.1 port 0 that answers every
+    /// request at once (or, unless `answers`, never) and counts the
+    /// connections it accepted.
+    async fn counting_server(answers: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                        if !answers {
+                            continue;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// The generator's one sending thread is blocked for 200 ms in the
+    /// middle of a run at 2 000 req/s: the 400 requests due meanwhile go
+    /// out at once when it resumes, on the connections they give back to
+    /// each other, not on a new one each (about 420 connections without
+    /// the wait for a returned connection; none with it, the arrivals due
+    /// while the burst drains queuing behind it). All are answered, and the
+    /// report says how far the generator fell behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_burst_reuses_connections_instead_of_opening_hundreds() {
+        let (url, accepted) = counting_server(true).await;
+        let mut config = Config::new(url);
+        config.model = Model::Open { rate: 2_000.0 };
+        config.duration = Duration::from_millis(1_500);
+        let workers = Workers::dedicated(1).unwrap();
+        let run = start_on(&config, &workers).await.unwrap();
+        // After the first second's snapshot, the sending thread is paused.
+        let mut snapshots = run.subscribe();
+        snapshots.changed().await.unwrap();
+        let before = accepted.load(std::sync::atomic::Ordering::Relaxed);
+        workers.handles()[0].spawn(async { std::thread::sleep(Duration::from_millis(200)) });
+        let report = run.report().await.unwrap();
+        assert_eq!((report.requests.ok, report.requests.failed), (3_000, 0));
+        assert!(
+            report.generator_lag_ms >= 150.0,
+            "{}",
+            report.generator_lag_ms
+        );
+        let opened = accepted.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(
+            opened < 50,
+            "{opened} connections opened for the burst ({before} before)"
+        );
+    }
+
+    /// The same pause against a server that never answers: no connection
+    /// comes back, so the overdue requests wait for one only a while, then
+    /// each opens its own (every request sent, on a connection of its own),
+    /// and all end as timeouts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overdue_requests_still_connect_when_no_connection_comes_back() {
+        let (url, accepted) = counting_server(false).await;
+        let mut config = Config::new(url);
+        config.model = Model::Open { rate: 200.0 };
+        config.duration = Duration::from_millis(1_500);
+        config.timeout = Duration::from_millis(1_500);
+        let workers = Workers::dedicated(1).unwrap();
+        let run = start_on(&config, &workers).await.unwrap();
+        let mut snapshots = run.subscribe();
+        snapshots.changed().await.unwrap();
+        workers.handles()[0].spawn(async { std::thread::sleep(Duration::from_millis(200)) });
+        let report = run.report().await.unwrap();
+        assert_eq!(report.requests.failed, 300, "{:?}", report.failures);
+        assert_eq!(report.failure_count("timeout"), 300);
+        assert!(
+            report.generator_lag_ms >= 150.0,
+            "{}",
+            report.generator_lag_ms
+        );
+        let opened = accepted.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(opened, 300, "one connection per request");
+    }
+
     /// Answers at once and counts the requests each thread sent.
     type Counts = std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, u64>>;
 

@@ -26,6 +26,12 @@ use crate::stats::{Recorder, Timings};
 /// thousands of requests in flight do not queue on one lock.
 const ABANDON_SHARDS: usize = 16;
 
+/// A request that starts this long after it was due was held up by the
+/// generator itself (a pause, a starved thread): it is one of a catch-up
+/// burst, and waits for a connection to come back rather than open one
+/// ([`Marks::overdue`]).
+const OVERDUE: Duration = Duration::from_millis(10);
+
 /// What every request of a run shares.
 pub(crate) struct Shared<T> {
     pub(crate) transport: T,
@@ -367,7 +373,10 @@ pub(crate) async fn closed<T: Transport>(
 impl<T: Transport> Shared<T> {
     /// Send one request due at `due` and record its one outcome.
     async fn execute(&self, session: &mut T::Session, due: Instant, shard: usize) {
-        let mut marks = Marks::default();
+        let mut marks = Marks {
+            overdue: Instant::now().saturating_duration_since(due) >= OVERDUE,
+            ..Marks::default()
+        };
         let abandon = &self.abandon[shard % ABANDON_SHARDS];
         let result = tokio::select! {
             biased;

@@ -9,6 +9,7 @@
 //! once, and a connection goes back to the lane that opened it.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -17,6 +18,19 @@ pub(crate) struct Pool<C> {
     lanes: Vec<Mutex<Vec<C>>>,
     /// Signalled once for each connection put back.
     returned: Notify,
+    /// Connections put back so far.
+    returns: AtomicU64,
+    /// Requests waiting patiently for a connection to come back.
+    patient: AtomicUsize,
+}
+
+/// Counts a patient waiter while it lives (see [`Pool::wait_patiently`]).
+pub(crate) struct Patient<'a>(&'a AtomicUsize);
+
+impl Drop for Patient<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<C> Pool<C> {
@@ -25,6 +39,8 @@ impl<C> Pool<C> {
         Pool {
             lanes: (0..lanes.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             returned: Notify::new(),
+            returns: AtomicU64::new(0),
+            patient: AtomicUsize::new(0),
         }
     }
 
@@ -50,7 +66,26 @@ impl<C> Pool<C> {
             .lock()
             .expect("pool lock")
             .push(conn);
+        self.returns.fetch_add(1, Ordering::Relaxed);
         self.returned.notify_one();
+    }
+
+    /// Whether requests are waiting patiently for connections to come
+    /// back (a catch-up burst is draining): a new request queues behind
+    /// them rather than open a connection.
+    pub(crate) fn draining(&self) -> bool {
+        self.patient.load(Ordering::Relaxed) > 0
+    }
+
+    /// Counts a patient waiter until the guard is dropped.
+    pub(crate) fn wait_patiently(&self) -> Patient<'_> {
+        self.patient.fetch_add(1, Ordering::Relaxed);
+        Patient(&self.patient)
+    }
+
+    /// How many connections were put back so far.
+    pub(crate) fn returns(&self) -> u64 {
+        self.returns.load(Ordering::Relaxed)
     }
 
     /// Ready once a connection was put back since the last call (or now).
