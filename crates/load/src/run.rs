@@ -305,6 +305,14 @@ mod tests {
     use crate::client::{Answer, Marks};
     use crate::outcome::Failure;
 
+    /// The plan of an open-model run at `rate` for `duration`, against a
+    /// transport of the test's own.
+    fn open_plan(rate: f64, duration: Duration) -> Plan {
+        let mut config = run_of("http://127.0.0.1:1/".into(), rate);
+        config.duration = duration;
+        config.plan().unwrap()
+    }
+
     /// Answers at once: the run's own costs are all that is measured.
     struct Instant200;
 
@@ -327,10 +335,7 @@ mod tests {
     /// measured from the schedule, is that lateness.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn open_model_arrivals_stay_on_schedule_at_a_high_rate() {
-        let mut config = Config::new("http://127.0.0.1:1/");
-        config.model = Model::Open { rate: 20_000.0 };
-        config.duration = Duration::from_secs(1);
-        let plan = config.plan().unwrap();
+        let plan = open_plan(20_000.0, Duration::from_secs(1));
         let report = start_with(plan, Instant200, &Workers::current())
             .report()
             .await
@@ -420,10 +425,7 @@ mod tests {
     /// due. Their latency from the schedule shows the pause too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_paused_generator_reports_how_far_it_fell_behind() {
-        let mut config = Config::new("http://127.0.0.1:1/");
-        config.model = Model::Open { rate: 1_000.0 };
-        config.duration = Duration::from_millis(600);
-        let plan = config.plan().unwrap();
+        let plan = open_plan(1_000.0, Duration::from_millis(600));
         let transport = BlocksOnce {
             seen: Default::default(),
             block: 200,
@@ -480,6 +482,27 @@ mod tests {
         (url, accepted)
     }
 
+    /// An open-model run of 1.5 s at `rate` against `url`.
+    fn run_of(url: String, rate: f64) -> Config {
+        let mut config = Config::new(url);
+        config.model = Model::Open { rate };
+        config.duration = Duration::from_millis(1_500);
+        config
+    }
+
+    /// Runs `config` on one sending thread, blocked for 200 ms after the
+    /// first second's snapshot (`at_pause` says what was then); returns
+    /// the report.
+    async fn paused_run<P>(config: &Config, at_pause: impl FnOnce() -> P) -> (Report, P) {
+        let workers = Workers::dedicated(1).unwrap();
+        let run = start_on(config, &workers).await.unwrap();
+        let mut snapshots = run.subscribe();
+        snapshots.changed().await.unwrap();
+        let then = at_pause();
+        workers.handles()[0].spawn(async { std::thread::sleep(Duration::from_millis(200)) });
+        (run.report().await.unwrap(), then)
+    }
+
     /// The generator's one sending thread is blocked for 200 ms in the
     /// middle of a run at 2 000 req/s: the 400 requests due meanwhile go
     /// out at once when it resumes, on the connections they give back to
@@ -490,17 +513,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_catch_up_burst_reuses_connections_instead_of_opening_hundreds() {
         let (url, accepted) = counting_server(true).await;
-        let mut config = Config::new(url);
-        config.model = Model::Open { rate: 2_000.0 };
-        config.duration = Duration::from_millis(1_500);
-        let workers = Workers::dedicated(1).unwrap();
-        let run = start_on(&config, &workers).await.unwrap();
-        // After the first second's snapshot, the sending thread is paused.
-        let mut snapshots = run.subscribe();
-        snapshots.changed().await.unwrap();
-        let before = accepted.load(std::sync::atomic::Ordering::Relaxed);
-        workers.handles()[0].spawn(async { std::thread::sleep(Duration::from_millis(200)) });
-        let report = run.report().await.unwrap();
+        let (report, before) = paused_run(&run_of(url, 2_000.0), || {
+            accepted.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await;
         assert_eq!((report.requests.ok, report.requests.failed), (3_000, 0));
         assert!(
             report.generator_lag_ms >= 150.0,
@@ -521,16 +537,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn overdue_requests_still_connect_when_no_connection_comes_back() {
         let (url, accepted) = counting_server(false).await;
-        let mut config = Config::new(url);
-        config.model = Model::Open { rate: 200.0 };
-        config.duration = Duration::from_millis(1_500);
+        let mut config = run_of(url, 200.0);
         config.timeout = Duration::from_millis(1_500);
-        let workers = Workers::dedicated(1).unwrap();
-        let run = start_on(&config, &workers).await.unwrap();
-        let mut snapshots = run.subscribe();
-        snapshots.changed().await.unwrap();
-        workers.handles()[0].spawn(async { std::thread::sleep(Duration::from_millis(200)) });
-        let report = run.report().await.unwrap();
+        let (report, ()) = paused_run(&config, || ()).await;
         assert_eq!(report.requests.failed, 300, "{:?}", report.failures);
         assert_eq!(report.failure_count("timeout"), 300);
         assert!(
