@@ -43,11 +43,11 @@ pub(crate) struct Marks {
     /// Whether the request was retried on a fresh connection.
     pub(crate) retried: bool,
     /// Set by the scheduler: the request starts late because the generator
-    /// itself fell behind, one of a burst of overdue requests. It waits up
-    /// for a connection another request gives back, as long as one came
-    /// back within the last [`OVERDUE_WAIT`], before it opens one: the burst is the generator's doing, and
-    /// thousands of connects at once would overflow the server's accept
-    /// queue.
+    /// itself fell behind, one of a burst of overdue requests. It waits for
+    /// a connection another request gives back, as long as one came back
+    /// within the last [`OVERDUE_WAIT`], before it opens one: the burst is
+    /// the generator's doing, and thousands of connects at once would
+    /// overflow the server's accept queue.
     pub(crate) overdue: bool,
 }
 
@@ -307,9 +307,10 @@ impl HttpTransport {
 
     /// An idle connection for `lane`, or a new one once a connect slot is
     /// free, whichever comes first; a `patient` request (overdue) asks for
-    /// a slot only once no connection came back for [`OVERDUE_WAIT`]. A burst of requests (the
-    /// catch-up after the generator was paused) so reuses the connections
-    /// its first requests give back, instead of opening one each at once:
+    /// a slot only once no connection came back for [`OVERDUE_WAIT`]. A
+    /// burst of requests (the catch-up after the generator was paused) so
+    /// reuses the connections its first requests give back, instead of
+    /// opening one each at once:
     /// thousands of connections the server has not accepted yet would
     /// overflow its accept queue (a SYN dropped is sent again after 1 s,
     /// and the server is blamed for it).
