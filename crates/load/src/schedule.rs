@@ -126,17 +126,17 @@ impl Until {
 ///
 /// Each sending thread (lane) times its own share of the schedule, so no
 /// arrival crosses threads: arrival `i` is due at `i / rate`, the batches
-/// go to the lanes in turn, and the lanes together keep the
-/// whole rate and every arrival its exact instant. A batch is the arrivals
-/// due within one `batch` window (`--batch`), sent at once when its last
-/// arrival is due: an arrival leaves at most that late (and its latency,
-/// measured from the schedule, shows it), in exchange for one wake-up per
-/// batch. At 20 000 req/s and 1 ms that is 20 requests per batch and each
-/// of two threads waking every 2 ms; below one arrival per window each goes
-/// alone, on time. (0.5 ms cost the open model about 15 % more CPU per
-/// request at 20 000 req/s: each batch costs a timer wake-up and its
-/// responses' wake-ups, whatever its size; docs/benchmarks.md.) A lane sleeps on a timer
-/// of its own event loop ([`LaneTimer`]: sub-millisecond, no thread of its
+/// go to the lanes in turn, and the lanes together keep the whole rate and
+/// every arrival its exact instant. A batch is the arrivals due within one
+/// `batch` window (`--batch`), sent at once when its last arrival is due:
+/// an arrival leaves at most that late (and its latency, measured from the
+/// schedule, shows it), in exchange for one wake-up per batch. At 20 000
+/// req/s and 1 ms that is 20 requests per batch and each of two threads
+/// waking every 2 ms; below one arrival per window each goes alone, on
+/// time. (0.5 ms cost the open model about 15 % more CPU per request at
+/// 20 000 req/s: each batch costs a timer wake-up and its responses'
+/// wake-ups, whatever its size; docs/benchmarks.md.) A lane sleeps on a
+/// timer of its own event loop ([`LaneTimer`]: sub-millisecond, no thread of its
 /// own) until its next batch is due, and starts the batch's requests in
 /// that one poll: no dispatcher thread, no cross-thread hand-over, one
 /// wake-up per batch; requests of a batch that go out together come back
@@ -216,9 +216,9 @@ impl Cadence {
 }
 
 /// A lane's walk through the schedule's batches: the arrivals due within
-/// one batch window form a batch, and the batches that have any arrival go to
-/// the lanes in turn (so below one arrival per tick, arrivals go to the
-/// lanes in turn, each alone and on time).
+/// one batch window form a batch, and the batches that have any arrival go
+/// to the lanes in turn (so below one arrival per window, arrivals go to
+/// the lanes in turn, each alone and on time).
 struct Batches {
     /// The first arrival not walked yet.
     next: u64,
