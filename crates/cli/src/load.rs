@@ -64,8 +64,9 @@ pub struct LoadArgs {
     #[arg(long, value_name = "D", default_value = "1ms")]
     batch: String,
     /// Most connections being opened at once (TCP and TLS handshakes); a
-    /// request that needs a new one beyond it waits for a slot or an idle
-    /// connection, so a burst stays within the server's accept queue
+    /// request that needs a new one beyond it waits for a slot or for a
+    /// connection given back. Raise it for a distant server that needs many
+    /// handshakes in flight (--no-keepalive at a high rate)
     #[arg(long, value_name = "N", default_value = "256")]
     max_connecting: String,
     /// Most connections open at once [default: one per concurrent request;
