@@ -82,8 +82,8 @@ fn scenario(name: &str, strategy: Strategy) -> Scenario {
     }
 }
 
-/// The reports side by side: requests, failures by class, latency, lost
-/// operations, verdict.
+/// The reports side by side: requests, failures by class, latency, how far
+/// the load generator fell behind, lost operations, verdict.
 pub fn comparison(reports: &[TrialReport]) -> String {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row = |name: &str, cell: &dyn Fn(&TrialReport) -> String| {
@@ -110,6 +110,11 @@ pub fn comparison(reports: &[TrialReport]) -> String {
     });
     row("max latency", &|r| {
         format!("{:.1} ms", r.load.latency_ms.ttlb.max)
+    });
+    // The runs are compared on equal terms only if the generator kept its
+    // schedule in both: a pause of its own moves the latency rows above.
+    row("generator lag", &|r| {
+        format!("{:.1} ms", r.load.generator_lag_ms)
     });
     row("operations lost", &|r| match &r.audit {
         Some(audit) => match audit.lost {
@@ -166,5 +171,39 @@ mod tests {
         assert_eq!(a.service.demo.as_deref(), Some("v9"));
         assert_eq!(a.service.demo_args, ["--pre-stop", "0s"]);
         assert!(a.events.iter().all(|e| e.at < a.load.duration));
+    }
+
+    /// The side-by-side table has a row for each measure, the generator's
+    /// lag among them, and a column for each run.
+    #[test]
+    fn the_comparison_shows_each_run_in_a_column() {
+        let config = dropless_load::Config::new("http://127.0.0.1:1/");
+        let report = |strategy: &str, lag: f64| {
+            let mut load = dropless_load::Report::not_started(&config);
+            load.generator_lag_ms = lag;
+            TrialReport::new(
+                "t".into(),
+                "demo v9 ×3".into(),
+                strategy.into(),
+                load,
+                Vec::new(),
+                None,
+            )
+        };
+        let table = comparison(&[report("dropless", 0.0), report("kubernetes", 212.4)]);
+        let lag = table.lines().find(|l| l.starts_with("generator lag"));
+        let cells: Vec<&str> = lag.unwrap_or_default().split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["generator", "lag", "0.0", "ms", "212.4", "ms"],
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains("kubernetes (demo v9 ×3)")),
+            "{table}"
+        );
     }
 }
