@@ -45,7 +45,8 @@ pub(crate) struct Marks {
     /// Set by the scheduler: the request starts late because the generator
     /// itself fell behind, one of a burst of overdue requests. It waits for
     /// a connection another request gives back, as long as one came back
-    /// within the last [`OVERDUE_WAIT`], before it opens one: the burst is
+    /// within the last [`OVERDUE_WAIT`] and for [`OVERDUE_MAX`] at most,
+    /// before it opens one: the burst is
     /// the generator's doing, and thousands of connects at once would
     /// overflow the server's accept queue.
     pub(crate) overdue: bool,
@@ -55,6 +56,12 @@ pub(crate) struct Marks {
 /// connection comes back before it may open one (a server that closed its
 /// keep-alive connections meanwhile gives none back).
 const OVERDUE_WAIT: Duration = Duration::from_millis(100);
+
+/// The longest an overdue request waits for a connection to come back,
+/// however often connections do: a pool no larger than the steady
+/// concurrency (a slow server) serves the backlog of a pause no faster than
+/// new arrivals come, and would keep it for the rest of the run.
+const OVERDUE_MAX: Duration = Duration::from_millis(200);
 
 /// A complete response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,7 +314,8 @@ impl HttpTransport {
 
     /// An idle connection for `lane`, or a new one once a connect slot is
     /// free, whichever comes first; a `patient` request (overdue) asks for
-    /// a slot only once no connection came back for [`OVERDUE_WAIT`]. A
+    /// a slot only once no connection came back for [`OVERDUE_WAIT`], or
+    /// after [`OVERDUE_MAX`]. A
     /// burst of requests (the catch-up after the generator was paused) so
     /// reuses the connections its first requests give back, instead of
     /// opening one each at once:
@@ -335,6 +343,7 @@ impl HttpTransport {
             )
         });
         let mut returns = idle.returns();
+        let give_up = Instant::now() + OVERDUE_MAX;
         loop {
             if let Some(found) = idle.take(lane) {
                 return Ok(found);
@@ -343,11 +352,11 @@ impl HttpTransport {
                 biased;
                 () = idle.returned() => {}
                 () = async { patience.as_mut().expect("checked").0.as_mut().await }, if patience.is_some() => {
-                    let now = idle.returns();
-                    match (now != returns, patience.as_mut()) {
+                    let (now, seen) = (Instant::now(), idle.returns());
+                    match (seen != returns && now < give_up, patience.as_mut()) {
                         (true, Some((timer, _))) => {
-                            returns = now;
-                            timer.as_mut().reset(Instant::now() + OVERDUE_WAIT);
+                            returns = seen;
+                            timer.as_mut().reset((now + OVERDUE_WAIT).min(give_up));
                         }
                         _ => patience = None,
                     }

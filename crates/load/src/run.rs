@@ -449,9 +449,11 @@ mod tests {
     }
 
     /// A keep-alive HTTP/1.1 server on 127.0.0.1 port 0 that answers every
-    /// request at once (or, unless `answers`, never) and counts the
-    /// connections it accepted.
-    async fn counting_server(answers: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    /// request `after` a while (`None`: never) and counts the connections
+    /// it accepted.
+    async fn counting_server(
+        after: Option<Duration>,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -464,12 +466,11 @@ mod tests {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     while let Ok(n @ 1..) = stream.read(&mut chunk).await {
-                        if !answers {
-                            continue;
-                        }
+                        let Some(after) = after else { continue };
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
+                            tokio::time::sleep(after).await;
                             let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                             if stream.write_all(answer).await.is_err() {
                                 return;
@@ -490,16 +491,20 @@ mod tests {
         config
     }
 
-    /// Runs `config` on one sending thread, blocked for 200 ms after the
+    /// Runs `config` on one sending thread, blocked for `pause` after the
     /// first second's snapshot (`at_pause` says what was then); returns
     /// the report.
-    async fn paused_run<P>(config: &Config, at_pause: impl FnOnce() -> P) -> (Report, P) {
+    async fn paused_run<P>(
+        config: &Config,
+        pause: Duration,
+        at_pause: impl FnOnce() -> P,
+    ) -> (Report, P) {
         let workers = Workers::dedicated(1).unwrap();
         let run = start_on(config, &workers).await.unwrap();
         let mut snapshots = run.subscribe();
         snapshots.changed().await.unwrap();
         let then = at_pause();
-        workers.handles()[0].spawn(async { std::thread::sleep(Duration::from_millis(200)) });
+        workers.handles()[0].spawn(async move { std::thread::sleep(pause) });
         (run.report().await.unwrap(), then)
     }
 
@@ -512,11 +517,12 @@ mod tests {
     /// report says how far the generator fell behind.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_catch_up_burst_reuses_connections_instead_of_opening_hundreds() {
-        let (url, accepted) = counting_server(true).await;
-        let (report, before) = paused_run(&run_of(url, 2_000.0), || {
-            accepted.load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .await;
+        let (url, accepted) = counting_server(Some(Duration::ZERO)).await;
+        let (report, before) =
+            paused_run(&run_of(url, 2_000.0), Duration::from_millis(200), || {
+                accepted.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .await;
         assert_eq!((report.requests.ok, report.requests.failed), (3_000, 0));
         assert!(
             report.generator_lag_ms >= 150.0,
@@ -536,10 +542,10 @@ mod tests {
     /// and all end as timeouts.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn overdue_requests_still_connect_when_no_connection_comes_back() {
-        let (url, accepted) = counting_server(false).await;
+        let (url, accepted) = counting_server(None).await;
         let mut config = run_of(url, 200.0);
         config.timeout = Duration::from_millis(1_500);
-        let (report, ()) = paused_run(&config, || ()).await;
+        let (report, ()) = paused_run(&config, Duration::from_millis(200), || ()).await;
         assert_eq!(report.requests.failed, 300, "{:?}", report.failures);
         assert_eq!(report.failure_count("timeout"), 300);
         assert!(
@@ -549,6 +555,27 @@ mod tests {
         );
         let opened = accepted.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(opened, 300, "one connection per request");
+    }
+
+    /// A pause of 400 ms against a server that answers in 50 ms: the pool
+    /// is about as large as the steady concurrency (50), so connections
+    /// come back about as fast as new requests arrive and would never drain
+    /// the pause's backlog. The overdue requests wait for them only a
+    /// while, then open connections: the seconds after the pause's are
+    /// back to the server's 50 ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_backlog_drains_when_the_pool_only_just_keeps_up() {
+        let (url, _) = counting_server(Some(Duration::from_millis(50))).await;
+        let mut config = run_of(url, 1_000.0);
+        config.duration = Duration::from_secs(4);
+        let (report, ()) = paused_run(&config, Duration::from_millis(400), || ()).await;
+        assert_eq!((report.requests.ok, report.requests.failed), (4_000, 0));
+        let p99: Vec<_> = report.timeline.iter().map(|s| s.p99_ms).collect();
+        assert!(p99[1].is_some_and(|ms| ms >= 300.0), "{p99:?}");
+        assert!(
+            p99[2..].iter().all(|ms| ms.is_some_and(|ms| ms < 150.0)),
+            "{p99:?}"
+        );
     }
 
     /// Answers at once and counts the requests each thread sent.
