@@ -315,13 +315,12 @@ impl HttpTransport {
     /// An idle connection for `lane`, or a new one once a connect slot is
     /// free, whichever comes first; a `patient` request (overdue) asks for
     /// a slot only once no connection came back for [`OVERDUE_WAIT`], or
-    /// after [`OVERDUE_MAX`]. A
-    /// burst of requests (the catch-up after the generator was paused) so
-    /// reuses the connections its first requests give back, instead of
-    /// opening one each at once:
-    /// thousands of connections the server has not accepted yet would
-    /// overflow its accept queue (a SYN dropped is sent again after 1 s,
-    /// and the server is blamed for it).
+    /// after [`OVERDUE_MAX`]. A burst of requests (the catch-up after the
+    /// generator was paused) so reuses the connections its first requests
+    /// give back, instead of opening one each at once: thousands of
+    /// connections the server has not accepted yet would overflow its
+    /// accept queue (a SYN dropped is sent again after 1 s, and the server
+    /// is blamed for it).
     async fn idle_or_new(
         &self,
         idle: &Pool<Conn1>,
@@ -340,10 +339,10 @@ impl HttpTransport {
             (
                 Box::pin(tokio::time::sleep(OVERDUE_WAIT)),
                 idle.wait_patiently(),
+                Instant::now() + OVERDUE_MAX,
             )
         });
         let mut returns = idle.returns();
-        let give_up = Instant::now() + OVERDUE_MAX;
         loop {
             if let Some(found) = idle.take(lane) {
                 return Ok(found);
@@ -353,10 +352,10 @@ impl HttpTransport {
                 () = idle.returned() => {}
                 () = async { patience.as_mut().expect("checked").0.as_mut().await }, if patience.is_some() => {
                     let (now, seen) = (Instant::now(), idle.returns());
-                    match (seen != returns && now < give_up, patience.as_mut()) {
-                        (true, Some((timer, _))) => {
+                    match patience.as_mut() {
+                        Some((timer, _, give_up)) if seen != returns && now < *give_up => {
                             returns = seen;
-                            timer.as_mut().reset((now + OVERDUE_WAIT).min(give_up));
+                            timer.as_mut().reset((now + OVERDUE_WAIT).min(*give_up));
                         }
                         _ => patience = None,
                     }
