@@ -114,7 +114,7 @@ fn help_explains_every_flag_and_the_exit_codes() {
 
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (
             &["localhost:8080"],
             "error: invalid URL 'localhost:8080': expected http://host[:port]/path",
@@ -146,6 +146,10 @@ fn bad_input_is_one_line_and_exit_code_2() {
         (
             &["http://127.0.0.1:9/", "--batch", "1s"],
             "error: batch must be at most 100ms (0 sends every request on its own instant), got 1s",
+        ),
+        (
+            &["http://127.0.0.1:9/", "--max-connecting", "0"],
+            "error: max-connecting must be at least 1, got 0",
         ),
         (
             &["http://127.0.0.1:9/", "--sessions", "0"],
