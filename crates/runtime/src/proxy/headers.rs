@@ -24,6 +24,8 @@ pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(super) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The request id's field, as a name.
+pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static(crate::ops::request_id::HEADER);
 
 /// Headers that `Connection` cannot make hop-by-hop: the message's framing
 /// and its host are the proxy's to write, whatever a peer names.
@@ -50,6 +52,41 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
     if let Some(upgrade) = upgrade {
         headers.insert(header::UPGRADE, upgrade.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// How a request's fields change on their way to a replica: what
+/// [`Rewrite::apply`] does to a header map, and what the byte path
+/// ([`fast::head::Upstream`](super::fast::head::Upstream)) writes from the
+/// client's fields as they came.
+pub struct Rewrite<'a> {
+    /// The request's id, as `X-Request-Id`.
+    pub id: HeaderValue,
+    /// The host the client named (HTTP/2's `:authority` or its `Host`).
+    pub host: Option<HeaderValue>,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub client_ip: &'a HeaderValue,
+    /// `http` or `https`, as `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// The `Upgrade` of a request that asks for one (kept, with
+    /// `Connection: upgrade`).
+    pub upgrade: Option<HeaderValue>,
+}
+
+impl Rewrite<'_> {
+    /// Rewrites a copy of the client's fields for a replica: hop-by-hop
+    /// fields removed, cookies joined, `X-Forwarded-*` and `Host` set, the
+    /// framing left to the connection that sends it, the id set last (a
+    /// `Connection` that names it does not remove it).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        strip_hop_by_hop(headers, self.upgrade.as_ref());
+        join_cookies(headers);
+        set_forwarded(headers, self.client_ip, self.proto, self.host.as_ref());
+        if let Some(host) = &self.host {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(REQUEST_ID, self.id.clone());
     }
 }
 
@@ -91,7 +128,8 @@ pub fn client_ip(ip: IpAddr) -> HeaderValue {
 }
 
 /// Sets `X-Forwarded-For` (every value the client sent, in order, then the
-/// client), `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// client), `X-Forwarded-Proto` and `X-Forwarded-Host` (removed when the
+/// request named no host).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
@@ -112,9 +150,11 @@ pub fn set_forwarded(
     };
     headers.insert(X_FORWARDED_FOR, xff);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(v) = host {
-        headers.insert(X_FORWARDED_HOST, v.clone());
-    }
+    // A request that named no host gets none: never the client's own.
+    match host {
+        Some(v) => headers.insert(X_FORWARDED_HOST, v.clone()),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::fast::upstream::{BufferedRequest, ReplicaBody};
 use super::forward::{self, AttemptError, Sent};
 use super::front::{ActiveGuard, Activity};
+use super::headers::REQUEST_ID;
 use super::{ClientInfo, Proxy, ProxyBody, ProxyError, error_chain, headers, upload, websocket};
 use crate::ops::{Trace, TracedBody, request_id};
 use crate::proxy::affinity;
@@ -33,7 +34,6 @@ use crate::supervisor::replica::InFlight;
 
 // The names looked up in every request and response, as names: a `&str`
 // would be parsed (and checked) on every use.
-const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(request_id::HEADER);
 const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static(forward::IDEMPOTENCY_KEY);
 const HELD: http::HeaderName = http::HeaderName::from_static(affinity::HELD_HEADER);
 
@@ -80,13 +80,12 @@ impl Proxy {
     #[allow(clippy::manual_async_fn)]
     fn handle<'a>(
         &'a self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         client: &'a ClientInfo,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
         async move {
             let given = req.headers().get(REQUEST_ID);
             let id = request_id::keep_or_generate(given.map(http::HeaderValue::as_bytes));
-            req.headers_mut().insert(REQUEST_ID, id.clone());
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let mut trace = self.ops.begin(req.method().as_str(), path, id);
             let mut resp = match self.forward(req, client, &mut trace).await {
@@ -133,16 +132,18 @@ impl Proxy {
                 activity.upgrading();
             }
             let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-            let (mut parts, body) = req.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-            headers::join_cookies(&mut parts.headers);
-            headers::set_forwarded(&mut parts.headers, &client.ip, client.proto, host.as_ref());
-            if let Some(host) = &host {
-                parts.headers.insert(http::header::HOST, host.clone());
-            }
-            // The framing the replica gets is hyper's, written from the body
-            // this proxy read: never the client's header.
-            parts.headers.remove(http::header::CONTENT_LENGTH);
+            let (parts, body) = req.into_parts();
+            // The client's fields stay as they came: the attempt writes the
+            // replica's from them (as bytes, or into a copy for hyper), and
+            // the idempotency key and the affinity key are read from them,
+            // as on the fast path.
+            let rewrite = headers::Rewrite {
+                id: trace.id.clone(),
+                host,
+                client_ip: &client.ip,
+                proto: client.proto,
+                upgrade,
+            };
             let replay = forward::Replay::of(
                 parts.method.as_str().as_bytes(),
                 parts.headers.contains_key(IDEMPOTENCY_KEY),
@@ -181,6 +182,7 @@ impl Proxy {
             });
             let mut attempt = HyperAttempt {
                 parts,
+                rewrite,
                 body,
                 upgrade: client_upgrade.is_some(),
                 pending: None,
@@ -250,8 +252,11 @@ enum Body {
 
 /// The hyper path's attempt: a request built from the client's parts and
 /// body, sent through the replica's pool of hyper connections.
-struct HyperAttempt {
+struct HyperAttempt<'a> {
+    /// The client's request head, as it came.
     parts: http::request::Parts,
+    /// How its fields change for the replica.
+    rewrite: headers::Rewrite<'a>,
     body: Body,
     /// The client asks for an upgrade: only a hyper connection carries it.
     upgrade: bool,
@@ -263,7 +268,7 @@ struct HyperAttempt {
     queue_deadline: Instant,
 }
 
-impl HyperAttempt {
+impl HyperAttempt<'_> {
     /// The request for the next attempt, or why there cannot be one.
     async fn request(&mut self, pick: &Pick) -> Result<Request<UpstreamBody>, AttemptError> {
         if let Some(req) = self.pending.take() {
@@ -302,6 +307,7 @@ impl HyperAttempt {
             }
         };
         let mut headers = self.parts.headers.clone();
+        self.rewrite.apply(&mut headers);
         // A body of unknown length goes chunked, whatever the method (hyper
         // would send a GET's as empty).
         if body.size_hint().exact().is_none() {
@@ -319,7 +325,7 @@ impl HyperAttempt {
     }
 }
 
-impl HyperAttempt {
+impl HyperAttempt<'_> {
     /// Sends the request on a hyper client connection (a streamed body, an
     /// upgrade); `Err` when there is no request to send.
     async fn send_on_hyper(
@@ -331,14 +337,14 @@ impl HyperAttempt {
     }
 }
 
-impl forward::Attempt for HyperAttempt {
+impl forward::Attempt for HyperAttempt<'_> {
     type Output = Response<FromReplica>;
 
     async fn send(&mut self, pick: &Pick) -> Result<Response<FromReplica>, AttemptError> {
         // A buffered body, no upgrade: bytes on a plain socket, as the fast
         // path sends (no hyper client connection, its task and channels).
         if let (Body::Buffered(body), false) = (&self.body, self.upgrade) {
-            let mut request = BufferedRequest::new(&self.parts, body);
+            let mut request = BufferedRequest::new(&self.parts, &self.rewrite, body);
             let resp = forward::Attempt::send(&mut request, pick).await?;
             return Ok(resp.map(FromReplica::Socket));
         }

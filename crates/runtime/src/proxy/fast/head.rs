@@ -161,13 +161,20 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
         return Parsed::NotFast;
     }
     let request_id = request_id::keep_or_generate(given_id);
-    let upstream = upstream_head(
-        &req,
-        &input[host.clone()],
-        body_len,
-        head_len,
-        client,
-        &request_id,
+    let host_value = &input[host.clone()];
+    let upstream = Upstream {
+        method,
+        target: path,
+        host: host_value,
+        forwarded_host: Some(host_value),
+        length: body_len,
+        client_ip: client.ip.as_bytes(),
+        proto: client.proto,
+        request_id: &request_id,
+    }
+    .head(
+        || req.headers.iter().map(|h| (h.name, h.value)),
+        head_len + 128,
     );
     let offset = |s: &str| {
         let start = s.as_ptr() as usize - input.as_ptr() as usize;
@@ -206,74 +213,116 @@ fn is_hop_by_hop(name: &str, named: &[&[u8]]) -> bool {
 }
 
 /// The header names a `Connection` header lists, among `headers`.
-fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+fn connection_named<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Vec<&'h [u8]> {
     headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| tokens(h.value))
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, value)| tokens(value))
         .collect()
 }
 
-/// The request head for the replica: the client's request line and
-/// headers without the hop-by-hop ones; `Host` and `Content-Length` written
-/// from the proxy's own parse (whatever `Connection` names), every
-/// `X-Forwarded-For` value the client sent kept in order with the client
-/// appended, `X-Forwarded-Proto` and `-Host` (`host`) set, and
-/// `X-Request-Id` set to `request_id`.
-fn upstream_head(
-    req: &httparse::Request<'_, '_>,
-    host: &[u8],
-    body_len: Option<usize>,
-    head_len: usize,
-    client: &ClientInfo,
-    request_id: &http::HeaderValue,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(head_len + 128);
-    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let named = connection_named(req.headers);
-    let mut prior_for: Vec<&[u8]> = Vec::new();
-    let (mut host_done, mut length_done) = (false, false);
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case(headers::X_FORWARDED_FOR.as_str()) {
-            prior_for.push(h.value);
-        } else if name.eq_ignore_ascii_case("host") {
-            // Where the client put it, as it spelled it; from the parse.
-            if !std::mem::replace(&mut host_done, true) {
-                push_header(&mut out, name.as_bytes(), host);
+/// The request head a replica gets, besides the client's own fields.
+pub(in crate::proxy) struct Upstream<'a> {
+    pub(in crate::proxy) method: &'a str,
+    /// The request target, in origin form.
+    pub(in crate::proxy) target: &'a str,
+    /// Its `Host`: the host the client named, or the replica's address
+    /// when it named none.
+    pub(in crate::proxy) host: &'a [u8],
+    /// The host the client named, as `X-Forwarded-Host`.
+    pub(in crate::proxy) forwarded_host: Option<&'a [u8]>,
+    /// Its `Content-Length`, when it has one (the length of the body the
+    /// proxy sends, whatever the client's header said).
+    pub(in crate::proxy) length: Option<usize>,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub(in crate::proxy) client_ip: &'a [u8],
+    /// `http` or `https`, as `X-Forwarded-Proto`.
+    pub(in crate::proxy) proto: &'a str,
+    pub(in crate::proxy) request_id: &'a http::HeaderValue,
+}
+
+impl Upstream<'_> {
+    /// The request head for the replica, from the client's fields
+    /// (`fields` gives them, as often as asked; hyper or the fast path's
+    /// parse validated them): the
+    /// request line, the fields without the hop-by-hop ones, `Host` and
+    /// `Content-Length` written from this head (where the client put them,
+    /// as it spelled them, or at the end; whatever `Connection` names),
+    /// the client's `Cookie` fields joined into one (an HTTP/2 client may
+    /// send a field per cookie, RFC 9113 §8.2.3), every `X-Forwarded-For`
+    /// value the client sent kept in order with the client appended,
+    /// `X-Forwarded-Proto` and `-Host` set, and `X-Request-Id` set to the
+    /// request's id. Nothing is allocated but the head itself.
+    pub(in crate::proxy) fn head<'h, I>(&self, fields: impl Fn() -> I, capacity: usize) -> Vec<u8>
+    where
+        I: Iterator<Item = (&'h str, &'h [u8])>,
+    {
+        let mut out = Vec::with_capacity(capacity);
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let named = connection_named(fields());
+        let is = |name: &str, other: &str| name.eq_ignore_ascii_case(other);
+        let cookies = || fields().filter(|(n, _)| is(n, "cookie"));
+        let (mut host_done, mut length_done, mut cookie_done) = (false, false, false);
+        for (name, value) in fields() {
+            if is(name, "host") {
+                if !std::mem::replace(&mut host_done, true) {
+                    push_header(&mut out, name.as_bytes(), self.host);
+                }
+            } else if is(name, "content-length") {
+                if let (Some(n), false) = (self.length, std::mem::replace(&mut length_done, true)) {
+                    push_header(&mut out, name.as_bytes(), n.to_string().as_bytes());
+                }
+            } else if is(name, "cookie") {
+                if !std::mem::replace(&mut cookie_done, true) {
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b": ");
+                    for (i, (_, cookie)) in cookies().enumerate() {
+                        if i > 0 {
+                            out.extend_from_slice(b"; ");
+                        }
+                        out.extend_from_slice(cookie);
+                    }
+                    out.extend_from_slice(b"\r\n");
+                }
+            } else if !(is(name, headers::X_FORWARDED_FOR.as_str())
+                || is(name, headers::X_FORWARDED_PROTO.as_str())
+                || is(name, headers::X_FORWARDED_HOST.as_str())
+                || is(name, request_id::HEADER)
+                || is_hop_by_hop(name, &named))
+            {
+                push_header(&mut out, name.as_bytes(), value);
             }
-        } else if name.eq_ignore_ascii_case("content-length") {
-            if let (Some(n), false) = (body_len, std::mem::replace(&mut length_done, true)) {
-                push_header(&mut out, name.as_bytes(), n.to_string().as_bytes());
-            }
-        } else if !(name.eq_ignore_ascii_case(headers::X_FORWARDED_PROTO.as_str())
-            || name.eq_ignore_ascii_case(headers::X_FORWARDED_HOST.as_str())
-            || name.eq_ignore_ascii_case(request_id::HEADER)
-            || is_hop_by_hop(name, &named))
-        {
-            push_header(&mut out, name.as_bytes(), h.value);
         }
+        if !host_done {
+            push_header(&mut out, b"host", self.host);
+        }
+        if let (Some(n), false) = (self.length, length_done) {
+            push_header(&mut out, b"content-length", n.to_string().as_bytes());
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for (name, prior) in fields() {
+            if is(name, headers::X_FORWARDED_FOR.as_str()) {
+                out.extend_from_slice(prior);
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(self.client_ip);
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(host) = self.forwarded_host {
+            push_header(&mut out, b"x-forwarded-host", host);
+        }
+        push_header(
+            &mut out,
+            request_id::HEADER.as_bytes(),
+            self.request_id.as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+        out
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    for prior in prior_for {
-        out.extend_from_slice(prior);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(client.ip.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-    out.extend_from_slice(client.proto.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    push_header(&mut out, b"x-forwarded-host", host);
-    push_header(
-        &mut out,
-        request_id::HEADER.as_bytes(),
-        request_id.as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -309,7 +358,7 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String>
     let mut codings: Vec<&[u8]> = Vec::new();
     // Where the framing header goes in the rewritten head, and its name.
     let mut framing_at: Option<(usize, &str)> = None;
-    let named = connection_named(resp.headers);
+    let named = connection_named(resp.headers.iter().map(|h| (h.name, h.value)));
     let mut head = Vec::with_capacity(len + 32);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(itoa3(status).as_slice());
@@ -501,6 +550,119 @@ mod tests {
                 p.request_id.to_str().unwrap()
             )
         );
+    }
+
+    /// The fields of a head written by [`Upstream::head`], lowercased and
+    /// sorted: the order of different fields carries no meaning.
+    fn fields_of(head: &[u8]) -> Vec<(String, String)> {
+        let text = std::str::from_utf8(head).unwrap();
+        let mut lines = text.split("\r\n").skip(1).filter(|l| !l.is_empty());
+        let mut out: Vec<_> = lines
+            .by_ref()
+            .map(|l| {
+                let (n, v) = l.split_once(": ").unwrap();
+                (n.to_ascii_lowercase(), v.to_string())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_byte_path_writes_what_the_header_map_path_sends() {
+        // Every case the replica's head treats specially, as an HTTP/2 or
+        // HTTP/1.1 client may send it: the byte path (buffered requests)
+        // and the header map path (hyper's client: streamed bodies) must
+        // give a replica the same fields.
+        let cases: [&[(&str, &str)]; 6] = [
+            &[("accept", "*/*")],
+            &[
+                ("cookie", "a=1"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("cookie", "b=2"),
+                ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+                ("cookie", "c=3"),
+            ],
+            &[
+                ("connection", "keep-alive, x-secret, content-length, host"),
+                ("x-secret", "1"),
+                ("te", "trailers"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("transfer-encoding", "chunked"),
+                ("upgrade", "websocket"),
+                ("proxy-authorization", "Basic eA=="),
+                ("content-length", "7"),
+                ("host", "client.test"),
+            ],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "spoofed.test"),
+                ("x-request-id", "given-by-the-client"),
+                ("x-request-id", "another"),
+            ],
+            &[("connection", "x-request-id"), ("cookie", "only=1")],
+            &[("host", "client.test"), ("accept", "a"), ("accept", "b")],
+        ];
+        let client_ip = headers::client_ip("127.0.0.1".parse().unwrap());
+        for (i, fields) in cases.iter().enumerate() {
+            // As `session::request_host` finds it: the authority, else Host.
+            let given = fields.iter().find(|(n, _)| *n == "host").map(|f| f.1);
+            for host in [given, Some("authority.test")] {
+                for length in [None, Some(0), Some(12)] {
+                    let mut map = http::HeaderMap::new();
+                    for (n, v) in fields.iter() {
+                        map.append(
+                            http::HeaderName::from_static(n),
+                            http::HeaderValue::from_static(v),
+                        );
+                    }
+                    let rewrite = headers::Rewrite {
+                        id: http::HeaderValue::from_static("the-id"),
+                        host: host.map(http::HeaderValue::from_static),
+                        client_ip: &client_ip,
+                        proto: "https",
+                        upgrade: None,
+                    };
+                    let replica_addr = "127.0.0.1:9";
+                    let bytes = Upstream {
+                        method: "POST",
+                        target: "/t",
+                        host: host.unwrap_or(replica_addr).as_bytes(),
+                        forwarded_host: host.map(str::as_bytes),
+                        length,
+                        client_ip: client_ip.as_bytes(),
+                        proto: "https",
+                        request_id: &rewrite.id,
+                    }
+                    .head(|| map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), 0);
+                    // The map path: the rewrite, then what hyper's client
+                    // writes (a Host of the replica when there is none, the
+                    // framing from the body).
+                    let mut rewritten = map.clone();
+                    rewrite.apply(&mut rewritten);
+                    let mut expected: Vec<_> = rewritten
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                        .collect();
+                    if !rewritten.contains_key(http::header::HOST) {
+                        expected.push(("host".into(), replica_addr.into()));
+                    }
+                    if let Some(n) = length {
+                        expected.push(("content-length".into(), n.to_string()));
+                    }
+                    expected.sort();
+                    assert_eq!(
+                        fields_of(&bytes),
+                        expected,
+                        "case {i}, host {host:?}, length {length:?}:\n{}",
+                        String::from_utf8_lossy(&bytes)
+                    );
+                    assert!(bytes.starts_with(b"POST /t HTTP/1.1\r\n"));
+                    assert!(bytes.ends_with(b"\r\n\r\n"));
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,12 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::Body;
-use super::head::{Framing, ResponseHead, parse_response};
+use super::head::{Framing, ResponseHead, Upstream, parse_response};
 use super::{BUFFER, MAX_RESPONSE_HEAD};
 use crate::proxy::balance::Pick;
+use crate::proxy::error_chain;
 use crate::proxy::forward::{self, AttemptError, Sent};
+use crate::proxy::headers::{self, Rewrite};
 use crate::proxy::pool::{BoxError, SocketPool};
-use crate::proxy::{error_chain, headers};
 
 /// The fast path's attempt: the request's bytes (head and body), written
 /// as they are.
@@ -149,48 +150,60 @@ async fn read_response_head(
 /// no body at all): written as HTTP/1.1 bytes on the fast path's sockets.
 pub(in crate::proxy) struct BufferedRequest<'a> {
     parts: &'a http::request::Parts,
+    rewrite: &'a Rewrite<'a>,
     body: &'a Bytes,
 }
 
 impl<'a> BufferedRequest<'a> {
-    /// The request of `parts` (hop-by-hop headers already removed, the
-    /// forwarded ones set) with `body`.
-    pub(in crate::proxy) fn new(parts: &'a http::request::Parts, body: &'a Bytes) -> Self {
-        Self { parts, body }
+    /// The request of `parts` (the client's, as they came), its fields
+    /// changed as `rewrite` says, with `body`.
+    pub(in crate::proxy) fn new(
+        parts: &'a http::request::Parts,
+        rewrite: &'a Rewrite<'a>,
+        body: &'a Bytes,
+    ) -> Self {
+        Self {
+            parts,
+            rewrite,
+            body,
+        }
     }
 
     /// The request as HTTP/1.1 bytes for the replica at `pick`: in origin
-    /// form, the replica's address as `Host` when it has none, its framing
-    /// a `Content-Length` written from the buffered body. Every part was
-    /// validated by hyper (`http`'s types hold no CR or LF).
+    /// form, the replica's address as `Host` when the client named none,
+    /// its framing a `Content-Length` written from the buffered body. Every
+    /// part was validated by hyper (`http`'s types hold no CR or LF).
     fn bytes(&self, pick: &Pick) -> Vec<u8> {
-        let parts = self.parts;
+        let (parts, rewrite) = (self.parts, self.rewrite);
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum::<usize>();
-        let mut out = Vec::with_capacity(headers + target.len() + 64 + self.body.len());
-        out.extend_from_slice(parts.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !parts.headers.contains_key(http::header::HOST) {
-            out.extend_from_slice(format!("host: {}\r\n", pick.pool.addr()).as_bytes());
-        }
+        let fields = || {
+            parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        };
+        let size = fields().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>();
+        let addr;
+        let host = match &rewrite.host {
+            Some(host) => host.as_bytes(),
+            None => {
+                addr = pick.pool.addr().to_string();
+                addr.as_bytes()
+            }
+        };
         // A method that means something with a body says it has none.
         let with_body = matches!(parts.method.as_str(), "POST" | "PUT" | "PATCH");
-        if !self.body.is_empty() || with_body {
-            out.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
+        let mut out = Upstream {
+            method: parts.method.as_str(),
+            target,
+            host,
+            forwarded_host: rewrite.host.as_ref().map(http::HeaderValue::as_bytes),
+            length: (!self.body.is_empty() || with_body).then_some(self.body.len()),
+            client_ip: rewrite.client_ip.as_bytes(),
+            proto: rewrite.proto,
+            request_id: &rewrite.id,
         }
-        out.extend_from_slice(b"\r\n");
+        .head(fields, size + target.len() + 192 + self.body.len());
         out.extend_from_slice(self.body);
         out
     }
