@@ -36,7 +36,7 @@ use crate::ops::{ErrorKind, Trace, request_id};
 use crate::proxy::affinity::HELD_HEADER;
 use crate::proxy::balance::Pick;
 use body::Body;
-use head::{Framing, Parsed, RequestPlan, ResponseHead, parse_request};
+use head::{Framing, Out, Parsed, RequestPlan, ResponseHead, parse_request};
 
 /// Largest response head accepted from a replica.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -337,7 +337,9 @@ impl<S: ClientIo> Session<'_, '_, S> {
             f => f,
         };
         let close = plan.close || self.stop.is_cancelled() || framing == Framing::UntilClose;
-        let mut first = head.head;
+        let Out::Bytes(mut first) = head.out else {
+            unreachable!("the fast path reads response heads as bytes");
+        };
         if !pick.held.is_zero() {
             first.truncate(first.len() - 2);
             let held = format!("{}: {}\r\n\r\n", HELD_HEADER, pick.held.as_millis());

@@ -52,10 +52,32 @@ pub(super) enum Framing {
     UntilClose,
 }
 
+/// What a response head is parsed into: the bytes an HTTP/1.1 client gets,
+/// or where its fields are in the replica's buffer, for hyper to frame
+/// (HTTP/2, HTTPS): one parse either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    Bytes,
+    Fields,
+}
+
+/// The response head as the client gets it.
+pub(super) enum Out {
+    /// The head's bytes, rewritten.
+    Bytes(Vec<u8>),
+    /// The fields passed on, as the positions of their name and value in
+    /// the replica's buffer, without the framing ones: hyper writes its
+    /// own (`ResponseHead::length` is the length to announce).
+    Fields(Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>),
+}
+
 /// A response head from a replica, interpreted.
 pub(super) struct ResponseHead {
-    /// The head to send to the client.
-    pub(super) head: Vec<u8>,
+    /// The head for the client.
+    pub(super) out: Out,
+    /// The `Content-Length` the client's head announces, if any (a 304's
+    /// may announce the length of a body it does not carry).
+    pub(super) length: Option<u64>,
     /// Its length in the replica's buffer.
     pub(super) len: usize,
     /// Its status code.
@@ -340,7 +362,7 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Ambiguous framing (two lengths, a length and chunked, an encoding not
 /// ending in chunked) is an error: the client gets a 502, never a body whose
 /// end the proxy and the client would see in different places.
-pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String> {
+pub(super) fn parse_response(buf: &[u8], want: Want) -> Result<Option<ResponseHead>, String> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -359,12 +381,22 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String>
     // Where the framing header goes in the rewritten head, and its name.
     let mut framing_at: Option<(usize, &str)> = None;
     let named = connection_named(resp.headers.iter().map(|h| (h.name, h.value)));
-    let mut head = Vec::with_capacity(len + 32);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(itoa3(status).as_slice());
-    head.push(b' ');
-    head.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
-    head.extend_from_slice(b"\r\n");
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + s.len()
+    };
+    let mut head = Vec::new();
+    let mut fields = Vec::new();
+    if want == Want::Bytes {
+        head.reserve(len + 32);
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(itoa3(status).as_slice());
+        head.push(b' ');
+        head.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+        head.extend_from_slice(b"\r\n");
+    } else {
+        fields.reserve(resp.headers.len());
+    }
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -396,17 +428,17 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String>
         if is_hop_by_hop(name, &named) {
             continue;
         }
-        push_header(&mut head, name.as_bytes(), h.value);
+        match want {
+            Want::Bytes => push_header(&mut head, name.as_bytes(), h.value),
+            Want::Fields => fields.push((at(name.as_bytes()), at(h.value))),
+        }
     }
     let no_body = (100..200).contains(&status) || status == 204;
-    let (mut framing, header) = match (codings.split_last(), length) {
-        (None, None) => (Framing::UntilClose, None),
+    let mut framing = match (codings.split_last(), length) {
+        (None, None) => Framing::UntilClose,
         // A 304 (and the answer to a HEAD) may announce the length of the
         // body it does not carry; a 1xx or 204 may not.
-        (None, Some(n)) => (
-            Framing::Length(n),
-            (!no_body).then(|| n.to_string().into_bytes()),
-        ),
+        (None, Some(n)) => Framing::Length(n),
         (Some(_), Some(_)) => {
             return Err("both content-length and transfer-encoding in the response".into());
         }
@@ -415,20 +447,36 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, String>
             if !chunked(last) || rest.iter().any(chunked) {
                 return Err("a transfer-encoding that does not end in chunked once".into());
             }
-            (Framing::Chunked, Some(codings.join(&b", "[..])))
+            Framing::Chunked
         }
     };
-    if let (Some((at, name)), Some(value)) = (framing_at, header) {
-        let mut line = Vec::with_capacity(name.len() + value.len() + 4);
-        push_header(&mut line, name.as_bytes(), &value);
-        head.splice(at..at, line);
-    }
+    let announced = match framing {
+        Framing::Length(n) if !no_body => Some(n),
+        _ => None,
+    };
     if no_body || status == 304 {
         framing = Framing::Empty;
     }
-    head.extend_from_slice(b"\r\n");
+    let out = match want {
+        Want::Bytes => {
+            let header = match framing_at {
+                None => None,
+                Some(_) if codings.is_empty() => announced.map(|n| n.to_string().into_bytes()),
+                Some(_) => Some(codings.join(&b", "[..])),
+            };
+            if let (Some((at, name)), Some(value)) = (framing_at, header) {
+                let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+                push_header(&mut line, name.as_bytes(), &value);
+                head.splice(at..at, line);
+            }
+            head.extend_from_slice(b"\r\n");
+            Out::Bytes(head)
+        }
+        Want::Fields => Out::Fields(fields),
+    };
     Ok(Some(ResponseHead {
-        head,
+        out,
+        length: announced,
         len,
         status,
         framing,
@@ -668,9 +716,9 @@ mod tests {
     #[test]
     fn response_heads_are_rewritten_and_framed() {
         let input = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nx-version: v2\r\n\r\nhello";
-        let head = parse_response(input).unwrap().unwrap();
+        let head = parse_response(input, Want::Bytes).unwrap().unwrap();
         assert_eq!(
-            String::from_utf8(head.head).unwrap(),
+            String::from_utf8(bytes_of(head.out)).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-version: v2\r\n\r\n"
         );
         assert_eq!(
@@ -679,6 +727,7 @@ mod tests {
         );
         let chunked = parse_response(
             b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            Want::Bytes,
         )
         .unwrap()
         .unwrap();
@@ -686,27 +735,91 @@ mod tests {
             (chunked.framing, chunked.keep, chunked.status),
             (Framing::Chunked, false, 503)
         );
-        let until_close = parse_response(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
-        assert_eq!(until_close.framing, Framing::UntilClose);
-        let empty = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n")
+        let until_close = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", Want::Bytes)
             .unwrap()
             .unwrap();
+        assert_eq!(until_close.framing, Framing::UntilClose);
+        let empty = parse_response(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            Want::Bytes,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(empty.framing, Framing::Empty);
         assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n")
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", Want::Bytes)
                 .unwrap()
                 .is_none()
         );
         assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
-                .is_err()
-        );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
-        assert!(
             parse_response(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                Want::Bytes
             )
             .is_err()
         );
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Want::Bytes
+            )
+            .is_err()
+        );
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Want::Bytes,
+            )
+            .is_err()
+        );
+    }
+
+    fn bytes_of(out: Out) -> Vec<u8> {
+        match out {
+            Out::Bytes(bytes) => bytes,
+            Out::Fields(_) => panic!("fields, not bytes"),
+        }
+    }
+
+    #[test]
+    fn a_response_head_read_as_fields_says_what_its_rewrite_says() {
+        // The fields hyper gets (HTTP/2, HTTPS) are those of the rewritten
+        // head an HTTP/1.1 client gets, less the framing, which hyper
+        // writes itself from the announced length.
+        for input in [
+            &b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nx-version: v2\r\n\r\n"[..],
+            b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\nETag: \"x\"\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nUpgrade: h2c\r\nTE: trailers\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: s\r\n\r\n",
+        ] {
+            let bytes = parse_response(input, Want::Bytes).unwrap().unwrap();
+            let fields = parse_response(input, Want::Fields).unwrap().unwrap();
+            assert_eq!(
+                (bytes.len, bytes.status, bytes.framing, bytes.keep, bytes.length),
+                (fields.len, fields.status, fields.framing, fields.keep, fields.length)
+            );
+            let written = bytes_of(bytes.out);
+            let mut expected: Vec<_> = fields_of(&written)
+                .into_iter()
+                .filter(|(n, _)| n != "content-length" && n != "transfer-encoding")
+                .collect();
+            let announced = fields_of(&written)
+                .into_iter()
+                .find(|(n, _)| n == "content-length")
+                .map(|(_, v)| v.parse::<u64>().unwrap());
+            assert_eq!(fields.length, announced);
+            let Out::Fields(ranges) = fields.out else {
+                panic!("bytes, not fields")
+            };
+            let text = |r: std::ops::Range<usize>| String::from_utf8(input[r].to_vec()).unwrap();
+            let mut got: Vec<_> = ranges
+                .into_iter()
+                .map(|(n, v)| (text(n).to_ascii_lowercase(), text(v)))
+                .collect();
+            expected.sort();
+            got.sort();
+            assert_eq!(got, expected, "{}", String::from_utf8_lossy(input));
+        }
     }
 }

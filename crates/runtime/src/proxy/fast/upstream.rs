@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::Body;
-use super::head::{Framing, ResponseHead, Upstream, parse_response};
+use super::head::{Framing, Out, ResponseHead, Upstream, Want, parse_response};
 use super::{BUFFER, MAX_RESPONSE_HEAD};
 use crate::proxy::balance::Pick;
 use crate::proxy::error_chain;
@@ -35,7 +35,7 @@ impl forward::Attempt for Exchange<'_> {
         &mut self,
         pick: &Pick,
     ) -> impl Future<Output = Result<Self::Output, AttemptError>> + Send {
-        exchange(pick, self.0)
+        exchange(pick, self.0, Want::Bytes)
     }
 }
 
@@ -45,6 +45,7 @@ impl forward::Attempt for Exchange<'_> {
 async fn exchange(
     pick: &Pick,
     request: &[u8],
+    want: Want,
 ) -> Result<(TcpStream, BytesMut, ResponseHead), AttemptError> {
     let addr = pick.pool.addr();
     let (mut upstream, reused) = match pick.pool.sockets().take() {
@@ -75,7 +76,7 @@ async fn exchange(
         return Err(failed(Sent::Request, message, reused));
     }
     let mut buf = BytesMut::with_capacity(BUFFER);
-    match read_response_head(&mut upstream, &mut buf).await {
+    match read_response_head(&mut upstream, &mut buf, want).await {
         Ok(head) => Ok((upstream, buf, head)),
         Err((sent, message)) => Err(failed(sent, format!("{addr}: {message}"), reused)),
     }
@@ -97,6 +98,7 @@ fn failed(sent: Sent, message: String, reused: bool) -> AttemptError {
 async fn read_response_head(
     upstream: &mut TcpStream,
     buf: &mut BytesMut,
+    want: Want,
 ) -> Result<ResponseHead, (Sent, String)> {
     let mut responded = false;
     let sent = |responded: bool| {
@@ -121,7 +123,7 @@ async fn read_response_head(
         }
         responded = true;
         loop {
-            match parse_response(buf) {
+            match parse_response(buf, want) {
                 Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
                     buf.advance(head.len);
                 }
@@ -214,7 +216,7 @@ impl forward::Attempt for BufferedRequest<'_> {
 
     async fn send(&mut self, pick: &Pick) -> Result<Response<ReplicaBody>, AttemptError> {
         let request = self.bytes(pick);
-        let (upstream, buf, head) = exchange(pick, &request).await?;
+        let (upstream, buf, head) = exchange(pick, &request, Want::Fields).await?;
         let head_method = self.parts.method == http::Method::HEAD;
         response(pick, upstream, buf, head, head_method).map_err(|message| {
             let message = format!("{}: {message}", pick.pool.addr());
@@ -233,25 +235,23 @@ fn response(
     head: ResponseHead,
     head_method: bool,
 ) -> Result<Response<ReplicaBody>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; super::head::MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    // One buffer that every value is a slice of: no copy per header.
-    let bytes = Bytes::from(head.head);
-    // The head is the proxy's own rewrite of one that parsed already.
-    if !matches!(parsed.parse(&bytes), Ok(httparse::Status::Complete(_))) {
-        return Err("invalid response head".into());
-    }
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        // hyper frames the body itself; a length is kept (a HEAD's or a
-        // 304's announces a body it does not carry).
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            continue;
-        }
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+    let Out::Fields(fields) = head.out else {
+        return Err("a response head read for HTTP/1.1".into());
+    };
+    // The head, out of the buffer the body follows in: every value is a
+    // slice of it, no copy per field.
+    let bytes = buf.split_to(head.len).freeze();
+    let mut map = HeaderMap::with_capacity(fields.len() + 1);
+    for (name, value) in fields {
+        let name = HeaderName::from_bytes(&bytes[name]).map_err(|e| e.to_string())?;
         let value =
-            HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|e| e.to_string())?;
+            HeaderValue::from_maybe_shared(bytes.slice(value)).map_err(|e| e.to_string())?;
         map.append(name, value);
+    }
+    // hyper frames the body itself; a length is kept (a HEAD's or a 304's
+    // announces a body it does not carry).
+    if let Some(n) = head.length {
+        map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let mut resp = Response::new(ReplicaBody::empty());
     *resp.status_mut() =
@@ -262,7 +262,6 @@ fn response(
     } else {
         head.framing
     };
-    buf.advance(head.len);
     let mut body = ReplicaBody {
         buf,
         framing: Body::decoding(framing),
