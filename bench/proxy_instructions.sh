@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Benchmark: instructions per proxied request, counted by callgrind: the
+# `dropless serve` proxy against nginx and HAProxy, in user space.
+#
+# CPU time per request on this shared 2-CPU machine moves by ±7-15 % from
+# one round to the next, more than most single changes to the proxy are
+# worth. Instructions counted under valgrind's callgrind do not: two runs
+# of the same binary agree within about 1 %. They are user-space
+# instructions only (the kernel's share, the same system calls for every
+# proxy, is not counted) and say nothing of cache misses; they tell
+# whether a change made the proxy do less work, and where it does it
+# (`callgrind_annotate` on the files this script keeps).
+#
+# For each protocol (PROTO, default "h2c plain"): one nginx backend
+# answering `return 200 "ok";`, each proxy started under callgrind in
+# front of it, 2 000 requests to warm it, its counters zeroed, N (default
+# 20 000) requests by h2load (`-c50 -m10`, or `--h1 -m1` for plain
+# HTTP/1.1 keep-alive), its counters dumped. Prints instructions per
+# request for each, and dropless's ratio to the best peer.
+#
+#   bench/proxy_instructions.sh                 # builds dropless --release
+#   PROTO=h2c N=50000 bench/proxy_instructions.sh
+#   DROPLESS=/path/to/dropless bench/proxy_instructions.sh   # a given build
+#
+# Installs what is missing: valgrind, nginx, haproxy, nghttp2-client.
+# Takes about 1-2 minutes per proxy and protocol. Files: target/bench-callgrind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+
+N=${N:-20000}
+PROTO=${PROTO:-h2c plain}
+need nginx haproxy h2load
+command -v valgrind >/dev/null || { log "installing valgrind"; apt_install valgrind; }
+if [ -z "${DROPLESS:-}" ]; then
+  log "building dropless (release)"
+  cargo build --release -q -p dropless
+  DROPLESS=${CARGO_TARGET_DIR:-target}/release/dropless
+fi
+
+work=$(mktemp -d)
+out=${CARGO_TARGET_DIR:-target}/bench-callgrind
+mkdir -p "$out"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+backend=$(free_port)
+mkdir -p "$work/backend"
+nginx_ok_conf "$work/backend" "$backend"
+"$NGINX" -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
+wait_http "http://127.0.0.1:$backend/"
+
+# command_of PROXY PROTO PORT: sets CMD to the proxy's command line, in
+# front of the backend, listening on PORT.
+command_of() {
+  local proxy=$1 proto=$2 port=$3
+  case "$proxy" in
+    dropless)
+      CMD=("$DROPLESS" serve --proxy-threads 2 --listen "127.0.0.1:$port" --state-dir "$work/state-$port"
+        --control "$work/control-$port.sock" --health-path "" --target "127.0.0.1:$backend") ;;
+    haproxy)
+      local bind="  bind 127.0.0.1:$port"
+      [ "$proto" = h2c ] && bind="$bind proto h2"
+      haproxy_config "$port" "" "$backend" | sed "s|^  bind 127.0.0.1:$port\$|$bind|" >"$work/haproxy-$port.cfg"
+      CMD=("$HAPROXY" -f "$work/haproxy-$port.cfg" -db) ;;
+    nginx)
+      local http2=""
+      [ "$proto" = h2c ] && http2=" http2"
+      mkdir -p "$work/nginx-$port"
+      cat >"$work/nginx-$port/nginx.conf" <<EOF
+master_process off;
+daemon off;
+worker_processes 1;
+pid $work/nginx-$port/nginx.pid;
+error_log $work/nginx-$port/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream back { server 127.0.0.1:$backend; keepalive 64; }
+  server {
+    listen 127.0.0.1:$port$http2;
+    location / { proxy_pass http://back; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+      CMD=("$NGINX" -c "$work/nginx-$port/nginx.conf" -p "$work/nginx-$port") ;;
+  esac
+}
+
+# measure PROXY PROTO: prints instructions per request.
+measure() {
+  local proxy=$1 proto=$2 port file flags vp total
+  port=$(free_port)
+  file="$out/$proxy-$proto.out"
+  rm -f "$file"*
+  flags=(-c50 -m10)
+  [ "$proto" = plain ] && flags=(-c50 --h1 -m1)
+  command_of "$proxy" "$proto" "$port"
+  valgrind --tool=callgrind --callgrind-out-file="$file" "${CMD[@]}" >"$out/$proxy-$proto.log" 2>&1 &
+  vp=$!
+  pids+=("$vp")
+  for _ in $(seq 600); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" --http2-prior-knowledge 2>/dev/null && break
+    curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
+    sleep 0.1
+  done
+  h2load "${flags[@]}" -n 2000 "http://127.0.0.1:$port/" >/dev/null
+  callgrind_control -z "$vp" >/dev/null
+  local ok
+  ok=$(h2load "${flags[@]}" -n "$N" "http://127.0.0.1:$port/" | grep -oP '\d+(?= succeeded)')
+  callgrind_control -d "$vp" >/dev/null
+  kill "$vp"; wait "$vp" 2>/dev/null || true
+  [ "$ok" = "$N" ] || { log "$proxy $proto: $ok of $N requests succeeded"; exit 1; }
+  total=$(callgrind_annotate "$(ls "$file".* | sort -V | head -1)" 2>/dev/null \
+    | grep -m1 'PROGRAM TOTALS' | awk '{gsub(",", "", $1); print $1}')
+  echo $((total / N))
+}
+
+printf '| protocol | dropless | nginx | HAProxy | dropless / best peer |\n| --- | ---: | ---: | ---: | ---: |\n'
+for proto in $PROTO; do
+  declare -A ir=()
+  for proxy in dropless nginx haproxy; do
+    log "$proto: $proxy under callgrind, $N requests"
+    measure "$proxy" "$proto" >"$work/ir"
+    ir[$proxy]=$(cat "$work/ir")
+  done
+  best=$(( ir[nginx] < ir[haproxy] ? ir[nginx] : ir[haproxy] ))
+  printf '| %s | %s | %s | %s | %s |\n' "$proto" "${ir[dropless]}" "${ir[nginx]}" "${ir[haproxy]}" \
+    "$(awk -v a="${ir[dropless]}" -v b="$best" 'BEGIN { printf "%.2f×", a / b }')"
+done
+log "callgrind files in $out (callgrind_annotate FILE)"
