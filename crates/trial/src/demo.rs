@@ -61,8 +61,7 @@ fn scenario(name: &str, strategy: Strategy) -> Scenario {
             rate: RATE,
             duration: DURATION,
             client: ClientMode::Keepalive,
-            sessions: None,
-            websocket: false,
+            ..Load::default()
         },
         events: vec![
             at(4, Action::Restart),

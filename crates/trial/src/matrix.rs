@@ -118,8 +118,7 @@ pub fn scenario(profile: Profile, strategy: Strategy) -> Scenario {
             rate: CELL_RATE,
             duration: CELL_DURATION,
             client: ClientMode::Keepalive,
-            sessions: None,
-            websocket: false,
+            ..Load::default()
         },
         events: vec![
             Event {

@@ -18,7 +18,7 @@ use crate::{
     html,
     report::{EventRecord, TrialReport},
     runtime_config::{Release, runtime_config},
-    scenario::{ClientMode, Scenario},
+    scenario::{ClientMode, Load, Scenario},
     script::{Step, failed_record, run_events},
     serve_child::{start_serve, stop_current_serve, stop_serve, wait_ready},
     sink::Sink,
@@ -161,14 +161,10 @@ pub async fn run(
     };
 
     progress.phase("load");
-    let mut load = load_config(
+    let load = scenario_load(
+        &scenario.load,
         format!("http://{address}{}", scenario.load.url_path()),
-        scenario.load.rate,
-        scenario.load.duration,
-        scenario.load.client,
     );
-    load.sessions = scenario.load.sessions;
-    load.websocket = scenario.load.websocket;
     let run = dropless_load::start(&load).await?;
     let streaming = stream_load(&env.load_out, &load.url, &run);
     progress.load_started(scenario.load.duration);
@@ -381,6 +377,20 @@ fn describe_service(scenario: &Scenario) -> String {
     }
 }
 
+/// The load a scenario's `[load]` asks for, at `url`.
+fn scenario_load(load: &Load, url: String) -> dropless_load::Config {
+    let mut config = load_config(url, load.rate, load.duration, load.client);
+    config.sessions = load.sessions;
+    config.websocket = load.websocket;
+    if let Some(batch) = load.batch {
+        config.batch = batch;
+    }
+    if let Some(n) = load.max_connecting {
+        config.max_connecting = n;
+    }
+    config
+}
+
 /// The load of a trial: open model at `rate` for `duration`, in `client`
 /// mode.
 pub(crate) fn load_config(
@@ -398,4 +408,34 @@ pub(crate) fn load_config(
         ClientMode::H2 => load.http2 = true,
     }
     load
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_section_reaches_the_load_generator() {
+        let load = Load {
+            batch: Some(Duration::ZERO),
+            max_connecting: Some(8),
+            sessions: Some(20),
+            ..Load::default()
+        };
+        let config = scenario_load(&load, "http://127.0.0.1:1/".into());
+        assert_eq!(
+            (config.batch, config.max_connecting, config.sessions),
+            (Duration::ZERO, 8, Some(20))
+        );
+        assert!(matches!(config.model, Model::Open { rate } if rate == load.rate));
+        // Left out, the generator's own defaults.
+        let config = scenario_load(&Load::default(), "http://127.0.0.1:1/".into());
+        assert_eq!(
+            (config.batch, config.max_connecting),
+            (
+                dropless_load::DEFAULT_BATCH,
+                dropless_load::DEFAULT_MAX_CONNECTING
+            )
+        );
+    }
 }

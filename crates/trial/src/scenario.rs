@@ -197,6 +197,20 @@ pub struct Load {
     /// Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub websocket: bool,
+    /// How late a request may leave to go with the others of its window
+    /// (`"1ms"`; `"0s"` sends each at its own instant), as `dropless load
+    /// --batch`. Default [`dropless_load::DEFAULT_BATCH`], at most
+    /// [`dropless_load::MAX_BATCH`].
+    #[serde(
+        default,
+        with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub batch: Option<Duration>,
+    /// Most connections being opened at once, as `dropless load
+    /// --max-connecting`. Default [`dropless_load::DEFAULT_MAX_CONNECTING`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connecting: Option<usize>,
 }
 
 impl Load {
@@ -219,6 +233,8 @@ impl Default for Load {
             client: ClientMode::default(),
             sessions: None,
             websocket: false,
+            batch: None,
+            max_connecting: None,
         }
     }
 }
@@ -590,6 +606,18 @@ impl Scenario {
                 ),
             );
         }
+        if let Some(batch) = self.load.batch.filter(|b| *b > dropless_load::MAX_BATCH) {
+            return invalid(
+                "load.batch",
+                format!(
+                    "{batch:?} is more than {:?}; the default is \"1ms\", \"0s\" sends every request at its own instant",
+                    dropless_load::MAX_BATCH
+                ),
+            );
+        }
+        if self.load.max_connecting == Some(0) {
+            return invalid("load.max_connecting", "must be at least 1, e.g. 256".into());
+        }
         if self.load.sessions == Some(0) {
             return invalid("load.sessions", "must be at least 1, e.g. 200".into());
         }
@@ -804,6 +832,12 @@ mod tests {
             ("demo = \"v9\"", "demo = \"v10\"", "service.demo"),
             ("replicas = 3", "replicas = 0", "service.replicas"),
             ("rate = 300", "rate = -1", "load.rate"),
+            ("rate = 300", "rate = 300\nbatch = \"101ms\"", "load.batch"),
+            (
+                "rate = 300",
+                "rate = 300\nmax_connecting = 0",
+                "load.max_connecting",
+            ),
             ("replicas = 5", "replicas = 0", "event[2].replicas"),
             ("demo = \"v9\"", "", "service"),
         ] {
