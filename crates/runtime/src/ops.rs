@@ -88,11 +88,11 @@ pub enum HoldReason {
 #[derive(Debug)]
 pub struct Trace {
     start: Instant,
-    wall: SystemTime,
     /// Its `X-Request-Id`.
     pub id: HeaderValue,
-    /// Method and path, kept only when an access log wants them.
-    line: Option<Box<(String, String)>>,
+    /// Its start on the wall clock, method and path, read only when an
+    /// access log wants them.
+    line: Option<Box<(SystemTime, String, String)>>,
     service: Option<Supervisor>,
     replica: Option<Arc<Replica>>,
     /// Sends to replicas.
@@ -133,12 +133,11 @@ impl Ops {
     pub fn begin(&self, method: &str, path: &str, id: HeaderValue) -> Trace {
         Trace {
             start: Instant::now(),
-            wall: SystemTime::now(),
             id,
             line: self
                 .access_log
                 .as_ref()
-                .map(|_| Box::new((method.to_string(), path.to_string()))),
+                .map(|_| Box::new((SystemTime::now(), method.to_string(), path.to_string()))),
             service: None,
             replica: None,
             attempts: 0,
@@ -228,9 +227,12 @@ impl Trace {
     }
 
     fn entry(self, duration: Duration) -> Entry {
-        let (method, path) = self.line.map(|l| *l).unwrap_or_default();
+        let (time, method, path) = self
+            .line
+            .map(|l| *l)
+            .unwrap_or_else(|| (SystemTime::now(), String::new(), String::new()));
         Entry {
-            time: self.wall,
+            time,
             service: self.service.map(|s| s.name().to_string()),
             replica: self.replica.map(|r| r.name().to_string()),
             method,

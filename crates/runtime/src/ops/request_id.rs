@@ -31,12 +31,17 @@ pub fn usable(value: &[u8]) -> bool {
 /// counter, so ids are unique within a run and across runs without a
 /// random draw per request.
 pub fn generate() -> HeaderValue {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    // The prefix's digits, written once.
+    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(rand::random);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut digits = [0u8; 16];
+        hex(rand::random(), &mut digits);
+        digits
+    });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let mut id = [0u8; 32];
-    hex(prefix, &mut id[..16]);
+    id[..16].copy_from_slice(prefix);
     hex(n, &mut id[16..]);
     HeaderValue::from_bytes(&id).expect("hex digits are a header value")
 }
