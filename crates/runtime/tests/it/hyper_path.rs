@@ -453,18 +453,31 @@ async fn an_h2_get_the_replica_dropped_is_sent_again_and_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2_request_without_authority_or_host_gets_the_replica_address_as_host() {
+async fn an_h2_request_without_authority_or_host_gets_the_replica_address_as_host_and_no_forwarded_host()
+ {
     let backend = Backend::start(vec![("/who", Reply::Keep(ok("me")))]).await;
     let (_dir, h) = start(&backend, |_| {}).await;
     let client = h2(h.addr).await;
     // A relative URI in an HTTP/1.1-versioned request: hyper's h2 client
     // sends `:scheme http` and `:path`, no `:authority`; no `Host` either.
-    let req = Request::get("/who").body(Full::new(Bytes::new())).unwrap();
+    // The client's own forwarding fields are not believed, its split
+    // cookies are joined.
+    let req = Request::get("/who")
+        .header("x-forwarded-host", "evil.test")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let got = send(&client, req).await;
     assert_eq!((got.status, got.text().as_str()), (200, "me"));
     let r = &backend.requests(1).await[0];
     assert_eq!(r.all("host"), [backend.addr.to_string()]);
     assert!(r.all("x-forwarded-host").is_empty(), "{:?}", r.headers);
+    assert_eq!(r.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(r.all("x-forwarded-for"), ["10.0.0.1, 127.0.0.1"]);
+    assert_eq!(r.all("cookie"), ["a=1; b=2"]);
     h.stop(Shutdown::Fast).await;
 }
 
