@@ -84,6 +84,17 @@ need() {
   HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 }
 
+# self_signed DIR: a self-signed certificate for localhost and 127.0.0.1
+# (EC P-256, valid 2 days) in DIR/cert.pem and DIR/key.pem, and both in
+# DIR/haproxy.pem, as HAProxy reads them.
+self_signed() {
+  mkdir -p "$1"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
+  cat "$1/cert.pem" "$1/key.pem" >"$1/haproxy.pem"
+}
+
 # haproxy_config FRONT_PORT GLOBAL_LINE BACKEND_PORT...: an HAProxy config
 # on stdout: 2 threads, HTTP, a frontend on 127.0.0.1:FRONT_PORT, one server
 # per backend port, GLOBAL_LINE (may be empty) added to `global`.

@@ -11,26 +11,28 @@
 # whether a change made the proxy do less work, and where it does it
 # (`callgrind_annotate` on the files this script keeps).
 #
-# For each protocol (PROTO, default "h2c plain"): one nginx backend
+# For each protocol (PROTO, default "h2c h2 plain": HTTP/2 without TLS,
+# HTTP/2 over TLS 1.3 by ALPN, HTTP/1.1 keep-alive): one nginx backend
 # answering `return 200 "ok";`, each proxy started under callgrind in
 # front of it, 2 000 requests to warm it, its counters zeroed, N (default
 # 20 000) requests by h2load (`-c50 -m10`, or `--h1 -m1` for plain
-# HTTP/1.1 keep-alive), its counters dumped. Prints instructions per
-# request for each, and dropless's ratio to the best peer.
+# HTTP/1.1), its counters dumped. Prints instructions per request for
+# each, and dropless's ratio to the best peer.
 #
 #   bench/proxy_instructions.sh                 # builds dropless --release
 #   PROTO=h2c N=50000 bench/proxy_instructions.sh
 #   DROPLESS=/path/to/dropless bench/proxy_instructions.sh   # a given build
 #
-# Installs what is missing: valgrind, nginx, haproxy, nghttp2-client.
+# Installs what is missing: valgrind, nginx, haproxy, nghttp2-client,
+# openssl.
 # Takes about 1-2 minutes per proxy and protocol. Files: target/bench-callgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 N=${N:-20000}
-PROTO=${PROTO:-h2c plain}
-need nginx haproxy h2load
+PROTO=${PROTO:-h2c h2 plain}
+need nginx haproxy h2load openssl
 command -v valgrind >/dev/null || { log "installing valgrind"; apt_install valgrind; }
 if [ -z "${DROPLESS:-}" ]; then
   log "building dropless (release)"
@@ -49,6 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+self_signed "$work/tls"
 backend=$(free_port)
 mkdir -p "$work/backend"
 nginx_ok_conf "$work/backend" "$backend"
@@ -62,15 +65,21 @@ command_of() {
   case "$proxy" in
     dropless)
       CMD=("$DROPLESS" serve --proxy-threads 2 --listen "127.0.0.1:$port" --state-dir "$work/state-$port"
-        --control "$work/control-$port.sock" --health-path "" --target "127.0.0.1:$backend") ;;
+        --control "$work/control-$port.sock" --health-path "" --target "127.0.0.1:$backend")
+      if [ "$proto" = h2 ]; then
+        CMD+=(--tls-cert "$work/tls/cert.pem" --tls-key "$work/tls/key.pem")
+      fi
+      ;;
     haproxy)
       local bind="  bind 127.0.0.1:$port"
       [ "$proto" = h2c ] && bind="$bind proto h2"
+      [ "$proto" = h2 ] && bind="$bind ssl crt $work/tls/haproxy.pem alpn h2,http/1.1"
       haproxy_config "$port" "" "$backend" | sed "s|^  bind 127.0.0.1:$port\$|$bind|" >"$work/haproxy-$port.cfg"
       CMD=("$HAPROXY" -f "$work/haproxy-$port.cfg" -db) ;;
     nginx)
       local http2=""
       [ "$proto" = h2c ] && http2=" http2"
+      [ "$proto" = h2 ] && http2=" ssl http2"
       mkdir -p "$work/nginx-$port"
       cat >"$work/nginx-$port/nginx.conf" <<EOF
 master_process off;
@@ -81,6 +90,9 @@ error_log $work/nginx-$port/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
+  ssl_certificate $work/tls/cert.pem;
+  ssl_certificate_key $work/tls/key.pem;
+  ssl_protocols TLSv1.3;
   upstream back { server 127.0.0.1:$backend; keepalive 64; }
   server {
     listen 127.0.0.1:$port$http2;
@@ -94,8 +106,10 @@ EOF
 
 # measure PROXY PROTO: prints instructions per request.
 measure() {
-  local proxy=$1 proto=$2 port file flags vp total
+  local proxy=$1 proto=$2 port file flags vp total url
   port=$(free_port)
+  url="http://127.0.0.1:$port/"
+  [ "$proto" = h2 ] && url="https://127.0.0.1:$port/"
   file="$out/$proxy-$proto.out"
   rm -f "$file"*
   flags=(-c50 -m10)
@@ -105,14 +119,14 @@ measure() {
   vp=$!
   pids+=("$vp")
   for _ in $(seq 600); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/" --http2-prior-knowledge 2>/dev/null && break
-    curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
+    curl -sk -o /dev/null "$url" --http2-prior-knowledge 2>/dev/null && break
+    curl -sk -o /dev/null "$url" 2>/dev/null && break
     sleep 0.1
   done
-  h2load "${flags[@]}" -n 2000 "http://127.0.0.1:$port/" >/dev/null
+  h2load "${flags[@]}" -n 2000 "$url" >/dev/null
   callgrind_control -z "$vp" >/dev/null
   local ok
-  ok=$(h2load "${flags[@]}" -n "$N" "http://127.0.0.1:$port/" | grep -oP '\d+(?= succeeded)')
+  ok=$(h2load "${flags[@]}" -n "$N" "$url" | grep -oP '\d+(?= succeeded)')
   callgrind_control -d "$vp" >/dev/null
   kill "$vp"; wait "$vp" 2>/dev/null || true
   [ "$ok" = "$N" ] || { log "$proxy $proto: $ok of $N requests succeeded"; exit 1; }
@@ -130,7 +144,12 @@ for proto in $PROTO; do
     ir[$proxy]=$(cat "$work/ir")
   done
   best=$(( ir[nginx] < ir[haproxy] ? ir[nginx] : ir[haproxy] ))
-  printf '| %s | %s | %s | %s | %s |\n' "$proto" "${ir[dropless]}" "${ir[nginx]}" "${ir[haproxy]}" \
+  case "$proto" in
+    h2) label="h2 over TLS" ;;
+    plain) label="plain HTTP/1.1 keep-alive" ;;
+    *) label=$proto ;;
+  esac
+  printf '| %s | %s | %s | %s | %s |\n' "$label" "${ir[dropless]}" "${ir[nginx]}" "${ir[haproxy]}" \
     "$(awk -v a="${ir[dropless]}" -v b="$best" 'BEGIN { printf "%.2f×", a / b }')"
 done
 log "callgrind files in $out (callgrind_annotate FILE)"

@@ -147,10 +147,7 @@ done
 
 mkdir -p "$work"/{tls,backend,nginx,traefik,caddy}
 cert=$work/tls/cert.pem key=$work/tls/key.pem
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$key" -out "$cert" 2>/dev/null
-cat "$cert" "$key" >"$work/tls/haproxy.pem"
+self_signed "$work/tls"
 
 cat >"$work/backend/nginx.conf" <<EOF
 worker_processes 1;
