@@ -259,21 +259,23 @@ pub(in crate::proxy) struct Upstream<'a> {
     pub(in crate::proxy) client_ip: &'a [u8],
     /// `http` or `https`, as `X-Forwarded-Proto`.
     pub(in crate::proxy) proto: &'a str,
+    /// Its `X-Request-Id`.
     pub(in crate::proxy) request_id: &'a http::HeaderValue,
 }
 
 impl Upstream<'_> {
     /// The request head for the replica, from the client's fields
     /// (`fields` gives them, as often as asked; hyper or the fast path's
-    /// parse validated them): the
-    /// request line, the fields without the hop-by-hop ones, `Host` and
-    /// `Content-Length` written from this head (where the client put them,
-    /// as it spelled them, or at the end; whatever `Connection` names),
-    /// the client's `Cookie` fields joined into one (an HTTP/2 client may
-    /// send a field per cookie, RFC 9113 §8.2.3), every `X-Forwarded-For`
-    /// value the client sent kept in order with the client appended,
-    /// `X-Forwarded-Proto` and `-Host` set, and `X-Request-Id` set to the
-    /// request's id. Nothing is allocated but the head itself.
+    /// parse validated them): the request line; the fields without the
+    /// hop-by-hop ones (standard or named in `Connection`); `Host` and
+    /// `Content-Length` written from this head, whatever `Connection`
+    /// names (where the client put them, as it spelled them, or at the
+    /// end); the client's `Cookie` fields joined into one (an HTTP/2 client
+    /// may send a field per cookie, RFC 9113 §8.2.3); every
+    /// `X-Forwarded-For` value the client sent kept in order with the
+    /// client appended; `X-Forwarded-Proto` and `-Host` set; `X-Request-Id`
+    /// set to the request's id. Nothing is allocated but the head itself
+    /// (and the list of names `Connection` gives, when there is one).
     pub(in crate::proxy) fn head<'h, I>(&self, fields: impl Fn() -> I, capacity: usize) -> Vec<u8>
     where
         I: Iterator<Item = (&'h str, &'h [u8])>,
@@ -288,6 +290,9 @@ impl Upstream<'_> {
         let cookies = || fields().filter(|(n, _)| is(n, "cookie"));
         let (mut host_done, mut length_done, mut cookie_done) = (false, false, false);
         for (name, value) in fields() {
+            // Host and framing are this head's whatever `Connection` says;
+            // anything else it names goes no further than this hop.
+            let hop = is_hop_by_hop(name, &named);
             if is(name, "host") {
                 if !std::mem::replace(&mut host_done, true) {
                     push_header(&mut out, name.as_bytes(), self.host);
@@ -296,6 +301,13 @@ impl Upstream<'_> {
                 if let (Some(n), false) = (self.length, std::mem::replace(&mut length_done, true)) {
                     push_header(&mut out, name.as_bytes(), n.to_string().as_bytes());
                 }
+            } else if hop
+                || is(name, headers::X_FORWARDED_FOR.as_str())
+                || is(name, headers::X_FORWARDED_PROTO.as_str())
+                || is(name, headers::X_FORWARDED_HOST.as_str())
+                || is(name, request_id::HEADER)
+            {
+                // Not passed on: hop-by-hop, or the proxy's own to write.
             } else if is(name, "cookie") {
                 if !std::mem::replace(&mut cookie_done, true) {
                     out.extend_from_slice(name.as_bytes());
@@ -308,12 +320,7 @@ impl Upstream<'_> {
                     }
                     out.extend_from_slice(b"\r\n");
                 }
-            } else if !(is(name, headers::X_FORWARDED_FOR.as_str())
-                || is(name, headers::X_FORWARDED_PROTO.as_str())
-                || is(name, headers::X_FORWARDED_HOST.as_str())
-                || is(name, request_id::HEADER)
-                || is_hop_by_hop(name, &named))
-            {
+            } else {
                 push_header(&mut out, name.as_bytes(), value);
             }
         }
@@ -325,7 +332,7 @@ impl Upstream<'_> {
         }
         out.extend_from_slice(b"x-forwarded-for: ");
         for (name, prior) in fields() {
-            if is(name, headers::X_FORWARDED_FOR.as_str()) {
+            if is(name, headers::X_FORWARDED_FOR.as_str()) && !is_hop_by_hop(name, &named) {
                 out.extend_from_slice(prior);
                 out.extend_from_slice(b", ");
             }
@@ -622,7 +629,7 @@ mod tests {
         // HTTP/1.1 client may send it: the byte path (buffered requests)
         // and the header map path (hyper's client: streamed bodies) must
         // give a replica the same fields.
-        let cases: [&[(&str, &str)]; 6] = [
+        let cases: [&[(&str, &str)]; 7] = [
             &[("accept", "*/*")],
             &[
                 ("cookie", "a=1"),
@@ -650,6 +657,13 @@ mod tests {
                 ("x-request-id", "another"),
             ],
             &[("connection", "x-request-id"), ("cookie", "only=1")],
+            &[
+                ("connection", "cookie, x-forwarded-for"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("accept", "*/*"),
+            ],
             &[("host", "client.test"), ("accept", "a"), ("accept", "b")],
         ];
         let client_ip = headers::client_ip("127.0.0.1".parse().unwrap());
