@@ -666,64 +666,144 @@ mod tests {
             ],
             &[("host", "client.test"), ("accept", "a"), ("accept", "b")],
         ];
-        let client_ip = headers::client_ip("127.0.0.1".parse().unwrap());
-        for (i, fields) in cases.iter().enumerate() {
-            // As `session::request_host` finds it: the authority, else Host.
-            let given = fields.iter().find(|(n, _)| *n == "host").map(|f| f.1);
-            for host in [given, Some("authority.test")] {
-                for length in [None, Some(0), Some(12)] {
-                    let mut map = http::HeaderMap::new();
-                    for (n, v) in fields.iter() {
-                        map.append(
-                            http::HeaderName::from_static(n),
-                            http::HeaderValue::from_static(v),
-                        );
-                    }
-                    let rewrite = headers::Rewrite {
-                        id: http::HeaderValue::from_static("the-id"),
-                        host: host.map(http::HeaderValue::from_static),
-                        client_ip: &client_ip,
-                        proto: "https",
-                        upgrade: None,
-                    };
-                    let replica_addr = "127.0.0.1:9";
-                    let bytes = Upstream {
-                        method: "POST",
-                        target: "/t",
-                        host: host.unwrap_or(replica_addr).as_bytes(),
-                        forwarded_host: host.map(str::as_bytes),
-                        length,
-                        client_ip: client_ip.as_bytes(),
-                        proto: "https",
-                        request_id: &rewrite.id,
-                    }
-                    .head(|| map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), 0);
-                    // The map path: the rewrite, then what hyper's client
-                    // writes (a Host of the replica when there is none, the
-                    // framing from the body).
-                    let mut rewritten = map.clone();
-                    rewrite.apply(&mut rewritten);
-                    let mut expected: Vec<_> = rewritten
-                        .iter()
-                        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-                        .collect();
-                    if !rewritten.contains_key(http::header::HOST) {
-                        expected.push(("host".into(), replica_addr.into()));
-                    }
-                    if let Some(n) = length {
-                        expected.push(("content-length".into(), n.to_string()));
-                    }
-                    expected.sort();
-                    assert_eq!(
-                        fields_of(&bytes),
-                        expected,
-                        "case {i}, host {host:?}, length {length:?}:\n{}",
-                        String::from_utf8_lossy(&bytes)
-                    );
-                    assert!(bytes.starts_with(b"POST /t HTTP/1.1\r\n"));
-                    assert!(bytes.ends_with(b"\r\n\r\n"));
-                }
+        for fields in cases {
+            for_every_host_and_length(fields, |fields, host, length| {
+                let (bytes, expected) = both_paths(fields, host, length);
+                assert_eq!(
+                    fields_of(&bytes),
+                    expected,
+                    "{fields:?}, host {host:?}, length {length:?}:\n{}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                assert!(bytes.starts_with(b"POST /t HTTP/1.1\r\n"));
+                assert!(bytes.ends_with(b"\r\n\r\n"));
+            });
+        }
+    }
+
+    /// Calls `check` with `fields` and each host a request with them may
+    /// have (as `session::request_host` finds it: an authority, else its
+    /// Host) and each body length.
+    fn for_every_host_and_length(
+        fields: &[(&str, &str)],
+        mut check: impl FnMut(&[(&str, &str)], Option<&str>, Option<usize>),
+    ) {
+        let given = fields.iter().find(|(n, _)| *n == "host").map(|f| f.1);
+        for host in [given, Some("authority.test")] {
+            for length in [None, Some(0), Some(12)] {
+                check(fields, host, length);
             }
+        }
+    }
+
+    /// What a replica gets for a request with `fields`, `host` and a body
+    /// of `length`: the head the byte path writes, and the fields (sorted,
+    /// as [`fields_of`] gives them) of the header map path, the rewrite
+    /// then what hyper's client adds (a Host of the replica when there is
+    /// none, the framing from the body).
+    fn both_paths(
+        fields: &[(&str, &str)],
+        host: Option<&str>,
+        length: Option<usize>,
+    ) -> (Vec<u8>, Vec<(String, String)>) {
+        let client_ip = headers::client_ip("127.0.0.1".parse().unwrap());
+        let mut map = http::HeaderMap::new();
+        for (n, v) in fields {
+            map.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let rewrite = headers::Rewrite {
+            id: http::HeaderValue::from_static("the-id"),
+            host: host.map(|h| http::HeaderValue::from_str(h).unwrap()),
+            client_ip: &client_ip,
+            proto: "https",
+            upgrade: None,
+        };
+        let replica_addr = "127.0.0.1:9";
+        let bytes = Upstream {
+            method: "POST",
+            target: "/t",
+            host: host.unwrap_or(replica_addr).as_bytes(),
+            forwarded_host: host.map(str::as_bytes),
+            length,
+            client_ip: client_ip.as_bytes(),
+            proto: "https",
+            request_id: &rewrite.id,
+        }
+        .head(|| map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), 0);
+        let mut rewritten = map.clone();
+        rewrite.apply(&mut rewritten);
+        let mut expected: Vec<_> = rewritten
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        if !rewritten.contains_key(http::header::HOST) {
+            expected.push(("host".into(), replica_addr.into()));
+        }
+        if let Some(n) = length {
+            expected.push(("content-length".into(), n.to_string()));
+        }
+        expected.sort();
+        (bytes, expected)
+    }
+
+    /// Names a request's fields are drawn from: those the replica's head
+    /// treats specially, and two it passes on.
+    const NAMES: [&str; 16] = [
+        "accept",
+        "x-a",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "connection",
+        "te",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "transfer-encoding",
+        "proxy-authorization",
+        "content-length",
+        "host",
+    ];
+
+    proptest::proptest! {
+        // Cheap cases, and the interesting ones (a field that `Connection`
+        // names, present too) are a few in a hundred.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #[test]
+        fn any_fields_reach_a_replica_the_same_by_either_path(
+            picks in proptest::collection::vec(
+                (0..NAMES.len(), proptest::collection::vec(0..NAMES.len(), 1..4), 0..3usize),
+                0..10,
+            ),
+        ) {
+            // A field: a name, and a value (for `Connection`, the names it
+            // lists; for the rest, one of three values).
+            let mut fields: Vec<(String, String)> = picks
+                .iter()
+                .map(|(name, listed, value)| {
+                    let name = NAMES[*name];
+                    let value = if name == "connection" {
+                        listed.iter().map(|i| NAMES[*i]).collect::<Vec<_>>().join(", ")
+                    } else {
+                        ["1", "a=1", "10.0.0.1"][*value].to_string()
+                    };
+                    (name.to_string(), value)
+                })
+                .collect();
+            // Two Host fields are refused before any path is taken.
+            let mut hosts = 0;
+            fields.retain(|(n, _)| n != "host" || { hosts += 1; hosts == 1 });
+            let fields: Vec<(&str, &str)> =
+                fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            for_every_host_and_length(&fields, |fields, host, length| {
+                let (bytes, expected) = both_paths(fields, host, length);
+                assert_eq!(fields_of(&bytes), expected, "{}", String::from_utf8_lossy(&bytes));
+            });
         }
     }
 
