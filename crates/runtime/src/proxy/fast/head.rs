@@ -887,33 +887,108 @@ mod tests {
             b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nUpgrade: h2c\r\nTE: trailers\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nServer: s\r\n\r\n",
         ] {
-            let bytes = parse_response(input, Want::Bytes).unwrap().unwrap();
-            let fields = parse_response(input, Want::Fields).unwrap().unwrap();
-            assert_eq!(
-                (bytes.len, bytes.status, bytes.framing, bytes.keep, bytes.length),
-                (fields.len, fields.status, fields.framing, fields.keep, fields.length)
-            );
-            let written = bytes_of(bytes.out);
-            let mut expected: Vec<_> = fields_of(&written)
-                .into_iter()
-                .filter(|(n, _)| n != "content-length" && n != "transfer-encoding")
-                .collect();
-            let announced = fields_of(&written)
-                .into_iter()
-                .find(|(n, _)| n == "content-length")
-                .map(|(_, v)| v.parse::<u64>().unwrap());
-            assert_eq!(fields.length, announced);
-            let Out::Fields(ranges) = fields.out else {
-                panic!("bytes, not fields")
-            };
-            let text = |r: std::ops::Range<usize>| String::from_utf8(input[r].to_vec()).unwrap();
-            let mut got: Vec<_> = ranges
-                .into_iter()
-                .map(|(n, v)| (text(n).to_ascii_lowercase(), text(v)))
-                .collect();
-            expected.sort();
-            got.sort();
-            assert_eq!(got, expected, "{}", String::from_utf8_lossy(input));
+            both_readings_agree(input);
+        }
+    }
+
+    /// Parses `input` both ways and checks that they agree: the same
+    /// verdict, and when it parses, the same fields but the framing, the
+    /// announced length that of the rewritten head.
+    fn both_readings_agree(input: &[u8]) {
+        let (bytes, fields) = match (
+            parse_response(input, Want::Bytes),
+            parse_response(input, Want::Fields),
+        ) {
+            (Ok(Some(bytes)), Ok(Some(fields))) => (bytes, fields),
+            (Err(a), Err(b)) => return assert_eq!(a, b),
+            (a, b) => panic!(
+                "{}: {:?} against {:?}",
+                String::from_utf8_lossy(input),
+                a.map(|h| h.map(|h| h.status)),
+                b.map(|h| h.map(|h| h.status))
+            ),
+        };
+        assert_eq!(
+            (
+                bytes.len,
+                bytes.status,
+                bytes.framing,
+                bytes.keep,
+                bytes.length
+            ),
+            (
+                fields.len,
+                fields.status,
+                fields.framing,
+                fields.keep,
+                fields.length
+            )
+        );
+        let written = bytes_of(bytes.out);
+        let mut expected: Vec<_> = fields_of(&written)
+            .into_iter()
+            .filter(|(n, _)| n != "content-length" && n != "transfer-encoding")
+            .collect();
+        let announced = fields_of(&written)
+            .into_iter()
+            .find(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.parse::<u64>().unwrap());
+        assert_eq!(fields.length, announced);
+        let Out::Fields(ranges) = fields.out else {
+            panic!("bytes, not fields")
+        };
+        let text = |r: std::ops::Range<usize>| String::from_utf8(input[r].to_vec()).unwrap();
+        let mut got: Vec<_> = ranges
+            .into_iter()
+            .map(|(n, v)| (text(n).to_ascii_lowercase(), text(v)))
+            .collect();
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "{}", String::from_utf8_lossy(input));
+    }
+
+    /// A response's fields are drawn from these, each with one of its
+    /// values (`Connection` lists names of the others).
+    const RESPONSE_FIELDS: [(&str, &[&str]); 9] = [
+        ("Content-Length", &["0", "5", "12", "x", ""]),
+        (
+            "Transfer-Encoding",
+            &["chunked", "gzip, chunked", "gzip", "chunked, chunked"],
+        ),
+        ("Connection", &[]),
+        ("Keep-Alive", &["timeout=5"]),
+        ("Set-Cookie", &["a=1", "b=2"]),
+        ("Upgrade", &["h2c"]),
+        ("TE", &["trailers"]),
+        ("Proxy-Authenticate", &["Basic"]),
+        ("X-A", &["1", "2"]),
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_response_head_reads_the_same_as_bytes_and_as_fields(
+            status in proptest::sample::select(vec![200u16, 204, 304, 404, 503]),
+            version in proptest::sample::select(vec!["HTTP/1.0", "HTTP/1.1"]),
+            picks in proptest::collection::vec(
+                (0..RESPONSE_FIELDS.len(), 0..5usize, proptest::collection::vec(0..RESPONSE_FIELDS.len(), 1..3)),
+                0..8,
+            ),
+        ) {
+            let mut head = format!("{version} {status} Reason\r\n");
+            for (field, value, listed) in &picks {
+                let (name, values) = RESPONSE_FIELDS[*field];
+                let value = if name == "Connection" {
+                    let mut names: Vec<&str> = listed.iter().map(|i| RESPONSE_FIELDS[*i].0).collect();
+                    names.push(["close", "keep-alive"][*value % 2]);
+                    names.join(", ")
+                } else {
+                    values[*value % values.len()].to_string()
+                };
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            both_readings_agree(head.as_bytes());
         }
     }
 }
