@@ -335,19 +335,36 @@ pub fn run() -> std::io::Result<()> {
         &lifeline,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )?;
-    let lifeline = Arc::new(lifeline);
+    serve_lifeline(&Arc::new(lifeline))
+}
+
+/// Serves spawn requests on `lifeline` until `serve`'s end is closed.
+fn serve_lifeline(lifeline: &Arc<OwnedFd>) -> std::io::Result<()> {
     loop {
         match wire::recv::<Request>(lifeline.as_fd(), true, MESSAGE_MAX) {
-            Ok(Received::Message(request, fds)) => spawn(request, fds, &lifeline),
+            Ok(Received::Message(request, fds)) => spawn(request, fds, lifeline),
             Ok(Received::Empty) => {}
             Ok(Received::Closed) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // `serve` exited before reading all the spawner said (a
+            // replica's exit, say): closed all the same, nothing to report
+            // on the terminal `serve` has just written its last line to.
+            Err(e) if serve_is_gone(&e) => return Ok(()),
             Err(e) => {
                 eprintln!("dropless spawner: {e}");
                 return Err(e);
             }
         }
     }
+}
+
+/// Whether an error on the lifeline means `serve`'s end of it is closed:
+/// a socket closed with messages it had not read resets its peer.
+fn serve_is_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 /// Starts one replica and a thread that reaps it and reports its exit.
@@ -362,7 +379,9 @@ fn spawn(request: Request, fds: Vec<OwnedFd>, lifeline: &Arc<OwnedFd>) {
     } = request;
     let mut fds = fds.into_iter();
     let answer = |reply: Reply| {
-        if let Err(e) = wire::send(lifeline.as_fd(), &reply, &[]) {
+        if let Err(e) = wire::send(lifeline.as_fd(), &reply, &[])
+            && !serve_is_gone(&e)
+        {
             eprintln!("dropless spawner: cannot answer: {e}");
         }
     };
@@ -424,5 +443,45 @@ fn spawn(request: Request, fds: Vec<OwnedFd>, lifeline: &Arc<OwnedFd>) {
             errno: e.raw_os_error(),
             message: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` leaving with a message of the spawner unread (a replica's
+    /// exit, as `serve` fails its start) ends the spawner quietly, as a
+    /// plain close does: no second line after `serve`'s one-line error.
+    #[test]
+    fn a_lifeline_closed_with_replies_unread_ends_the_spawner_without_an_error() {
+        let (ours, theirs) = wire::pair().unwrap();
+        let spawner = std::thread::spawn(move || serve_lifeline(&Arc::new(theirs)));
+        let (_read, output) = nix::unistd::pipe().unwrap();
+        let request = Request::Spawn {
+            id: 1,
+            program: "true".into(),
+            args: vec![],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            listen: false,
+            nofile: None,
+        };
+        wire::send(ours.as_fd(), &request, &[output.as_raw_fd()]).unwrap();
+        drop(output);
+        // Its answer is there, unread, when our end closes.
+        let mut ready = [nix::poll::PollFd::new(
+            ours.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(&mut ready, nix::poll::PollTimeout::from(10_000u16)).unwrap();
+        assert!(
+            ready[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)),
+            "the spawner answered"
+        );
+        drop(ours);
+        let ended = spawner.join().unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
     }
 }
