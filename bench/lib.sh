@@ -84,6 +84,16 @@ need() {
   HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 }
 
+# dropless_binary: sets DROPLESS to the dropless to measure: the one given
+# in DROPLESS, else a release build of this checkout (built now).
+dropless_binary() {
+  if [ -z "${DROPLESS:-}" ]; then
+    log "building dropless (release)"
+    cargo build --release -q -p dropless
+    DROPLESS=${CARGO_TARGET_DIR:-target}/release/dropless
+  fi
+}
+
 # self_signed DIR: a self-signed certificate for localhost and 127.0.0.1
 # (EC P-256, valid 2 days) in DIR/cert.pem and DIR/key.pem, and both in
 # DIR/haproxy.pem, as HAProxy reads them.

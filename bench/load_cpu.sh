@@ -32,11 +32,7 @@ OPEN_FLAGS=${OPEN_FLAGS:-}
 need nginx
 [ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
 
-if [ -z "${DROPLESS:-}" ]; then
-  log "building dropless (release)"
-  cargo build --release -q -p dropless
-  DROPLESS=${CARGO_TARGET_DIR:-target}/release/dropless
-fi
+dropless_binary
 
 nice=""
 [ "$(id -u)" = 0 ] && nice="nice -n -10"

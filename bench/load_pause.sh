@@ -28,11 +28,7 @@ LOAD_FLAGS=${LOAD_FLAGS:-}
 need nginx
 command -v nstat >/dev/null || { log "installing iproute2 (nstat)"; apt_install iproute2; }
 
-if [ -z "${DROPLESS:-}" ]; then
-  log "building dropless (release)"
-  cargo build --release -q -p dropless
-  DROPLESS=${CARGO_TARGET_DIR:-target}/release/dropless
-fi
+dropless_binary
 
 work=$(mktemp -d)
 port=$(free_port)

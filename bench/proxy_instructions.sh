@@ -34,11 +34,7 @@ N=${N:-20000}
 PROTO=${PROTO:-h2c h2 plain}
 need nginx haproxy h2load openssl
 command -v valgrind >/dev/null || { log "installing valgrind"; apt_install valgrind; }
-if [ -z "${DROPLESS:-}" ]; then
-  log "building dropless (release)"
-  cargo build --release -q -p dropless
-  DROPLESS=${CARGO_TARGET_DIR:-target}/release/dropless
-fi
+dropless_binary
 
 work=$(mktemp -d)
 out=${CARGO_TARGET_DIR:-target}/bench-callgrind
