@@ -12,6 +12,7 @@
 //! ~1 us of CPU.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,6 +48,13 @@ pub(super) fn close_idle<S: ClientIo>(stream: &mut S) {
     if S::CLOSE_NOTIFY {
         let _ = stream.shutdown().now_or_never();
     }
+}
+
+/// Reads from a raw socket into memory not yet initialized, so that a
+/// connection's read buffer is not zeroed before each read (8 KiB for the
+/// first one).
+fn recv(socket: &std::net::TcpStream, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    socket2::SockRef::from(socket).recv(buf)
 }
 
 /// A client's plain socket, registered with its thread's event loop only
@@ -115,10 +123,15 @@ impl ClientSocket {
         if buf.capacity() == buf.len() {
             buf.reserve(PREFACE_BUFFER);
         }
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
-        let read = io::Read::read(&mut &*raw, &mut buf[len..]);
-        buf.truncate(len + *read.as_ref().unwrap_or(&0));
+        let read = recv(raw, buf.spare_capacity_mut());
+        if let Ok(n) = read {
+            // SAFETY: `recv` initialized the first `n` bytes of the spare
+            // capacity.
+            #[allow(unsafe_code)]
+            unsafe {
+                buf.set_len(buf.len() + n);
+            }
+        }
         match read {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.register() {
                 Ok(_) => None,
@@ -153,8 +166,16 @@ impl AsyncRead for ClientSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if let Socket::Raw(stream) = &self.0 {
-            match io::Read::read(&mut &*stream, buf.initialize_unfilled()) {
+            // SAFETY: `recv` only writes initialized bytes into the unfilled
+            // part, and it initialized the first `n` of them.
+            #[allow(unsafe_code)]
+            let read = recv(stream, unsafe { buf.unfilled_mut() });
+            match read {
                 Ok(n) => {
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        buf.assume_init(n);
+                    }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
