@@ -194,10 +194,7 @@ pub(super) fn parse_request(input: &[u8], config: &ProxyConfig, client: &ClientI
         proto: client.proto,
         request_id: &request_id,
     }
-    .head(
-        || req.headers.iter().map(|h| (h.name, h.value)),
-        head_len + 128,
-    );
+    .head(|| req.headers.iter().map(|h| (h.name, h.value)), head_len);
     let offset = |s: &str| {
         let start = s.as_ptr() as usize - input.as_ptr() as usize;
         start..start + s.len()
@@ -275,12 +272,15 @@ impl Upstream<'_> {
     /// `X-Forwarded-For` value the client sent kept in order with the
     /// client appended; `X-Forwarded-Proto` and `-Host` set; `X-Request-Id`
     /// set to the request's id. Nothing is allocated but the head itself
-    /// (and the list of names `Connection` gives, when there is one).
-    pub(in crate::proxy) fn head<'h, I>(&self, fields: impl Fn() -> I, capacity: usize) -> Vec<u8>
+    /// (and the list of names `Connection` gives, when there is one), once:
+    /// `copied` is the size of the client's request line and fields (or
+    /// more, to leave room after the head), to which it adds room for what
+    /// it writes itself.
+    pub(in crate::proxy) fn head<'h, I>(&self, fields: impl Fn() -> I, copied: usize) -> Vec<u8>
     where
         I: Iterator<Item = (&'h str, &'h [u8])>,
     {
-        let mut out = Vec::with_capacity(capacity);
+        let mut out = Vec::with_capacity(copied + self.added());
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(self.target.as_bytes());
@@ -351,6 +351,26 @@ impl Upstream<'_> {
         );
         out.extend_from_slice(b"\r\n");
         out
+    }
+
+    /// Room for what [`head`](Self::head) writes beyond the client's
+    /// fields: the request line's version, the `X-Forwarded-*` fields and
+    /// `X-Request-Id`, `Host` and `Content-Length` when they are new.
+    fn added(&self) -> usize {
+        const NAMES: usize = " HTTP/1.1\r\n".len()
+            + "x-forwarded-for: , \r\n".len()
+            + "x-forwarded-proto: \r\n".len()
+            + "x-forwarded-host: \r\n".len()
+            + "x-request-id: \r\n".len()
+            + "host: \r\n".len()
+            + "content-length: 18446744073709551615\r\n".len()
+            + "\r\n".len();
+        NAMES
+            + self.host.len()
+            + self.forwarded_host.map_or(0, <[u8]>::len)
+            + self.client_ip.len()
+            + self.proto.len()
+            + self.request_id.len()
     }
 }
 
@@ -722,7 +742,7 @@ mod tests {
             upgrade: None,
         };
         let replica_addr = "127.0.0.1:9";
-        let bytes = Upstream {
+        let upstream = Upstream {
             method: "POST",
             target: "/t",
             host: host.unwrap_or(replica_addr).as_bytes(),
@@ -731,8 +751,22 @@ mod tests {
             client_ip: client_ip.as_bytes(),
             proto: "https",
             request_id: &rewrite.id,
-        }
-        .head(|| map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), 0);
+        };
+        let copied = "POST /t".len()
+            + map
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + ": \r\n".len())
+                .sum::<usize>();
+        let bytes = upstream.head(
+            || map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            copied,
+        );
+        assert!(
+            bytes.len() <= copied + upstream.added(),
+            "the head outgrew the room it took: {} > {copied} + {}",
+            bytes.len(),
+            upstream.added(),
+        );
         let mut rewritten = map.clone();
         rewrite.apply(&mut rewritten);
         let mut expected: Vec<_> = rewritten

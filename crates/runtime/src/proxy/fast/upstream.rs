@@ -205,7 +205,10 @@ impl<'a> BufferedRequest<'a> {
             proto: rewrite.proto,
             request_id: &rewrite.id,
         }
-        .head(fields, size + target.len() + 192 + self.body.len());
+        .head(
+            fields,
+            parts.method.as_str().len() + target.len() + size + self.body.len(),
+        );
         out.extend_from_slice(self.body);
         out
     }
