@@ -269,11 +269,16 @@ struct HyperAttempt<'a> {
 }
 
 impl HyperAttempt<'_> {
-    /// The request for the next attempt, or why there cannot be one.
-    async fn request(&mut self, pick: &Pick) -> Result<Request<UpstreamBody>, AttemptError> {
+    /// The request for the next attempt, with the replica's upload slot
+    /// when it streams a body, or why there cannot be one.
+    async fn request(
+        &mut self,
+        pick: &Pick,
+    ) -> Result<(Request<UpstreamBody>, Option<upload::Slot>), AttemptError> {
         if let Some(req) = self.pending.take() {
-            return Ok(*req);
+            return Ok((*req, None));
         }
+        let mut slot = None;
         let body: UpstreamBody = match &mut self.body {
             // An empty body boxes a zero-sized value: no allocation.
             Body::Buffered(b) if b.is_empty() => {
@@ -303,6 +308,8 @@ impl HyperAttempt<'_> {
                         body_gone: true,
                     });
                 };
+                let permit = Arc::new(permit);
+                slot = Some(Arc::clone(&permit));
                 upload.with_permit(permit).boxed()
             }
         };
@@ -321,7 +328,7 @@ impl HyperAttempt<'_> {
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        Ok(req)
+        Ok((req, slot))
     }
 }
 
@@ -332,8 +339,12 @@ impl HyperAttempt<'_> {
         &mut self,
         pick: &Pick,
     ) -> Result<Result<Response<PooledBody>, crate::proxy::pool::SendFailure>, AttemptError> {
-        let req = self.request(pick).await?;
-        Ok(pick.pool.conns().send(req).await)
+        let (req, slot) = self.request(pick).await?;
+        let sent = pick.pool.conns().send(req).await;
+        // The replica answered (or the attempt failed): the upload slot is
+        // free once the body has ended too.
+        drop(slot);
+        Ok(sent)
     }
 }
 

@@ -2,7 +2,8 @@
 //! longer than `proxy.body_read_timeout` between two reads ends it, a
 //! failure of the client's side is remembered so that the client, not the
 //! replica, is blamed for it, and the replica's upload slot is held until
-//! the body has ended.
+//! the body has ended (and, by the request's attempt, until the replica
+//! answers).
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -16,6 +17,12 @@ use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
 use crate::proxy::pool::BoxError;
+
+/// A replica's upload slot, shared by the body that streams to it and the
+/// attempt that waits for the replica's answer: free once both are done, so
+/// that a replica still working on a body it has read whole (it has not
+/// answered yet) is not sent another one beyond its limit.
+pub(super) type Slot = Arc<OwnedSemaphorePermit>;
 
 /// Why a client's body failed, once it did; shared with the request's
 /// handler, which answers with it instead of blaming the replica.
@@ -33,7 +40,7 @@ pin_project_lite::pin_project! {
         // body, hyper does not read it, and the client is not late.
         reading: bool,
         failure: ClientFailure,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Slot>,
     }
 }
 
@@ -52,7 +59,7 @@ impl Upload {
     }
 
     /// Holds `permit` (an upload slot on the replica) until the body ends.
-    pub(super) fn with_permit(mut self, permit: OwnedSemaphorePermit) -> Self {
+    pub(super) fn with_permit(mut self, permit: Slot) -> Self {
         self.permit = Some(permit);
         self
     }
