@@ -189,8 +189,7 @@ impl Ops {
             retries: trace.retries,
             held: trace.held,
         };
-        self.metrics
-            .finish(&self.metrics.service(service), &finished);
+        self.metrics.finish_for(service, &finished);
         if let Some(log) = &self.access_log {
             log.log(trace.entry(duration));
         }
