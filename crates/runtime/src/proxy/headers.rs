@@ -122,9 +122,41 @@ pub fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// A client address as the value `X-Forwarded-For` appends; computed once
-/// per connection.
+/// per connection, so written without the formatting machinery for IPv4 (a
+/// new connection per request spent ~8 % of its instructions in it).
 pub fn client_ip(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value")
+    // The longest text of an address: an IPv6 one with an IPv4 tail.
+    let mut text = [0u8; 45];
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    text[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            len
+        }
+        IpAddr::V6(v6) => {
+            let mut w = &mut text[..];
+            std::io::Write::write_fmt(&mut w, format_args!("{v6}")).expect("45 bytes hold it");
+            45 - w.len()
+        }
+    };
+    HeaderValue::from_bytes(&text[..len]).expect("an IP address is a header value")
 }
 
 /// Sets `X-Forwarded-For` (every value the client sent, in order, then the
@@ -160,6 +192,33 @@ pub fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+        #[test]
+        fn a_client_address_is_written_as_its_display_says(v4: [u8; 4], v6: [u16; 8], mapped: bool) {
+            let v4 = std::net::Ipv4Addr::from(v4);
+            let v6 = if mapped { v4.to_ipv6_mapped() } else { std::net::Ipv6Addr::from(v6) };
+            for ip in [IpAddr::V4(v4), IpAddr::V6(v6)] {
+                let written = client_ip(ip);
+                proptest::prop_assert_eq!(written.to_str().unwrap(), ip.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_addresses_fit() {
+        for ip in [
+            "255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "0.0.0.0",
+            "::",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(client_ip(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
