@@ -11,13 +11,18 @@
 # whether a change made the proxy do less work, and where it does it
 # (`callgrind_annotate` on the files this script keeps).
 #
-# For each protocol (PROTO, default "h2c h2 plain": HTTP/2 without TLS,
-# HTTP/2 over TLS 1.3 by ALPN, HTTP/1.1 keep-alive): one nginx backend
-# answering `return 200 "ok";`, each proxy started under callgrind in
-# front of it, 2 000 requests to warm it, its counters zeroed, N (default
-# 20 000) requests by h2load (`-c50 -m10`, or `--h1 -m1` for plain
-# HTTP/1.1), its counters dumped. Prints instructions per request for
-# each, and dropless's ratio to the best peer.
+# For each protocol (PROTO, default "h2c h2 plain close": HTTP/2 without
+# TLS, HTTP/2 over TLS 1.3 by ALPN, HTTP/1.1 keep-alive, HTTP/1.1 with a
+# new connection per request): one nginx backend answering
+# `return 200 "ok";`, each proxy started under callgrind in front of it,
+# 2 000 requests to warm it, its counters zeroed, N (default 20 000)
+# requests by h2load (`-c50 -m10`, or `--h1 -m1` for HTTP/1.1, with
+# `Connection: close` for close), its counters dumped. Prints instructions
+# per request for each, and dropless's ratio to the best peer.
+#
+# Read large copies with care: valgrind counts a `rep movs`/`rep stos`
+# once per byte or word moved, so a memset of 8 KiB shows as ~8 000
+# instructions though the CPU does it in a few hundred cycles.
 #
 #   bench/proxy_instructions.sh                 # builds dropless --release
 #   PROTO=h2c N=50000 bench/proxy_instructions.sh
@@ -31,7 +36,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 N=${N:-20000}
-PROTO=${PROTO:-h2c h2 plain}
+PROTO=${PROTO:-h2c h2 plain close}
 need nginx haproxy h2load openssl
 command -v valgrind >/dev/null || { log "installing valgrind"; apt_install valgrind; }
 dropless_binary
@@ -110,6 +115,7 @@ measure() {
   rm -f "$file"*
   flags=(-c50 -m10)
   [ "$proto" = plain ] && flags=(-c50 --h1 -m1)
+  [ "$proto" = close ] && flags=(-c50 --h1 -m1 -H 'Connection: close')
   command_of "$proxy" "$proto" "$port"
   valgrind --tool=callgrind --callgrind-out-file="$file" "${CMD[@]}" >"$out/$proxy-$proto.log" 2>&1 &
   vp=$!
@@ -143,6 +149,7 @@ for proto in $PROTO; do
   case "$proto" in
     h2) label="h2 over TLS" ;;
     plain) label="plain HTTP/1.1 keep-alive" ;;
+    close) label="plain HTTP/1.1 \`Connection: close\`" ;;
     *) label=$proto ;;
   esac
   printf '| %s | %s | %s | %s | %s |\n' "$label" "${ir[dropless]}" "${ir[nginx]}" "${ir[haproxy]}" \
