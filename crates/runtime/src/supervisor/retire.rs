@@ -67,10 +67,7 @@ async fn retire_like_kubernetes(
     let ((), signalled) = tokio::join!(routing_off, signals);
     replica.set_state(ReplicaState::Stopping, None);
     let (detail, killed) = match signalled {
-        Some((status, true)) => (
-            format!("killed after grace {:?} ({status})", config.grace),
-            true,
-        ),
+        Some((status, true)) => (killed_detail(config.grace, &status), true),
         Some((status, false)) => (status.to_string(), false),
         None => ("unmanaged target, not signalled".to_string(), false),
     };
@@ -123,23 +120,41 @@ async fn retire_in_order(replica: &Replica, config: &RetireConfig) -> Retired {
         .await
         .is_err();
     if killed {
-        tracing::warn!(
-            replica = replica.name(),
-            "grace {:?} passed after SIGTERM; sending SIGKILL",
-            config.grace
-        );
+        // No grace at all is a fast stop's plan (a failed start, a second
+        // signal), not news: the operator was told why already (a warning
+        // here was a second line under `serve`'s one-line error).
+        if config.grace.is_zero() {
+            tracing::debug!(replica = replica.name(), "fast stop: sending SIGKILL");
+        } else {
+            tracing::warn!(
+                replica = replica.name(),
+                "grace {:?} passed after SIGTERM; sending SIGKILL",
+                config.grace
+            );
+        }
         process.signal_group(Signal::SIGKILL);
     }
     let status = process.exited().await;
     // The leader is gone; make sure nothing else of its group lingers.
     process.signal_group(Signal::SIGKILL);
     let detail = if killed {
-        format!("killed after grace {:?} ({status})", config.grace)
+        killed_detail(config.grace, &status)
     } else {
         status.to_string()
     };
     replica.set_state(ReplicaState::Exited, Some(detail));
     Retired { drained, killed }
+}
+
+/// What a killed replica's exit says: killed after its grace, or at once
+/// by a fast stop (no grace), which is the plan rather than a replica that
+/// would not stop.
+fn killed_detail(grace: Duration, status: &impl std::fmt::Display) -> String {
+    if grace.is_zero() {
+        format!("killed at once by a fast stop ({status})")
+    } else {
+        format!("killed after grace {grace:?} ({status})")
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,25 @@ async fn sigterm_ignored_means_sigkill_after_grace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_stop_kills_at_once_and_says_so_not_that_the_grace_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = fixtures::service("web", fixtures::backend(Mode::IgnoreTerm, "v1"), 1);
+    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
+    h.wait_routable(1).await;
+    let mut events = h.events.resubscribe();
+    h.stop(Shutdown::Fast).await;
+    let exited = fixtures::next_event(&mut events, |e| {
+        matches!(&e.kind, EventKind::Replica { state: Exited, .. })
+    })
+    .await;
+    let EventKind::Replica { detail, .. } = exited.kind else {
+        unreachable!()
+    };
+    let detail = detail.unwrap();
+    assert!(detail.contains("killed at once by a fast stop"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_is_replaced_and_gets_no_traffic_meanwhile() {
     let service = fixtures::service("web", fixtures::demo("v4", "v1", &[]), 2);
     let mut run = UnderLoad::start(service, Client::KeepAlive).await;
