@@ -76,16 +76,17 @@ async fn tcp_probe_is_used_without_a_health_path() {
     h.stop(Shutdown::Fast).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_ignored_means_sigkill_after_grace() {
+/// Stops a service whose one replica ignores SIGTERM and whose grace is
+/// `grace`; returns what the replica's exit said and how long it took.
+async fn stop_a_replica_ignoring_sigterm(grace: Duration, how: Shutdown) -> (String, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let mut service = fixtures::service("web", fixtures::backend(Mode::IgnoreTerm, "v1"), 1);
-    service.retire.grace = Duration::from_millis(300);
+    service.retire.grace = grace;
     let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
     h.wait_routable(1).await;
     let mut events = h.events.resubscribe();
     let began = std::time::Instant::now();
-    h.stop(Shutdown::Graceful).await;
+    h.stop(how).await;
     let exited = fixtures::next_event(&mut events, |e| {
         matches!(&e.kind, EventKind::Replica { state: Exited, .. })
     })
@@ -93,26 +94,21 @@ async fn sigterm_ignored_means_sigkill_after_grace() {
     let EventKind::Replica { detail, .. } = exited.kind else {
         unreachable!()
     };
-    assert!(detail.unwrap().contains("killed after grace"));
-    assert!(began.elapsed() >= Duration::from_millis(300));
+    (detail.unwrap(), began.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ignored_means_sigkill_after_grace() {
+    let (detail, took) =
+        stop_a_replica_ignoring_sigterm(Duration::from_millis(300), Shutdown::Graceful).await;
+    assert!(detail.contains("killed after grace"), "{detail}");
+    assert!(took >= Duration::from_millis(300));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_stop_kills_at_once_and_says_so_not_that_the_grace_passed() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = fixtures::service("web", fixtures::backend(Mode::IgnoreTerm, "v1"), 1);
-    let h = Harness::start(fixtures::config(dir.path(), vec![service])).await;
-    h.wait_routable(1).await;
-    let mut events = h.events.resubscribe();
-    h.stop(Shutdown::Fast).await;
-    let exited = fixtures::next_event(&mut events, |e| {
-        matches!(&e.kind, EventKind::Replica { state: Exited, .. })
-    })
-    .await;
-    let EventKind::Replica { detail, .. } = exited.kind else {
-        unreachable!()
-    };
-    let detail = detail.unwrap();
+    let (detail, _) =
+        stop_a_replica_ignoring_sigterm(Duration::from_secs(30), Shutdown::Fast).await;
     assert!(detail.contains("killed at once by a fast stop"), "{detail}");
 }
 
