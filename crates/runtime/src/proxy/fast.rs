@@ -15,6 +15,7 @@
 //! are the same on both paths.
 
 mod body;
+mod buffer;
 mod head;
 pub(super) mod upstream;
 
@@ -169,7 +170,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
     /// closed when the header read deadline passes, or when the proxy stops
     /// and no request comes within [`STOP_LINGER`](super::STOP_LINGER).
     async fn wait_for_request(&mut self) -> Wait {
-        self.input = BytesMut::new();
+        buffer::give_back(std::mem::take(&mut self.input));
         // Moved later at each wait: a cheap change of a registered timer.
         let park_after = Instant::now() + PARK_AFTER;
         match &mut self.park_after {
@@ -237,7 +238,9 @@ impl<S: ClientIo> Session<'_, '_, S> {
                     }
                 }
             }
-            if self.input.capacity() == self.input.len() {
+            if self.input.capacity() == 0 {
+                self.input = buffer::take();
+            } else if self.input.capacity() == self.input.len() {
                 self.input.reserve(self.input.len().max(BUFFER));
             }
             if self.fill_within_deadline().await == 0 {
@@ -297,7 +300,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
         out.extend_from_slice(&self.input[plan.head_len..total]);
         self.input.advance(total);
         if self.input.is_empty() {
-            self.input = BytesMut::new();
+            buffer::give_back(std::mem::take(&mut self.input));
         }
         // The settings of this request's moment: a reload affects the next.
         let config = self.proxy.config.load_full();
@@ -402,6 +405,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
         if head.keep && !extra && framing != Framing::UntilClose {
             pick.pool.sockets().put(upstream);
         }
+        buffer::give_back(buf);
         Ok(close)
     }
 

@@ -75,7 +75,7 @@ async fn exchange(
         let message = format!("writing the request to {addr}: the connection closed");
         return Err(failed(Sent::Request, message, reused));
     }
-    let mut buf = BytesMut::with_capacity(BUFFER);
+    let mut buf = super::buffer::take();
     match read_response_head(&mut upstream, &mut buf, want).await {
         Ok(head) => Ok((upstream, buf, head)),
         Err((sent, message)) => Err(failed(sent, format!("{addr}: {message}"), reused)),
