@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use super::BUFFER;
 
-/// Most buffers a thread keeps (256 KiB): each request waiting for its
+/// Most buffers a thread keeps (256 to 512 KiB): each request waiting for its
 /// response holds one, and with dozens of connections on a thread they
 /// come back and are taken again in bursts (with 4 kept, a third of the
 /// takes under `h2load -c50` still allocated).
