@@ -202,11 +202,17 @@ mod tests {
     use super::*;
 
     /// A writer that stays blocked until told to go on.
-    struct Gate(std::sync::mpsc::Receiver<()>);
+    /// A writer whose writes say they began (`entered`), then wait for
+    /// `go`.
+    struct Gate {
+        entered: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+    }
 
     impl Write for Gate {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let _ = self.0.recv();
+            let _ = self.entered.send(());
+            let _ = self.go.recv();
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -232,14 +238,19 @@ mod tests {
 
     #[test]
     fn a_full_channel_drops_and_counts_instead_of_blocking() {
-        let (_go, wait) = std::sync::mpsc::channel();
-        let log = AccessLog::to_writer(Box::new(Gate(wait)), 4);
-        // The writer holds at most one entry (blocked in its write) and
-        // the channel four: the rest are dropped, none blocks.
-        for _ in 0..20 {
+        let (_go, go) = std::sync::mpsc::channel();
+        let (entered, writing) = std::sync::mpsc::channel();
+        let log = AccessLog::to_writer(Box::new(Gate { entered, go }), 4);
+        // The writer takes the first entry and blocks writing it out (it
+        // takes every entry already sent before it writes: only then is
+        // the count of what it holds known).
+        log.log(entry());
+        writing.recv().unwrap();
+        // The channel takes four more: the rest are dropped, none blocks.
+        for _ in 0..19 {
             log.log(entry());
         }
-        assert!(log.dropped() >= 15, "dropped {}", log.dropped());
+        assert_eq!(log.dropped(), 15);
     }
 
     /// A writer into a buffer the test reads.
@@ -270,8 +281,9 @@ mod tests {
 
     #[test]
     fn a_flush_behind_a_stuck_writer_gives_up_at_its_timeout() {
-        let (_go, wait) = std::sync::mpsc::channel();
-        let log = AccessLog::to_writer(Box::new(Gate(wait)), 4);
+        let (_go, go) = std::sync::mpsc::channel();
+        let (entered, _writing) = std::sync::mpsc::channel();
+        let log = AccessLog::to_writer(Box::new(Gate { entered, go }), 4);
         log.log(entry());
         assert!(!log.flush(Duration::from_millis(100)));
     }
