@@ -150,14 +150,19 @@ impl Proxy {
                 &config,
             );
             let failure = upload::ClientFailure::default();
+            let held = upload::Held::default();
             // A body small enough to buffer makes the request safe to resend.
             let limit = config.retry_body_limit as u64;
             let body = if body.is_end_stream() {
                 // No upload to follow: the common case costs no allocation.
                 Body::Buffered(Bytes::new())
             } else {
-                let upload =
-                    upload::Upload::new(body, config.body_read_timeout, Arc::clone(&failure));
+                let upload = upload::Upload::new(
+                    body,
+                    config.body_read_timeout,
+                    Arc::clone(&failure),
+                    held.clone(),
+                );
                 if upload.size_hint().upper().is_some_and(|n| n <= limit) {
                     match Box::pin(Limited::new(upload, config.retry_body_limit).collect()).await {
                         Ok(collected) => Body::Buffered(collected.to_bytes()),
@@ -186,6 +191,7 @@ impl Proxy {
                 body,
                 upgrade: client_upgrade.is_some(),
                 pending: None,
+                held,
                 upload_limit: config.max_streamed_uploads,
                 queue_deadline: Instant::now() + config.queue_timeout,
             };
@@ -263,6 +269,9 @@ struct HyperAttempt<'a> {
     /// A request a failed attempt handed back unwritten (boxed: rare, and
     /// the attempt is part of every request's future).
     pending: Option<Box<Request<UpstreamBody>>>,
+    /// The upload slot its streamed body holds, moved to each replica it is
+    /// sent to.
+    held: upload::Held,
     upload_limit: usize,
     /// How long a streamed body waits for an upload slot on a replica.
     queue_deadline: Instant,
@@ -275,43 +284,49 @@ impl HyperAttempt<'_> {
         &mut self,
         pick: &Pick,
     ) -> Result<(Request<UpstreamBody>, Option<upload::Slot>), AttemptError> {
-        if let Some(req) = self.pending.take() {
-            return Ok((*req, None));
+        let streamed = matches!(self.body, Body::Streamed(_));
+        if matches!(self.body, Body::Streamed(None)) && self.pending.is_none() {
+            return Err(AttemptError {
+                sent: Sent::Request,
+                message: "its streamed body was sent once already".into(),
+                reused: false,
+                body_gone: true,
+            });
         }
-        let mut slot = None;
+        // A streamed body holds a slot on the replica it goes to, this one
+        // (a request handed back unwritten gives up the slot it held).
+        let slot = if streamed {
+            let held = self
+                .held
+                .move_to(&pick.replica, self.upload_limit, self.queue_deadline);
+            let Some(slot) = held.await else {
+                return Err(AttemptError {
+                    sent: Sent::Nothing,
+                    message: format!(
+                        "{} request bodies are already streaming to it",
+                        self.upload_limit
+                    ),
+                    reused: false,
+                    body_gone: false,
+                });
+            };
+            Some(slot)
+        } else {
+            None
+        };
+        if let Some(req) = self.pending.take() {
+            return Ok((*req, slot));
+        }
         let body: UpstreamBody = match &mut self.body {
             // An empty body boxes a zero-sized value: no allocation.
             Body::Buffered(b) if b.is_empty() => {
                 Empty::new().map_err(|never| match never {}).boxed()
             }
             Body::Buffered(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-            Body::Streamed(upload) => {
-                let slots = pick.replica.uploads(self.upload_limit);
-                let Ok(Ok(permit)) =
-                    tokio::time::timeout_at(self.queue_deadline, slots.acquire_owned()).await
-                else {
-                    return Err(AttemptError {
-                        sent: Sent::Nothing,
-                        message: format!(
-                            "{} request bodies are already streaming to it",
-                            self.upload_limit
-                        ),
-                        reused: false,
-                        body_gone: false,
-                    });
-                };
-                let Some(upload) = upload.take() else {
-                    return Err(AttemptError {
-                        sent: Sent::Request,
-                        message: "its streamed body was sent once already".into(),
-                        reused: false,
-                        body_gone: true,
-                    });
-                };
-                let permit = Arc::new(permit);
-                slot = Some(Arc::clone(&permit));
-                upload.with_permit(permit).boxed()
-            }
+            Body::Streamed(upload) => upload
+                .take()
+                .expect("a body sent once already was refused above")
+                .boxed(),
         };
         let mut headers = self.parts.headers.clone();
         self.rewrite.apply(&mut headers);

@@ -6,7 +6,7 @@
 //! answers).
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,12 +17,59 @@ use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
 use crate::proxy::pool::BoxError;
+use crate::supervisor::replica::Replica;
 
 /// A replica's upload slot, shared by the body that streams to it and the
 /// attempt that waits for the replica's answer: free once both are done, so
 /// that a replica still working on a body it has read whole (it has not
 /// answered yet) is not sent another one beyond its limit.
 pub(super) type Slot = Arc<OwnedSemaphorePermit>;
+
+/// Where a streamed body keeps the upload slot of the replica it is sent
+/// to, until it ends. An attempt that comes back with the request unwritten
+/// (its connect failed) leaves the slot there; the next attempt, on another
+/// replica or the same, moves it ([`Held::move_to`]), so that a body counts
+/// on the replica that reads it and on no other.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Held(Arc<Mutex<Option<Slot>>>);
+
+impl Held {
+    /// Gives back the slot held, if any, then waits until `deadline` for
+    /// one of `limit` upload slots on `replica`, held until the body ends or
+    /// the next move. Returns it for the attempt to hold until the replica
+    /// answers; `None` at the deadline (no slot is held then).
+    pub(super) async fn move_to(
+        &self,
+        replica: &Replica,
+        limit: usize,
+        deadline: Instant,
+    ) -> Option<Slot> {
+        // First: with a limit of 1, a move to the same replica would wait
+        // for the slot it holds.
+        self.release();
+        let slots = replica.uploads(limit);
+        let permit = tokio::time::timeout_at(deadline, slots.acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        let slot = Arc::new(permit);
+        *self.lock() = Some(Arc::clone(&slot));
+        Some(slot)
+    }
+
+    /// Gives back the slot held (the body has ended), if any.
+    pub(super) fn release(&self) {
+        let slot = self.lock().take();
+        drop(slot);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Slot>> {
+        // Nothing panics while holding it; a poisoned lock still holds a slot.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Why a client's body failed, once it did; shared with the request's
 /// handler, which answers with it instead of blaming the replica.
@@ -40,28 +87,28 @@ pin_project_lite::pin_project! {
         // body, hyper does not read it, and the client is not late.
         reading: bool,
         failure: ClientFailure,
-        permit: Option<Slot>,
+        held: Held,
     }
 }
 
 impl Upload {
     /// Reads `inner`, allowing `timeout` between two frames; a failure is
-    /// recorded in `failure`.
-    pub(super) fn new(inner: Incoming, timeout: Duration, failure: ClientFailure) -> Self {
+    /// recorded in `failure`, and the upload slot in `held` is given back
+    /// when the body ends.
+    pub(super) fn new(
+        inner: Incoming,
+        timeout: Duration,
+        failure: ClientFailure,
+        held: Held,
+    ) -> Self {
         Self {
             inner,
             sleep: tokio::time::sleep(timeout),
             timeout,
             reading: false,
             failure,
-            permit: None,
+            held,
         }
-    }
-
-    /// Holds `permit` (an upload slot on the replica) until the body ends.
-    pub(super) fn with_permit(mut self, permit: Slot) -> Self {
-        self.permit = Some(permit);
-        self
     }
 }
 
@@ -86,19 +133,19 @@ impl Body for Upload {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.permit.take();
+                this.held.release();
                 let err = ProxyError::ClientBody(e.to_string());
                 let message = err.to_string();
                 let _ = this.failure.set(err);
                 Poll::Ready(Some(Err(message.into())))
             }
             Poll::Ready(None) => {
-                this.permit.take();
+                this.held.release();
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 std::task::ready!(this.sleep.poll(cx));
-                this.permit.take();
+                this.held.release();
                 let err = ProxyError::BodyTimeout(*this.timeout);
                 let message = err.to_string();
                 let _ = this.failure.set(err);
@@ -113,5 +160,66 @@ impl Body for Upload {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::replica::testing;
+
+    const LIMIT: usize = 2;
+
+    fn free(replica: &Replica) -> usize {
+        replica.uploads(LIMIT).available_permits()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_sent_again_elsewhere_counts_on_the_new_replica_only() {
+        let (a, _) = testing::replica("web-1", "127.0.0.1:9", || {});
+        let (b, _) = testing::replica("web-2", "127.0.0.1:9", || {});
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let held = Held::default();
+        let first = held.move_to(&a, LIMIT, deadline).await.unwrap();
+        // The attempt on `a` came back unwritten: its slot goes with it.
+        drop(first);
+        assert_eq!((free(&a), free(&b)), (LIMIT - 1, LIMIT));
+        let second = held.move_to(&b, LIMIT, deadline).await.unwrap();
+        assert_eq!((free(&a), free(&b)), (LIMIT, LIMIT - 1));
+        // `b` answered before the body ended: the body still holds it.
+        drop(second);
+        assert_eq!(free(&b), LIMIT - 1);
+        held.release();
+        assert_eq!(free(&b), LIMIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_sent_again_to_its_replica_does_not_wait_for_its_own_slot() {
+        let (a, _) = testing::replica("web-1", "127.0.0.1:9", || {});
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let held = Held::default();
+        let first = held.move_to(&a, 1, deadline).await.unwrap();
+        drop(first);
+        let again = held.move_to(&a, 1, deadline).await;
+        assert!(again.is_some(), "the slot it held is its own");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(a.uploads(1).available_permits(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_replica_gives_no_slot_at_the_deadline_and_none_is_held() {
+        let (a, _) = testing::replica("web-1", "127.0.0.1:9", || {});
+        let (b, _) = testing::replica("web-2", "127.0.0.1:9", || {});
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let other = Held::default();
+        let _full = other.move_to(&b, 1, deadline).await.unwrap();
+        let held = Held::default();
+        drop(held.move_to(&a, 1, deadline).await.unwrap());
+        assert!(held.move_to(&b, 1, deadline).await.is_none());
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        // The slot on `a` was given back when the body moved on.
+        assert_eq!(a.uploads(1).available_permits(), 1);
     }
 }
