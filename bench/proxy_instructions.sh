@@ -11,14 +11,17 @@
 # whether a change made the proxy do less work, and where it does it
 # (`callgrind_annotate` on the files this script keeps).
 #
-# For each protocol (PROTO, default "h2c h2 plain close": HTTP/2 without
-# TLS, HTTP/2 over TLS 1.3 by ALPN, HTTP/1.1 keep-alive, HTTP/1.1 with a
-# new connection per request): one nginx backend answering
+# For each protocol (PROTO, default "h2c h2 plain close tls": HTTP/2
+# without TLS, HTTP/2 over TLS 1.3 by ALPN, HTTP/1.1 keep-alive, HTTP/1.1
+# with a new connection per request, HTTP/1.1 keep-alive over TLS 1.3):
+# one nginx backend answering
 # `return 200 "ok";`, each proxy started under callgrind in front of it,
 # 2 000 requests to warm it, its counters zeroed, N (default 20 000)
 # requests by h2load (`-c50 -m10`, or `--h1 -m1` for HTTP/1.1, with
 # `Connection: close` for close), its counters dumped. Prints instructions
-# per request for each, and dropless's ratio to the best peer.
+# per request for each, and dropless's ratio to the best peer. PROXIES
+# (default "dropless nginx haproxy") picks the proxies, e.g. `PROXIES=dropless`
+# to compare two builds of dropless.
 #
 # Read large copies with care: valgrind counts a `rep movs`/`rep stos`
 # once per byte or word moved, so a memset of 8 KiB shows as ~8 000
@@ -27,6 +30,7 @@
 #   bench/proxy_instructions.sh                 # builds dropless --release
 #   PROTO=h2c N=50000 bench/proxy_instructions.sh
 #   DROPLESS=/path/to/dropless bench/proxy_instructions.sh   # a given build
+#   PROXIES=dropless PROTO=tls DROPLESS=/path/to/dropless bench/proxy_instructions.sh
 #
 # Installs what is missing: valgrind, nginx, haproxy, nghttp2-client,
 # openssl.
@@ -36,7 +40,16 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 N=${N:-20000}
-PROTO=${PROTO:-h2c h2 plain close}
+PROTO=${PROTO:-h2c h2 plain close tls}
+PROXIES=${PROXIES:-dropless nginx haproxy}
+for p in $PROXIES; do
+  case $p in dropless|nginx|haproxy) ;; *) echo "PROXIES: unknown proxy '$p'; use dropless, nginx, haproxy" >&2; exit 2 ;; esac
+done
+for p in $PROTO; do
+  case $p in h2c|h2|plain|close|tls) ;; *) echo "PROTO: unknown protocol '$p'; use h2c, h2, plain, close, tls" >&2; exit 2 ;; esac
+done
+# is_tls PROTO: whether the protocol runs over TLS.
+is_tls() { [ "$1" = h2 ] || [ "$1" = tls ]; }
 need nginx haproxy h2load openssl
 command -v valgrind >/dev/null || { log "installing valgrind"; apt_install valgrind; }
 dropless_binary
@@ -67,20 +80,21 @@ command_of() {
     dropless)
       CMD=("$DROPLESS" serve --proxy-threads 2 --listen "127.0.0.1:$port" --state-dir "$work/state-$port"
         --control "$work/control-$port.sock" --health-path "" --target "127.0.0.1:$backend")
-      if [ "$proto" = h2 ]; then
+      if is_tls "$proto"; then
         CMD+=(--tls-cert "$work/tls/cert.pem" --tls-key "$work/tls/key.pem")
       fi
       ;;
     haproxy)
       local bind="  bind 127.0.0.1:$port"
       [ "$proto" = h2c ] && bind="$bind proto h2"
-      [ "$proto" = h2 ] && bind="$bind ssl crt $work/tls/haproxy.pem alpn h2,http/1.1"
+      is_tls "$proto" && bind="$bind ssl crt $work/tls/haproxy.pem alpn h2,http/1.1"
       haproxy_config "$port" "" "$backend" | sed "s|^  bind 127.0.0.1:$port\$|$bind|" >"$work/haproxy-$port.cfg"
       CMD=("$HAPROXY" -f "$work/haproxy-$port.cfg" -db) ;;
     nginx)
       local http2=""
       [ "$proto" = h2c ] && http2=" http2"
       [ "$proto" = h2 ] && http2=" ssl http2"
+      [ "$proto" = tls ] && http2=" ssl"
       mkdir -p "$work/nginx-$port"
       cat >"$work/nginx-$port/nginx.conf" <<EOF
 master_process off;
@@ -110,11 +124,11 @@ measure() {
   local proxy=$1 proto=$2 port file flags vp total url
   port=$(free_port)
   url="http://127.0.0.1:$port/"
-  [ "$proto" = h2 ] && url="https://127.0.0.1:$port/"
+  is_tls "$proto" && url="https://127.0.0.1:$port/"
   file="$out/$proxy-$proto.out"
   rm -f "$file"*
   flags=(-c50 -m10)
-  [ "$proto" = plain ] && flags=(-c50 --h1 -m1)
+  [ "$proto" = plain ] || [ "$proto" = tls ] && flags=(-c50 --h1 -m1)
   [ "$proto" = close ] && flags=(-c50 --h1 -m1 -H 'Connection: close')
   command_of "$proxy" "$proto" "$port"
   valgrind --tool=callgrind --callgrind-out-file="$file" "${CMD[@]}" >"$out/$proxy-$proto.log" 2>&1 &
@@ -139,20 +153,24 @@ measure() {
 
 printf '| protocol | dropless | nginx | HAProxy | dropless / best peer |\n| --- | ---: | ---: | ---: | ---: |\n'
 for proto in $PROTO; do
-  declare -A ir=()
-  for proxy in dropless nginx haproxy; do
+  declare -A ir=([dropless]=- [nginx]=- [haproxy]=-)
+  for proxy in $PROXIES; do
     log "$proto: $proxy under callgrind, $N requests"
     measure "$proxy" "$proto" >"$work/ir"
     ir[$proxy]=$(cat "$work/ir")
   done
-  best=$(( ir[nginx] < ir[haproxy] ? ir[nginx] : ir[haproxy] ))
+  ratio=-
+  if [ "${ir[dropless]}" != - ] && [ "${ir[nginx]}" != - ] && [ "${ir[haproxy]}" != - ]; then
+    best=$(( ir[nginx] < ir[haproxy] ? ir[nginx] : ir[haproxy] ))
+    ratio=$(awk -v a="${ir[dropless]}" -v b="$best" 'BEGIN { printf "%.2f×", a / b }')
+  fi
   case "$proto" in
     h2) label="h2 over TLS" ;;
     plain) label="plain HTTP/1.1 keep-alive" ;;
     close) label="plain HTTP/1.1 \`Connection: close\`" ;;
+    tls) label="HTTPS HTTP/1.1 keep-alive" ;;
     *) label=$proto ;;
   esac
-  printf '| %s | %s | %s | %s | %s |\n' "$label" "${ir[dropless]}" "${ir[nginx]}" "${ir[haproxy]}" \
-    "$(awk -v a="${ir[dropless]}" -v b="$best" 'BEGIN { printf "%.2f×", a / b }')"
+  printf '| %s | %s | %s | %s | %s |\n' "$label" "${ir[dropless]}" "${ir[nginx]}" "${ir[haproxy]}" "$ratio"
 done
 log "callgrind files in $out (callgrind_annotate FILE)"

@@ -6,6 +6,7 @@
 
 pub mod affinity;
 pub mod balance;
+mod buffer;
 mod error;
 mod fast;
 mod forward;
@@ -31,7 +32,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -240,12 +241,12 @@ impl Proxy {
     async fn serve_tls(
         self: &Arc<Self>,
         builders: &Builders,
-        mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+        mut stream: tls::TlsStream,
         stop: &CancellationToken,
         peer: SocketAddr,
     ) -> Option<Parked> {
         let mut rest = Bytes::new();
-        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        if stream.alpn_protocol() != Some(b"h2") {
             let client = ClientInfo {
                 peer,
                 ip: headers::client_ip(peer.ip()),
@@ -255,6 +256,7 @@ impl Proxy {
             match fast::serve(self, &client, &mut stream, BytesMut::new(), stop).await {
                 fast::Exit::Closed => return None,
                 fast::Exit::Park(deadline) => {
+                    stream.release_buffers();
                     let stream = ParkedStream::Tls(Box::new(stream));
                     return Some(Parked { stream, deadline });
                 }
@@ -272,7 +274,7 @@ impl Proxy {
     async fn serve_tls_hyper(
         self: &Arc<Self>,
         builders: &Builders,
-        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        stream: tls::TlsStream,
         rest: Bytes,
         stop: &CancellationToken,
         peer: SocketAddr,

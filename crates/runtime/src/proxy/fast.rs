@@ -15,7 +15,6 @@
 //! are the same on both paths.
 
 mod body;
-mod buffer;
 mod head;
 pub(super) mod upstream;
 
@@ -29,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use super::buffer::{self, BUFFER};
 use super::forward::{self, LazyDeadline, Sent};
 use super::front::{self, ClientIo};
 use super::park::StopLinger;
@@ -41,8 +41,6 @@ use head::{Framing, Out, Parsed, RequestPlan, ResponseHead, parse_request};
 
 /// Largest response head accepted from a replica.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Initial size of a read buffer; it grows for larger heads.
-const BUFFER: usize = 8 * 1024;
 
 /// How long a connection waits for its next request in its task before it
 /// is parked: its task ends and a much smaller one waits for the socket to

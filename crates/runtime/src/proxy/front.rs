@@ -238,22 +238,6 @@ impl ClientIo for ClientSocket {
     }
 }
 
-impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
-    // Its serving task is several KB more than the session (see `park`).
-    const PARKS: bool = true;
-    const CLOSE_NOTIFY: bool = true;
-
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (tcp, tls) = self.get_ref();
-        // Plaintext already decrypted (a pipelined request), or a state
-        // that does not wait for the peer: a read does not wait either.
-        if !tls.wants_read() {
-            return Poll::Ready(Ok(()));
-        }
-        tcp.poll_read_ready(cx)
-    }
-}
-
 /// How long a session waits idle before it is taken apart.
 pub const IDLE_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 

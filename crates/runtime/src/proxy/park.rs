@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// An idle client connection between two requests.
@@ -33,7 +32,7 @@ pub(super) enum ParkedStream {
     Plain(TcpStream),
     /// A TLS session with no plaintext waiting in it (boxed: the session is
     /// a kilobyte, a plain parked connection a few hundred bytes).
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<super::tls::TlsStream>),
 }
 
 impl ParkedStream {
@@ -41,7 +40,7 @@ impl ParkedStream {
     pub(super) fn socket(&self) -> &TcpStream {
         match self {
             Self::Plain(stream) => stream,
-            Self::Tls(stream) => stream.get_ref().0,
+            Self::Tls(stream) => stream.get_ref(),
         }
     }
 

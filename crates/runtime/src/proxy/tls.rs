@@ -1,5 +1,7 @@
 //! HTTPS on the front: a rustls acceptor from PEM files, offering HTTP/2 and
-//! HTTP/1.1 by ALPN.
+//! HTTP/1.1 by ALPN; its connections are [`TlsStream`]s.
+
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,17 +9,16 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use stream::TlsStream;
+
 /// Accepts TLS connections with one certificate.
 #[derive(Clone)]
-pub struct TlsAcceptor(tokio_rustls::TlsAcceptor);
+pub struct TlsAcceptor(Arc<rustls::ServerConfig>);
 
 impl TlsAcceptor {
     /// Runs the handshake on `stream`.
-    pub async fn accept(
-        &self,
-        stream: tokio::net::TcpStream,
-    ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-        self.0.accept(stream).await
+    pub async fn accept(&self, stream: tokio::net::TcpStream) -> std::io::Result<TlsStream> {
+        stream::accept(stream, Arc::clone(&self.0)).await
     }
 }
 
@@ -81,7 +82,5 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         .with_single_cert(chain, private)
         .map_err(rustls_err)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor(tokio_rustls::TlsAcceptor::from(Arc::new(
-        config,
-    ))))
+    Ok(TlsAcceptor(Arc::new(config)))
 }

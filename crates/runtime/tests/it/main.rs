@@ -16,3 +16,4 @@ mod reload;
 mod rollout;
 mod smuggling;
 mod supervisor;
+mod tls;

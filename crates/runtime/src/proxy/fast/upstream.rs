@@ -15,10 +15,11 @@ use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::MAX_RESPONSE_HEAD;
 use super::body::Body;
 use super::head::{Framing, Out, ResponseHead, Upstream, Want, parse_response};
-use super::{BUFFER, MAX_RESPONSE_HEAD};
 use crate::proxy::balance::Pick;
+use crate::proxy::buffer::{self, BUFFER};
 use crate::proxy::error_chain;
 use crate::proxy::forward::{self, AttemptError, Sent};
 use crate::proxy::headers::{self, Rewrite};
@@ -75,7 +76,7 @@ async fn exchange(
         let message = format!("writing the request to {addr}: the connection closed");
         return Err(failed(Sent::Request, message, reused));
     }
-    let mut buf = super::buffer::take();
+    let mut buf = buffer::take();
     match read_response_head(&mut upstream, &mut buf, want).await {
         Ok(head) => Ok((upstream, buf, head)),
         Err((sent, message)) => Err(failed(sent, format!("{addr}: {message}"), reused)),

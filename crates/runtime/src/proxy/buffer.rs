@@ -1,14 +1,16 @@
 //! Read buffers kept between requests by each proxy thread. A request's
 //! buffer is given back once the request has been read whole, a
-//! response's once it has been sent, and the thread's next read takes one:
-//! a thread serving request after request allocates no buffer for each,
-//! and a connection waiting for its next request still holds none.
+//! response's once it has been sent, a TLS connection's once what it read
+//! is processed, and the thread's next read takes one: a thread serving
+//! request after request allocates no buffer for each, and a connection
+//! waiting for its next request still holds none.
 
 use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-use super::BUFFER;
+/// Initial size of a read buffer; it grows for larger heads.
+pub(super) const BUFFER: usize = 8 * 1024;
 
 /// Most buffers a thread keeps (256 to 512 KiB): each request waiting for its
 /// response holds one, and with dozens of connections on a thread they
