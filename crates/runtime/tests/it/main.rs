@@ -7,6 +7,7 @@ mod discover;
 mod disk;
 mod fast;
 mod fixtures;
+mod h2_desync;
 mod hyper_path;
 mod limits;
 mod once;
