@@ -1,11 +1,16 @@
 //! The TLS front (rustls's unbuffered API, buffers of its own) against
 //! clients that do what a browser would not: update their keys mid-way,
-//! speak plain HTTP to the TLS port, send a handshake larger than allowed,
-//! upload more than a record, or end mid-request without a close_notify.
-//! After each, a well-behaved client is still served.
+//! speak plain HTTP to the TLS port, send a handshake larger than allowed
+//! or one byte at a time, stall in it, upload more than a record, or end
+//! mid-request without a close_notify. After each, a well-behaved client
+//! is still served.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use dropless_runtime::signal::Shutdown;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::fixtures::WAIT;
@@ -127,6 +132,96 @@ async fn a_client_that_ends_mid_request_without_close_notify_reaches_no_replica(
     assert_eq!(lossy(&client.response(false).await.raw), lossy(&ok("one")));
     assert_eq!(executions(&backend, "/one"), 1);
     h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_sent_one_byte_at_a_time_completes_and_the_request_is_served() {
+    let backend = Backend::start(vec![("/one", Reply::Keep(ok("one")))]).await;
+    let (_dirs, h, tls) = start_tls(&backend).await;
+    let tcp = TcpStream::connect(h.addr).await.unwrap();
+    // Every TLS record reaches the proxy in pieces of one byte: each read
+    // of it ends inside a record header or body.
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(tls).connect(name, OneByte(tcp)),
+    )
+    .await
+    .expect("a handshake in time")
+    .expect("a handshake");
+    let mut client = Client {
+        stream: Box::new(stream),
+        buf: Vec::new(),
+    };
+    client.send(&get("/one")).await;
+    // (tokio-rustls keeps what a short write left until it is flushed.)
+    client.stream.flush().await.unwrap();
+    assert_eq!(lossy(&client.response(false).await.raw), lossy(&ok("one")));
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_stalls_is_closed_at_the_header_read_timeout() {
+    let backend = Backend::start(vec![("/one", Reply::Keep(ok("one")))]).await;
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (cert, key, tls) = client_tls(tls_dir.path());
+    let timeout = Duration::from_millis(300);
+    let (_dir, h) = start_with(
+        &backend,
+        |_| {},
+        |c| {
+            c.proxy.tls_cert = Some(cert);
+            c.proxy.tls_key = Some(key);
+            c.proxy.header_read_timeout = timeout;
+        },
+    )
+    .await;
+    // Half a TLS record header, then nothing.
+    let mut stalled = TcpStream::connect(h.addr).await.unwrap();
+    stalled.write_all(&[22, 3, 1]).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let answer = read_until_closed(&mut stalled).await;
+    assert!(answer.is_empty(), "{:?}", lossy(&answer));
+    assert!(start.elapsed() >= timeout - Duration::from_millis(50));
+    let mut client = Client::connect_tls(h.addr, tls).await;
+    client.send(&get("/one")).await;
+    assert_eq!(lossy(&client.response(false).await.raw), lossy(&ok("one")));
+    h.stop(Shutdown::Fast).await;
+}
+
+/// A socket whose writes take one byte at a time.
+struct OneByte(TcpStream);
+
+impl AsyncRead for OneByte {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for OneByte {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let one = &buf[..buf.len().min(1)];
+        let written = std::task::ready!(Pin::new(&mut self.0).poll_write(cx, one));
+        // Each byte its own segment, as far as the kernel goes.
+        let _ = self.0.set_nodelay(true);
+        Poll::Ready(written)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// Reads one response with a body of known length from `stream` (bytes
