@@ -5,9 +5,10 @@
 //! (8.6 KB against 4.4 KB of rustls state, counted by allocation).
 //!
 //! The TLS bytes read are processed at once: application data is
-//! decrypted into `plain` for the reader, handshake and alert records the
-//! connection must answer (a key update, tickets) are encoded into
-//! `outgoing`, which is sent before the next wait for the client.
+//! decrypted straight into the reader's buffer (into `plain` past its
+//! room), and what the connection must send (its handshake, tickets, a key
+//! update, alerts) is encoded into `outgoing`, which is sent before the
+//! next wait for the client.
 
 use std::io;
 use std::pin::Pin;
@@ -38,8 +39,8 @@ const RECORD: usize = 16 * 1024 + 256 + 5;
 /// Least room a read of the socket is given.
 const MIN_READ: usize = 4096;
 
-/// Most TLS bytes a writer may leave unsent before its writes wait for the
-/// socket.
+/// Unsent TLS bytes at which a write first waits for the socket; a write
+/// adds at most this many more.
 const MAX_OUTGOING: usize = 4 * RECORD;
 
 /// How far [`TlsStream::process`] got.
