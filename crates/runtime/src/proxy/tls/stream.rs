@@ -151,7 +151,7 @@ impl TlsStream {
 
     /// Whether a read would return at once: plaintext is waiting, or the
     /// connection has ended.
-    pub fn has_read_ready(&self) -> bool {
+    fn has_read_ready(&self) -> bool {
         !self.plain.is_empty() || self.peer_closed || self.eof
     }
 
