@@ -29,6 +29,11 @@ pub(super) fn take() -> BytesMut {
         .unwrap_or_else(|| BytesMut::with_capacity(BUFFER))
 }
 
+/// Whether a [`take`] now would get a kept buffer rather than allocate one.
+pub(super) fn any_kept() -> bool {
+    KEPT_BUFFERS.with_borrow(|kept| !kept.is_empty())
+}
+
 /// Keeps `buf` for a later [`take`] when nothing else refers to its memory
 /// (a response head frozen into `Bytes`, say) and it did not grow past
 /// twice [`BUFFER`]; drops it otherwise.
@@ -80,7 +85,9 @@ mod tests {
     #[test]
     fn a_thread_keeps_a_few_buffers_at_most() {
         let taken: Vec<_> = (0..KEPT + 3).map(|_| take()).collect();
+        assert!(!any_kept(), "all taken");
         taken.into_iter().for_each(give_back);
+        assert!(any_kept());
         assert_eq!(KEPT_BUFFERS.with_borrow(Vec::len), KEPT);
     }
 }

@@ -76,6 +76,16 @@ async fn exchange(
         let message = format!("writing the request to {addr}: the connection closed");
         return Err(failed(Sent::Request, message, reused));
     }
+    // With none of the thread's kept buffers left (hundreds of HTTP/2
+    // streams waiting at once), the read buffer is taken once the response
+    // has begun to come, not while the replica works: by then others have
+    // been given back, where taking one now would allocate it.
+    if !buffer::any_kept()
+        && let Err(e) = upstream.readable().await
+    {
+        let message = format!("{addr}: reading the response: {e}");
+        return Err(failed(Sent::Request, message, reused));
+    }
     let mut buf = buffer::take();
     match read_response_head(&mut upstream, &mut buf, want).await {
         Ok(head) => Ok((upstream, buf, head)),
@@ -242,21 +252,7 @@ fn response(
     let Out::Fields(fields) = head.out else {
         return Err("a response head read for HTTP/1.1".into());
     };
-    // The head, out of the buffer the body follows in: every value is a
-    // slice of it, no copy per field.
-    let bytes = buf.split_to(head.len).freeze();
-    let mut map = HeaderMap::with_capacity(fields.len() + 1);
-    for (name, value) in fields {
-        let name = HeaderName::from_bytes(&bytes[name]).map_err(|e| e.to_string())?;
-        let value =
-            HeaderValue::from_maybe_shared(bytes.slice(value)).map_err(|e| e.to_string())?;
-        map.append(name, value);
-    }
-    // hyper frames the body itself; a length is kept (a HEAD's or a 304's
-    // announces a body it does not carry).
-    if let Some(n) = head.length {
-        map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
+    let map = header_map(&mut buf, head.len, fields, head.length)?;
     let mut resp = Response::new(ReplicaBody::empty());
     *resp.status_mut() =
         http::StatusCode::from_u16(head.status).map_err(|e| format!("status: {e}"))?;
@@ -278,6 +274,35 @@ fn response(
     Ok(resp)
 }
 
+/// The header map of a response head read for hyper: the head's `len`
+/// bytes are taken off the front of `buf`, and `fields` are the positions of
+/// its fields in them. The head is copied out of the read buffer (a few
+/// hundred bytes, every value a slice of the copy): values sliced out of the
+/// buffer itself would keep its 8 KiB from going back to the thread's kept
+/// buffers (see [`ReplicaBody`]'s drop), so each response would allocate one.
+fn header_map(
+    buf: &mut BytesMut,
+    len: usize,
+    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    length: Option<u64>,
+) -> Result<HeaderMap, String> {
+    let bytes = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
+    let mut map = HeaderMap::with_capacity(fields.len() + 1);
+    for (name, value) in fields {
+        let name = HeaderName::from_bytes(&bytes[name]).map_err(|e| e.to_string())?;
+        let value =
+            HeaderValue::from_maybe_shared(bytes.slice(value)).map_err(|e| e.to_string())?;
+        map.append(name, value);
+    }
+    // hyper frames the body itself; a length is kept (a HEAD's or a 304's
+    // announces a body it does not carry).
+    if let Some(n) = length {
+        map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(map)
+}
+
 /// A response body read from a replica's socket (see [`BufferedRequest`]).
 /// The socket goes back to its pool when the body has ended cleanly with
 /// nothing after it, and is closed otherwise (the body failed or was
@@ -292,6 +317,17 @@ pub(in crate::proxy) struct ReplicaBody {
     /// Where the socket goes back (`None`: the replica closes it).
     pool: Option<SocketPool>,
     trailers_sent: bool,
+}
+
+/// Largest body chunk copied out of a [`ReplicaBody`]'s read buffer rather
+/// than sliced from it: a copy of a small body is cheaper than the 8 KiB
+/// buffer a slice keeps from being used again.
+const COPIED_DATA: usize = 1024;
+
+impl Drop for ReplicaBody {
+    fn drop(&mut self) {
+        buffer::give_back(std::mem::take(&mut self.buf));
+    }
 }
 
 impl ReplicaBody {
@@ -331,12 +367,21 @@ impl ReplicaBody {
     fn buffered_frame(&mut self) -> Result<Option<Frame<Bytes>>, String> {
         while !self.buf.is_empty() && !self.framing.done() {
             let (taken, data) = self.framing.take_data(&self.buf)?;
-            let chunk = self.buf.split_to(taken);
-            if !data.is_empty() {
+            // A small chunk is copied, so that the buffer stays whole and
+            // goes back to the kept ones when the body ends; a large one is
+            // given as a slice of it.
+            let chunk = if data.len() <= COPIED_DATA {
+                let chunk = Bytes::copy_from_slice(&self.buf[data]);
+                self.buf.advance(taken);
+                chunk
+            } else {
+                self.buf.split_to(taken).freeze().slice(data)
+            };
+            if !chunk.is_empty() {
                 // hyper may drop a body without polling it again once it
                 // says it has ended: the socket is given back now.
                 self.end_if_done();
-                return Ok(Some(Frame::data(chunk.freeze().slice(data))));
+                return Ok(Some(Frame::data(chunk)));
             }
         }
         if !self.framing.done() {
@@ -443,5 +488,60 @@ impl hyper::body::Body for ReplicaBody {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A small response as hyper gets it: its head, then its body.
+    async fn read(replica_sent: &[u8]) -> (HeaderMap, Bytes, *const u8) {
+        let mut buf = buffer::take();
+        buf.extend_from_slice(replica_sent);
+        let at = buf.as_ptr();
+        let head = parse_response(&buf, Want::Fields).unwrap().unwrap();
+        let Out::Fields(fields) = head.out else {
+            panic!("bytes, not fields")
+        };
+        let map = header_map(&mut buf, head.len, fields, head.length).unwrap();
+        let body = ReplicaBody {
+            buf,
+            framing: Body::decoding(head.framing),
+            upstream: None,
+            pool: None,
+            trailers_sent: head.framing != Framing::Chunked,
+        };
+        let data = body.collect().await.unwrap().to_bytes();
+        (map, data, at)
+    }
+
+    #[tokio::test]
+    async fn a_small_response_gives_its_read_buffer_back_for_the_next_one() {
+        let (map, data, at) =
+            read(b"HTTP/1.1 200 OK\r\nServer: r\r\nContent-Length: 2\r\n\r\nok").await;
+        assert_eq!(&data[..], b"ok");
+        assert_eq!(map["server"], "r");
+        assert_eq!(map["content-length"], "2");
+        // The head's values and the body are still held, and the buffer
+        // they came from is the one the next response takes.
+        assert_eq!(buffer::take().as_ptr(), at);
+        assert_eq!(map["server"], "r");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_given_as_a_slice_of_the_buffer_stays_whole() {
+        let body: Vec<u8> = (0..3 * COPIED_DATA).map(|i| (i % 251) as u8).collect();
+        let mut sent =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        sent.extend_from_slice(&body);
+        let (_, data, _) = read(&sent).await;
+        // The buffer was not reused under the slice: a response taking it
+        // now must not change the body.
+        let mut next = buffer::take();
+        next.extend_from_slice(&vec![0xAA; next.capacity()]);
+        assert_eq!(&data[..], &body[..]);
     }
 }
