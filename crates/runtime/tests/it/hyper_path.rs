@@ -572,6 +572,61 @@ async fn concurrent_h2_streams_each_get_their_own_body_and_share_the_pooled_sock
     h.stop(Shutdown::Fast).await;
 }
 
+/// More streams wait for their replica at once than a proxy thread keeps
+/// read buffers (32), and their small bodies are copied out of buffers that
+/// are then read into again by the next response: every stream must still
+/// get its own bytes, round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_h2_streams_than_kept_read_buffers_each_get_their_own_small_body() {
+    const STREAMS: usize = 96;
+    // Sizes around the 1 KiB below which a body is copied out of its read
+    // buffer, every fourth one chunked.
+    let bodies: Vec<Vec<u8>> = (0..STREAMS)
+        .map(|i| {
+            let mut b = pattern(16 + (i * 97) % 3000);
+            b[..8].copy_from_slice(format!("body{i:04}").as_bytes());
+            b
+        })
+        .collect();
+    let paths: Vec<String> = (0..STREAMS).map(|i| format!("/s{i}")).collect();
+    let script = paths
+        .iter()
+        .zip(&bodies)
+        .enumerate()
+        .map(|(i, (path, body))| {
+            let response = if i % 4 == 0 {
+                let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                r.extend_from_slice(&chunked(body));
+                r
+            } else {
+                with_length("200 OK", body)
+            };
+            (path.as_str(), Reply::Keep(response))
+        })
+        .collect();
+    let backend = Backend::start(script).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let client = h2(h.addr).await;
+    for round in 0..3 {
+        let all = paths.iter().map(|p| send(&client, get(p)));
+        let got = futures_util::future::join_all(all).await;
+        for (i, got) in got.iter().enumerate() {
+            assert_eq!(
+                (got.status, &got.error),
+                (200, &None),
+                "round {round} /s{i}"
+            );
+            assert!(
+                got.data == bodies[i],
+                "round {round}: /s{i} got {} bytes starting {:?}",
+                got.data.len(),
+                lossy(&got.data[..got.data.len().min(8)])
+            );
+        }
+    }
+    h.stop(Shutdown::Fast).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_never_answers_an_h2_request_gets_a_504_after_the_response_timeout() {
     let backend = Backend::start(vec![
