@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod discovery;
+pub mod h2raw;
 pub mod load;
 pub mod raw;
 pub mod serve;

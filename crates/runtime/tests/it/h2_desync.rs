@@ -12,55 +12,10 @@
 //! pooled replica socket, must get its own response.
 
 use dropless_runtime::signal::Shutdown;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::fixtures::WAIT;
+use crate::fixtures::h2raw::*;
 use crate::fixtures::raw::*;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
-
-/// A frame: 24-bit length, type, flags, stream id.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut f = vec![len[1], len[2], len[3], kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// A header field as an HPACK literal without indexing, its name new, no
-/// Huffman coding (RFC 7541 §6.2.2): the bytes go as they are.
-fn literal(name: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x00];
-    for s in [name, value] {
-        assert!(s.len() < 127, "a one-byte length");
-        out.push(u8::try_from(s.len()).unwrap());
-        out.extend_from_slice(s);
-    }
-    out
-}
-
-/// A request's header block: its pseudo-headers, then `fields`.
-fn block(method: &[u8], path: &[u8], authority: &[u8], fields: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend(literal(b":method", method));
-    out.extend(literal(b":scheme", b"http"));
-    out.extend(literal(b":path", path));
-    out.extend(literal(b":authority", authority));
-    for (name, value) in fields {
-        out.extend(literal(name, value));
-    }
-    out
-}
 
 /// How the proxy answered stream 1.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,42 +31,19 @@ enum Answer {
 /// Sends `frames` (stream 1) after the preface on a new h2c connection and
 /// reads until the proxy answers stream 1.
 async fn attempt(h: &crate::fixtures::Harness, frames: &[Vec<u8>]) -> Answer {
-    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[]));
-    for f in frames {
-        out.extend_from_slice(f);
-    }
+    let mut client = RawH2::connect(h.addr).await;
     // The proxy may reset the connection before it reads it all.
-    let _ = tcp.write_all(&out).await;
+    let _ = client.send(frames).await;
     tokio::time::timeout(WAIT, async {
-        let mut buf = Vec::new();
-        loop {
-            while buf.len() >= 9 {
-                let len =
-                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                buf.drain(..9 + len);
-                match (kind, stream) {
-                    (SETTINGS, 0) if flags & ACK == 0 => {
-                        let _ = tcp.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
-                    }
-                    (HEADERS, 1) => return Answer::Response,
-                    (RST_STREAM, 1) => return Answer::Reset,
-                    (GOAWAY, 0) => return Answer::Closed,
-                    _ => {}
-                }
-            }
-            buf.reserve(4096);
-            match tcp.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return Answer::Closed,
-                Ok(_) => {}
+        while let Some(f) = client.next().await {
+            match (f.kind, f.stream) {
+                (HEADERS, 1) => return Answer::Response,
+                (RST_STREAM, 1) => return Answer::Reset,
+                (GOAWAY, 0) => return Answer::Closed,
+                _ => {}
             }
         }
+        Answer::Closed
     })
     .await
     .expect("the proxy answers the stream or closes")

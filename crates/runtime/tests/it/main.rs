@@ -8,6 +8,7 @@ mod disk;
 mod fast;
 mod fixtures;
 mod h2_desync;
+mod h2_floods;
 mod hyper_path;
 mod limits;
 mod once;
