@@ -11,12 +11,12 @@ mod error;
 mod fast;
 mod forward;
 mod front;
+mod h2;
 mod headers;
 mod park;
 pub mod pool;
 pub mod route;
 mod session;
-mod streams;
 mod threads;
 pub mod tls;
 mod upload;
@@ -30,7 +30,7 @@ use std::task::Poll;
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -47,7 +47,7 @@ use crate::ops::metrics::Protocol;
 use crate::proxy::route::Router;
 use crate::proxy::tls::TlsAcceptor;
 use crate::signal::Shutdown;
-use front::{Activity, Batched, ClientSocket, FrontStream};
+use front::{Activity, ClientSocket, FrontStream};
 use park::{Parked, ParkedStream};
 use session::until_done;
 
@@ -82,7 +82,7 @@ pub struct Proxy {
 /// The connection builders, configured once: HTTP/1.1 sessions on plain
 /// TCP, and HTTP/1.1 or HTTP/2 for TLS and h2c connections.
 struct Builders {
-    auto: auto::Builder<streams::InConnection>,
+    auto: auto::Builder<TokioExecutor>,
     h1: http1::Builder,
 }
 
@@ -95,6 +95,18 @@ struct ClientInfo {
     proto: &'static str,
     /// Plain HTTP/1.1 connections: what their requests tell the stream.
     activity: Option<Arc<Activity>>,
+}
+
+impl ClientInfo {
+    /// A client at `peer`, speaking `proto` ("http" or "https").
+    fn new(peer: SocketAddr, proto: &'static str, activity: Option<Arc<Activity>>) -> Self {
+        Self {
+            peer,
+            ip: headers::client_ip(peer.ip()),
+            proto,
+            activity,
+        }
+    }
 }
 
 impl Proxy {
@@ -134,7 +146,7 @@ impl Proxy {
     /// its own single-threaded runtime (see [`threads`]).
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = Shutdown>) {
         let config = self.config.load_full();
-        let mut auto = auto::Builder::new(streams::InConnection);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
@@ -247,12 +259,7 @@ impl Proxy {
     ) -> Option<Parked> {
         let mut rest = Bytes::new();
         if stream.alpn_protocol() != Some(b"h2") {
-            let client = ClientInfo {
-                peer,
-                ip: headers::client_ip(peer.ip()),
-                proto: "https",
-                activity: None,
-            };
+            let client = ClientInfo::new(peer, "https", None);
             match fast::serve(self, &client, &mut stream, BytesMut::new(), stop).await {
                 fast::Exit::Closed => return None,
                 fast::Exit::Park(deadline) => {
@@ -279,14 +286,12 @@ impl Proxy {
         stop: &CancellationToken,
         peer: SocketAddr,
     ) {
-        let service = Proxy::service(Arc::clone(self), peer, "https", None);
         if rest.is_empty() {
-            // HTTP/2: the TLS stream, its writes batched.
-            let conn = builders
-                .auto
-                .serve_connection_with_upgrades(TokioIo::new(Batched::new(stream)), service);
-            return until_done(conn, stop, peer).await;
+            // HTTP/2.
+            let client = Arc::new(ClientInfo::new(peer, "https", None));
+            return h2::serve(Arc::clone(self), stream, client, stop).await;
         }
+        let service = Proxy::service(Arc::clone(self), peer, "https", None);
         // The bytes of the request the fast path left to hyper first.
         let stream = FrontStream::new(stream, rest, Arc::default());
         let conn = builders
@@ -355,12 +360,7 @@ impl Proxy {
         stop: &CancellationToken,
         peer: SocketAddr,
     ) -> Option<Parked> {
-        let client = ClientInfo {
-            peer,
-            ip: headers::client_ip(peer.ip()),
-            proto: "http",
-            activity: None,
-        };
+        let client = ClientInfo::new(peer, "http", None);
         let rest = match fast::serve(self, &client, &mut stream, ahead, stop).await {
             fast::Exit::Closed => return None,
             // It waited for a request: registered already.
@@ -397,10 +397,8 @@ impl Proxy {
         let mut stream = FrontStream::new(stream, ahead, Arc::clone(&activity));
         let mut linger = Box::pin(tokio::time::sleep(front::IDLE_LINGER));
         if h2 {
-            let conn = builders
-                .auto
-                .serve_connection_with_upgrades(TokioIo::new(Batched::new(stream)), service);
-            return until_done(conn, stop, peer).await;
+            let client = Arc::new(ClientInfo::new(peer, "http", None));
+            return h2::serve(Arc::clone(self), stream, client, stop).await;
         }
         loop {
             // Boxed, so that an idle connection's task holds a pointer, not a

@@ -440,87 +440,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrontStream<S> {
     }
 }
 
-/// An HTTP/2 connection's stream, whose writes wait for one turn of the
-/// thread's scheduler: the responses of the connection's other streams that
-/// become ready in the same turn go out in the same write. Without it, the
-/// connection writes each time one of its streams answers (a system call per
-/// response or two); HAProxy and nginx write once per turn of their event
-/// loops.
-#[derive(Debug)]
-pub struct Batched<S> {
-    inner: S,
-    /// This write already waited for its turn.
-    waited: bool,
-}
-
-impl<S> Batched<S> {
-    /// `inner`, its writes batched.
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            waited: false,
-        }
-    }
-
-    /// Pending once per write: the task is woken at once, and polled again
-    /// after the tasks already woken (a self-wake during a poll is deferred
-    /// until the scheduler has run the others).
-    fn wait_turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.waited {
-            return Poll::Ready(());
-        }
-        self.waited = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Batched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Batched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.wait_turn(cx));
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.waited = polled.is_pending();
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.wait_turn(cx));
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.waited = polled.is_pending();
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,29 +470,6 @@ mod tests {
         let mut answer = [0u8; 6];
         std::io::Read::read_exact(&mut client, &mut answer).unwrap();
         assert_eq!(&answer, b"answer");
-    }
-
-    #[tokio::test]
-    async fn a_batched_write_waits_one_turn_then_writes() {
-        use tokio::io::AsyncWriteExt;
-        let (a, mut b) = tokio::io::duplex(64);
-        let mut batched = Batched::new(a);
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let first = Pin::new(&mut batched).poll_write(&mut cx, b"one");
-        assert!(first.is_pending(), "the first poll waits for its turn");
-        let second = Pin::new(&mut batched).poll_write(&mut cx, b"one");
-        assert!(matches!(second, Poll::Ready(Ok(3))));
-        assert!(
-            Pin::new(&mut batched)
-                .poll_write(&mut cx, b"two")
-                .is_pending()
-        );
-        batched.write_all(b"two").await.unwrap();
-        drop(batched);
-        let mut got = Vec::new();
-        b.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"onetwo");
     }
 
     #[test]

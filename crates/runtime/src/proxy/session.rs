@@ -52,12 +52,7 @@ impl Proxy {
     > + Clone
     + Send
     + 'static {
-        let client = Arc::new(ClientInfo {
-            peer,
-            ip: headers::client_ip(peer.ip()),
-            proto,
-            activity,
-        });
+        let client = Arc::new(ClientInfo::new(peer, proto, activity));
         hyper::service::service_fn(move |req| {
             let (proxy, client) = (Arc::clone(&proxy), Arc::clone(&client));
             let active = client.activity.as_ref().map(Activity::begin);
@@ -65,7 +60,8 @@ impl Proxy {
                 // Boxed: hyper moves the future of each request a few times
                 // (into its stream task, into the task's cell); a pointer is
                 // cheaper to move than the whole forwarding state.
-                let resp = Box::pin(proxy.handle(req, &client)).await;
+                let resp =
+                    Box::pin(proxy.handle(req.map(upload::ClientBody::Hyper), &client)).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     inner: body,
                     _active: active,
@@ -78,9 +74,9 @@ impl Proxy {
     // argument twice in its future (as captured, then as a local), and
     // these futures are allocated and written for every request.
     #[allow(clippy::manual_async_fn)]
-    fn handle<'a>(
+    pub(super) fn handle<'a>(
         &'a self,
-        req: Request<Incoming>,
+        req: Request<upload::ClientBody>,
         client: &'a ClientInfo,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
         async move {
@@ -109,7 +105,7 @@ impl Proxy {
     #[allow(clippy::manual_async_fn)]
     fn forward<'a>(
         &'a self,
-        mut req: Request<Incoming>,
+        mut req: Request<upload::ClientBody>,
         client: &'a ClientInfo,
         trace: &'a mut Trace,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a {
@@ -407,7 +403,7 @@ impl forward::Attempt for HyperAttempt<'_> {
 /// Drives an HTTP/1.1-or-HTTP/2 connection to its end; on shutdown, asks it
 /// to finish gracefully (`Connection: close`, GOAWAY) and keeps driving it.
 pub(super) async fn until_done<I, S>(
-    conn: auto::UpgradeableConnection<'_, I, S, super::streams::InConnection>,
+    conn: auto::UpgradeableConnection<'_, I, S, hyper_util::rt::TokioExecutor>,
     stop: &CancellationToken,
     peer: SocketAddr,
 ) where
@@ -420,17 +416,13 @@ pub(super) async fn until_done<I, S>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tokio::pin!(conn);
-    // HTTP/2 streams are served in this task (see `streams`).
-    let result = super::streams::serve(async {
-        tokio::select! {
-            result = conn.as_mut() => result,
-            () = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
-    })
-    .await;
+    };
     if let Err(e) = result {
         tracing::debug!(%peer, "client connection: {e}");
     }

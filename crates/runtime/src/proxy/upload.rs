@@ -16,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
+use super::h2::RecvBody;
 use crate::proxy::pool::BoxError;
 use crate::supervisor::replica::Replica;
 
@@ -71,6 +72,49 @@ impl Held {
     }
 }
 
+/// A client's request body, as the front that read it gives it.
+#[derive(Debug)]
+pub(super) enum ClientBody {
+    /// Read by hyper (HTTP/1.1).
+    Hyper(Incoming),
+    /// Read from an HTTP/2 stream (see [`super::h2`]).
+    H2(RecvBody),
+    /// None: the request ended with its head.
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H2(b) => Pin::new(b).poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::H2(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::H2(b) => b.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// Why a client's body failed, once it did; shared with the request's
 /// handler, which answers with it instead of blaming the replica.
 pub(super) type ClientFailure = Arc<OnceLock<ProxyError>>;
@@ -79,7 +123,7 @@ pin_project_lite::pin_project! {
     /// The body of a client's request, read with a timeout between frames.
     pub(super) struct Upload {
         #[pin]
-        inner: Incoming,
+        inner: ClientBody,
         #[pin]
         sleep: Sleep,
         timeout: Duration,
@@ -96,7 +140,7 @@ impl Upload {
     /// recorded in `failure`, and the upload slot in `held` is given back
     /// when the body ends.
     pub(super) fn new(
-        inner: Incoming,
+        inner: ClientBody,
         timeout: Duration,
         failure: ClientFailure,
         held: Held,
