@@ -263,3 +263,156 @@ async fn control_frames_from_a_client_that_never_reads_are_not_read_without_end(
     }
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_for_the_client_s_errors_end_the_connection_after_a_bound() {
+    let (backend, _dir, h) = setup().await;
+    let mut client = RawH2::settled(h.addr).await;
+    // Each request lacks its `:path`: malformed, its stream is reset.
+    let malformed: Vec<u8> = [
+        literal(b":method", b"GET"),
+        literal(b":scheme", b"http"),
+        literal(b":authority", b"app.test"),
+    ]
+    .concat();
+    let streams: Vec<Vec<u8>> = (0..1_100)
+        .map(|i| frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, &malformed))
+        .collect();
+    let _ = client.send(&streams).await;
+    let seen = read_until(&mut client, |f| f.kind == GOAWAY).await;
+    let resets = seen.iter().filter(|f| f.kind == RST_STREAM).count();
+    assert_eq!(
+        seen.last()
+            .filter(|f| f.kind == GOAWAY)
+            .and_then(Frame::error_code),
+        Some(ENHANCE_YOUR_CALM),
+        "after {resets} resets"
+    );
+    assert!(resets <= 1_024, "{resets} resets before GOAWAY");
+    next_client_is_served(&h).await;
+    assert_eq!(
+        executions(&backend, "/one"),
+        1,
+        "only the next client's request"
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+/// A padded DATA frame takes its padding from the windows too (RFC 9113
+/// §6.1): an upload in small, heavily padded frames is twice the windows
+/// in padding alone, and arrives whole only if the proxy gives back the
+/// window its padding took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_in_padded_frames_gets_its_padding_s_window_back_and_arrives_whole() {
+    const PADDED: u8 = 0x8;
+    let backend = Backend::start(vec![("/upload", Reply::Keep(ok("stored")))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    // Not `settled`: the proxy's SETTINGS and first WINDOW_UPDATE count.
+    let mut client = RawH2::connect(h.addr).await;
+    let body = pattern(4 * 1024 * 1024);
+    let length = body.len().to_string();
+    let head = block(
+        b"POST",
+        b"/upload",
+        b"app.test",
+        &[(b"content-length", length.as_bytes())],
+    );
+    assert!(client.send(&[frame(HEADERS, END_HEADERS, 1, &head)]).await);
+    // The windows as the client counts them: the defaults, then what the
+    // proxy's SETTINGS and WINDOW_UPDATEs say.
+    let (mut conn, mut stream) = (65_535_i64, 65_535_i64);
+    let mut sent = 0;
+    while sent < body.len() {
+        let mut batch = Vec::new();
+        while sent < body.len() {
+            let n = 512.min(body.len() - sent);
+            let cost = (n + 256) as i64;
+            if cost > conn.min(stream) {
+                break;
+            }
+            let mut payload = vec![255u8];
+            payload.extend_from_slice(&body[sent..sent + n]);
+            payload.extend_from_slice(&[0; 255]);
+            sent += n;
+            let end = if sent == body.len() { END_STREAM } else { 0 };
+            batch.push(frame(DATA, PADDED | end, 1, &payload));
+            conn -= cost;
+            stream -= cost;
+        }
+        assert!(client.send(&batch).await, "the proxy closed the connection");
+        if sent == body.len() {
+            break;
+        }
+        // Blocked: wait for window.
+        let f = tokio::time::timeout(WAIT, client.next())
+            .await
+            .unwrap_or_else(|_| panic!("no window after {sent} bytes: the upload stalls"))
+            .expect("the connection is open");
+        match (f.kind, f.stream) {
+            (WINDOW_UPDATE, 0) => {
+                conn += i64::from(u32::from_be_bytes(f.payload[..4].try_into().unwrap()))
+            }
+            (WINDOW_UPDATE, 1) => {
+                stream += i64::from(u32::from_be_bytes(f.payload[..4].try_into().unwrap()))
+            }
+            (SETTINGS, 0) if f.flags & ACK == 0 => {
+                // SETTINGS_INITIAL_WINDOW_SIZE (0x4), if set.
+                for s in f.payload.chunks(6) {
+                    if s[..2] == [0, 4] {
+                        let w = i64::from(u32::from_be_bytes(s[2..6].try_into().unwrap()));
+                        stream += w - 65_535;
+                    }
+                }
+            }
+            (RST_STREAM | GOAWAY, _) => panic!("{f:?} after {sent} bytes"),
+            _ => {}
+        }
+    }
+    let seen = read_until(&mut client, |f| {
+        f.stream == 1 && (f.kind == HEADERS || f.kind == RST_STREAM)
+    })
+    .await;
+    assert!(
+        seen.iter().any(|f| f.kind == HEADERS && f.stream == 1),
+        "no response: {:?}",
+        seen.iter().map(|f| (f.kind, f.stream)).collect::<Vec<_>>()
+    );
+    let received = backend.requests(1).await;
+    assert!(
+        received[0].body == body,
+        "the body differs ({} bytes)",
+        received[0].body.len()
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_gets_no_content_even_in_the_proxy_s_own_error_response() {
+    let (_backend, _dir, h) = setup().await;
+    // No service answers for this host: the proxy's own 404, which has a
+    // body for a GET.
+    let mut lengths = Vec::new();
+    for (id, method) in [(1, &b"GET"[..]), (3, b"HEAD")] {
+        let mut client = RawH2::settled(h.addr).await;
+        let head = block(method, b"/one", b"nowhere.test", &[]);
+        assert!(
+            client
+                .send(&[frame(HEADERS, END_HEADERS | END_STREAM, id, &head)])
+                .await
+        );
+        let seen = read_until(&mut client, |f| {
+            f.stream == id && (f.flags & END_STREAM != 0 || f.kind == RST_STREAM)
+        })
+        .await;
+        let data: usize = seen
+            .iter()
+            .filter(|f| f.kind == DATA && f.stream == id)
+            .map(|f| f.payload.len())
+            .sum();
+        assert!(seen.iter().any(|f| f.kind == HEADERS && f.stream == id));
+        lengths.push(data);
+    }
+    assert!(lengths[0] > 0, "the GET's error response has a body");
+    assert_eq!(lengths[1], 0, "a HEAD's response carries no content");
+    h.stop(Shutdown::Fast).await;
+}

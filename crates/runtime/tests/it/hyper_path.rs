@@ -890,3 +890,30 @@ Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2
     assert_eq!(got.header("content-length"), Some("2"));
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_tiny_windows_gets_a_large_body_whole_as_it_gives_window_back() {
+    let data = pattern(300 * 1024);
+    let backend = Backend::start(vec![("/big", Reply::Keep(with_length("200 OK", &data)))]).await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // Windows of 1 000 bytes: the proxy may send that much, then waits
+    // for the client's WINDOW_UPDATEs, hundreds of times.
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1_000)
+        .initial_connection_window_size(1_000)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("an h2 handshake");
+    tokio::spawn(conn);
+    let got = tokio::time::timeout(WAIT, send(&sender, get("/big")))
+        .await
+        .expect("the body in time");
+    assert_eq!((got.status, &got.error), (200, &None));
+    assert!(
+        got.data == data,
+        "the body differs ({} bytes)",
+        got.data.len()
+    );
+    h.stop(Shutdown::Fast).await;
+}
