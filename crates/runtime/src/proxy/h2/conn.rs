@@ -627,8 +627,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     self.response_done(id);
                 }
                 Wrote::Waiting => self.sending.push_back(id),
+                // Its turn comes again after the others': one stream with
+                // much to send does not hold the rest back.
                 Wrote::Blocked => {
-                    self.sending.push_front(id);
+                    self.sending.push_back(id);
                     break;
                 }
             }
