@@ -1,8 +1,8 @@
-//! The hyper path: HTTP/1.1 sessions the fast path handed over, h2c and
-//! HTTPS connections. hyper parses and frames; this module turns each
-//! request into an attempt for the forwarding core (host checks, hop-by-hop
-//! headers, `X-Forwarded-*`, a body buffered or streamed through
-//! [`upload`](super::upload)) and relays the response, counted on its
+//! The requests the fast path does not serve itself: those of HTTP/1.1
+//! sessions it handed over to hyper, and of HTTP/2 streams ([`super::h2`]).
+//! Each request becomes an attempt for the forwarding core (host checks,
+//! hop-by-hop headers, `X-Forwarded-*`, a body buffered or streamed through
+//! [`upload`](super::upload)), and its response is relayed, counted on its
 //! replica until its last byte (or as a WebSocket tunnel).
 
 use std::convert::Infallible;

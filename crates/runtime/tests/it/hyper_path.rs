@@ -1,9 +1,10 @@
-//! The hyper path's exchange on the fast path's sockets, attacked from an
-//! HTTP/2 client: a request whose body is buffered goes to the replica as
-//! HTTP/1.1 bytes on a pooled plain socket and its response body is read
-//! from that socket. An h2c client (prior knowledge) talks to the proxy in
-//! front of the scripted raw backend, which tells which of its connections
-//! each request came on: a socket the proxy reused carries the next request.
+//! HTTP/2 clients against the proxy (`proxy::h2`, its requests forwarded
+//! by `proxy::session`): a request whose body is buffered goes to the
+//! replica as HTTP/1.1 bytes on a pooled plain socket and its response body
+//! is read from that socket. An h2c client (prior knowledge) talks to the
+//! proxy in front of the scripted raw backend, which tells which of its
+//! connections each request came on: a socket the proxy reused carries the
+//! next request.
 
 use std::net::SocketAddr;
 
