@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -115,7 +116,7 @@ pub(super) struct Connection<T> {
     codec: Codec<Sniffed<T>, Bytes>,
     proxy: Arc<Proxy>,
     client: Arc<ClientInfo>,
-    streams: HashMap<u32, Stream>,
+    streams: HashMap<u32, Stream, BuildHasherDefault<IdHasher>>,
     handlers: FuturesUnordered<Abortable<Handler>>,
     /// Streams with a response to write, in turn.
     sending: VecDeque<u32>,
@@ -165,7 +166,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             codec,
             proxy,
             client,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             handlers: FuturesUnordered::new(),
             sending: VecDeque::new(),
             control,
@@ -756,6 +757,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 Out::Done => return Wrote::Done,
             }
         }
+    }
+}
+
+/// Hashes a stream id with one multiplication: a connection's streams are
+/// looked up a few times per request, and SipHash cost ~1 000 instructions
+/// of each. The client picks the ids, but at most [`MAX_STREAMS`] are in
+/// the table, which bounds what colliding ids could cost.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        // Fibonacci hashing, its high half brought down to the bits the
+        // table indexes by.
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32);
     }
 }
 
