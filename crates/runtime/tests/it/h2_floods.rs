@@ -17,8 +17,8 @@ use crate::fixtures::WAIT;
 use crate::fixtures::h2raw::*;
 use crate::fixtures::raw::*;
 
-/// The most streams a client may have open at once (hyper's default,
-/// which the proxy keeps: `hyper_path::an_h2_client_may_open_200_streams_at_once`).
+/// The most streams a client may have open at once (hyper's default, which
+/// the proxy kept: `hyper_path::an_h2_client_may_open_200_streams_at_once`).
 const MAX_STREAMS: usize = 200;
 
 /// A GET of `path` on stream `id`, its request whole.

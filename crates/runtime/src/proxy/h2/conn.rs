@@ -781,7 +781,9 @@ impl Hasher for IdHasher {
     fn write_u32(&mut self, id: u32) {
         // Fibonacci hashing, its high half brought down to the bits the
         // table indexes by.
-        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32);
+        self.0 = u64::from(id)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(32);
     }
 }
 
