@@ -79,8 +79,10 @@ pub struct Proxy {
     ops: Arc<Ops>,
 }
 
-/// The connection builders, configured once: HTTP/1.1 sessions on plain
-/// TCP, and HTTP/1.1 or HTTP/2 for TLS and h2c connections.
+/// The connection builders, configured once, for the HTTP/1.1 sessions the
+/// fast path hands over: `h1` on plain TCP, `auto` on TLS (which would
+/// also serve a client that sends HTTP/2's preface without having chosen
+/// `h2` by ALPN; HTTP/2 is otherwise `h2`'s, not hyper's).
 struct Builders {
     auto: auto::Builder<TokioExecutor>,
     h1: http1::Builder,

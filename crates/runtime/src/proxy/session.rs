@@ -400,8 +400,9 @@ impl forward::Attempt for HyperAttempt<'_> {
     }
 }
 
-/// Drives an HTTP/1.1-or-HTTP/2 connection to its end; on shutdown, asks it
-/// to finish gracefully (`Connection: close`, GOAWAY) and keeps driving it.
+/// Drives a hyper connection (HTTP/1.1 handed over on TLS) to its end; on
+/// shutdown, asks it to finish gracefully (`Connection: close`) and keeps
+/// driving it.
 pub(super) async fn until_done<I, S>(
     conn: auto::UpgradeableConnection<'_, I, S, hyper_util::rt::TokioExecutor>,
     stop: &CancellationToken,
