@@ -416,3 +416,64 @@ async fn a_head_request_gets_no_content_even_in_the_proxy_s_own_error_response()
     assert_eq!(lengths[1], 0, "a HEAD's response carries no content");
     h.stop(Shutdown::Fast).await;
 }
+
+/// A stopping proxy's GOAWAY races the streams the client is opening: one
+/// sent before the client saw the GOAWAY reaches the proxy after it. The
+/// first GOAWAY names the largest stream id and comes with a PING, so that
+/// such a stream is still served; the last GOAWAY, after the PING's
+/// answer, names the streams served (RFC 9113 §6.8). A single GOAWAY with
+/// the last stream the proxy had seen refused it (`dropless load` counted a
+/// reset during `dropless upgrade`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_as_the_proxy_stops_is_served_and_the_last_goaway_names_it() {
+    let (_backend, _dir, h) = setup().await;
+    let addr = h.addr;
+    let mut client = RawH2::settled(addr).await;
+    assert!(client.send(&[get_on(1, "/one")]).await);
+    read_until(&mut client, |f| f.stream == 1 && f.flags & END_STREAM != 0).await;
+    let stopping = tokio::spawn(h.stop(Shutdown::Graceful));
+    let seen = read_until(&mut client, |f| f.kind == GOAWAY).await;
+    let first = seen.last().filter(|f| f.kind == GOAWAY).expect("a GOAWAY");
+    let last_id = |f: &Frame| u32::from_be_bytes(f.payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+    assert_eq!(
+        last_id(first),
+        0x7fff_ffff,
+        "the first GOAWAY refuses nothing yet"
+    );
+    // Sent before this client saw the GOAWAY, as far as the proxy can tell.
+    assert!(client.send(&[get_on(3, "/one")]).await);
+    let mut ping = None;
+    let seen = read_until(&mut client, |f| {
+        if f.kind == PING && f.flags & ACK == 0 {
+            ping = Some(f.payload.clone());
+        }
+        f.stream == 3 && (f.flags & END_STREAM != 0 || f.kind == RST_STREAM)
+    })
+    .await;
+    assert!(
+        seen.iter().any(|f| f.kind == HEADERS && f.stream == 3),
+        "stream 3 is served: {:?}",
+        seen.iter().map(|f| (f.kind, f.stream)).collect::<Vec<_>>()
+    );
+    let ping = match ping {
+        Some(p) => p,
+        None => {
+            read_until(&mut client, |f| f.kind == PING)
+                .await
+                .pop()
+                .filter(|f| f.kind == PING)
+                .expect("a PING with the first GOAWAY")
+                .payload
+        }
+    };
+    assert!(client.send(&[frame(PING, ACK, 0, &ping)]).await);
+    let seen = read_until(&mut client, |f| f.kind == GOAWAY).await;
+    let last = seen
+        .last()
+        .filter(|f| f.kind == GOAWAY)
+        .expect("the last GOAWAY");
+    assert_eq!((last_id(last), last.error_code()), (3, Some(0)));
+    let end = tokio::time::timeout(WAIT, async { while client.next().await.is_some() {} }).await;
+    assert!(end.is_ok(), "the connection ends once its streams have");
+    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+}

@@ -131,7 +131,11 @@ pub(super) struct Connection<T> {
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
     peer_window: i64,
     max_frame: usize,
-    /// GOAWAY was sent (the proxy stops) or received: no new streams.
+    /// The proxy stops: the first GOAWAY (the largest stream id) and a PING
+    /// were sent; streams the client opens until the PING's answer are
+    /// still served (RFC 9113 §6.8).
+    draining: bool,
+    /// The last GOAWAY was sent, or one received: no new streams.
     going_away: bool,
     /// A connection error was sent: the connection ends once it is written.
     closing: bool,
@@ -177,6 +181,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             conn_unreleased: 0,
             peer_window: DEFAULT_WINDOW,
             max_frame: frame::DEFAULT_MAX_FRAME_SIZE as usize,
+            draining: false,
             going_away: false,
             closing: false,
             resets_before_response: 0,
@@ -191,8 +196,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         std::future::poll_fn(|cx| {
-            if !self.going_away && stopped.as_mut().poll(cx).is_ready() {
-                self.go_away(Reason::NO_ERROR);
+            if !self.draining && !self.going_away && stopped.as_mut().poll(cx).is_ready() {
+                self.drain();
             }
             self.poll(cx)
         })
@@ -339,6 +344,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 if !p.is_ack() {
                     let pong = frame::Ping::pong(p.into_payload());
                     self.control.push_back(Frame::Ping(pong));
+                } else if self.draining && *p.payload() == frame::Ping::SHUTDOWN {
+                    // The client has seen the first GOAWAY: what it opened
+                    // before is known, and is served; nothing after.
+                    self.draining = false;
+                    self.go_away(Reason::NO_ERROR);
                 }
                 Ok(())
             }
@@ -578,6 +588,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             return Err(Reason::ENHANCE_YOUR_CALM);
         }
         Ok(())
+    }
+
+    /// Starts a graceful stop (RFC 9113 §6.8): GOAWAY with the largest
+    /// stream id, so that the client opens no more streams, and a PING; its
+    /// answer, which comes after every stream the client opened before it
+    /// saw the GOAWAY, brings the last GOAWAY. A single GOAWAY with the last
+    /// stream seen would refuse the streams already on their way.
+    fn drain(&mut self) {
+        self.draining = true;
+        let away = frame::GoAway::new(StreamId::MAX, Reason::NO_ERROR);
+        self.control.push_back(Frame::GoAway(away));
+        let ping = frame::Ping::new(frame::Ping::SHUTDOWN);
+        self.control.push_back(Frame::Ping(ping));
     }
 
     /// Sends GOAWAY: no new streams; the connection ends once the open ones
