@@ -513,24 +513,29 @@ async fn a_response_that_says_it_closes_does_not_give_its_socket_back_even_if_le
     h.stop(Shutdown::Fast).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_h2_streams_each_get_their_own_body_and_share_the_pooled_sockets() {
-    const STREAMS: usize = 24;
-    // Bodies of different sizes, every third one chunked.
-    let bodies: Vec<Vec<u8>> = (0..STREAMS)
+/// Sends `streams` requests at once on one h2 connection, 3 rounds, each
+/// to a path of its own whose body (`size(i)` bytes, marked with its
+/// number, every `chunked_every`-th one chunked) must come back whole and
+/// its own. Returns the backend and the proxy for more checks.
+async fn each_stream_gets_its_own_body(
+    streams: usize,
+    size: impl Fn(usize) -> usize,
+    chunked_every: usize,
+) -> (Backend, tempfile::TempDir, crate::fixtures::Harness) {
+    let bodies: Vec<Vec<u8>> = (0..streams)
         .map(|i| {
-            let mut b = pattern(1000 + i * 7919);
+            let mut b = pattern(size(i));
             b[..8].copy_from_slice(format!("body{i:04}").as_bytes());
             b
         })
         .collect();
-    let paths: Vec<String> = (0..STREAMS).map(|i| format!("/p{i}")).collect();
+    let paths: Vec<String> = (0..streams).map(|i| format!("/p{i}")).collect();
     let script = paths
         .iter()
         .zip(&bodies)
         .enumerate()
         .map(|(i, (path, body))| {
-            let response = if i % 3 == 0 {
+            let response = if i % chunked_every == 0 {
                 let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
                 r.extend_from_slice(&chunked(body));
                 r
@@ -541,7 +546,7 @@ async fn concurrent_h2_streams_each_get_their_own_body_and_share_the_pooled_sock
         })
         .collect();
     let backend = Backend::start(script).await;
-    let (_dir, h) = start(&backend, |_| {}).await;
+    let (dir, h) = start(&backend, |_| {}).await;
     let client = h2(h.addr).await;
     for round in 0..3 {
         let all = paths.iter().map(|p| send(&client, get(p)));
@@ -560,6 +565,14 @@ async fn concurrent_h2_streams_each_get_their_own_body_and_share_the_pooled_sock
             );
         }
     }
+    (backend, dir, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_h2_streams_each_get_their_own_body_and_share_the_pooled_sockets() {
+    const STREAMS: usize = 24;
+    // Bodies of different sizes, every third one chunked.
+    let (backend, _dir, h) = each_stream_gets_its_own_body(STREAMS, |i| 1000 + i * 7919, 3).await;
     let received = backend.requests(3 * STREAMS).await;
     let mut conns: Vec<_> = received.iter().map(|r| r.conn).collect();
     conns.sort_unstable();
@@ -579,52 +592,9 @@ async fn concurrent_h2_streams_each_get_their_own_body_and_share_the_pooled_sock
 /// get its own bytes, round after round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_h2_streams_than_kept_read_buffers_each_get_their_own_small_body() {
-    const STREAMS: usize = 96;
     // Sizes around the 1 KiB below which a body is copied out of its read
     // buffer, every fourth one chunked.
-    let bodies: Vec<Vec<u8>> = (0..STREAMS)
-        .map(|i| {
-            let mut b = pattern(16 + (i * 97) % 3000);
-            b[..8].copy_from_slice(format!("body{i:04}").as_bytes());
-            b
-        })
-        .collect();
-    let paths: Vec<String> = (0..STREAMS).map(|i| format!("/s{i}")).collect();
-    let script = paths
-        .iter()
-        .zip(&bodies)
-        .enumerate()
-        .map(|(i, (path, body))| {
-            let response = if i % 4 == 0 {
-                let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-                r.extend_from_slice(&chunked(body));
-                r
-            } else {
-                with_length("200 OK", body)
-            };
-            (path.as_str(), Reply::Keep(response))
-        })
-        .collect();
-    let backend = Backend::start(script).await;
-    let (_dir, h) = start(&backend, |_| {}).await;
-    let client = h2(h.addr).await;
-    for round in 0..3 {
-        let all = paths.iter().map(|p| send(&client, get(p)));
-        let got = futures_util::future::join_all(all).await;
-        for (i, got) in got.iter().enumerate() {
-            assert_eq!(
-                (got.status, &got.error),
-                (200, &None),
-                "round {round} /s{i}"
-            );
-            assert!(
-                got.data == bodies[i],
-                "round {round}: /s{i} got {} bytes starting {:?}",
-                got.data.len(),
-                lossy(&got.data[..got.data.len().min(8)])
-            );
-        }
-    }
+    let (_backend, _dir, h) = each_stream_gets_its_own_body(96, |i| 16 + (i * 97) % 3000, 4).await;
     h.stop(Shutdown::Fast).await;
 }
 
