@@ -1,10 +1,12 @@
 //! HTTP/2 connections, h2c and over TLS: dropless's own stream layer over
-//! the `h2` crate's frame codec. The codec parses frames and header blocks
-//! (HPACK), with the checks a hostile client meets at that level (frame
-//! sizes, padding, header list size, CONTINUATION floods); this module
-//! keeps the streams: their states, flow control both ways, the limits on
-//! streams a client opens, resets and provokes, and each request's handler
-//! run in the connection's own task (see [`conn`]).
+//! the `h2` crate's frame codec. The codec parses the frames and header
+//! blocks (HPACK) the client sends, with the checks a hostile client meets
+//! at that level (frame sizes, padding, header list size, CONTINUATION
+//! floods); this module keeps the streams: their states, flow control both
+//! ways, the limits on streams a client opens, resets and provokes, and
+//! each request's handler run in the connection's own task (see [`conn`]).
+//! The frames it sends it writes itself ([`write`]), response heads
+//! encoded without a dynamic table ([`hpack`]).
 //!
 //! The `h2` crate's own server does the same with a stream store, send
 //! queues and a task-shared state per stream, which cost about 18 000
@@ -14,7 +16,9 @@
 
 mod body;
 mod conn;
+mod hpack;
 mod sniff;
+mod write;
 
 use std::sync::Arc;
 

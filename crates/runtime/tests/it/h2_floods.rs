@@ -21,16 +21,6 @@ use crate::fixtures::raw::*;
 /// the proxy kept: `hyper_path::an_h2_client_may_open_200_streams_at_once`).
 const MAX_STREAMS: usize = 200;
 
-/// A GET of `path` on stream `id`, its request whole.
-fn get_on(id: u32, path: &str) -> Vec<u8> {
-    frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        id,
-        &block(b"GET", path.as_bytes(), b"app.test", &[]),
-    )
-}
-
 /// Reads what the proxy sends until the connection ends or `done` says so
 /// (within [`WAIT`]); returns the frames read.
 async fn read_until(client: &mut RawH2, mut done: impl FnMut(&Frame) -> bool) -> Vec<Frame> {

@@ -9,6 +9,7 @@ mod fast;
 mod fixtures;
 mod h2_desync;
 mod h2_floods;
+mod h2_wire;
 mod hyper_path;
 mod limits;
 mod once;

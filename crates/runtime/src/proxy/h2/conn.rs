@@ -3,11 +3,13 @@
 //!
 //! The connection's task reads frames, starts each request's handler
 //! ([`Proxy::handle`]) in a set it polls itself, and writes the responses
-//! as their handlers finish, in turns: read what came (while the frames it
-//! must answer can be written), run the handlers, write what is ready,
-//! flush. A frame that needs an answer (PING, SETTINGS, a refused or reset
-//! stream) is answered before the next frame is read, so a client that
-//! never reads what it asked for stops being read.
+//! as their handlers finish, in turns: read what came (while what it
+//! writes has room), run the handlers, write what is ready, flush. Frames
+//! go out through a [`Writer`] of its own, not the codec's. A frame that
+//! needs an answer (PING, SETTINGS, a refused or reset stream) is answered
+//! at once, and no frame is read while the answers and responses not yet
+//! written fill the writer, so a client that never reads what it asked
+//! for stops being read.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{Feed, RecvBody, Released};
 use super::sniff::Sniffed;
+use super::write::Writer;
 use crate::proxy::upload::ClientBody;
 use crate::proxy::{ClientInfo, Proxy, ProxyBody};
 
@@ -105,7 +108,7 @@ enum Wrote {
     Done,
     /// The body has nothing more yet, or the windows are closed.
     Waiting,
-    /// The codec's buffer is full.
+    /// The writer has no room.
     Blocked,
 }
 
@@ -120,8 +123,8 @@ pub(super) struct Connection<T> {
     handlers: FuturesUnordered<Abortable<Handler>>,
     /// Streams with a response to write, in turn.
     sending: VecDeque<u32>,
-    /// Frames to write before the next frame is read.
-    control: VecDeque<Frame<Bytes>>,
+    /// The frames to write.
+    out: Writer,
     released: Arc<Released>,
     /// The highest stream the client opened.
     last_id: u32,
@@ -130,7 +133,6 @@ pub(super) struct Connection<T> {
     conn_unreleased: u32,
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
     peer_window: i64,
-    max_frame: usize,
     /// The proxy stops: the first GOAWAY (the largest stream id) and a PING
     /// were sent; streams the client opens until the PING's answer are
     /// still served (RFC 9113 §6.8).
@@ -153,6 +155,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         client: Arc<ClientInfo>,
         max_header_bytes: usize,
     ) -> Self {
+        let mut out = Writer::new(io.is_write_vectored());
         let mut codec = Codec::new(Sniffed::new(io));
         codec.set_max_recv_header_list_size(max_header_bytes);
         let mut settings = frame::Settings::default();
@@ -160,12 +163,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         settings.set_initial_window_size(Some(STREAM_WINDOW));
         settings
             .set_max_header_list_size(Some(u32::try_from(max_header_bytes).unwrap_or(u32::MAX)));
-        let mut control = VecDeque::new();
-        control.push_back(Frame::Settings(settings));
-        control.push_back(Frame::WindowUpdate(frame::WindowUpdate::new(
-            StreamId::zero(),
-            CONN_WINDOW - DEFAULT_WINDOW as u32,
-        )));
+        out.settings(&settings);
+        out.window_update(0, CONN_WINDOW - DEFAULT_WINDOW as u32);
         Self {
             codec,
             proxy,
@@ -173,14 +172,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             streams: HashMap::default(),
             handlers: FuturesUnordered::new(),
             sending: VecDeque::new(),
-            control,
+            out,
             released: Arc::default(),
             last_id: 0,
             conn_send: DEFAULT_WINDOW,
             conn_recv: i64::from(CONN_WINDOW),
             conn_unreleased: 0,
             peer_window: DEFAULT_WINDOW,
-            max_frame: frame::DEFAULT_MAX_FRAME_SIZE as usize,
             draining: false,
             going_away: false,
             closing: false,
@@ -207,17 +205,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..TURNS {
             let mut progress = self.give_back(cx);
-            match self.write_control(cx) {
-                Poll::Ready(Err(())) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) if !self.closing => match self.read(cx) {
+            if !self.closing {
+                match self.read(cx) {
                     Ok(Some(read)) => progress |= read,
                     Ok(None) => return Poll::Ready(()),
                     Err(reason) => {
                         self.fail(reason);
                         progress = true;
                     }
-                },
-                _ => {}
+                }
             }
             while let Poll::Ready(Some(done)) = Pin::new(&mut self.handlers).poll_next(cx) {
                 progress = true;
@@ -231,14 +227,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
             }
             progress |= self.write_responses(cx);
-            if let Poll::Ready(Err(_)) = self.codec.flush(cx) {
+            let full = !self.out.has_room();
+            if let Poll::Ready(Err(_)) = self.out.poll_flush(cx, self.codec.get_mut()) {
                 return Poll::Ready(());
             }
-            if (self.going_away || self.closing)
-                && self.streams.is_empty()
-                && self.control.is_empty()
-            {
-                return match self.codec.shutdown(cx) {
+            // Room again: the client's frames may be read.
+            progress |= full && self.out.has_room();
+            if (self.going_away || self.closing) && self.streams.is_empty() && self.out.is_empty() {
+                return match Pin::new(self.codec.get_mut()).poll_shutdown(cx) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(_) => Poll::Ready(()),
                 };
@@ -252,7 +248,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         Poll::Pending
     }
 
-    /// Queues the window the handlers read: WINDOW_UPDATEs for what is
+    /// Gives back the window the handlers read: WINDOW_UPDATEs for what is
     /// above [`RELEASE_AT`].
     fn give_back(&mut self, cx: &Context<'_>) -> bool {
         let taken = self.released.take(cx);
@@ -267,8 +263,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 s.unreleased = s.unreleased.saturating_add(n);
                 if s.unreleased >= RELEASE_AT {
                     s.recv_window += i64::from(s.unreleased);
-                    let update = frame::WindowUpdate::new(id.into(), s.unreleased);
-                    self.control.push_back(Frame::WindowUpdate(update));
+                    self.out.window_update(id, s.unreleased);
                     s.unreleased = 0;
                 }
             }
@@ -278,42 +273,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     /// `n` more bytes of the connection's window were read (or dropped);
-    /// queues its WINDOW_UPDATE once enough are.
+    /// gives them back with a WINDOW_UPDATE once enough are.
     fn release_conn(&mut self, n: usize) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         self.conn_unreleased = self.conn_unreleased.saturating_add(n);
         if self.conn_unreleased >= RELEASE_AT {
             self.conn_recv += i64::from(self.conn_unreleased);
-            let update = frame::WindowUpdate::new(StreamId::zero(), self.conn_unreleased);
-            self.control.push_back(Frame::WindowUpdate(update));
+            self.out.window_update(0, self.conn_unreleased);
             self.conn_unreleased = 0;
         }
     }
 
-    /// Writes the queued frames into the codec; ready once all are.
-    fn write_control(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        while !self.control.is_empty() {
-            match self.codec.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                Poll::Pending => return Poll::Pending,
-            }
-            if let Some(f) = self.control.pop_front()
-                && self.codec.buffer(f).is_err()
-            {
-                return Poll::Ready(Err(()));
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Reads frames while none waits to be answered: `Some(true)` when any
-    /// came, `None` when the client closed the connection.
+    /// Reads frames while the writer has room: `Some(true)` when any came,
+    /// `None` when the client closed the connection (or it failed).
     fn read(&mut self, cx: &mut Context<'_>) -> Result<Option<bool>, ConnError> {
         let mut read = false;
         for _ in 0..FRAMES_PER_TURN {
-            if !self.control.is_empty() || self.closing {
+            if self.closing {
                 break;
+            }
+            match self.out.poll_room(cx, self.codec.get_mut()) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Ok(None),
+                Poll::Pending => break,
             }
             match Pin::new(&mut self.codec).poll_next(cx) {
                 Poll::Ready(Some(Ok(f))) => {
@@ -342,8 +324,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             Frame::Settings(s) => self.recv_settings(&s),
             Frame::Ping(p) => {
                 if !p.is_ack() {
-                    let pong = frame::Ping::pong(p.into_payload());
-                    self.control.push_back(Frame::Ping(pong));
+                    self.out.ping(&frame::Ping::pong(p.into_payload()));
                 } else if self.draining && *p.payload() == frame::Ping::SHUTDOWN {
                     // The client has seen the first GOAWAY: what it opened
                     // before is known, and is served; nothing after.
@@ -397,22 +378,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             return Ok(());
         }
         if self.streams.len() >= MAX_STREAMS {
-            let refused = frame::Reset::new(id.into(), Reason::REFUSED_STREAM);
-            self.control.push_back(Frame::Reset(refused));
+            self.out.reset(id, Reason::REFUSED_STREAM);
             return Ok(());
         }
         let end = h.is_end_stream();
         if h.is_over_size() {
-            let mut head = frame::Headers::new(
-                id.into(),
-                Pseudo::response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-                HeaderMap::new(),
-            );
-            head.set_end_stream();
-            self.control.push_back(Frame::Headers(head));
+            let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            self.out.headers(id, Some(status), &HeaderMap::new(), true);
             if !end {
-                let stop = frame::Reset::new(id.into(), Reason::NO_ERROR);
-                self.control.push_back(Frame::Reset(stop));
+                self.out.reset(id, Reason::NO_ERROR);
             }
             return Ok(());
         }
@@ -545,14 +519,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
         }
         if let Some(n) = s.max_frame_size() {
-            self.max_frame = n as usize;
-            self.codec.set_max_send_frame_size(n as usize);
+            self.out.set_max_frame(n as usize);
         }
-        if let Some(n) = s.header_table_size() {
-            self.codec.set_send_header_table_size(n as usize);
-        }
-        self.control
-            .push_back(Frame::Settings(frame::Settings::ack()));
+        // A SETTINGS_HEADER_TABLE_SIZE changes nothing: the proxy's header
+        // blocks use no dynamic table (see `hpack`).
+        self.out.settings(&frame::Settings::ack());
         Ok(())
     }
 
@@ -581,12 +552,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if let Some(s) = self.streams.remove(&id) {
             drop_stream(s, "the stream was reset");
         }
-        self.control
-            .push_back(Frame::Reset(frame::Reset::new(id.into(), reason)));
         self.local_resets += 1;
         if self.local_resets > LOCAL_RESETS_ALLOWED {
+            // GOAWAY instead of this stream's reset.
             return Err(Reason::ENHANCE_YOUR_CALM);
         }
+        self.out.reset(id, reason);
         Ok(())
     }
 
@@ -597,24 +568,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// stream seen would refuse the streams already on their way.
     fn drain(&mut self) {
         self.draining = true;
-        let away = frame::GoAway::new(StreamId::MAX, Reason::NO_ERROR);
-        self.control.push_back(Frame::GoAway(away));
-        let ping = frame::Ping::new(frame::Ping::SHUTDOWN);
-        self.control.push_back(Frame::Ping(ping));
+        self.out.go_away(StreamId::MAX, Reason::NO_ERROR);
+        self.out.ping(&frame::Ping::new(frame::Ping::SHUTDOWN));
     }
 
     /// Sends GOAWAY: no new streams; the connection ends once the open ones
     /// have.
     fn go_away(&mut self, reason: Reason) {
         self.going_away = true;
-        let away = frame::GoAway::new(self.last_id.into(), reason);
-        self.control.push_back(Frame::GoAway(away));
+        self.out.go_away(self.last_id.into(), reason);
     }
 
     /// A connection error: GOAWAY with `reason`, every stream dropped, and
     /// the connection ends once that is written.
     fn fail(&mut self, reason: Reason) {
-        self.control.clear();
         self.go_away(reason);
         self.closing = true;
         for (_, s) in self.streams.drain() {
@@ -670,8 +637,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         s.send = Out::Done;
         if !s.client_done && s.feed.as_ref().is_none_or(Feed::is_dropped) {
             // Nobody reads the rest of the request: the client may stop.
-            let stop = frame::Reset::new(id.into(), Reason::NO_ERROR);
-            self.control.push_back(Frame::Reset(stop));
+            self.out.reset(id, Reason::NO_ERROR);
             if let Some(s) = self.streams.remove(&id) {
                 drop_stream(s, "the response ended first");
             }
@@ -684,7 +650,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Writes what stream `id` has ready of its response.
     fn write_stream(&mut self, cx: &mut Context<'_>, id: u32) -> Wrote {
         loop {
-            match self.codec.poll_ready(cx) {
+            match self.out.poll_room(cx, self.codec.get_mut()) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) | Poll::Pending => return Wrote::Blocked,
             }
@@ -695,17 +661,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 Out::Head(resp) => {
                     let (mut parts, body) = resp.into_parts();
                     strip_connection_fields(&mut parts.headers);
-                    let mut head = frame::Headers::new(
-                        id.into(),
-                        Pseudo::response(parts.status),
-                        parts.headers,
-                    );
-                    if body.is_end_stream() || s.head {
-                        head.set_end_stream();
-                        let _ = self.codec.buffer(Frame::Headers(head));
+                    let end = body.is_end_stream() || s.head;
+                    self.out
+                        .headers(id, Some(parts.status), &parts.headers, end);
+                    if end {
                         return Wrote::Done;
                     }
-                    let _ = self.codec.buffer(Frame::Headers(head));
                     s.send = Out::Body {
                         body,
                         pending: None,
@@ -723,30 +684,28 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                                 return Wrote::Waiting;
                             }
                             Poll::Ready(None) => {
-                                let mut end = frame::Data::new(id.into(), Bytes::new());
-                                end.set_end_stream(true);
-                                let _ = self.codec.buffer(Frame::Data(end));
+                                self.out.data(id, Bytes::new(), true);
                                 return Wrote::Done;
                             }
                             Poll::Ready(Some(Err(e))) => {
                                 tracing::debug!(stream = id, "response body: {e}");
-                                let reset = frame::Reset::new(id.into(), Reason::INTERNAL_ERROR);
-                                let _ = self.codec.buffer(Frame::Reset(reset));
+                                self.out.reset(id, Reason::INTERNAL_ERROR);
                                 return Wrote::Done;
                             }
                             Poll::Ready(Some(Ok(f))) => match f.into_data() {
                                 Ok(data) => data,
                                 Err(f) => {
                                     let fields = f.into_trailers().unwrap_or_default();
-                                    let mut trailers = frame::Headers::trailers(id.into(), fields);
-                                    trailers.set_end_stream();
-                                    let _ = self.codec.buffer(Frame::Headers(trailers));
+                                    self.out.headers(id, None, &fields, true);
                                     return Wrote::Done;
                                 }
                             },
                         },
                     };
-                    let room = s.send_window.min(self.conn_send).min(self.max_frame as i64);
+                    let room = s
+                        .send_window
+                        .min(self.conn_send)
+                        .min(self.out.max_frame() as i64);
                     if chunk.is_empty() || room <= 0 {
                         let pending = (!chunk.is_empty()).then_some(chunk);
                         let waiting = pending.is_some();
@@ -762,9 +721,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     s.send_window -= n;
                     self.conn_send -= n;
                     let end = rest.is_none() && body.is_end_stream();
-                    let mut data = frame::Data::new(id.into(), now);
-                    data.set_end_stream(end);
-                    let _ = self.codec.buffer(Frame::Data(data));
+                    self.out.data(id, now, end);
                     if end {
                         return Wrote::Done;
                     }
