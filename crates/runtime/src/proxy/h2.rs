@@ -32,8 +32,9 @@ use super::{ClientInfo, Proxy};
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves an HTTP/2 connection on `io` until it ends or `stop` fires (then
-/// GOAWAY, and its open streams finish).
+/// Serves an HTTP/2 connection on `io` until it ends, `stop` fires (then
+/// GOAWAY, and its open streams finish), or it is idle for the header read
+/// timeout (no stream open, no frame read; then GOAWAY).
 pub(super) async fn serve<T>(
     proxy: Arc<Proxy>,
     mut io: T,
@@ -50,6 +51,6 @@ pub(super) async fn serve<T>(
         return;
     }
     conn::Connection::new(io, proxy, client, config.max_header_bytes)
-        .serve(stop)
+        .serve(stop, config.header_read_timeout)
         .await;
 }

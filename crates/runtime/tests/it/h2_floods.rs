@@ -467,3 +467,72 @@ async fn a_stream_opened_as_the_proxy_stops_is_served_and_the_last_goaway_names_
     assert!(end.is_ok(), "the connection ends once its streams have");
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
 }
+
+/// A proxy whose header read timeout, which is also HTTP/2's idle
+/// timeout, is [`IDLE`], in front of `/one` and `/slow`.
+async fn setup_idle() -> (Backend, tempfile::TempDir, crate::fixtures::Harness) {
+    let backend = Backend::start(vec![
+        ("/one", Reply::Keep(ok("one"))),
+        ("/slow", Reply::Silent),
+    ])
+    .await;
+    let (dir, h) = start_with(&backend, |_| {}, |c| c.proxy.header_read_timeout = IDLE).await;
+    (backend, dir, h)
+}
+
+const IDLE: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_gets_goaway_after_the_header_read_timeout_and_ends() {
+    let (_backend, _dir, h) = setup_idle().await;
+    let mut client = RawH2::settled(h.addr).await;
+    assert!(client.send(&[get_on(1, "/one")]).await);
+    let seen = read_until(&mut client, |f| f.stream == 1 && f.flags & END_STREAM != 0).await;
+    assert!(seen.iter().any(|f| f.kind == DATA && f.payload == b"one"));
+    let answered = std::time::Instant::now();
+    let seen = read_until(&mut client, |f| f.kind == GOAWAY).await;
+    let away = seen.last().filter(|f| f.kind == GOAWAY).expect("a GOAWAY");
+    let idle_for = answered.elapsed();
+    assert!(
+        idle_for >= IDLE - Duration::from_millis(50),
+        "GOAWAY {idle_for:?} after the response"
+    );
+    assert_eq!(away.error_code(), Some(0), "NO_ERROR");
+    assert_eq!(
+        &away.payload[..4],
+        &1u32.to_be_bytes(),
+        "the last stream: 1"
+    );
+    let rest = tokio::time::timeout(WAIT, client.next()).await;
+    assert!(matches!(rest, Ok(None)), "the connection ends: {rest:?}");
+    next_client_is_served(&h).await;
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_a_stream_open_is_not_idle() {
+    let (backend, _dir, h) = setup_idle().await;
+    let mut client = RawH2::settled(h.addr).await;
+    assert!(client.send(&[get_on(1, "/slow")]).await);
+    backend.requests(1).await;
+    // Three idle timeouts pass while the request waits for its replica.
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(3 * IDLE, async {
+        while let Some(f) = client.next().await {
+            seen.push(f);
+        }
+    })
+    .await
+    .is_ok();
+    assert!(!ended, "the connection ended: {seen:?}");
+    assert!(seen.iter().all(|f| f.kind != GOAWAY), "{seen:?}");
+    // It is served still.
+    assert!(client.send(&[frame(PING, 0, 0, &[7; 8])]).await);
+    let seen = read_until(&mut client, |f| f.kind == PING).await;
+    assert!(seen.iter().all(|f| f.kind != GOAWAY), "{seen:?}");
+    assert!(
+        seen.last()
+            .is_some_and(|f| f.kind == PING && f.flags & ACK != 0)
+    );
+    h.stop(Shutdown::Fast).await;
+}

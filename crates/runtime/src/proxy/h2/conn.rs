@@ -17,6 +17,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{AbortHandle, Abortable, abortable};
@@ -27,6 +28,7 @@ use h2::proto;
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Feed, RecvBody, Released};
@@ -133,6 +135,8 @@ pub(super) struct Connection<T> {
     conn_unreleased: u32,
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
     peer_window: i64,
+    /// When the client last sent a frame or a response was written whole.
+    last_active: Instant,
     /// The proxy stops: the first GOAWAY (the largest stream id) and a PING
     /// were sent; streams the client opens until the PING's answer are
     /// still served (RFC 9113 §6.8).
@@ -179,6 +183,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             conn_recv: i64::from(CONN_WINDOW),
             conn_unreleased: 0,
             peer_window: DEFAULT_WINDOW,
+            last_active: Instant::now(),
             draining: false,
             going_away: false,
             closing: false,
@@ -189,15 +194,47 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     /// Serves the connection until it ends: the client closes it, an error
-    /// ends it, or `stop` fires and its streams have finished (GOAWAY).
-    pub(super) async fn serve(mut self, stop: &CancellationToken) {
+    /// ends it, `stop` fires and its streams have finished (GOAWAY), or it
+    /// is idle for `idle`: no stream open, no frame read, no response
+    /// written (GOAWAY; the connection is dropped if that GOAWAY is still
+    /// not written after as long again).
+    pub(super) async fn serve(mut self, stop: &CancellationToken, idle: Duration) {
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
+        let timer = tokio::time::sleep(idle);
+        tokio::pin!(timer);
         std::future::poll_fn(|cx| {
             if !self.draining && !self.going_away && stopped.as_mut().poll(cx).is_ready() {
                 self.drain();
             }
-            self.poll(cx)
+            loop {
+                if self.poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                // The timer is set once per `idle`, not at every frame.
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let now = Instant::now();
+                let idle_now =
+                    self.streams.is_empty() && now.duration_since(self.last_active) >= idle;
+                if !idle_now {
+                    let from = if self.streams.is_empty() {
+                        self.last_active
+                    } else {
+                        now
+                    };
+                    timer.as_mut().reset(from + idle);
+                } else if self.going_away || self.closing {
+                    // Its GOAWAY is still not written after as long again:
+                    // the client does not read.
+                    return Poll::Ready(());
+                } else {
+                    tracing::debug!(peer = %self.client.peer, "idle HTTP/2 connection closed");
+                    self.go_away(Reason::NO_ERROR);
+                    timer.as_mut().reset(now + idle);
+                }
+            }
         })
         .await;
     }
@@ -226,7 +263,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     self.sending.push_back(id);
                 }
             }
-            progress |= self.write_responses(cx);
+            if self.write_responses(cx) {
+                progress = true;
+                self.last_active = Instant::now();
+            }
             let full = !self.out.has_room();
             if let Poll::Ready(Err(_)) = self.out.poll_flush(cx, self.codec.get_mut()) {
                 return Poll::Ready(());
@@ -312,6 +352,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 Poll::Ready(Some(Err(proto::Error::Io(..))) | None) => return Ok(None),
                 Poll::Pending => break,
             }
+        }
+        if read {
+            self.last_active = Instant::now();
         }
         Ok(Some(read))
     }
