@@ -536,3 +536,71 @@ async fn a_connection_with_a_stream_open_is_not_idle() {
     );
     h.stop(Shutdown::Fast).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_download_may_still_upload() {
+    const DOWNLOAD: usize = 24 << 20;
+    const UPLOAD: usize = 512 << 10;
+    let backend = Backend::start(vec![
+        (
+            "/big",
+            Reply::Keep(with_length("200 OK", &vec![b'd'; DOWNLOAD])),
+        ),
+        ("/up", Reply::Keep(ok("up"))),
+    ])
+    .await;
+    let (_dir, h) = start(&backend, |_| {}).await;
+    let mut client = RawH2::settled(h.addr).await;
+    // Windows as large as they go: the download is held back by the
+    // socket alone, which this client never reads from.
+    let mut largest = 0x4u16.to_be_bytes().to_vec();
+    largest.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    let more = (0x7fff_ffffu32 - 65_535).to_be_bytes();
+    assert!(
+        client
+            .send(&[
+                frame(SETTINGS, 0, 0, &largest),
+                frame(WINDOW_UPDATE, 0, 0, &more),
+                get_on(1, "/big"),
+            ])
+            .await
+    );
+    // Until what the proxy wrote stops coming: its socket is full, and
+    // its writer holds what the socket did not take. No event says so;
+    // three equal peeks 100 ms apart do.
+    let mut peeked = vec![0; 8 << 20];
+    let mut last = 0;
+    let mut same = 0;
+    while same < 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = client.tcp.peek(&mut peeked).await.unwrap();
+        same = if n == last { same + 1 } else { 0 };
+        last = n;
+    }
+    let head = [
+        literal(b":method", b"POST"),
+        literal(b":scheme", b"http"),
+        literal(b":path", b"/up"),
+        literal(b":authority", b"app.test"),
+        literal(b"content-length", UPLOAD.to_string().as_bytes()),
+    ]
+    .concat();
+    let mut upload = vec![frame(HEADERS, END_HEADERS, 3, &head)];
+    let chunk = vec![b'u'; 16 << 10];
+    for i in 0..UPLOAD / chunk.len() {
+        let end = if i + 1 == UPLOAD / chunk.len() {
+            END_STREAM
+        } else {
+            0
+        };
+        upload.push(frame(DATA, end, 3, &chunk));
+    }
+    let sent = tokio::time::timeout(WAIT, client.send(&upload)).await;
+    assert!(matches!(sent, Ok(true)), "the upload is read");
+    let received = tokio::time::timeout(WAIT, backend.requests(2))
+        .await
+        .expect("the upload reaches the replica");
+    let up = received.iter().find(|r| r.path == "/up").unwrap();
+    assert_eq!(up.body.len(), UPLOAD);
+    h.stop(Shutdown::Fast).await;
+}

@@ -8,8 +8,8 @@
 //! go out through a [`Writer`] of its own, not the codec's. A frame that
 //! needs an answer (PING, SETTINGS, a refused or reset stream) is answered
 //! at once, and no frame is read while the answers and responses not yet
-//! written fill the writer, so a client that never reads what it asked
-//! for stops being read.
+//! written fill the writer (256 KiB), so a client that never reads what it
+//! asked for stops being read.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -267,12 +267,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 progress = true;
                 self.last_active = Instant::now();
             }
-            let full = !self.out.has_room();
+            let full = !self.out.can_read();
             if let Poll::Ready(Err(_)) = self.out.poll_flush(cx, self.codec.get_mut()) {
                 return Poll::Ready(());
             }
             // Room again: the client's frames may be read.
-            progress |= full && self.out.has_room();
+            progress |= full && self.out.can_read();
             if (self.going_away || self.closing) && self.streams.is_empty() && self.out.is_empty() {
                 return match Pin::new(self.codec.get_mut()).poll_shutdown(cx) {
                     Poll::Pending => Poll::Pending,
@@ -332,7 +332,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             if self.closing {
                 break;
             }
-            match self.out.poll_room(cx, self.codec.get_mut()) {
+            match self
+                .out
+                .poll_room(cx, self.codec.get_mut(), Writer::can_read)
+            {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Ok(None),
                 Poll::Pending => break,
@@ -693,7 +696,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Writes what stream `id` has ready of its response.
     fn write_stream(&mut self, cx: &mut Context<'_>, id: u32) -> Wrote {
         loop {
-            match self.out.poll_room(cx, self.codec.get_mut()) {
+            match self
+                .out
+                .poll_room(cx, self.codec.get_mut(), Writer::has_room)
+            {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) | Poll::Pending => return Wrote::Blocked,
             }

@@ -17,9 +17,14 @@ use tokio::io::AsyncWrite;
 
 use super::hpack;
 
-/// Bytes waiting to be written above which no more frames are encoded
-/// (and the client's frames are not read) until some are.
+/// Bytes waiting to be written above which no more response frames are
+/// encoded until some are written.
 const ROOM: usize = 64 * 1024;
+/// The same, above which the client's frames are not read: answers to
+/// them (PING, SETTINGS, resets) may fill what responses leave, but not
+/// without end. Responses alone rarely reach it, so a client whose
+/// responses wait to be read may still send its request bodies.
+const READ_ROOM: usize = 4 * ROOM;
 /// DATA payloads at least this long are written from their own buffer
 /// when the stream takes vectored writes; shorter ones are copied.
 const COPY_BELOW: usize = 1024;
@@ -77,9 +82,15 @@ impl Writer {
         self.len() == 0
     }
 
-    /// Whether more frames may be encoded before some are written.
+    /// Whether more response frames may be encoded before some are
+    /// written.
     pub(super) fn has_room(&self) -> bool {
         self.len() < ROOM
+    }
+
+    /// Whether the client's frames may be read, and answered.
+    pub(super) fn can_read(&self) -> bool {
+        self.len() < READ_ROOM
     }
 
     /// The largest frame payload the client takes.
@@ -158,9 +169,12 @@ impl Writer {
             self.buf.put_slice(&payload);
             return;
         }
-        let before = self.buf.split().freeze();
-        self.queued += before.len() + payload.len();
-        self.queue.push_back(before);
+        if !self.buf.is_empty() {
+            let before = self.buf.split().freeze();
+            self.queued += before.len();
+            self.queue.push_back(before);
+        }
+        self.queued += payload.len();
         self.queue.push_back(payload);
     }
 
@@ -198,18 +212,19 @@ impl Writer {
         Pin::new(io).poll_flush(cx)
     }
 
-    /// Ready once there is room for more frames, writing to `io` for it.
+    /// Ready once `room` says there is room, writing to `io` for it.
     pub(super) fn poll_room<T: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         io: &mut T,
+        room: fn(&Self) -> bool,
     ) -> Poll<io::Result<()>> {
-        if self.has_room() {
+        if room(self) {
             return Poll::Ready(Ok(()));
         }
         match self.poll_flush(cx, io) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            _ if self.has_room() => Poll::Ready(Ok(())),
+            _ if room(self) => Poll::Ready(Ok(())),
             _ => Poll::Pending,
         }
     }
