@@ -57,8 +57,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
 
 /// How a request's fields change on their way to a replica: what
 /// [`Rewrite::apply`] does to a header map, and what the byte path
-/// ([`fast::head::Upstream`](super::fast::head::Upstream)) writes from the
-/// client's fields as they came.
+/// (`fast::head::Upstream`) writes from the client's fields as they came.
 pub struct Rewrite<'a> {
     /// The request's id, as `X-Request-Id`.
     pub id: HeaderValue,
