@@ -583,6 +583,13 @@ impl Config {
                 "proxy.response_timeout and proxy.body_read_timeout must be more than 0".into(),
             );
         }
+        if self.proxy.header_read_timeout < Duration::from_millis(1) {
+            // Also how long a keep-alive connection may be idle: 0 would
+            // close every connection as it opens.
+            return bad(
+                "proxy.header_read_timeout must be at least 1ms (10s is the default)".into(),
+            );
+        }
         if self.proxy.max_streamed_uploads == 0 {
             return bad("proxy.max_streamed_uploads must be at least 1".into());
         }
@@ -895,6 +902,17 @@ mod tests {
         let err = config.validate().unwrap_err().to_string();
         assert!(
             err.contains("replicas 65 is above max_replicas 64"),
+            "{err}"
+        );
+        let mut config = Config::default();
+        config.services.push(ServiceConfig {
+            version: Version::command(["x"]),
+            ..ServiceConfig::default()
+        });
+        config.proxy.header_read_timeout = Duration::ZERO;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("header_read_timeout must be at least 1ms"),
             "{err}"
         );
         let err = toml::from_str::<Config>("[proxy]\nqueue_timeout = \"soon\"").unwrap_err();

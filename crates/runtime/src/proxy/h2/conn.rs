@@ -201,6 +201,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     pub(super) async fn serve(mut self, stop: &CancellationToken, idle: Duration) {
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
+        // A deadline within the timer's 1 ms resolution would fire at
+        // once, again and again.
+        let idle = idle.max(Duration::from_millis(1));
         let timer = tokio::time::sleep(idle);
         tokio::pin!(timer);
         std::future::poll_fn(|cx| {
