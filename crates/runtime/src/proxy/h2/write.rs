@@ -78,6 +78,7 @@ impl Writer {
         self.queued + self.buf.len()
     }
 
+    /// Whether every frame was written.
     pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -98,26 +99,32 @@ impl Writer {
         self.max_frame
     }
 
+    /// The client's SETTINGS_MAX_FRAME_SIZE changed.
     pub(super) fn set_max_frame(&mut self, n: usize) {
         self.max_frame = n;
     }
 
+    /// A SETTINGS frame (or its acknowledgement).
     pub(super) fn settings(&mut self, s: &frame::Settings) {
         s.encode(&mut self.buf);
     }
 
+    /// A WINDOW_UPDATE of `n` bytes on stream `id` (0: the connection).
     pub(super) fn window_update(&mut self, id: u32, n: u32) {
         frame::WindowUpdate::new(StreamId::from(id), n).encode(&mut self.buf);
     }
 
+    /// A PING, or the answer to one.
     pub(super) fn ping(&mut self, p: &frame::Ping) {
         p.encode(&mut self.buf);
     }
 
+    /// A GOAWAY naming `last_id`, the last stream served.
     pub(super) fn go_away(&mut self, last_id: StreamId, reason: Reason) {
         frame::GoAway::new(last_id, reason).encode(&mut self.buf);
     }
 
+    /// A RST_STREAM on stream `id`.
     pub(super) fn reset(&mut self, id: u32, reason: Reason) {
         frame::Reset::new(StreamId::from(id), reason).encode(&mut self.buf);
     }
