@@ -58,6 +58,8 @@ pub(super) struct Writer {
     /// The next header block starts with a table size update to 0 (the
     /// first one).
     set_table_size: bool,
+    /// The buffer grew past [`KEEP`]: it is let go once written.
+    grown: bool,
 }
 
 impl Writer {
@@ -70,6 +72,7 @@ impl Writer {
             vectored,
             max_frame: frame::DEFAULT_MAX_FRAME_SIZE as usize,
             set_table_size: true,
+            grown: false,
         }
     }
 
@@ -192,6 +195,9 @@ impl Writer {
         cx: &mut Context<'_>,
         io: &mut T,
     ) -> Poll<io::Result<()>> {
+        // Written bytes shrink the buffer's capacity as seen from here, so
+        // its size is judged before.
+        self.grown |= self.buf.len() > KEEP;
         while !self.is_empty() {
             let n = if self.queue.is_empty() {
                 ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?
@@ -213,7 +219,7 @@ impl Writer {
             }
             self.consume(n);
         }
-        if self.buf.capacity() > KEEP {
+        if std::mem::take(&mut self.grown) {
             self.buf = BytesMut::new();
         }
         Pin::new(io).poll_flush(cx)
@@ -412,6 +418,31 @@ mod tests {
             matches!(frames.next(), Some(Frame::GoAway(g)) if u32::from(g.last_stream_id()) == 7)
         );
         assert!(frames.next().is_none());
+    }
+
+    #[test]
+    fn a_burst_s_buffer_is_let_go_once_written_a_small_one_kept() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut io = Trickle {
+            out: Vec::new(),
+            step: 4096,
+            vectored: false,
+        };
+        let mut w = Writer::new(false);
+        w.data(1, Bytes::from(vec![1; 100]), false);
+        assert!(w.poll_flush(&mut cx, &mut io).is_ready());
+        w.data(1, Bytes::from(vec![1; 100]), false);
+        assert!(w.buf.capacity() > 100, "the small buffer is used again");
+        for _ in 0..15 {
+            w.data(1, Bytes::from(vec![2; 16_000]), false);
+        }
+        // Once written, what is left of this buffer's capacity is below
+        // `KEEP`, though it holds 240 KB.
+        assert!(w.buf.capacity() - w.buf.len() < KEEP);
+        assert!(w.poll_flush(&mut cx, &mut io).is_ready());
+        assert_eq!(w.buf.capacity(), 0, "240 KB let go");
+        assert_eq!(io.out.len(), 2 * (HEAD + 100) + 15 * (HEAD + 16_000));
     }
 
     #[test]
