@@ -62,6 +62,9 @@ pub const DEFAULT_RETRY_IDEMPOTENCY_KEY: bool = false;
 /// Longest pause between two reads of a streamed request body (nginx's
 /// `client_body_timeout`).
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a client may take to accept more of its response (nginx's
+/// `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most request bodies streamed to one replica at once; more wait for a
 /// slot within the queue timeout.
 pub const DEFAULT_MAX_STREAMED_UPLOADS: usize = 64;
@@ -153,6 +156,11 @@ pub struct ProxyConfig {
     /// client gets a 408 ([`DEFAULT_BODY_READ_TIMEOUT`]).
     #[serde(with = "duration")]
     pub body_read_timeout: Duration,
+    /// Longest a client may take to accept more of its response; then its
+    /// connection (HTTP/1.1) or stream (HTTP/2) is ended, and the
+    /// replica's connection with it ([`DEFAULT_SEND_TIMEOUT`]).
+    #[serde(with = "duration")]
+    pub send_timeout: Duration,
     /// Most request bodies streamed to one replica at once
     /// ([`DEFAULT_MAX_STREAMED_UPLOADS`]).
     pub max_streamed_uploads: usize,
@@ -465,6 +473,7 @@ impl Default for ProxyConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_idempotency_key: DEFAULT_RETRY_IDEMPOTENCY_KEY,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             max_streamed_uploads: DEFAULT_MAX_STREAMED_UPLOADS,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
@@ -582,6 +591,9 @@ impl Config {
             return bad(
                 "proxy.response_timeout and proxy.body_read_timeout must be more than 0".into(),
             );
+        }
+        if self.proxy.send_timeout < Duration::from_millis(1) {
+            return bad("proxy.send_timeout must be at least 1ms (60s is the default)".into());
         }
         if self.proxy.header_read_timeout < Duration::from_millis(1) {
             // Also how long a keep-alive connection may be idle: 0 would

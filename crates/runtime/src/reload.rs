@@ -30,6 +30,7 @@ pub const RELOADABLE_PROXY: &[&str] = &[
     "max_attempts",
     "retry_body_limit",
     "body_read_timeout",
+    "send_timeout",
     "retry_idempotency_key",
     "max_streamed_uploads",
 ];

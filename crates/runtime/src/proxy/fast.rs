@@ -83,6 +83,8 @@ struct Session<'a, 'c, S> {
     /// Bytes read from the client and not yet handled; empty (no memory)
     /// while the connection waits for a request.
     input: BytesMut,
+    /// How long a write to the client may wait (`proxy.send_timeout`).
+    send_timeout: std::time::Duration,
 }
 
 /// Serves the requests of a plain HTTP/1.1 client connection, starting with
@@ -97,9 +99,13 @@ pub(super) async fn serve<S: ClientIo>(
 ) -> Exit {
     let cancelled = stop.cancelled();
     tokio::pin!(cancelled);
-    let (timeout, response_timeout) = {
+    let (timeout, response_timeout, send_timeout) = {
         let config = proxy.config.load();
-        (config.header_read_timeout, config.response_timeout)
+        (
+            config.header_read_timeout,
+            config.response_timeout,
+            config.send_timeout,
+        )
     };
     let mut session = Session {
         proxy,
@@ -111,6 +117,7 @@ pub(super) async fn serve<S: ClientIo>(
         response_deadline: LazyDeadline::new(Instant::now() + response_timeout),
         park_after: None,
         input: ahead,
+        send_timeout,
     };
     session.run().await
 }
@@ -119,7 +126,11 @@ impl<S: ClientIo> Session<'_, '_, S> {
     async fn run(&mut self) -> Exit {
         loop {
             // The settings once per request: a reload affects the next one.
-            let timeout = self.proxy.config.load().header_read_timeout;
+            let timeout = {
+                let config = self.proxy.config.load();
+                self.send_timeout = config.send_timeout;
+                config.header_read_timeout
+            };
             let deadline = Instant::now() + timeout;
             self.deadline.set(deadline);
             if self.input.is_empty() {
@@ -139,7 +150,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
                 Next::Refused(err) => {
                     tracing::debug!(peer = %self.client.peer, "{err}");
                     // What follows the head cannot be told from a request.
-                    let _ = self.stream.write_all(&err.to_http1(true, false)).await;
+                    let _ = self.send(&err.to_http1(true, false)).await;
                     let _ = self.stream.shutdown().await;
                     return Exit::Closed;
                 }
@@ -149,7 +160,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
                 Err(Broken) => return Exit::Closed,
             };
             // A TLS stream may hold the end of the response.
-            if self.stream.flush().await.is_err() {
+            if self.within_send_timeout(|s| s.flush()).await.is_err() {
                 return Exit::Closed;
             }
             if close {
@@ -372,7 +383,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
         first.extend_from_slice(&buf[..taken]);
         let mut extra = buf.len() > taken;
         trace.status = head.status;
-        if self.stream.write_all(&first).await.is_err() {
+        if self.send(&first).await.is_err() {
             return Err(Broken);
         }
         trace.bytes += taken as u64;
@@ -394,7 +405,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
                 .take(&buf[..n])
                 .map_err(|e| self.body_failed(&pick, &e, trace))?;
             extra = n > taken;
-            if self.stream.write_all(&buf[..taken]).await.is_err() {
+            if self.send(&buf[..taken]).await.is_err() {
                 return Err(Broken);
             }
             trace.bytes += taken as u64;
@@ -433,9 +444,48 @@ impl<S: ClientIo> Session<'_, '_, S> {
         let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
         trace.bytes = head_end.map_or(0, |at| bytes.len() - at - 4) as u64;
         request_id::insert_after_start_line(&mut bytes, request_id::HEADER, trace.id.as_bytes());
-        match self.stream.write_all(&bytes).await {
+        match self.send(&bytes).await {
             Ok(()) => Ok(close),
             Err(_) => Err(Broken),
+        }
+    }
+
+    /// Writes `bytes` to the client, giving up when it takes none of them
+    /// for `send_timeout` (the connection then ends, and the caller's
+    /// replica socket with it; nginx's `send_timeout` is counted the same
+    /// way, between two writes). A write the socket takes at once, as
+    /// nearly all do, sets no timer.
+    async fn send(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let n = self.within_send_timeout(|s| s.write(bytes)).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on the client stream, within `send_timeout` once it waits.
+    async fn within_send_timeout<'s, T, F>(
+        &'s mut self,
+        op: impl FnOnce(&'s mut S) -> F,
+    ) -> std::io::Result<T>
+    where
+        F: std::future::Future<Output = std::io::Result<T>> + 's,
+    {
+        let limit = self.send_timeout;
+        let peer = self.client.peer;
+        let mut op = std::pin::pin!(op(self.stream));
+        if let Poll::Ready(done) = futures_util::poll!(op.as_mut()) {
+            return done;
+        }
+        match tokio::time::timeout(limit, op).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::debug!(%peer, "the client took none of its response for {limit:?}; closing");
+                Err(std::io::ErrorKind::TimedOut.into())
+            }
         }
     }
 }

@@ -33,8 +33,9 @@ use super::{ClientInfo, Proxy};
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves an HTTP/2 connection on `io` until it ends, `stop` fires (then
-/// GOAWAY, and its open streams finish), or it is idle for the header read
-/// timeout (no stream open, no frame read; then GOAWAY).
+/// GOAWAY, and its open streams finish), it is idle for the header read
+/// timeout (no stream open, no frame read; then GOAWAY), or the client
+/// takes nothing for the send timeout.
 pub(super) async fn serve<T>(
     proxy: Arc<Proxy>,
     mut io: T,
@@ -51,6 +52,6 @@ pub(super) async fn serve<T>(
         return;
     }
     conn::Connection::new(io, proxy, client, config.max_header_bytes)
-        .serve(stop, config.header_read_timeout)
+        .serve(stop, config.header_read_timeout, config.send_timeout)
         .await;
 }

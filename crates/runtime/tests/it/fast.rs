@@ -761,3 +761,43 @@ async fn tls_proxy(
     h.wait_routable(1).await;
     (dir, h, metrics, tls)
 }
+
+/// How long a client may take nothing of its response, in the send-timeout
+/// tests.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: usize = 24 << 20;
+    let backend = Backend::start(vec![
+        (
+            "/big",
+            Reply::Keep(with_length("200 OK", &vec![b'b'; BODY])),
+        ),
+        ("/one", Reply::Keep(ok("one"))),
+    ])
+    .await;
+    let (_dir, h) = start_with(&backend, |_| {}, |c| c.proxy.send_timeout = SEND_TIMEOUT).await;
+    let mut tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    backend.requests(1).await;
+    // The client reads nothing for four send timeouts: no event tells when
+    // the proxy gives up, so the test waits that long.
+    tokio::time::sleep(4 * SEND_TIMEOUT).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(fixtures::WAIT, tcp.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the proxy ended the connection");
+    assert!(
+        got.len() < BODY,
+        "{} bytes: the proxy stopped sending, and closed",
+        got.len()
+    );
+    // The next client is served.
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/one")).await;
+    assert_eq!(client.response(false).await.body, b"one");
+    h.stop(Shutdown::Fast).await;
+}

@@ -537,6 +537,19 @@ async fn a_connection_with_a_stream_open_is_not_idle() {
     h.stop(Shutdown::Fast).await;
 }
 
+/// SETTINGS and a WINDOW_UPDATE that make every window as large as it
+/// goes (2³¹−1), then `frame_after`.
+fn largest_windows_then(frame_after: Vec<u8>) -> Vec<Vec<u8>> {
+    let mut largest = 0x4u16.to_be_bytes().to_vec();
+    largest.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    let more = (0x7fff_ffffu32 - 65_535).to_be_bytes();
+    vec![
+        frame(SETTINGS, 0, 0, &largest),
+        frame(WINDOW_UPDATE, 0, 0, &more),
+        frame_after,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_its_download_may_still_upload() {
     const DOWNLOAD: usize = 24 << 20;
@@ -553,18 +566,7 @@ async fn a_client_that_does_not_read_its_download_may_still_upload() {
     let mut client = RawH2::settled(h.addr).await;
     // Windows as large as they go: the download is held back by the
     // socket alone, which this client never reads from.
-    let mut largest = 0x4u16.to_be_bytes().to_vec();
-    largest.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
-    let more = (0x7fff_ffffu32 - 65_535).to_be_bytes();
-    assert!(
-        client
-            .send(&[
-                frame(SETTINGS, 0, 0, &largest),
-                frame(WINDOW_UPDATE, 0, 0, &more),
-                get_on(1, "/big"),
-            ])
-            .await
-    );
+    assert!(client.send(&largest_windows_then(get_on(1, "/big"))).await);
     // Until what the proxy wrote stops coming: its socket is full, and
     // its writer holds what the socket did not take. No event says so;
     // three equal peeks 100 ms apart do.
@@ -602,5 +604,76 @@ async fn a_client_that_does_not_read_its_download_may_still_upload() {
         .expect("the upload reaches the replica");
     let up = received.iter().find(|r| r.path == "/up").unwrap();
     assert_eq!(up.body.len(), UPLOAD);
+    h.stop(Shutdown::Fast).await;
+}
+
+/// How long a client may take nothing of its response, in the send-timeout
+/// tests.
+const SEND_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A replica with a 24 MiB response at `/big` and `/one`, behind a proxy
+/// whose send timeout is [`SEND_TIMEOUT`].
+async fn setup_send() -> (Backend, tempfile::TempDir, crate::fixtures::Harness) {
+    let backend = Backend::start(vec![
+        (
+            "/big",
+            Reply::Keep(with_length("200 OK", &vec![b'b'; 24 << 20])),
+        ),
+        ("/one", Reply::Keep(ok("one"))),
+    ])
+    .await;
+    let (dir, h) = start_with(&backend, |_| {}, |c| c.proxy.send_timeout = SEND_TIMEOUT).await;
+    (backend, dir, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_window_stays_closed_is_reset_after_the_send_timeout() {
+    let (_backend, _dir, h) = setup_send().await;
+    let mut client = RawH2::settled(h.addr).await;
+    // The stream's window stays the default 65 535 bytes; the connection's
+    // is opened, for the next stream.
+    let more = (1u32 << 20).to_be_bytes();
+    assert!(
+        client
+            .send(&[frame(WINDOW_UPDATE, 0, 0, &more), get_on(1, "/big")])
+            .await
+    );
+    let seen = read_until(&mut client, |f| f.kind == RST_STREAM && f.stream == 1).await;
+    let reset = seen.last().filter(|f| f.kind == RST_STREAM);
+    assert_eq!(
+        reset.and_then(Frame::error_code),
+        Some(CANCEL),
+        "the stalled stream is reset"
+    );
+    let data: usize = seen
+        .iter()
+        .filter(|f| f.kind == DATA)
+        .map(|f| f.payload.len())
+        .sum();
+    assert_eq!(data, 65_535, "what the window let through");
+    // The connection serves on.
+    assert!(client.send(&[get_on(3, "/one")]).await);
+    let seen = read_until(&mut client, |f| f.kind == DATA && f.stream == 3).await;
+    assert!(seen.iter().any(|f| f.kind == DATA && f.payload == b"one"));
+    h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    let (_backend, _dir, h) = setup_send().await;
+    let mut client = RawH2::settled(h.addr).await;
+    assert!(client.send(&largest_windows_then(get_on(1, "/big"))).await);
+    // The client reads nothing for four send timeouts: no event tells when
+    // the proxy gives up, so the test waits that long.
+    tokio::time::sleep(4 * SEND_TIMEOUT).await;
+    let seen = read_until(&mut client, |_| false).await;
+    let data: usize = seen
+        .iter()
+        .filter(|f| f.kind == DATA)
+        .map(|f| f.payload.len())
+        .sum();
+    assert!(data < 24 << 20, "{data} bytes: the proxy stopped sending");
+    assert!(client.next().await.is_none(), "and dropped the connection");
+    next_client_is_served(&h).await;
     h.stop(Shutdown::Fast).await;
 }

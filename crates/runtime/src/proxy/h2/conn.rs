@@ -102,6 +102,8 @@ struct Stream {
     client_done: bool,
     /// A HEAD request: its response has no content, whatever its body.
     head: bool,
+    /// Since when its response has waited for the client's window.
+    stalled: Option<Instant>,
 }
 
 /// How a turn of writing a stream's response ended.
@@ -137,6 +139,8 @@ pub(super) struct Connection<T> {
     peer_window: i64,
     /// When the client last sent a frame or a response was written whole.
     last_active: Instant,
+    /// Since when frames have waited for the client to take any byte.
+    write_stalled: Option<Instant>,
     /// The proxy stops: the first GOAWAY (the largest stream id) and a PING
     /// were sent; streams the client opens until the PING's answer are
     /// still served (RFC 9113 §6.8).
@@ -184,6 +188,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             conn_unreleased: 0,
             peer_window: DEFAULT_WINDOW,
             last_active: Instant::now(),
+            write_stalled: None,
             draining: false,
             going_away: false,
             closing: false,
@@ -194,17 +199,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     /// Serves the connection until it ends: the client closes it, an error
-    /// ends it, `stop` fires and its streams have finished (GOAWAY), or it
-    /// is idle for `idle`: no stream open, no frame read, no response
-    /// written (GOAWAY; the connection is dropped if that GOAWAY is still
-    /// not written after as long again).
-    pub(super) async fn serve(mut self, stop: &CancellationToken, idle: Duration) {
+    /// ends it, `stop` fires and its streams have finished (GOAWAY), it is
+    /// idle for `idle` (no stream open, no frame read, no response written:
+    /// GOAWAY, and the connection is dropped if that GOAWAY is still not
+    /// written after as long again), or the client takes no byte of what
+    /// waits to be written for `send` (dropped). A stream whose response
+    /// waits for the client's window for `send` is reset (CANCEL). The
+    /// timer is set once per period, not at every frame.
+    pub(super) async fn serve(mut self, stop: &CancellationToken, idle: Duration, send: Duration) {
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         // A deadline within the timer's 1 ms resolution would fire at
         // once, again and again.
         let idle = idle.max(Duration::from_millis(1));
-        let timer = tokio::time::sleep(idle);
+        let send = send.max(Duration::from_millis(1));
+        let period = idle.min(send);
+        let timer = tokio::time::sleep(period);
         tokio::pin!(timer);
         std::future::poll_fn(|cx| {
             if !self.draining && !self.going_away && stopped.as_mut().poll(cx).is_ready() {
@@ -214,20 +224,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 if self.poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
-                // The timer is set once per `idle`, not at every frame.
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 let now = Instant::now();
+                if self
+                    .write_stalled
+                    .is_some_and(|since| now.duration_since(since) >= send)
+                {
+                    tracing::debug!(peer = %self.client.peer, "the client took nothing for {send:?}; HTTP/2 connection dropped");
+                    return Poll::Ready(());
+                }
+                self.reset_stalled(now, send);
                 let idle_now =
                     self.streams.is_empty() && now.duration_since(self.last_active) >= idle;
                 if !idle_now {
-                    let from = if self.streams.is_empty() {
-                        self.last_active
+                    let next = if self.streams.is_empty() {
+                        (self.last_active + idle).min(now + period)
                     } else {
-                        now
+                        now + period
                     };
-                    timer.as_mut().reset(from + idle);
+                    timer.as_mut().reset(next);
                 } else if self.going_away || self.closing {
                     // Its GOAWAY is still not written after as long again:
                     // the client does not read.
@@ -242,8 +259,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         .await;
     }
 
+    /// Resets the streams whose response has waited for the client's
+    /// window for `send`: their replica connections are let go.
+    fn reset_stalled(&mut self, now: Instant, send: Duration) {
+        let stalled: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                s.stalled
+                    .is_some_and(|since| now.duration_since(since) >= send)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            tracing::debug!(peer = %self.client.peer, stream = id, "the client's window stayed closed for {send:?}; stream reset");
+            self.out.reset(id, Reason::CANCEL);
+            if let Some(s) = self.streams.remove(&id) {
+                drop_stream(s, "the client's window stayed closed");
+            }
+            self.finished += 1;
+        }
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..TURNS {
+            let written = self.out.written();
             let mut progress = self.give_back(cx);
             if !self.closing {
                 match self.read(cx) {
@@ -271,8 +311,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 self.last_active = Instant::now();
             }
             let full = !self.out.can_read();
-            if let Poll::Ready(Err(_)) = self.out.poll_flush(cx, self.codec.get_mut()) {
-                return Poll::Ready(());
+            match self.out.poll_flush(cx, self.codec.get_mut()) {
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => self.write_stalled = None,
+                Poll::Pending => {
+                    if self.write_stalled.is_none() || self.out.written() > written {
+                        self.write_stalled = Some(Instant::now());
+                    }
+                }
             }
             // Room again: the client's frames may be read.
             progress |= full && self.out.can_read();
@@ -477,6 +523,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 send_window: self.peer_window,
                 client_done: end,
                 head,
+                stalled: None,
             },
         );
         Ok(())
@@ -763,6 +810,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         let waiting = pending.is_some();
                         s.send = Out::Body { body, pending };
                         if waiting {
+                            s.stalled.get_or_insert_with(Instant::now);
                             return Wrote::Waiting;
                         }
                         continue;
@@ -772,6 +820,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     let n = now.len() as i64;
                     s.send_window -= n;
                     self.conn_send -= n;
+                    s.stalled = None;
                     let end = rest.is_none() && body.is_end_stream();
                     self.out.data(id, now, end);
                     if end {

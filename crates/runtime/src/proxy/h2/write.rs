@@ -60,6 +60,8 @@ pub(super) struct Writer {
     set_table_size: bool,
     /// The buffer grew past [`KEEP`]: it is let go once written.
     grown: bool,
+    /// Bytes written so far.
+    written: u64,
 }
 
 impl Writer {
@@ -73,12 +75,18 @@ impl Writer {
             max_frame: frame::DEFAULT_MAX_FRAME_SIZE as usize,
             set_table_size: true,
             grown: false,
+            written: 0,
         }
     }
 
     /// Bytes not written yet.
     pub(super) fn len(&self) -> usize {
         self.queued + self.buf.len()
+    }
+
+    /// Bytes written so far.
+    pub(super) fn written(&self) -> u64 {
+        self.written
     }
 
     /// Whether every frame was written.
@@ -244,6 +252,7 @@ impl Writer {
 
     /// Drops the first `n` bytes, written.
     fn consume(&mut self, mut n: usize) {
+        self.written += n as u64;
         while let Some(front) = self.queue.front_mut() {
             if n < front.len() {
                 front.advance(n);
