@@ -151,7 +151,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
                     tracing::debug!(peer = %self.client.peer, "{err}");
                     // What follows the head cannot be told from a request.
                     let _ = self.send(&err.to_http1(true, false)).await;
-                    let _ = self.stream.shutdown().await;
+                    let _ = self.within_send_timeout(|s| s.shutdown()).await;
                     return Exit::Closed;
                 }
             };
@@ -167,7 +167,7 @@ impl<S: ClientIo> Session<'_, '_, S> {
                 // TLS says so (close_notify); a socket just closes, when
                 // the connection is dropped.
                 if S::CLOSE_NOTIFY {
-                    let _ = self.stream.shutdown().await;
+                    let _ = self.within_send_timeout(|s| s.shutdown()).await;
                 }
                 return Exit::Closed;
             }
