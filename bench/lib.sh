@@ -9,12 +9,22 @@ log() { printf '==> %s\n' "$*" >&2; }
 # ephemeral range, which port 0 and every outgoing connection draw from:
 # a benchmark's own clients, opening thousands of connections, cannot take
 # it before the peer binds it.
-free_port() {
-  python3 - <<'PY'
-import random, socket
+free_port() { free_ports 1; }
+
+# free_ports N: N distinct free ports (as free_port), on one line, for
+# servers started after all their ports are picked.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+want = int(sys.argv[1])
 low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-for _ in range(1000):
+picked = []
+for _ in range(1000 * want):
+    if len(picked) == want:
+        break
     port = random.randrange(10000 if low > 11000 else 1024, low)
+    if port in picked:
+        continue
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -23,10 +33,10 @@ for _ in range(1000):
         continue
     finally:
         s.close()
-    print(port)
-    break
-else:
+    picked.append(port)
+if len(picked) < want:
     raise SystemExit("no free port below the ephemeral range")
+print(*picked)
 PY
 }
 

@@ -125,12 +125,10 @@ trap 'exit 143' TERM
 # script is handled at once (and the command killed by cleanup).
 run() { "$@" & wait $!; }
 
-backend=$(free_port)
-d_plain=$(free_port); d_tls=$(free_port)
-n_plain=$(free_port); n_h2c=$(free_port); n_tls=$(free_port)
-h_plain=$(free_port); h_tls=$(free_port)
-t_plain=$(free_port); t_tls=$(free_port)
-c_plain=$(free_port); c_tls=$(free_port)
+# Picked together: none of them is bound before the servers start, so
+# one at a time could pick the same port twice.
+read -r backend d_plain d_tls n_plain n_h2c n_tls h_plain h_tls t_plain t_tls c_plain c_tls \
+  < <(free_ports 12)
 # The port each proxy serves a protocol on; none = n/a.
 declare -A port=(
   [dropless.plain]=$d_plain [dropless.h2c]=$d_plain [dropless.tls]=$d_tls
