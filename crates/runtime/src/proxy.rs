@@ -295,7 +295,8 @@ impl Proxy {
         }
         let service = Proxy::service(Arc::clone(self), peer, "https", None);
         // The bytes of the request the fast path left to hyper first.
-        let stream = FrontStream::new(stream, rest, Arc::default());
+        let send_timeout = self.config.load().send_timeout;
+        let stream = FrontStream::new(stream, rest, Arc::default()).with_send_timeout(send_timeout);
         let conn = builders
             .auto
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -396,12 +397,14 @@ impl Proxy {
         };
         let activity = Arc::new(Activity::default());
         let service = Proxy::service(Arc::clone(self), peer, "http", Some(Arc::clone(&activity)));
-        let mut stream = FrontStream::new(stream, ahead, Arc::clone(&activity));
-        let mut linger = Box::pin(tokio::time::sleep(front::IDLE_LINGER));
+        let stream = FrontStream::new(stream, ahead, Arc::clone(&activity));
         if h2 {
+            // HTTP/2 keeps its own send timeout, per stream.
             let client = Arc::new(ClientInfo::new(peer, "http", None));
             return h2::serve(Arc::clone(self), stream, client, stop).await;
         }
+        let mut stream = stream.with_send_timeout(self.config.load().send_timeout);
+        let mut linger = Box::pin(tokio::time::sleep(front::IDLE_LINGER));
         loop {
             // Boxed, so that an idle connection's task holds a pointer, not a
             // whole hyper connection.

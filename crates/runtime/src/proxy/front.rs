@@ -17,10 +17,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// A client connection's byte stream, as the fast path (see
 /// [`super::fast`]) serves it: plain TCP or TLS.
@@ -315,6 +317,59 @@ pub struct FrontStream<S = TcpStream> {
     activity: Arc<Activity>,
     /// Written since the last completed flush.
     unflushed: bool,
+    /// How long a write may wait for the client to read (`None`: as long
+    /// as it takes; HTTP/2 keeps its own, per stream).
+    send: Option<SendLimit>,
+}
+
+/// `proxy.send_timeout` on the writes hyper makes: a write (or flush) that
+/// the client leaves waiting for longer fails with `TimedOut`, which ends
+/// the connection, as on the fast path. Counted per write, so a client
+/// that reads slowly but steadily is served; the timer is armed only once a
+/// write waits.
+#[derive(Debug)]
+struct SendLimit {
+    limit: Duration,
+    /// Armed at the first write that waited, until a write goes through.
+    waiting: Option<Pin<Box<Sleep>>>,
+    /// The timer, kept between waits.
+    spare: Option<Pin<Box<Sleep>>>,
+}
+
+impl SendLimit {
+    /// What a write op returned, within the limit.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            if let Some(sleep) = self.waiting.take() {
+                self.spare = Some(sleep);
+            }
+            return polled;
+        }
+        let limit = self.limit;
+        let sleep = self.waiting.get_or_insert_with(|| {
+            let at = tokio::time::Instant::now() + limit;
+            match self.spare.take() {
+                Some(mut sleep) => {
+                    sleep.as_mut().reset(at);
+                    sleep
+                }
+                None => Box::pin(tokio::time::sleep_until(at)),
+            }
+        });
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing of its response for {limit:?} (proxy.send_timeout)"
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl<S> FrontStream<S> {
@@ -325,6 +380,29 @@ impl<S> FrontStream<S> {
             ahead,
             activity,
             unflushed: false,
+            send: None,
+        }
+    }
+
+    /// Fails a write that waits for the client longer than `limit`.
+    pub fn with_send_timeout(mut self, limit: Duration) -> Self {
+        self.send = Some(SendLimit {
+            limit,
+            waiting: None,
+            spare: None,
+        });
+        self
+    }
+
+    /// `polled`, a write op's result, within the send timeout.
+    fn sent<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match &mut self.send {
+            Some(send) => send.check(cx, polled),
+            None => polled,
         }
     }
 
@@ -411,7 +489,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrontStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.unflushed = true;
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.sent(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -420,7 +499,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrontStream<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.unflushed = true;
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.sent(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -432,11 +512,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrontStream<S> {
         if let Poll::Ready(Ok(())) = polled {
             self.unflushed = false;
         }
-        polled
+        self.sent(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.sent(cx, polled)
     }
 }
 

@@ -766,8 +766,9 @@ async fn tls_proxy(
 /// tests.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+/// Clients that send `requests` (each for a 24 MiB response) and read
+/// nothing are cut after the send timeout; the next client is served.
+async fn clients_that_stop_reading_are_cut(requests: &[&[u8]]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: usize = 24 << 20;
     let backend = Backend::start(vec![
@@ -779,25 +780,45 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     ])
     .await;
     let (_dir, h) = start_with(&backend, |_| {}, |c| c.proxy.send_timeout = SEND_TIMEOUT).await;
-    let mut tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    backend.requests(1).await;
-    // The client reads nothing for four send timeouts: no event tells when
+    let mut clients = Vec::new();
+    for request in requests {
+        let mut tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        clients.push(tcp);
+    }
+    backend.requests(requests.len()).await;
+    // The clients read nothing for four send timeouts: no event tells when
     // the proxy gives up, so the test waits that long.
     tokio::time::sleep(4 * SEND_TIMEOUT).await;
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(fixtures::WAIT, tcp.read_to_end(&mut got)).await;
-    assert!(read.is_ok(), "the proxy ended the connection");
-    assert!(
-        got.len() < BODY,
-        "{} bytes: the proxy stopped sending, and closed",
-        got.len()
-    );
-    // The next client is served.
+    for (mut tcp, request) in clients.into_iter().zip(requests) {
+        let request = String::from_utf8_lossy(request);
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(fixtures::WAIT, tcp.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "{request:?}: the proxy ended the connection");
+        assert!(
+            got.len() < BODY,
+            "{request:?}: {} bytes: the proxy stopped sending, and closed",
+            got.len()
+        );
+    }
     let mut client = Client::connect(h.addr).await;
     client.send(&get("/one")).await;
     assert_eq!(client.response(false).await.body, b"one");
     h.stop(Shutdown::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    clients_that_stop_reading_are_cut(&[b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n"]).await;
+}
+
+/// The requests the fast path leaves to hyper (HTTP/1.0, a chunked body)
+/// are held to the same send timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_served_by_hyper_that_stops_reading_is_cut_after_the_send_timeout() {
+    clients_that_stop_reading_are_cut(&[
+        b"GET /big HTTP/1.0\r\nHost: app.test\r\n\r\n",
+        b"POST /big HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ])
+    .await;
 }
