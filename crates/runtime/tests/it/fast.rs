@@ -766,6 +766,42 @@ async fn tls_proxy(
 /// tests.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 
+/// Clients that connect and send nothing wait in the kernel until it hands
+/// them over anyway (`TCP_DEFER_ACCEPT`, 1 s), then get the header read
+/// timeout like any other: none is held for longer, and a client that
+/// sends its request meanwhile is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_connect_and_send_nothing_are_closed_after_the_header_read_timeout() {
+    use tokio::io::AsyncReadExt;
+    let timeout = std::time::Duration::from_millis(300);
+    let backend = Backend::start(vec![("/one", Reply::Keep(ok("one")))]).await;
+    let (_dir, h) = start_with(&backend, |_| {}, |c| c.proxy.header_read_timeout = timeout).await;
+    let began = tokio::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(h.addr).await.unwrap());
+    }
+    let mut client = Client::connect(h.addr).await;
+    client.send(&get("/one")).await;
+    assert_eq!(client.response(false).await.body, b"one");
+    for mut s in silent {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(fixtures::WAIT, s.read_to_end(&mut got)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))) && got.is_empty(),
+            "closed without an answer: {read:?}, {got:?}"
+        );
+    }
+    let waited = began.elapsed();
+    // Accepted after the kernel's 1 s (its SYN-ACK resent), then cut at
+    // the header read timeout: well within 1 s + the timeout + slack.
+    assert!(
+        waited >= timeout && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    h.stop(Shutdown::Fast).await;
+}
+
 /// Clients that send `requests` (each for a 24 MiB response) and read
 /// nothing are cut after the send timeout; the next client is served.
 async fn clients_that_stop_reading_are_cut(requests: &[&[u8]]) {
