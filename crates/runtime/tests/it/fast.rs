@@ -802,16 +802,16 @@ async fn clients_that_connect_and_send_nothing_are_closed_after_the_header_read_
     h.stop(Shutdown::Fast).await;
 }
 
-/// Clients that send `requests` (each for a 24 MiB response) and read
-/// nothing are cut after the send timeout; the next client is served.
-async fn clients_that_stop_reading_are_cut(requests: &[&[u8]]) {
+/// The payload the send-timeout tests' clients leave unread.
+const BIG: usize = 24 << 20;
+
+/// Clients that send `requests` (each answered by the backend's `/big`
+/// route with `big`, [`BIG`] bytes of payload) and read nothing are cut
+/// after the send timeout; the next client is served.
+async fn clients_that_stop_reading_are_cut(big: Vec<u8>, requests: &[&[u8]]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BODY: usize = 24 << 20;
     let backend = Backend::start(vec![
-        (
-            "/big",
-            Reply::Keep(with_length("200 OK", &vec![b'b'; BODY])),
-        ),
+        ("/big", Reply::Keep(big)),
         ("/one", Reply::Keep(ok("one"))),
     ])
     .await;
@@ -832,7 +832,7 @@ async fn clients_that_stop_reading_are_cut(requests: &[&[u8]]) {
         let read = tokio::time::timeout(fixtures::WAIT, tcp.read_to_end(&mut got)).await;
         assert!(read.is_ok(), "{request:?}: the proxy ended the connection");
         assert!(
-            got.len() < BODY,
+            got.len() < BIG,
             "{request:?}: {} bytes: the proxy stopped sending, and closed",
             got.len()
         );
@@ -845,16 +845,41 @@ async fn clients_that_stop_reading_are_cut(requests: &[&[u8]]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
-    clients_that_stop_reading_are_cut(&[b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n"]).await;
+    clients_that_stop_reading_are_cut(
+        with_length("200 OK", &vec![b'b'; BIG]),
+        &[b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n"],
+    )
+    .await;
 }
 
 /// The requests the fast path leaves to hyper (HTTP/1.0, a chunked body)
 /// are held to the same send timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_served_by_hyper_that_stops_reading_is_cut_after_the_send_timeout() {
-    clients_that_stop_reading_are_cut(&[
-        b"GET /big HTTP/1.0\r\nHost: app.test\r\n\r\n",
-        b"POST /big HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    ])
+    clients_that_stop_reading_are_cut(
+        with_length("200 OK", &vec![b'b'; BIG]),
+        &[
+            b"GET /big HTTP/1.0\r\nHost: app.test\r\n\r\n",
+            b"POST /big HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ],
+    )
+    .await;
+}
+
+/// So is a WebSocket tunnel whose client reads nothing of what the replica
+/// sends (one binary frame of [`BIG`] bytes after the 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let mut big =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            .to_vec();
+    // FIN + binary, unmasked (server to client), 64-bit length.
+    big.extend_from_slice(&[0x82, 127]);
+    big.extend_from_slice(&(BIG as u64).to_be_bytes());
+    big.extend_from_slice(&vec![b'w'; BIG]);
+    clients_that_stop_reading_are_cut(
+        big,
+        &[b"GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"],
+    )
     .await;
 }
