@@ -330,10 +330,10 @@ pub struct FrontStream<S = TcpStream> {
 #[derive(Debug)]
 struct SendLimit {
     limit: Duration,
-    /// Armed at the first write that waited, until a write goes through.
-    waiting: Option<Pin<Box<Sleep>>>,
-    /// The timer, kept between waits.
-    spare: Option<Pin<Box<Sleep>>>,
+    /// A write has waited since the timer was armed, and none went through.
+    waiting: bool,
+    /// The timer, made at the first wait and kept between waits.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl SendLimit {
@@ -344,22 +344,19 @@ impl SendLimit {
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            if let Some(sleep) = self.waiting.take() {
-                self.spare = Some(sleep);
-            }
+            self.waiting = false;
             return polled;
         }
         let limit = self.limit;
-        let sleep = self.waiting.get_or_insert_with(|| {
+        if !self.waiting {
+            self.waiting = true;
             let at = tokio::time::Instant::now() + limit;
-            match self.spare.take() {
-                Some(mut sleep) => {
-                    sleep.as_mut().reset(at);
-                    sleep
-                }
-                None => Box::pin(tokio::time::sleep_until(at)),
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
             }
-        });
+        }
+        let sleep = self.sleep.as_mut().expect("armed at the first wait");
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -388,8 +385,8 @@ impl<S> FrontStream<S> {
     pub fn with_send_timeout(mut self, limit: Duration) -> Self {
         self.send = Some(SendLimit {
             limit,
-            waiting: None,
-            spare: None,
+            waiting: false,
+            sleep: None,
         });
         self
     }
