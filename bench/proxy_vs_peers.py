@@ -175,23 +175,26 @@ def report(results, na_file, mem_file, out):
             continue
         say(f"### {PROTOCOLS[proto]} (`PROTO={proto}`)")
         say("")
-        say("| proxy | median req/s | spread (min–max) | median p99 ms | CPU µs/req | failed requests "
+        say("| proxy | median req/s | spread (min–max) | median p99 ms | CPU µs/req "
+            "| client, backend CPU µs/req | failed requests "
             "| backend connections opened | rounds (req/s, ! = errors) |")
-        say("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
+        say("| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | --- |")
         for proxy in PROXIES:
             runs = [r for r in mine if r[1] == proxy]
             if (proto, proxy) in na or not runs:
-                say(f"| {NAMES[proxy]} | n/a | | | | | | {na.get((proto, proxy), 'not run')} |")
+                say(f"| {NAMES[proxy]} | n/a | | | | | | | {na.get((proto, proxy), 'not run')} |")
                 continue
             rps = [float(r[3]) for r in runs]
             p99 = statistics.median(float(r[4]) for r in runs)
             n = sum(int(r[5]) for r in runs)
             errors = sum(int(r[6]) for r in runs)
             cpu = statistics.median(float(r[7]) for r in runs)
+            client = statistics.median(float(r[9]) for r in runs)
+            backend = statistics.median(float(r[10]) for r in runs)
             medians[(proto, proxy)] = (statistics.median(rps), p99, cpu)
             each = " ".join(f"{float(r[3]):.0f}" + ("!" if int(r[6]) else "") for r in runs)
             say(f"| {NAMES[proxy]} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} "
-                f"| {p99:.2f} | {cpu:.1f} | {errors} of {n} | {sum(int(r[8]) for r in runs)} | {each} |")
+                f"| {p99:.2f} | {cpu:.1f} | {client:.1f}, {backend:.1f} | {errors} of {n} | {sum(int(r[8]) for r in runs)} | {each} |")
         say("")
         d = medians.get((proto, "dropless"))
         rivals = [p for p in RIVALS if (proto, p) in medians]

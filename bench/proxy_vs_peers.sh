@@ -35,8 +35,9 @@
 # rounds of DURATION s through each, in an order that rotates every round.
 # Per proxy: median req/s, spread, median p99 (h2load: from its per-request
 # --log-file), CPU time (user + system) of the proxy's process tree per
-# request, failed requests (wrk's socket errors and non-2xx/3xx, h2load's
-# failed and non-2xx; a round with any is marked `!`), and dropless against
+# request, and of the load generator and the backend through it, failed
+# requests (wrk's socket errors and non-2xx/3xx, h2load's failed and
+# non-2xx; a round with any is marked `!`), and dropless against
 # the best of nginx and HAProxy. The tables, and a summary in the shape of
 # issue 17's, are printed and written as markdown to OUT.
 #
@@ -266,6 +267,7 @@ version.target = "127.0.0.1:$backend"
 EOF
 
 $nice "$NGINX" -c "$work/backend/nginx.conf" -p "$work/backend" & pids+=($!)
+backend_pid=$!
 wait_http "http://127.0.0.1:$backend/"
 declare -A pid
 # start PROXY: starts it (dropless: its plain and its TLS process); sets
@@ -385,22 +387,26 @@ cpu_ticks() {
   echo "$total"
 }
 clk_tck=$(getconf CLK_TCK)
+# per TIME HZ: microseconds per request of TIME/HZ seconds over $n requests.
+per() { awk -v t="$1" -v hz="$2" -v n="$n" 'BEGIN { printf "%.1f", t / hz * 1e6 / (n ? n : 1) }'; }
 # Connections the backend has accepted (each reading opens one more): a
 # proxy that reuses its upstream connections opens a few per round.
 backend_accepts() { curl -s "http://127.0.0.1:$backend/backend-status" | awk 'NR == 3 { print $1 }'; }
 
 # client PROTO PORT SECONDS: one run of the load generator; prints
-# "req/s p99_ms requests errors".
+# "req/s p99_ms requests errors" and leaves the generator's CPU time
+# ("user system", seconds) in $work/client.time.
 client() {
   local out=$work/client.out h2log=$work/h2load.log
+  local timed=(/usr/bin/time -f '%U %S' -o "$work/client.time")
   case $1 in
     plain|close|tls|tls-close)
       local hdr=()
       [[ $1 == *close ]] && hdr=(-H 'Connection: close')
-      run $nice wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${3}s" --latency "${hdr[@]}" "$(url "$1" "$2")" >"$out"
+      run $nice "${timed[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${3}s" --latency "${hdr[@]}" "$(url "$1" "$2")" >"$out"
       python3 "$HELPER" wrk <"$out" ;;
     h2c|h2)
-      run $nice h2load -t1 -c"$CONNECTIONS" -m"$STREAMS" -D "$3" --log-file "$h2log" "$(url "$1" "$2")" >"$out"
+      run $nice "${timed[@]}" h2load -t1 -c"$CONNECTIONS" -m"$STREAMS" -D "$3" --log-file "$h2log" "$(url "$1" "$2")" >"$out"
       grep -q "Application protocol: h2" "$out" || { echo "h2load did not speak HTTP/2:" >&2; cat "$out" >&2; exit 1; }
       python3 "$HELPER" h2load "$h2log" <"$out"
       rm -f "$h2log" ;;
@@ -431,14 +437,21 @@ for proto in "${protocols[@]}"; do
       tree=${pid[$p.$(transport "$proto")]}
       accepts=$(backend_accepts)
       before=$(cpu_ticks "$tree")
+      backend_before=$(cpu_ticks "$backend_pid")
       client "$proto" "${port[$p.$proto]}" "$DURATION" >"$work/run.txt"
       read -r rps p99 n errors <"$work/run.txt"
       ticks=$(( $(cpu_ticks "$tree") - before ))
+      backend_ticks=$(( $(cpu_ticks "$backend_pid") - backend_before ))
       upstream=$(( $(backend_accepts) - accepts - 1 ))
-      us=$(awk -v t="$ticks" -v hz="$clk_tck" -v n="$n" 'BEGIN { printf "%.1f", t / hz * 1e6 / (n ? n : 1) }')
-      echo "$proto $p $round $rps $p99 $n $errors $us $upstream" >>"$results"
+      us=$(per "$ticks" "$clk_tck")
+      # The load generator's and the backend's CPU per request through this
+      # proxy: on a shared machine, what the proxy makes the others spend
+      # (fewer, larger writes cost the client less) moves throughput too.
+      client_us=$(per "$(awk '{ print $1 + $2 }' "$work/client.time")" 1)
+      backend_us=$(per "$backend_ticks" "$clk_tck")
+      echo "$proto $p $round $rps $p99 $n $errors $us $upstream $client_us $backend_us" >>"$results"
       flag=""; [ "$errors" = 0 ] || flag=" -- $errors FAILED REQUESTS"
-      log "$proto round $round/$ROUNDS: $p ${rps%.*} req/s, p99 $p99 ms, $us us CPU/request, $upstream backend connections opened$flag"
+      log "$proto round $round/$ROUNDS: $p ${rps%.*} req/s, p99 $p99 ms, $us us CPU/request (client $client_us, backend $backend_us), $upstream backend connections opened$flag"
     done
   done
 done
