@@ -21,7 +21,9 @@
 # `Connection: close` for close), its counters dumped. Prints instructions
 # per request for each, and dropless's ratio to the best peer. PROXIES
 # (default "dropless nginx haproxy") picks the proxies, e.g. `PROXIES=dropless`
-# to compare two builds of dropless.
+# to compare two builds of dropless. VALGRIND_ARGS adds callgrind options,
+# e.g. `--cache-sim=yes` to count simulated cache misses too
+# (`callgrind_annotate` on the kept files shows them).
 #
 # Read large copies with care: valgrind counts a `rep movs`/`rep stos`
 # once per byte or word moved, so a memset of 8 KiB shows as ~8 000
@@ -131,7 +133,8 @@ measure() {
   [ "$proto" = plain ] || [ "$proto" = tls ] && flags=(-c50 --h1 -m1)
   [ "$proto" = close ] && flags=(-c50 --h1 -m1 -H 'Connection: close')
   command_of "$proxy" "$proto" "$port"
-  valgrind --tool=callgrind --callgrind-out-file="$file" "${CMD[@]}" >"$out/$proxy-$proto.log" 2>&1 &
+  # shellcheck disable=SC2086
+  valgrind --tool=callgrind ${VALGRIND_ARGS:-} --callgrind-out-file="$file" "${CMD[@]}" >"$out/$proxy-$proto.log" 2>&1 &
   vp=$!
   pids+=("$vp")
   for _ in $(seq 600); do
