@@ -852,8 +852,8 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     .await;
 }
 
-/// The requests the fast path leaves to hyper (HTTP/1.0, a chunked body)
-/// are held to the same send timeout.
+/// The requests the fast path leaves to hyper (HTTP/1.0, a chunked body,
+/// `Expect: 100-continue`) are held to the same send timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_served_by_hyper_that_stops_reading_is_cut_after_the_send_timeout() {
     clients_that_stop_reading_are_cut(
@@ -861,6 +861,7 @@ async fn a_client_served_by_hyper_that_stops_reading_is_cut_after_the_send_timeo
         &[
             b"GET /big HTTP/1.0\r\nHost: app.test\r\n\r\n",
             b"POST /big HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /big HTTP/1.1\r\nHost: app.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
         ],
     )
     .await;
