@@ -151,8 +151,13 @@ def rss(pid):
     print(total)
 
 
-def report(results, na_file, mem_file, out):
+def report(results, na_file, mem_file, out, fields_file):
     rows = [line.split() for line in open(results)] if os.path.exists(results) else []
+    # (proto, proxy) -> the fields dropless adds that this proxy did not.
+    missing = {}
+    for line in open(fields_file):
+        proto, proxy, names = line.rstrip("\n").split(" ", 2)
+        missing[(proto, proxy)] = names.replace(",", ", ")
     na = {}
     if os.path.exists(na_file):
         for line in open(na_file):
@@ -195,6 +200,11 @@ def report(results, na_file, mem_file, out):
             each = " ".join(f"{float(r[3]):.0f}" + ("!" if int(r[6]) else "") for r in runs)
             say(f"| {NAMES[proxy]} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} "
                 f"| {p99:.2f} | {cpu:.1f} | {client:.1f}, {backend:.1f} | {errors} of {n} | {sum(int(r[8]) for r in runs)} | {each} |")
+        say("")
+        lacking = [f"{NAMES[p]} ({missing[(proto, p)]})" for p in PROXIES if (proto, p) in missing]
+        say("Every proxy adds X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and "
+            "X-Request-Id to the request and X-Request-Id to the response"
+            + (f", except: {'; '.join(lacking)}." if lacking else "."))
         say("")
         d = medians.get((proto, "dropless"))
         rivals = [p for p in RIVALS if (proto, p) in medians]

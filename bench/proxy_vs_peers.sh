@@ -13,6 +13,16 @@
 #                  told by the preface)
 #   Traefik        GOMAXPROCS=2, file provider
 #   Caddy          GOMAXPROCS=2, reverse_proxy, protocols h1 h2c / h1 h2
+# Every proxy does the same work on a request: each peer is configured to
+# add what dropless adds by default, X-Forwarded-For, -Proto and -Host and
+# an X-Request-Id (the client's, or a new one) that the response carries
+# too (HAProxy: uuid(); nginx: $request_id; Caddy: {http.request.uuid}).
+# Traefik adds the X-Forwarded-* fields but has no request id without a
+# plugin. The backend echoes the fields on /fields: before the rounds of each
+# protocol, a proxy that does not add one of them is logged and named under
+# the table. (The backend's nginx spends ~2 000 more instructions per
+# request parsing the three fields beyond X-Forwarded-For: callgrind,
+# session 18.)
 # Each may keep CONNECTIONS x STREAMS (at least 64) idle upstream
 # connections, as many as requests in flight; the tables count the
 # connections the backend accepted in each round.
@@ -161,6 +171,9 @@ http {
     listen 127.0.0.1:$backend;
     location / { return 200 "ok"; }
     location = /backend-status { stub_status; }
+    location = /fields {
+      return 200 "x-forwarded-for=\$http_x_forwarded_for x-forwarded-proto=\$http_x_forwarded_proto x-forwarded-host=\$http_x_forwarded_host x-request-id=\$http_x_request_id";
+    }
   }
 }
 EOF
@@ -183,6 +196,8 @@ http {
   ssl_certificate_key $key;
   ssl_protocols TLSv1.2 TLSv1.3;
   upstream backend { server 127.0.0.1:$backend; keepalive $POOL; keepalive_requests 100000000; }
+  # The client's request id, or a new one (32 hex digits, as dropless's).
+  map \$http_x_request_id \$bench_request_id { "" \$request_id; default \$http_x_request_id; }
   server {
     listen 127.0.0.1:$n_plain;
     listen 127.0.0.1:$n_h2c http2;
@@ -193,6 +208,10 @@ http {
       proxy_set_header Connection "";
       proxy_set_header Host \$host;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Request-Id \$bench_request_id;
+      add_header X-Request-Id \$bench_request_id always;
     }
   }
 }
@@ -213,6 +232,13 @@ defaults
 frontend front
   bind 127.0.0.1:$h_plain
   bind 127.0.0.1:$h_tls ssl crt $work/tls/haproxy.pem alpn h2,http/1.1
+  unique-id-format %[uuid()]
+  http-request set-header X-Request-Id %[unique-id] unless { req.hdr(x-request-id) -m found }
+  http-request set-var(txn.request_id) req.hdr(x-request-id)
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http unless { ssl_fc }
+  http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }
+  http-response set-header X-Request-Id %[var(txn.request_id)]
   default_backend back
 backend back
   server b1 127.0.0.1:$backend
@@ -241,6 +267,8 @@ EOF
 # Caddy: JSON, so that nothing is automatic (no redirect listener, no ACME,
 # no admin endpoint).
 route='[{ "handle": [{ "handler": "reverse_proxy", "upstreams": [{ "dial": "127.0.0.1:'$backend'" }],
+          "headers": { "request": { "set": { "X-Request-Id": ["{http.request.uuid}"] } },
+                       "response": { "set": { "X-Request-Id": ["{http.request.uuid}"] } } },
           "transport": { "protocol": "http", "keep_alive": { "max_idle_conns_per_host": '$POOL' } } }] }]'
 cat >"$work/caddy/caddy.json" <<EOF
 {
@@ -369,6 +397,28 @@ check() {
   fi
 }
 
+# fields PROXY PROTO: which of the fields dropless adds (X-Forwarded-For,
+# -Proto and -Host and X-Request-Id on the request, X-Request-Id on the
+# response) the backend or the client did not get through PROXY on PROTO;
+# empty when it adds them all. Each peer is configured to add them, so that
+# every proxy does the same work and the backend parses the same fields.
+fields() {
+  local args=(-sk --max-time 5 -D "$work/fields.head") body f missing=()
+  rm -f "$work/fields.head"
+  case $2 in
+    h2c) args+=(--http2-prior-knowledge) ;;
+    h2) args+=(--http2) ;;
+    *) args+=(--http1.1) ;;
+  esac
+  [[ $2 == *close ]] && args+=(-H 'Connection: close')
+  body=$(curl "${args[@]}" "$(url "$2" "${port[$1.$2]}")fields" 2>/dev/null) || true
+  for f in x-forwarded-for x-forwarded-proto x-forwarded-host x-request-id; do
+    grep -Eq "(^| )$f=[^ ]" <<<"$body" || missing+=("$f")
+  done
+  grep -Eqi '^x-request-id: *[^ \r]' "$work/fields.head" 2>/dev/null || missing+=("x-request-id (response)")
+  (IFS=,; echo "${missing[*]}")
+}
+
 for p in "${PROXIES[@]}"; do start "$p"; done
 for p in "${PROXIES[@]}"; do ready "$p"; done
 
@@ -413,8 +463,8 @@ client() {
   esac
 }
 
-results=$work/results.txt na=$work/na.txt mem=$work/mem.txt
-touch "$results" "$na" "$mem"
+results=$work/results.txt na=$work/na.txt mem=$work/mem.txt fields_file=$work/fields.txt
+touch "$results" "$na" "$mem" "$fields_file"
 for proto in "${protocols[@]}"; do
   [ "$proto" != mem ] || continue
   ready=()
@@ -425,6 +475,11 @@ for proto in "${protocols[@]}"; do
       echo "$proto $p $why" >>"$na"
     else
       ready+=("$p")
+      missing=$(fields "$p" "$proto")
+      if [ -n "$missing" ]; then
+        log "$proto: $p does not add $missing"
+        echo "$proto $p $missing" >>"$fields_file"
+      fi
     fi
   done
   log "$proto: warm-up, ${WARMUP}s through each of ${ready[*]}"
@@ -495,4 +550,4 @@ if [[ " ${protocols[*]} " == *" mem "* ]]; then
 fi
 
 log "report: $OUT"
-python3 "$HELPER" report "$results" "$na" "$mem" "$OUT"
+python3 "$HELPER" report "$results" "$na" "$mem" "$OUT" "$fields_file"
