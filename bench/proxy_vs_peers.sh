@@ -15,10 +15,11 @@
 #   Caddy          GOMAXPROCS=2, reverse_proxy, protocols h1 h2c / h1 h2
 # Every proxy does the same work on a request: each peer is configured to
 # add what dropless adds by default, X-Forwarded-For, -Proto and -Host and
-# an X-Request-Id (the client's, or a new one) that the response carries
-# too (HAProxy: uuid(); nginx: $request_id; Caddy: {http.request.uuid}).
-# Traefik adds the X-Forwarded-* fields but has no request id without a
-# plugin. The backend echoes the fields on /fields: before the rounds of each
+# an X-Request-Id that the response carries too (dropless's: the client's,
+# or a prefix drawn at start and a counter; nginx: the same, from
+# $connection and $connection_requests; HAProxy: the same from %rt, a
+# client's id replaced; Caddy: {http.request.uuid}). Traefik adds the
+# X-Forwarded-* fields but has no request id without a plugin. The backend echoes the fields on /fields: before the rounds of each
 # protocol, a proxy that does not add one of them is logged and named under
 # the table. (The backend's nginx spends ~2 000 more instructions per
 # request parsing the three fields beyond X-Forwarded-For: callgrind,
@@ -155,6 +156,11 @@ for p in "${PROXIES[@]}"; do
 done
 
 mkdir -p "$work"/{tls,backend,nginx,traefik,caddy}
+# The request ids nginx and HAProxy make: this random prefix and a counter,
+# as dropless makes its own (a prefix drawn at start, a counter), not a
+# random draw per request (nginx's $request_id, HAProxy's uuid(): 6 000 to
+# 9 000 more instructions per request under callgrind, session 18).
+id_prefix=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
 cert=$work/tls/cert.pem key=$work/tls/key.pem
 self_signed "$work/tls"
 
@@ -196,8 +202,10 @@ http {
   ssl_certificate_key $key;
   ssl_protocols TLSv1.2 TLSv1.3;
   upstream backend { server 127.0.0.1:$backend; keepalive $POOL; keepalive_requests 100000000; }
-  # The client's request id, or a new one (32 hex digits, as dropless's).
-  map \$http_x_request_id \$bench_request_id { "" \$request_id; default \$http_x_request_id; }
+  # The client's request id, or a new one: the run's prefix and counters.
+  map \$http_x_request_id \$bench_request_id {
+    "" $id_prefix-\$connection-\$connection_requests; default \$http_x_request_id;
+  }
   server {
     listen 127.0.0.1:$n_plain;
     listen 127.0.0.1:$n_h2c http2;
@@ -232,13 +240,12 @@ defaults
 frontend front
   bind 127.0.0.1:$h_plain
   bind 127.0.0.1:$h_tls ssl crt $work/tls/haproxy.pem alpn h2,http/1.1
-  unique-id-format %[uuid()]
-  http-request set-header X-Request-Id %[unique-id] unless { req.hdr(x-request-id) -m found }
-  http-request set-var(txn.request_id) req.hdr(x-request-id)
+  unique-id-format $id_prefix%rt
+  unique-id-header X-Request-Id
   http-request set-header X-Forwarded-Proto https if { ssl_fc }
   http-request set-header X-Forwarded-Proto http unless { ssl_fc }
   http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }
-  http-response set-header X-Request-Id %[var(txn.request_id)]
+  http-after-response set-header X-Request-Id %[unique-id]
   default_backend back
 backend back
   server b1 127.0.0.1:$backend
