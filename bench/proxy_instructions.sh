@@ -25,6 +25,12 @@
 # e.g. `--cache-sim=yes` to count simulated cache misses too
 # (`callgrind_annotate` on the kept files shows them).
 #
+# FIELDS (default `same`): nginx and HAProxy add what dropless adds to
+# each request, X-Forwarded-For, -Proto and -Host and an X-Request-Id made
+# of a prefix and a counter that the response carries too, as in
+# bench/proxy_vs_peers.sh; `FIELDS=none` leaves them at their defaults
+# (they add nothing; the figures before session 18).
+#
 # Read large copies with care: valgrind counts a `rep movs`/`rep stos`
 # once per byte or word moved, so a memset of 8 KiB shows as ~8 000
 # instructions though the CPU does it in a few hundred cycles.
@@ -42,6 +48,8 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 N=${N:-20000}
+FIELDS=${FIELDS:-same}
+case $FIELDS in same|none) ;; *) echo "FIELDS: unknown value '$FIELDS'; use same or none" >&2; exit 2 ;; esac
 PROTO=${PROTO:-h2c h2 plain close tls}
 PROXIES=${PROXIES:-dropless nginx haproxy}
 for p in $PROXIES; do
@@ -90,7 +98,19 @@ command_of() {
       local bind="  bind 127.0.0.1:$port"
       [ "$proto" = h2c ] && bind="$bind proto h2"
       is_tls "$proto" && bind="$bind ssl crt $work/tls/haproxy.pem alpn h2,http/1.1"
-      haproxy_config "$port" "" "$backend" | sed "s|^  bind 127.0.0.1:$port\$|$bind|" >"$work/haproxy-$port.cfg"
+      if [ "$FIELDS" = same ]; then
+        bind="$bind
+  option forwardfor
+  unique-id-format 8a8945f21f3f0361%rt
+  unique-id-header X-Request-Id
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http unless { ssl_fc }
+  http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }
+  http-after-response set-header X-Request-Id %[unique-id]"
+      fi
+      haproxy_config "$port" "" "$backend" \
+        | to=$bind awk -v from="  bind 127.0.0.1:$port" '$0 == from { print ENVIRON["to"]; next } { print }' \
+        >"$work/haproxy-$port.cfg"
       CMD=("$HAPROXY" -f "$work/haproxy-$port.cfg" -db) ;;
     nginx)
       local http2=""
@@ -98,6 +118,15 @@ command_of() {
       [ "$proto" = h2 ] && http2=" ssl http2"
       [ "$proto" = tls ] && http2=" ssl"
       mkdir -p "$work/nginx-$port"
+      local fields="" id_map=""
+      if [ "$FIELDS" = same ]; then
+        fields='proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $bench_request_id; add_header X-Request-Id $bench_request_id always;'
+        id_map='map $http_x_request_id $bench_request_id {
+    "" 8a8945f21f3f0361-$connection-$connection_requests; default $http_x_request_id;
+  }'
+      fi
       cat >"$work/nginx-$port/nginx.conf" <<EOF
 master_process off;
 daemon off;
@@ -111,9 +140,11 @@ http {
   ssl_certificate_key $work/tls/key.pem;
   ssl_protocols TLSv1.3;
   upstream back { server 127.0.0.1:$backend; keepalive 64; }
+  $id_map
   server {
     listen 127.0.0.1:$port$http2;
-    location / { proxy_pass http://back; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { proxy_pass http://back; proxy_http_version 1.1; proxy_set_header Connection "";
+      $fields }
   }
 }
 EOF
