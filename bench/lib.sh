@@ -137,6 +137,48 @@ EOF
   for port in "$@"; do printf '  server b%s 127.0.0.1:%s\n' "$i" "$port"; i=$((i + 1)); done
 }
 
+# The fields dropless adds to each request (X-Forwarded-For, -Proto and
+# -Host, an X-Request-Id the response carries too), as peer configuration,
+# so that every proxy a benchmark compares does the same work. The request
+# id is PREFIX and a counter, as dropless makes its own (a prefix drawn at
+# start, a counter), not a random draw per request (nginx's $request_id,
+# HAProxy's uuid(): 6 200 and 3 600 more instructions per request under
+# callgrind, docs/benchmarks.md, session 18).
+#
+# haproxy_fields PREFIX: lines for an HAProxy frontend (plain or TLS); a
+# client's id is replaced.
+haproxy_fields() {
+  cat <<EOF
+  option forwardfor
+  unique-id-format $1%rt
+  unique-id-header X-Request-Id
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http unless { ssl_fc }
+  http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }
+  http-after-response set-header X-Request-Id %[unique-id]
+EOF
+}
+# nginx_fields_map PREFIX: the `map` (in `http`) that makes
+# $bench_request_id: the client's id, or PREFIX and counters.
+nginx_fields_map() {
+  cat <<EOF
+  map \$http_x_request_id \$bench_request_id {
+    "" $1-\$connection-\$connection_requests; default \$http_x_request_id;
+  }
+EOF
+}
+# nginx_fields: the directives (in a proxying `location`) that set them.
+nginx_fields() {
+  cat <<'EOF'
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $bench_request_id;
+      add_header X-Request-Id $bench_request_id always;
+EOF
+}
+
 # nginx_ok_conf DIR PORT: writes DIR/nginx.conf, one nginx worker answering
 # `return 200 "ok";` on 127.0.0.1:PORT (keep-alive, no access log), the
 # target of the load generator benchmarks. Start it with

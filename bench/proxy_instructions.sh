@@ -27,8 +27,8 @@
 #
 # FIELDS (default `same`): nginx and HAProxy add what dropless adds to
 # each request, X-Forwarded-For, -Proto and -Host and an X-Request-Id made
-# of a prefix and a counter that the response carries too, as in
-# bench/proxy_vs_peers.sh; `FIELDS=none` leaves them at their defaults
+# of a prefix and a counter that the response carries too (bench/lib.sh's
+# haproxy_fields and nginx_fields), as in bench/proxy_vs_peers.sh; `FIELDS=none` leaves them at their defaults
 # (they add nothing; the figures before session 18).
 #
 # Read large copies with care: valgrind counts a `rep movs`/`rep stos`
@@ -50,6 +50,8 @@ cd "$(dirname "$0")/.."
 N=${N:-20000}
 FIELDS=${FIELDS:-same}
 case $FIELDS in same|none) ;; *) echo "FIELDS: unknown value '$FIELDS'; use same or none" >&2; exit 2 ;; esac
+# The prefix of the peers' request ids, fixed: the same count every run.
+ID_PREFIX=8a8945f21f3f0361
 PROTO=${PROTO:-h2c h2 plain close tls}
 PROXIES=${PROXIES:-dropless nginx haproxy}
 for p in $PROXIES; do
@@ -98,16 +100,8 @@ command_of() {
       local bind="  bind 127.0.0.1:$port"
       [ "$proto" = h2c ] && bind="$bind proto h2"
       is_tls "$proto" && bind="$bind ssl crt $work/tls/haproxy.pem alpn h2,http/1.1"
-      if [ "$FIELDS" = same ]; then
-        bind="$bind
-  option forwardfor
-  unique-id-format 8a8945f21f3f0361%rt
-  unique-id-header X-Request-Id
-  http-request set-header X-Forwarded-Proto https if { ssl_fc }
-  http-request set-header X-Forwarded-Proto http unless { ssl_fc }
-  http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }
-  http-after-response set-header X-Request-Id %[unique-id]"
-      fi
+      [ "$FIELDS" = same ] && bind="$bind
+$(haproxy_fields "$ID_PREFIX")"
       haproxy_config "$port" "" "$backend" \
         | to=$bind awk -v from="  bind 127.0.0.1:$port" '$0 == from { print ENVIRON["to"]; next } { print }' \
         >"$work/haproxy-$port.cfg"
@@ -120,12 +114,8 @@ command_of() {
       mkdir -p "$work/nginx-$port"
       local fields="" id_map=""
       if [ "$FIELDS" = same ]; then
-        fields='proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Request-Id $bench_request_id; add_header X-Request-Id $bench_request_id always;'
-        id_map='map $http_x_request_id $bench_request_id {
-    "" 8a8945f21f3f0361-$connection-$connection_requests; default $http_x_request_id;
-  }'
+        fields=$(nginx_fields)
+        id_map=$(nginx_fields_map "$ID_PREFIX")
       fi
       cat >"$work/nginx-$port/nginx.conf" <<EOF
 master_process off;

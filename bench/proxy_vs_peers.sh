@@ -156,10 +156,8 @@ for p in "${PROXIES[@]}"; do
 done
 
 mkdir -p "$work"/{tls,backend,nginx,traefik,caddy}
-# The request ids nginx and HAProxy make: this random prefix and a counter,
-# as dropless makes its own (a prefix drawn at start, a counter), not a
-# random draw per request (nginx's $request_id: 6 200 more instructions per
-# request under callgrind; HAProxy's uuid(): 3 600 more; session 18).
+# The prefix of the request ids nginx and HAProxy make (bench/lib.sh's
+# haproxy_fields), drawn once per run as dropless draws its own.
 id_prefix=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
 cert=$work/tls/cert.pem key=$work/tls/key.pem
 self_signed "$work/tls"
@@ -202,10 +200,7 @@ http {
   ssl_certificate_key $key;
   ssl_protocols TLSv1.2 TLSv1.3;
   upstream backend { server 127.0.0.1:$backend; keepalive $POOL; keepalive_requests 100000000; }
-  # The client's request id, or a new one: the run's prefix and counters.
-  map \$http_x_request_id \$bench_request_id {
-    "" $id_prefix-\$connection-\$connection_requests; default \$http_x_request_id;
-  }
+$(nginx_fields_map "$id_prefix")
   server {
     listen 127.0.0.1:$n_plain;
     listen 127.0.0.1:$n_h2c http2;
@@ -214,12 +209,7 @@ http {
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$http_host;
-      proxy_set_header X-Request-Id \$bench_request_id;
-      add_header X-Request-Id \$bench_request_id always;
+$(nginx_fields)
     }
   }
 }
@@ -235,17 +225,11 @@ defaults
   timeout client ${IDLE_TIMEOUT}s
   timeout http-keep-alive ${IDLE_TIMEOUT}s
   timeout server 30s
-  option forwardfor
   http-reuse always
 frontend front
   bind 127.0.0.1:$h_plain
   bind 127.0.0.1:$h_tls ssl crt $work/tls/haproxy.pem alpn h2,http/1.1
-  unique-id-format $id_prefix%rt
-  unique-id-header X-Request-Id
-  http-request set-header X-Forwarded-Proto https if { ssl_fc }
-  http-request set-header X-Forwarded-Proto http unless { ssl_fc }
-  http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }
-  http-after-response set-header X-Request-Id %[unique-id]
+$(haproxy_fields "$id_prefix")
   default_backend back
 backend back
   server b1 127.0.0.1:$backend
